@@ -1,0 +1,217 @@
+"""The manifest schema: one table that drives parsing, validation and docs.
+
+Every key a manifest may contain is declared here once, with its kind, its
+default and a one-line description (after mkosi's ``SETTINGS`` list). The
+loader checks structure against this table, and a unit test checks that
+``docs/manifest.md`` documents every key in it, so the reference cannot
+drift from the code.
+
+Merge rules for ``extends`` are declared per kind (see ``Kind``): tables merge
+key by key, scalars are replaced by the child, lists of names are unions
+(parent first), lists of tables are concatenated with the child's entry
+replacing the parent's entry of the same identity (``identity``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from atoll.manifest.model import InitStrategy
+
+
+class Kind(StrEnum):
+    STR = "string"
+    INT = "integer"
+    BOOL = "boolean"
+    PATH = "path"  # a string naming a file on the build machine, relative to its manifest
+    MODE = "file mode"  # "0644" or 0o644
+    ENUM = "one of"
+    STR_LIST = "list of strings"
+    STR_MAP = "table of strings"
+    TABLE = "table"
+    TABLE_LIST = "array of tables"
+
+
+@dataclass(frozen=True)
+class Key:
+    kind: Kind
+    doc: str
+    default: object = None
+    required: bool = False
+    choices: tuple[str, ...] = ()
+    keys: Mapping[str, Key] = field(default_factory=dict)  # TABLE, TABLE_LIST items
+    identity: str = ""  # TABLE_LIST: the key that identifies an entry across extends
+
+
+def _table(doc: str, keys: Mapping[str, Key], *, required: bool = False) -> Key:
+    return Key(Kind.TABLE, doc, keys=keys, required=required)
+
+
+SCHEMA: Mapping[str, Key] = {
+    "extends": Key(Kind.PATH, "Another manifest this one builds on, relative to this file."),
+    "image": _table(
+        "What the image is called and which version it is.",
+        {
+            "name": Key(
+                Kind.STR, "Image name; the ostree ref is atoll/<arch>/<name>.", required=True
+            ),
+            "version": Key(Kind.STR, "Image version, recorded in the commit.", required=True),
+            "description": Key(Kind.STR, "Free text.", default=""),
+        },
+        required=True,
+    ),
+    "distribution": _table(
+        "Which Debian release and mirrors packages come from.",
+        {
+            "suite": Key(Kind.STR, "Debian suite (codename).", default="bookworm"),
+            "architecture": Key(
+                Kind.ENUM, "Debian architecture.", default="amd64", choices=("amd64", "arm64")
+            ),
+            "mirror": Key(Kind.STR, "Debian mirror URL.", default="http://deb.debian.org/debian"),
+            "security_mirror": Key(
+                Kind.STR,
+                "Security mirror URL.",
+                default="http://deb.debian.org/debian-security",
+            ),
+            "components": Key(Kind.STR_LIST, "Archive components.", default=["main"]),
+            "updates": Key(
+                Kind.BOOL, "Also use <suite>-updates and <suite>-security.", default=True
+            ),
+        },
+    ),
+    "packages": _table(
+        "Packages to install and packages that must never be installed.",
+        {
+            "include": Key(
+                Kind.STR_LIST, "Packages to install (with their dependencies).", default=[]
+            ),
+            "exclude": Key(
+                Kind.STR_LIST,
+                "Packages that must never be installed; a dependency on one fails the build.",
+                default=[],
+            ),
+        },
+    ),
+    "kernel": _table(
+        "The kernel and its command line.",
+        {
+            "package": Key(Kind.STR, "Kernel package.", default="linux-image-cloud-amd64"),
+            "arguments": Key(Kind.STR_LIST, "Kernel command-line arguments.", default=[]),
+            "modules_keep": Key(
+                Kind.STR_LIST,
+                "Module paths to keep (globs under /usr/lib/modules/<kver>/); empty keeps all.",
+                default=[],
+            ),
+        },
+    ),
+    "init": _table(
+        "How the kernel reaches systemd.",
+        {
+            "strategy": Key(
+                Kind.ENUM,
+                "atoll-prepare-root (no initramfs) or initramfs.",
+                default=str(InitStrategy.PREPARE_ROOT),
+                choices=tuple(str(s) for s in InitStrategy),
+            ),
+        },
+    ),
+    "containers": _table(
+        "The container runtime and images preloaded into it.",
+        {
+            "runtime": Key(Kind.BOOL, "Install containerd with crun.", default=True),
+            "preload": Key(
+                Kind.TABLE_LIST,
+                "Container images imported for containerd, from local OCI archives.",
+                identity="reference",
+                keys={
+                    "archive": Key(Kind.PATH, "OCI image archive (tar).", required=True),
+                    "reference": Key(
+                        Kind.STR,
+                        "Image reference, e.g. docker.io/library/busybox:1.36.",
+                        required=True,
+                    ),
+                },
+            ),
+        },
+    ),
+    "files": Key(
+        Kind.TABLE_LIST,
+        "Files added to the image.",
+        identity="path",
+        keys={
+            "path": Key(Kind.STR, "Absolute path inside the image.", required=True),
+            "source": Key(Kind.PATH, "File on the build machine (or use content)."),
+            "content": Key(Kind.STR, "Inline content (or use source)."),
+            "mode": Key(Kind.MODE, 'Permission bits, e.g. "0644".', default="0644"),
+            "owner": Key(Kind.STR, "Owning user.", default="root"),
+            "group": Key(Kind.STR, "Owning group.", default="root"),
+        },
+    ),
+    "units": _table(
+        "systemd units to enable, disable and mask.",
+        {
+            "enable": Key(Kind.STR_LIST, "Units to enable.", default=[]),
+            "disable": Key(Kind.STR_LIST, "Units to disable.", default=[]),
+            "mask": Key(Kind.STR_LIST, "Units to mask.", default=[]),
+        },
+    ),
+    "users": Key(
+        Kind.TABLE_LIST,
+        "System users to create.",
+        identity="name",
+        keys={
+            "name": Key(Kind.STR, "User name.", required=True),
+            "uid": Key(Kind.INT, "User id; allocated when absent."),
+            "group": Key(Kind.STR, "Primary group; a group of the user's name when absent."),
+            "groups": Key(Kind.STR_LIST, "Supplementary groups.", default=[]),
+            "shell": Key(Kind.STR, "Login shell.", default="/usr/sbin/nologin"),
+            "home": Key(Kind.STR, "Home directory."),
+            "system": Key(Kind.BOOL, "A system account.", default=True),
+        },
+    ),
+    "groups": Key(
+        Kind.TABLE_LIST,
+        "Groups to create.",
+        identity="name",
+        keys={
+            "name": Key(Kind.STR, "Group name.", required=True),
+            "gid": Key(Kind.INT, "Group id; allocated when absent."),
+            "system": Key(Kind.BOOL, "A system group.", default=True),
+        },
+    ),
+    "sysctl": Key(Kind.STR_MAP, "Kernel parameters, written to /etc/sysctl.d/90-atoll.conf."),
+    "strip": _table(
+        "What is removed from the image after installation.",
+        {
+            "docs": Key(
+                Kind.BOOL, "Remove /usr/share/doc (copyright files are kept).", default=True
+            ),
+            "man": Key(Kind.BOOL, "Remove manual pages and info files.", default=True),
+            "locales": Key(Kind.BOOL, "Remove locales not in keep_locales.", default=True),
+            "keep_locales": Key(Kind.STR_LIST, "Locales to keep.", default=["C.UTF-8"]),
+            "package_manager": Key(Kind.BOOL, "Remove apt and dpkg.", default=True),
+            "remove": Key(
+                Kind.STR_LIST,
+                "Installed packages not needed at run time whose files are removed.",
+                default=[],
+            ),
+        },
+    ),
+    "agent": _table(
+        "The atoll agent (the node's API).",
+        {"include": Key(Kind.BOOL, "Install the atoll agent.", default=True)},
+    ),
+}
+
+
+def all_key_paths(schema: Mapping[str, Key] = SCHEMA, prefix: str = "") -> list[str]:
+    """Every key as a dotted path (``packages.include``), for docs and tests."""
+    paths: list[str] = []
+    for name, key in schema.items():
+        path = f"{prefix}{name}"
+        paths.append(path)
+        if key.keys:
+            paths.extend(all_key_paths(key.keys, f"{path}."))
+    return paths
