@@ -21,7 +21,7 @@ import os
 import shlex
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -86,12 +86,16 @@ def run(
     check: bool = True,
     timeout: float | None = None,
     stdout: IO[bytes] | None = None,
+    on_line: Callable[[str], None] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run an external program; raise :class:`ToolError` if it fails.
 
     ``capture=True`` collects stdout and stderr (bytes) on the result;
     ``capture=False`` lets them through to our own stdout/stderr (progress of
     long-running tools). ``stdout=`` streams stdout to an open file instead.
+    ``on_line`` receives each line the program writes to stdout or stderr
+    (merged) as it appears, for progress; the output is still collected on
+    the result and its tail still goes into a failure's message.
     """
     args = [os.fspath(a) for a in argv]
     if not args:
@@ -99,8 +103,35 @@ def run(
     if "/" not in args[0]:
         args[0] = which(args[0])
     log.debug("+ %s", command_line(args))
+    if on_line is not None:
+        result = _run_streaming(args, cwd=cwd, env=env, timeout=timeout, on_line=on_line)
+    else:
+        result = _run_collected(
+            args, cwd=cwd, env=env, input=input, capture=capture, timeout=timeout, stdout=stdout
+        )
+    if check and result.returncode != 0:
+        tail = _tail(result.stderr)
+        message = (
+            f"{Path(args[0]).name} failed with exit code {result.returncode}: {command_line(args)}"
+        )
+        if tail:
+            message += "\n" + "\n".join(f"    {line}" for line in tail.splitlines())
+        raise ToolError(message, argv=args, returncode=result.returncode, stderr_tail=tail)
+    return result
+
+
+def _run_collected(
+    args: list[str],
+    *,
+    cwd: StrPath | None,
+    env: Mapping[str, str] | None,
+    input: bytes | None,
+    capture: bool,
+    timeout: float | None,
+    stdout: IO[bytes] | None,
+) -> subprocess.CompletedProcess[bytes]:
     try:
-        result = subprocess.run(
+        return subprocess.run(
             args,
             cwd=os.fspath(cwd) if cwd is not None else None,
             env=_environment(env),
@@ -119,15 +150,45 @@ def run(
             argv=args,
             returncode=-1,
         ) from e
-    if check and result.returncode != 0:
-        tail = _tail(result.stderr)
-        message = (
-            f"{Path(args[0]).name} failed with exit code {result.returncode}: {command_line(args)}"
+
+
+def _run_streaming(
+    args: list[str],
+    *,
+    cwd: StrPath | None,
+    env: Mapping[str, str] | None,
+    timeout: float | None,
+    on_line: Callable[[str], None],
+) -> subprocess.CompletedProcess[bytes]:
+    collected: list[bytes] = []
+    try:
+        proc = subprocess.Popen(
+            args,
+            cwd=os.fspath(cwd) if cwd is not None else None,
+            env=_environment(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
-        if tail:
-            message += "\n" + "\n".join(f"    {line}" for line in tail.splitlines())
-        raise ToolError(message, argv=args, returncode=result.returncode, stderr_tail=tail)
-    return result
+    except FileNotFoundError as e:
+        raise ToolMissing(f"{args[0]}: not found ({e.strerror})") from e
+    assert proc.stdout is not None
+    try:
+        for raw in proc.stdout:
+            collected.append(raw)
+            on_line(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+        returncode = proc.wait(timeout=timeout)
+    except BaseException:
+        # Ctrl-C or a failing callback: the child must not outlive us.
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
+    output = b"".join(collected)
+    return subprocess.CompletedProcess(args, returncode, stdout=output, stderr=output)
 
 
 def _tail(data: bytes | None, lines: int = 15) -> str:

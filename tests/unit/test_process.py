@@ -40,3 +40,14 @@ def test_stdin_is_closed() -> None:
 
 def test_command_line_is_pasteable() -> None:
     assert command_line(["echo", "a b", "c"]) == "echo 'a b' c"
+
+
+def test_run_streams_lines_and_keeps_the_tail_for_errors() -> None:
+    seen: list[str] = []
+    result = run(
+        ["/bin/sh", "-c", "echo one; echo two >&2; echo three"], on_line=seen.append, check=False
+    )
+    assert seen == ["one", "two", "three"]
+    assert result.returncode == 0
+    with pytest.raises(ToolError, match="three"):
+        run(["/bin/sh", "-c", "echo three; exit 3"], on_line=seen.append)
