@@ -172,21 +172,22 @@ def _run_streaming(
         )
     except FileNotFoundError as e:
         raise ToolMissing(f"{args[0]}: not found ({e.strerror})") from e
-    assert proc.stdout is not None
-    try:
-        for raw in proc.stdout:
-            collected.append(raw)
-            on_line(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
-        returncode = proc.wait(timeout=timeout)
-    except BaseException:
-        # Ctrl-C or a failing callback: the child must not outlive us.
-        proc.terminate()
+    with proc:
+        assert proc.stdout is not None
         try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        raise
+            for raw in proc.stdout:
+                collected.append(raw)
+                on_line(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+            returncode = proc.wait(timeout=timeout)
+        except BaseException:
+            # Ctrl-C or a failing callback: the child must not outlive us.
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            raise
     output = b"".join(collected)
     return subprocess.CompletedProcess(args, returncode, stdout=output, stderr=output)
 
