@@ -43,8 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for stage in STAGES:
         name = f"atoll.{stage}.cli"
-        if importlib.util.find_spec(f"atoll.{stage}") is None:
-            continue  # a stage that does not exist yet in this tree
+        if importlib.util.find_spec(f"atoll.{stage}") is None or (
+            importlib.util.find_spec(name) is None
+        ):
+            continue  # a stage that does not exist (or has no verbs) in this tree
         module = cast(_StageCli, importlib.import_module(name))
         module.register(sub)
     return parser
