@@ -46,6 +46,8 @@ PROVIDERS: dict[str, str] = {
     "dpkg-deb": "dpkg",
     "tar": "tar",
     "gcc": "gcc",
+    "depmod": "kmod",
+    "systemctl": "systemd",
 }
 
 StrPath = str | os.PathLike[str]
