@@ -464,6 +464,11 @@ def _build(
     for pkg in strip.remove:
         if pkg in (kernel.package,):
             problems.append(f"{at('strip.remove:' + pkg)}: cannot remove the kernel package")
+    for pattern in strip.paths:
+        if not pattern.startswith("/") or ".." in pattern.split("/"):
+            problems.append(
+                f"{at('strip.paths')}: '{pattern}' must be an absolute path inside the image"
+            )
 
     agent = Agent(include=bool(section("agent").get("include", True)))
 

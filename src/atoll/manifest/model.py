@@ -128,6 +128,9 @@ class Strip:
     # (maintainer-script tooling, e.g. perl via linux-base): their files are
     # removed after installation and the SBOM records them as removed.
     remove: tuple[str, ...] = ()
+    # Single files no package split lets us drop (e.g. a legacy shim), as
+    # absolute paths or globs inside the image.
+    paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -197,6 +197,11 @@ SCHEMA: Mapping[str, Key] = {
                 "Installed packages not needed at run time whose files are removed.",
                 default=[],
             ),
+            "paths": Key(
+                Kind.STR_LIST,
+                "Absolute paths or globs inside the image removed after installation.",
+                default=[],
+            ),
         },
     ),
     "agent": _table(

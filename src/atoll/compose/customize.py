@@ -1,0 +1,303 @@
+"""Apply a manifest to an unpacked root filesystem.
+
+Runs on the build machine against a directory, never inside the image: no
+maintainer script or chroot is needed for any of it, which keeps it fast and
+deterministic. In order:
+
+1. the shared overlay (:mod:`atoll.overlay`, data only) and os-release;
+2. groups and users, written straight into ``/etc/{passwd,group,shadow,gshadow}``
+   with ids allocated deterministically (lowest free in Debian's ranges);
+3. the manifest's ``[[files]]`` (mode and owner resolved against the image's
+   own account databases);
+4. sysctls into ``/usr/lib/sysctl.d/60-atoll.conf``;
+5. the container runtime: containerd configured for crun, preloaded OCI
+   archives copied to ``/usr/share/atoll/images`` with a list that
+   ``atoll-preload.service`` imports at first boot (containerd's store lives
+   in ``/var``, which an ostree commit cannot carry);
+6. the agent (``atoll.agent``, standard library only), byte-compiled with
+   checked hashes so the result is reproducible;
+7. systemd units: atoll's own units enabled, then the manifest's enable,
+   disable and mask, through ``systemctl --root``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+import atoll
+from atoll.errors import AtollError
+from atoll.manifest.model import FileEntry, Group, Manifest, User
+from atoll.process import run
+
+OVERLAY = Path(__file__).resolve().parent.parent / "overlay"
+PACKAGE_ROOT = Path(atoll.__file__).resolve().parent
+AGENT_PREFIX = "usr/lib/atoll/python"
+IMAGES_DIR = "usr/share/atoll/images"
+
+CONTAINERD_CONFIG = """\
+# Written by atoll compose: containerd runs containers with crun.
+version = 2
+
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  default_runtime_name = "crun"
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.crun]
+  runtime_type = "io.containerd.runc.v2"
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.crun.options]
+  BinaryName = "/usr/bin/crun"
+
+[plugins."io.containerd.runtime.v1.linux"]
+  runtime = "crun"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "/var/lib/containerd/opt"
+"""
+
+
+def customize(root: Path, manifest: Manifest) -> None:
+    """Apply ``manifest`` to the unpacked tree at ``root``."""
+    copy_overlay(root, OVERLAY)
+    write_os_release(root, manifest)
+    for group in manifest.groups:
+        add_group(root, group)
+    for user in manifest.users:
+        add_user(root, user)
+    for entry in manifest.files:
+        add_file(root, entry)
+    write_sysctl(root, manifest.sysctl)
+    if manifest.containers.runtime:
+        configure_containers(root, manifest)
+    if manifest.agent.include:
+        install_agent(root)
+    apply_units(root, manifest)
+
+
+def copy_overlay(root: Path, overlay: Path) -> None:
+    for source in sorted(overlay.rglob("*")):
+        relative = source.relative_to(overlay)
+        if relative == Path("README.md") or "__pycache__" in relative.parts:
+            continue
+        target = root / relative
+        if source.is_dir() and not source.is_symlink():
+            target.mkdir(mode=0o755, parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_symlink() or target.exists():
+            target.unlink()
+        if source.is_symlink():
+            target.symlink_to(os.readlink(source))
+            continue
+        shutil.copyfile(source, target)
+        # Executable bits are kept; nothing else of the checkout's modes leaks in.
+        target.chmod(0o755 if os.access(source, os.X_OK) else 0o644)
+        os.chown(target, 0, 0, follow_symlinks=False)
+
+
+def write_os_release(root: Path, manifest: Manifest) -> None:
+    """Mark the image as atoll (``IMAGE_ID``/``IMAGE_VERSION``, as systemd defines them)."""
+    path = root / "usr/lib/os-release"
+    lines = [
+        line
+        for line in path.read_text().splitlines()
+        if not line.startswith(("PRETTY_NAME=", "IMAGE_ID=", "IMAGE_VERSION=", "VARIANT"))
+    ]
+    name, version = manifest.image.name, manifest.image.version
+    base = next((v for v in lines if v.startswith("VERSION=")), 'VERSION=""')
+    debian = base.split("=", 1)[1].strip('"')
+    lines = [
+        f'PRETTY_NAME="atoll {name} {version} (Debian {debian})"',
+        *lines,
+        "VARIANT=atoll",
+        "VARIANT_ID=atoll",
+        "IMAGE_ID=atoll",
+        f"IMAGE_VERSION={version}",
+    ]
+    _atomic_write(path, "\n".join(lines) + "\n", 0o644)
+
+
+def _read_db(path: Path) -> list[list[str]]:
+    if not path.exists():
+        return []
+    return [line.split(":") for line in path.read_text().splitlines() if line]
+
+
+def _write_db(path: Path, rows: Iterable[list[str]], mode: int) -> None:
+    _atomic_write(path, "".join(":".join(row) + "\n" for row in rows), mode)
+
+
+def _allocate(used: set[int], system: bool) -> int:
+    low, high = (100, 999) if system else (1000, 59999)
+    for candidate in range(low, high + 1):
+        if candidate not in used:
+            return candidate
+    raise AtollError(f"no free id in {low}-{high}")
+
+
+def add_group(root: Path, group: Group) -> int:
+    path = root / "etc/group"
+    rows = _read_db(path)
+    existing = {row[0]: int(row[2]) for row in rows}
+    if group.name in existing:
+        if group.gid is not None and existing[group.name] != group.gid:
+            raise AtollError(
+                f"[[groups]] {group.name}: gid {group.gid} requested, "
+                f"but the image already has it as {existing[group.name]}"
+            )
+        return existing[group.name]
+    used = set(existing.values())
+    gid = group.gid if group.gid is not None else _allocate(used, group.system)
+    if gid in used:
+        raise AtollError(f"[[groups]] {group.name}: gid {gid} is already taken in the image")
+    _write_db(path, [*rows, [group.name, "x", str(gid), ""]], 0o644)
+    gshadow = root / "etc/gshadow"
+    _write_db(gshadow, [*_read_db(gshadow), [group.name, "!", "", ""]], 0o640)
+    return gid
+
+
+def add_user(root: Path, user: User) -> None:
+    passwd = root / "etc/passwd"
+    rows = _read_db(passwd)
+    if any(row[0] == user.name for row in rows):
+        raise AtollError(f"[[users]] {user.name}: the image already has this user")
+    group_name = user.group or user.name
+    gid = add_group(root, Group(name=group_name, system=user.system))
+    used = {int(row[2]) for row in rows}
+    uid = user.uid if user.uid is not None else _allocate(used, user.system)
+    if uid in used:
+        raise AtollError(f"[[users]] {user.name}: uid {uid} is already taken in the image")
+    home = user.home or ("/nonexistent" if user.system else f"/var/home/{user.name}")
+    _write_db(passwd, [*rows, [user.name, "x", str(uid), str(gid), "", home, user.shell]], 0o644)
+    shadow = root / "etc/shadow"
+    # Locked password: nobody logs in with a password on atoll.
+    _write_db(shadow, [*_read_db(shadow), [user.name, "!*", "", "", "", "", "", "", ""]], 0o640)
+    for extra in user.groups:
+        _add_member(root, extra, user.name)
+    if home.startswith("/var/"):
+        # /var is not part of the commit: systemd-tmpfiles creates the home at boot.
+        tmpfiles = root / "usr/lib/tmpfiles.d/atoll-users.conf"
+        tmpfiles.parent.mkdir(parents=True, exist_ok=True)
+        with tmpfiles.open("a") as f:
+            f.write(f"d {home} 0700 {user.name} {group_name} -\n")
+
+
+def _add_member(root: Path, group: str, member: str) -> None:
+    path = root / "etc/group"
+    rows = _read_db(path)
+    for row in rows:
+        if row[0] == group:
+            members = [m for m in row[3].split(",") if m]
+            if member not in members:
+                row[3] = ",".join([*members, member])
+            _write_db(path, rows, 0o644)
+            return
+    raise AtollError(f"[[users]] {member}: supplementary group '{group}' does not exist")
+
+
+def _lookup(root: Path, database: str, name: str, what: str) -> int:
+    for row in _read_db(root / "etc" / database):
+        if row[0] == name:
+            return int(row[2])
+    raise AtollError(f"[[files]]: {what} '{name}' does not exist in the image")
+
+
+def add_file(root: Path, entry: FileEntry) -> None:
+    target = root / str(entry.path).lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    data = entry.source.read_bytes() if entry.source else (entry.content or "").encode()
+    uid = _lookup(root, "passwd", entry.owner, "owner")
+    gid = _lookup(root, "group", entry.group, "group")
+    if target.is_symlink():
+        target.unlink()
+    _atomic_write(target, data, entry.mode)
+    os.chown(target, uid, gid)
+    target.chmod(entry.mode)
+
+
+def write_sysctl(root: Path, sysctl: tuple[tuple[str, str], ...]) -> None:
+    if not sysctl:
+        return
+    text = "# Written by atoll compose from the manifest's [sysctl].\n" + "".join(
+        f"{key} = {value}\n" for key, value in sysctl
+    )
+    target = root / "usr/lib/sysctl.d/60-atoll.conf"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(target, text, 0o644)
+
+
+def configure_containers(root: Path, manifest: Manifest) -> None:
+    config = root / "etc/containerd/config.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(config, CONTAINERD_CONFIG, 0o644)
+    images = root / IMAGES_DIR
+    images.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for number, image in enumerate(manifest.containers.preload):
+        name = f"{number:02d}-{image.archive.name}"
+        shutil.copyfile(image.archive, images / name)
+        (images / name).chmod(0o644)
+        lines.append(f"{name} {image.reference}\n")
+    _atomic_write(images / "preload.list", "".join(lines), 0o644)
+
+
+def install_agent(root: Path) -> None:
+    """Copy ``atoll.agent`` (and the package marker) and byte-compile it reproducibly."""
+    target = root / AGENT_PREFIX / "atoll"
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    shutil.copyfile(PACKAGE_ROOT / "__init__.py", target / "__init__.py")
+    agent = PACKAGE_ROOT / "agent"
+    if agent.is_dir():
+        shutil.copytree(
+            agent, target / "agent", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
+    # The image's python3 is Debian's 3.11, the same as the build machine's
+    # (checked by the caller): checked-hash pycs are valid there and carry no timestamps.
+    run(
+        [
+            "/usr/bin/python3",
+            "-m",
+            "compileall",
+            "-q",
+            "--invalidation-mode=checked-hash",
+            "-d",
+            f"/{AGENT_PREFIX}/atoll",
+            str(target),
+        ]
+    )
+    for path in [target, *target.rglob("*")]:
+        os.chown(path, 0, 0, follow_symlinks=False)
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def apply_units(root: Path, manifest: Manifest) -> None:
+    systemctl = ["systemctl", f"--root={root}", "--no-reload", "--quiet"]
+    own = sorted(
+        path.name
+        for path in (root / "usr/lib/systemd/system").glob("atoll-*")
+        if path.is_file() and "[Install]" in path.read_text()
+    )
+    units = manifest.units
+    enable = [*own, *units.enable]
+    if enable:
+        run([*systemctl, "enable", *enable])
+    if units.disable:
+        run([*systemctl, "disable", *units.disable])
+    if units.mask:
+        run([*systemctl, "mask", *units.mask])
+
+
+def _atomic_write(path: Path, data: str | bytes, mode: int) -> None:
+    payload = data.encode() if isinstance(data, str) else data
+    staged = path.with_name(f".{path.name}.atoll-new")
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, payload)
+    finally:
+        os.close(fd)
+    os.chmod(staged, mode)
+    os.replace(staged, path)

@@ -1,0 +1,129 @@
+"""Build small OCI image archives locally, for preloading without a registry.
+
+``atoll oci busybox`` turns Debian's ``busybox-static`` binary into a
+one-layer OCI image layout in a tar archive (what ``skopeo copy
+oci-archive:`` or ``docker save`` would give), the default image's preloaded
+container. The archive is reproducible: fixed timestamps and owners, sorted
+entries, gzip without a name or time, so the same busybox gives the same
+bytes and the same image digest.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+from atoll.errors import InputError
+
+BUSYBOX = Path("/bin/busybox")
+# Applets linked into /bin of the image; enough for a shell and the tests.
+APPLETS = ("sh", "echo", "cat", "ls", "sleep", "uname", "id", "env", "true", "false", "wget")
+
+
+def _tar_bytes(entries: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in entries:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buffer.getvalue()
+
+
+def _info(name: str, kind: bytes, mode: int, size: int = 0, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.mode = mode
+    info.size = size
+    info.linkname = link
+    info.mtime = 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    return info
+
+
+def busybox_image(binary: Path, reference: str) -> bytes:
+    """The OCI archive (bytes) of a one-layer image holding ``binary`` as /bin/busybox."""
+    if not binary.is_file():
+        raise InputError(f"{binary}: not found (apt-get install busybox-static)")
+    data = binary.read_bytes()
+    entries: list[tuple[tarfile.TarInfo, bytes | None]] = [
+        (_info("bin", tarfile.DIRTYPE, 0o755), None),
+        (_info("bin/busybox", tarfile.REGTYPE, 0o755, len(data)), data),
+    ]
+    entries += [(_info(f"bin/{a}", tarfile.SYMTYPE, 0o777, link="busybox"), None) for a in APPLETS]
+    entries += [(_info(d, tarfile.DIRTYPE, 0o755), None) for d in ("etc", "proc", "sys", "tmp")]
+    layer_tar = _tar_bytes(entries)
+    layer = gzip.compress(layer_tar, mtime=0)
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [_digest(layer_tar)]},
+        "history": [{"created_by": f"atoll oci busybox ({binary})"}],
+    }
+    config_bytes = _json(config)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": _descriptor("application/vnd.oci.image.config.v1+json", config_bytes),
+        "layers": [_descriptor("application/vnd.oci.image.layer.v1.tar+gzip", layer)],
+    }
+    manifest_bytes = _json(manifest)
+    tag = reference.rsplit(":", 1)[1] if ":" in reference.rsplit("/", 1)[-1] else "latest"
+    index = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {
+                **_descriptor("application/vnd.oci.image.manifest.v1+json", manifest_bytes),
+                "platform": {"architecture": "amd64", "os": "linux"},
+                "annotations": {
+                    "io.containerd.image.name": reference,
+                    "org.opencontainers.image.ref.name": tag,
+                },
+            }
+        ],
+    }
+    files: list[tuple[tarfile.TarInfo, bytes | None]] = [
+        (_info("blobs", tarfile.DIRTYPE, 0o755), None),
+        (_info("blobs/sha256", tarfile.DIRTYPE, 0o755), None),
+    ]
+    for blob in sorted([layer, config_bytes, manifest_bytes], key=_digest):
+        name = "blobs/sha256/" + _digest(blob).split(":", 1)[1]
+        files.append((_info(name, tarfile.REGTYPE, 0o644, len(blob)), blob))
+    for name, payload in (
+        ("index.json", _json(index)),
+        ("oci-layout", _json({"imageLayoutVersion": "1.0.0"})),
+    ):
+        files.append((_info(name, tarfile.REGTYPE, 0o644, len(payload)), payload))
+    return _tar_bytes(files)
+
+
+def write_busybox_archive(output: Path, reference: str, binary: Path = BUSYBOX) -> str:
+    """Write the archive atomically; return the image manifest's digest."""
+    archive = busybox_image(binary, reference)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staged = output.with_name(output.name + ".partial")
+    staged.write_bytes(archive)
+    os.replace(staged, output)
+    with tarfile.open(output) as tar:
+        member = tar.extractfile("index.json")
+        assert member is not None
+        index = json.load(member)
+    return str(index["manifests"][0]["digest"])
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _descriptor(media_type: str, data: bytes) -> dict[str, object]:
+    return {"mediaType": media_type, "digest": _digest(data), "size": len(data)}

@@ -1,0 +1,351 @@
+"""Slim an unpacked root: SBOM first, then remove what a container host never runs.
+
+Docs, man pages and locales never reach the disk (dpkg path filters, see
+:mod:`atoll.compose.plan`). What is left to do here:
+
+* record the SBOM (every package with its version, from dpkg's database)
+  *before* dpkg itself goes, into ``/usr/share/atoll/sbom.json``; packages
+  whose files are removed below stay in it, marked ``"removed"``;
+* remove the files of ``[strip] remove`` packages and, with
+  ``package_manager``, of dpkg, apt and debconf, plus their databases. A file
+  that another, kept package also ships stays;
+* keep only ``[kernel] modules_keep`` modules (then ``depmod``);
+* check the result: every ELF program and library left must still find each
+  library it needs (``DT_NEEDED``) and its interpreter, so removing a package
+  can never leave a binary that fails at run time. A miss fails the compose,
+  naming the binary and the library.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import shutil
+import struct
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from atoll.errors import AtollError
+from atoll.manifest.model import Manifest
+from atoll.process import run
+
+SBOM_PATH = "usr/share/atoll/sbom.json"
+SBOM_FORMAT = "atoll-sbom/1"
+PACKAGE_MANAGER = ("dpkg", "apt", "debconf")
+# Merged /usr: dpkg's file lists may name either spelling of the same file.
+_USR_ALIASES = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+_PACKAGE_MANAGER_STATE = (
+    "var/lib/dpkg",
+    "var/lib/apt",
+    "var/cache/apt",
+    "var/cache/debconf",
+    "var/log/apt",
+    "var/log/dpkg.log",
+    "var/log/alternatives.log",
+    "etc/apt",
+    "etc/dpkg",
+    "etc/debconf.conf",
+)
+
+
+@dataclass(frozen=True)
+class Package:
+    name: str
+    version: str
+    architecture: str
+    source: str
+    installed_size_kib: int
+
+
+def read_packages(root: Path) -> list[Package]:
+    """Installed packages from the image's dpkg database, sorted by name."""
+    status = root / "var/lib/dpkg/status"
+    if not status.exists():
+        raise AtollError(f"{status}: no dpkg database; was this tree built by mmdebstrap?")
+    packages = []
+    for stanza in status.read_text().split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in stanza.splitlines():
+            if line[:1] in {" ", "\t"} or ":" not in line:
+                continue
+            key, value = line.split(":", 1)
+            fields[key] = value.strip()
+        if "Package" not in fields or not fields.get("Status", "").endswith(" installed"):
+            continue
+        packages.append(
+            Package(
+                name=fields["Package"],
+                version=fields.get("Version", ""),
+                architecture=fields.get("Architecture", ""),
+                source=fields.get("Source", fields["Package"]).split(" ")[0],
+                installed_size_kib=int(fields.get("Installed-Size", "0") or 0),
+            )
+        )
+    return sorted(packages, key=lambda p: p.name)
+
+
+def slim(root: Path, manifest: Manifest) -> dict[str, object]:
+    """Slim ``root`` in place; return the SBOM (also written into the image)."""
+    packages = read_packages(root)
+    names = {p.name for p in packages}
+    remove = {name for name in manifest.strip.remove if name in names}
+    if manifest.strip.package_manager:
+        remove.update(name for name in PACKAGE_MANAGER if name in names)
+    libraries_before = library_names(root)
+    owned = {p.name: _package_files(root, p) for p in packages}
+    keep_files = {path for name, files in owned.items() if name not in remove for path in files}
+    for name in sorted(remove):
+        _remove_files(root, owned[name] - keep_files)
+    if manifest.strip.package_manager:
+        for relative in _PACKAGE_MANAGER_STATE:
+            _remove_path(root / relative)
+    for pattern in manifest.strip.paths:
+        for match in sorted(root.glob(pattern.lstrip("/"))):
+            _remove_path(match)
+    if manifest.kernel.modules_keep:
+        keep_modules(root, manifest.kernel.modules_keep)
+    check_libraries(root, libraries_before)
+    sbom: dict[str, object] = {
+        "format": SBOM_FORMAT,
+        "image": {"name": manifest.image.name, "version": manifest.image.version},
+        "distribution": {
+            "suite": manifest.distribution.suite,
+            "architecture": manifest.distribution.architecture,
+        },
+        "packages": [
+            {
+                "name": p.name,
+                "version": p.version,
+                "architecture": p.architecture,
+                "source": p.source,
+                "state": "removed" if p.name in remove else "installed",
+            }
+            for p in packages
+        ],
+    }
+    target = root / SBOM_PATH
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(sbom, indent=1, sort_keys=True) + "\n")
+    target.chmod(0o644)
+    return sbom
+
+
+def _canonical(path: str) -> str:
+    parts = PurePosixPath(path).parts
+    if len(parts) > 1 and parts[1] in _USR_ALIASES:
+        return str(PurePosixPath("/usr", *parts[1:]))
+    return path
+
+
+def _package_files(root: Path, package: Package) -> set[str]:
+    info = root / "var/lib/dpkg/info"
+    for candidate in (f"{package.name}:{package.architecture}.list", f"{package.name}.list"):
+        listing = info / candidate
+        if listing.exists():
+            return {_canonical(line) for line in listing.read_text().splitlines() if line}
+    return set()
+
+
+def _remove_files(root: Path, paths: set[str]) -> None:
+    directories = []
+    for path in sorted(paths):
+        target = root / path.lstrip("/")
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+        elif target.is_dir():
+            directories.append(target)
+    # Deepest first; only directories the removed packages leave empty.
+    for directory in sorted(directories, key=lambda p: len(p.parts), reverse=True):
+        if directory.is_dir() and not directory.is_symlink() and not any(directory.iterdir()):
+            directory.rmdir()
+
+
+def _remove_path(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
+def keep_modules(root: Path, patterns: tuple[str, ...]) -> None:
+    """Delete kernel modules outside ``patterns`` and their dependencies; rebuild the index.
+
+    A kept module's dependencies (from the kernel's own ``modules.dep``) are
+    kept too, so ``modprobe`` of anything kept always works.
+    """
+    for moddir in sorted((root / "usr/lib/modules").iterdir()):
+        depfile = moddir / "modules.dep"
+        deps: dict[str, list[str]] = {}
+        if depfile.exists():
+            for line in depfile.read_text().splitlines():
+                module, _, needs = line.partition(":")
+                deps[module] = needs.split()
+        modules = [m.relative_to(moddir).as_posix() for m in moddir.rglob("*.ko*")]
+        keep = {m for m in modules if _module_matches(m, patterns)}
+        pending = list(keep)
+        while pending:
+            for dependency in deps.get(pending.pop(), []):
+                if dependency not in keep:
+                    keep.add(dependency)
+                    pending.append(dependency)
+        for module in modules:
+            if module not in keep:
+                (moddir / module).unlink()
+        run(["depmod", "-b", root, moddir.name])
+
+
+def _module_matches(module: str, patterns: tuple[str, ...]) -> bool:
+    return any(
+        fnmatch.fnmatch(module, p) or module.startswith(p.rstrip("/") + "/") for p in patterns
+    )
+
+
+# --- ELF dependency check -------------------------------------------------
+
+_PT_LOAD, _PT_DYNAMIC, _PT_INTERP = 1, 2, 3
+_DT_NEEDED, _DT_STRTAB, _DT_RPATH, _DT_RUNPATH = 1, 5, 15, 29
+_ET_EXEC, _ET_DYN = 2, 3
+
+
+@dataclass(frozen=True)
+class ElfLinks:
+    interpreter: str | None
+    needed: tuple[str, ...]
+    search: tuple[str, ...]  # RPATH/RUNPATH entries
+
+
+def read_elf_links(data: bytes) -> ElfLinks | None:
+    """Interpreter, DT_NEEDED and run paths of a 64-bit little-endian ELF (else None)."""
+    if len(data) < 64 or data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        return None
+    e_type = struct.unpack_from("<H", data, 16)[0]
+    if e_type not in {_ET_EXEC, _ET_DYN}:
+        return None
+    phoff = struct.unpack_from("<Q", data, 32)[0]
+    phentsize, phnum = struct.unpack_from("<HH", data, 54)
+    loads: list[tuple[int, int, int]] = []
+    dynamic: tuple[int, int] | None = None
+    interpreter = None
+    for i in range(phnum):
+        offset = phoff + i * phentsize
+        if offset + 56 > len(data):
+            return None
+        p_type, _flags, p_offset, p_vaddr, _paddr, p_filesz = struct.unpack_from(
+            "<IIQQQQ", data, offset
+        )
+        if p_type == _PT_LOAD:
+            loads.append((p_vaddr, p_offset, p_filesz))
+        elif p_type == _PT_DYNAMIC:
+            dynamic = (p_offset, p_filesz)
+        elif p_type == _PT_INTERP:
+            interpreter = data[p_offset : p_offset + p_filesz].rstrip(b"\0").decode()
+    if dynamic is None:
+        return ElfLinks(interpreter, (), ())
+    entries: list[tuple[int, int]] = []
+    start, size = dynamic
+    for offset in range(start, min(start + size, len(data) - 15), 16):
+        tag, value = struct.unpack_from("<qQ", data, offset)
+        if tag == 0:
+            break
+        entries.append((tag, value))
+    strtab_addr = next((v for t, v in entries if t == _DT_STRTAB), None)
+    if strtab_addr is None:
+        return ElfLinks(interpreter, (), ())
+    strtab = next(
+        (
+            off + strtab_addr - vaddr
+            for vaddr, off, sz in loads
+            if vaddr <= strtab_addr < vaddr + sz
+        ),
+        None,
+    )
+    if strtab is None:
+        return None
+
+    def string(at: int) -> str:
+        assert strtab is not None
+        end = data.index(b"\0", strtab + at)
+        return data[strtab + at : end].decode(errors="replace")
+
+    needed = tuple(string(v) for t, v in entries if t == _DT_NEEDED)
+    search = tuple(
+        part for t, v in entries if t in {_DT_RPATH, _DT_RUNPATH} for part in string(v).split(":")
+    )
+    return ElfLinks(interpreter, needed, search)
+
+
+def library_names(root: Path) -> set[str]:
+    """Names of every shared object (file or link) under the image's library trees."""
+    names: set[str] = set()
+    for top in ("usr/lib", "usr/lib64", "usr/lib32"):
+        for _directory, _subdirs, files in os.walk(root / top):
+            names.update(name for name in files if ".so" in name)
+    return names
+
+
+def check_libraries(root: Path, available_before: set[str] | None = None) -> None:
+    """Fail if any ELF file left in ``root`` lost a library or its interpreter.
+
+    Only losses count: a library that was already absent before slimming (an
+    optional plugin's dependency that Debian merely recommends) is not ours
+    to report. A library counts as present anywhere under ``/usr/lib``, which
+    also covers private directories reached through a run path.
+    """
+    available = library_names(root)
+    before = available if available_before is None else available_before
+    problems: list[str] = []
+    for directory, _subdirs, files in os.walk(root / "usr"):
+        for name in files:
+            path = Path(directory, name)
+            if path.is_symlink() or name.endswith((".ko", ".ko.xz", ".ko.zst")):
+                continue
+            try:
+                with path.open("rb") as f:
+                    if f.read(4) != b"\x7fELF":
+                        continue
+                links = read_elf_links(path.read_bytes())
+            except OSError:
+                continue
+            if links is None:
+                continue
+            shown = "/" + path.relative_to(root).as_posix()
+            if links.interpreter and not _exists(root, links.interpreter):
+                problems.append(f"{shown}: interpreter {links.interpreter} is missing")
+            for library in links.needed:
+                if library not in available and (library in before or available_before is None):
+                    problems.append(f"{shown}: needs {library}, which is not in the image")
+    if problems:
+        shown_problems = "\n  ".join(problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise AtollError(
+            "slim: removing packages broke binaries ([strip] remove):\n  " + shown_problems + more
+        )
+
+
+def _exists(root: Path, path: str) -> bool:
+    """Whether ``path`` exists inside ``root``, following symlinks within ``root``."""
+    current = root
+    parts = [p for p in PurePosixPath(path).parts if p != "/"]
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        candidate = current / part
+        if candidate.is_symlink():
+            hops += 1
+            if hops > 40:
+                return False
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                current = root
+                parts = [p for p in PurePosixPath(target).parts if p != "/"] + parts
+            else:
+                parts = [p for p in PurePosixPath(target).parts] + parts
+            continue
+        if part == "..":
+            current = current.parent if current != root else root
+            continue
+        if not candidate.exists():
+            return False
+        current = candidate
+    return True
