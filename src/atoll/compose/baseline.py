@@ -1,0 +1,109 @@
+"""The conventional Debian host atoll is measured against, built the same way.
+
+``--variant=important`` (what a Debian cloud or server install starts from)
+plus ``openssh-server``, ``cloud-init``, ``initramfs-tools`` and the same
+kernel package as the atoll image, from the same mirror and the same signed
+index, by the same mmdebstrap with the same apt cache. Nothing is slimmed.
+The tarball is cached by its inputs like an atoll root filesystem.
+
+The boot benchmark turns it into a bootable disk (it has an initramfs, so a
+plain ext4 root works); the compose benchmark counts its packages and bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from atoll.manifest.model import Distribution
+from atoll.process import run
+from atoll.progress import Reporter
+
+BASELINE_PACKAGES = ("openssh-server", "cloud-init", "initramfs-tools")
+
+
+@dataclass(frozen=True)
+class BaselineRootfs:
+    tarball: Path
+    packages: int
+    size: int  # bytes of regular files, hard links once
+
+
+def build_baseline_rootfs(
+    distribution: Distribution,
+    kernel_package: str,
+    index_fingerprint: str,
+    cache: Path,
+    reporter: Reporter,
+    *,
+    source_date_epoch: int,
+) -> BaselineRootfs:
+    include = sorted({*BASELINE_PACKAGES, kernel_package})
+    sources = [
+        f"deb {distribution.mirror} {distribution.suite} {' '.join(distribution.components)}"
+    ]
+    if distribution.updates:
+        sources += [
+            f"deb {distribution.mirror} {distribution.suite}-updates main",
+            f"deb {distribution.security_mirror} {distribution.suite}-security main",
+        ]
+    key = hashlib.sha256(
+        json.dumps({"include": include, "sources": sources, "index": index_fingerprint}).encode()
+    ).hexdigest()[:32]
+    target = cache / "rootfs" / f"baseline-{key}.tar"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        apt_cache = cache / "apt" / f"{distribution.suite}-{distribution.architecture}"
+        apt_cache.mkdir(parents=True, exist_ok=True)
+        tmp = cache / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".partial")
+        reporter.info(f"building the conventional baseline: important + {', '.join(include)}")
+        try:
+            run(
+                [
+                    "mmdebstrap",
+                    "--mode=unshare",
+                    "--variant=important",
+                    f"--architectures={distribution.architecture}",
+                    "--format=tar",
+                    f"--include={','.join(include)}",
+                    '--setup-hook=mkdir -p "$1/var/cache/apt/archives"',
+                    f"--setup-hook=sync-in {apt_cache} /var/cache/apt/archives/",
+                    "--skip=download/empty",
+                    f"--customize-hook=sync-out /var/cache/apt/archives {apt_cache}",
+                    distribution.suite,
+                    partial,
+                    *sources,
+                ],
+                env={"SOURCE_DATE_EPOCH": str(source_date_epoch), "TMPDIR": str(tmp)},
+            )
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+    packages, size = measure_tarball(target)
+    return BaselineRootfs(tarball=target, packages=packages, size=size)
+
+
+def measure_tarball(tarball: Path) -> tuple[int, int]:
+    """Installed packages (from dpkg's status inside) and bytes of regular files."""
+    size = 0
+    packages = 0
+    with tarfile.open(tarball) as tar:
+        for member in tar:
+            if member.isfile():  # hard links are LNKTYPE entries: counted once
+                size += member.size
+                if member.name.lstrip("./") == "var/lib/dpkg/status":
+                    handle = tar.extractfile(member)
+                    assert handle is not None
+                    text = handle.read().decode()
+                    packages = sum(
+                        1
+                        for stanza in text.split("\n\n")
+                        if "Status: install ok installed" in stanza
+                    )
+    return packages, size
