@@ -232,6 +232,13 @@ def configure_containers(root: Path, manifest: Manifest) -> None:
     config = root / "etc/containerd/config.toml"
     config.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(config, CONTAINERD_CONFIG, 0o644)
+    # crun is a drop-in for runc. containerd's CRI config names it; anything
+    # that asks for "runc" by name (ctr, the runc shim's default) finds this
+    # link once the runc package is stripped (its /usr/sbin/runc comes first
+    # in PATH while it is installed).
+    runc = root / "usr/bin/runc"
+    if not (runc.exists() or runc.is_symlink()):
+        runc.symlink_to("crun")
     images = root / IMAGES_DIR
     images.mkdir(parents=True, exist_ok=True)
     lines = []
