@@ -1,0 +1,33 @@
+"""The benchmarks page renders every stage, including failed and missing ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from atoll.bench import render, run_all
+from atoll.progress import PlainReporter
+
+
+def test_render_shows_targets_figures_and_failures() -> None:
+    page = render(
+        {
+            "compose": {
+                "figures": {"atoll size (MB)": 120.5, "stages": {"rootfs": 3.0}},
+                "targets": [{"name": "size", "value": "26%", "target": "<= 30%", "met": True}],
+                "seconds": 12.0,
+            },
+            "boot": {"error": "ToolError: qemu failed", "seconds": 1.0},
+            "fleet": {"missing": "no benchmark in this tree yet"},
+        },
+        {"host": "h", "date": "2026-11-23"},
+    )
+    assert "| size | 26% | <= 30% | yes |" in page
+    assert '| stages | {"rootfs": 3.0} |' in page
+    assert "**benchmark failed**: `ToolError: qemu failed`" in page
+    assert "_no benchmark in this tree yet_" in page
+    assert "| host | h |" in page
+
+
+def test_run_all_reports_a_stage_without_benchmark(tmp_path: Path) -> None:
+    results = run_all(["agent"], tmp_path, PlainReporter())
+    assert "missing" in results["agent"]
