@@ -23,7 +23,6 @@ with the same digest, that commit is the answer.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
 import shutil
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import atoll
+from atoll.compose import prepare_root
 from atoll.compose.customize import OVERLAY, customize
 from atoll.compose.plan import RootfsPlan, plan_rootfs
 from atoll.compose.rootfs import build_rootfs
@@ -158,7 +158,7 @@ def compose(
             )
             customize(root, manifest)
             if manifest.init.strategy is InitStrategy.PREPARE_ROOT:
-                _install_prepare_root(root)
+                prepare_root.install(root)
         seconds["customize"] = time.monotonic() - started
 
         started = time.monotonic()
@@ -244,18 +244,6 @@ def _epoch_from_env() -> int:
         return int(value)
     except ValueError as e:
         raise AtollError(f"SOURCE_DATE_EPOCH: not a number of seconds: {value!r}") from e
-
-
-def _install_prepare_root(root: Path) -> None:
-    # Built by the disk stage's owners; imported late so that compose's other
-    # strategies work without a C compiler.
-    try:
-        module = importlib.import_module("atoll.compose.prepare_root")
-    except ImportError as e:
-        raise AtollError(
-            "init strategy atoll-prepare-root: atoll.compose.prepare_root is not available"
-        ) from e
-    module.install(root)
 
 
 def _packages_digest(sbom: dict[str, Any]) -> str:
