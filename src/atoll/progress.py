@@ -25,7 +25,7 @@ from typing import IO, Any
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    DownloadColumn,
+    MofNCompleteColumn,
     Progress,
     SpinnerColumn,
     TaskID,
@@ -137,7 +137,7 @@ class RichReporter(Reporter):
             SpinnerColumn(),
             TextColumn("[bold]{task.description}"),
             BarColumn(),
-            DownloadColumn(),
+            MofNCompleteColumn(),
             TimeElapsedColumn(),
             console=self._console,
             transient=False,
