@@ -8,9 +8,14 @@ tier's own conftest, so each is built once per run.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from atoll.compose import ComposeResult, compose
+from atoll.compose.oci import write_busybox_archive
+from atoll.progress import PlainReporter
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,3 +25,38 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         tier = Path(str(item.fspath)).relative_to(ROOT / "tests").parts[0]
         if tier in {"integration", "vm"}:
             item.add_marker(getattr(pytest.mark, tier))
+
+
+# --- The default image, composed once per run -------------------------------
+
+# Tests build with their own cache (apt archives, root filesystems) and a fixed
+# SOURCE_DATE_EPOCH, so every cached root filesystem in it was built the same
+# way and reproducibility can be checked against it.
+TEST_CACHE = ROOT / "build" / "test-cache"
+TEST_EPOCH = 1_700_000_000
+DEFAULT_MANIFEST = ROOT / "examples" / "minimal.toml"
+BUSYBOX_ARCHIVE = ROOT / "build" / "images" / "busybox.oci.tar"
+
+
+@dataclass(frozen=True)
+class ComposedImage:
+    repo: Path
+    ref: str
+    commit: str
+    version: str
+    result: ComposeResult
+
+
+@pytest.fixture(scope="session")
+def default_image() -> ComposedImage:
+    """``examples/minimal.toml`` composed into ``build/test/repo`` (an archive repo)."""
+    write_busybox_archive(BUSYBOX_ARCHIVE, "docker.io/library/busybox:atoll")
+    repo = ROOT / "build" / "test" / "repo"
+    result = compose(
+        DEFAULT_MANIFEST,
+        repo,
+        PlainReporter(),
+        cache=TEST_CACHE,
+        source_date_epoch=TEST_EPOCH,
+    )
+    return ComposedImage(repo, result.ref, result.commit, result.version, result)

@@ -20,6 +20,7 @@ import logging
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -181,11 +182,16 @@ def _run_streaming(
                 collected.append(raw)
                 on_line(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
             returncode = proc.wait(timeout=timeout)
-        except BaseException:
-            # Ctrl-C or a failing callback: the child must not outlive us.
-            proc.terminate()
+        except BaseException as e:
+            # Ctrl-C or a failing callback: the child must not outlive us. On
+            # Ctrl-C it gets SIGINT, as from a terminal, so it cleans up the
+            # way it does for a user; then TERM and KILL if it lingers.
+            if isinstance(e, KeyboardInterrupt):
+                proc.send_signal(signal.SIGINT)
+            else:
+                proc.terminate()
             try:
-                proc.wait(timeout=30)
+                proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()

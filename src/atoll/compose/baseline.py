@@ -15,10 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from atoll.compose.rootfs import private_tmpdir
 from atoll.manifest.model import Distribution
 from atoll.process import run
 from atoll.progress import Reporter
@@ -59,8 +61,7 @@ def build_baseline_rootfs(
         target.parent.mkdir(parents=True, exist_ok=True)
         apt_cache = cache / "apt" / f"{distribution.suite}-{distribution.architecture}"
         apt_cache.mkdir(parents=True, exist_ok=True)
-        tmp = cache / "tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
+        tmp = private_tmpdir(cache)
         partial = target.with_name(target.name + ".partial")
         reporter.info(f"building the conventional baseline: important + {', '.join(include)}")
         try:
@@ -85,6 +86,7 @@ def build_baseline_rootfs(
             os.replace(partial, target)
         finally:
             partial.unlink(missing_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
     packages, size = measure_tarball(target)
     return BaselineRootfs(tarball=target, packages=packages, size=size)
 

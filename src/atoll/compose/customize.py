@@ -232,13 +232,6 @@ def configure_containers(root: Path, manifest: Manifest) -> None:
     config = root / "etc/containerd/config.toml"
     config.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(config, CONTAINERD_CONFIG, 0o644)
-    # crun is a drop-in for runc. containerd's CRI config names it; anything
-    # that asks for "runc" by name (ctr, the runc shim's default) finds this
-    # link once the runc package is stripped (its /usr/sbin/runc comes first
-    # in PATH while it is installed).
-    runc = root / "usr/bin/runc"
-    if not (runc.exists() or runc.is_symlink()):
-        runc.symlink_to("crun")
     images = root / IMAGES_DIR
     images.mkdir(parents=True, exist_ok=True)
     lines = []
@@ -248,6 +241,17 @@ def configure_containers(root: Path, manifest: Manifest) -> None:
         (images / name).chmod(0o644)
         lines.append(f"{name} {image.reference}\n")
     _atomic_write(images / "preload.list", "".join(lines), 0o644)
+
+
+def link_runc_to_crun(root: Path) -> None:
+    """After slimming: if runc is gone, ``runc`` is crun (a drop-in replacement).
+
+    containerd's CRI config names crun; anything that asks for ``runc`` by
+    name (ctr, the runc shim's default) finds this link.
+    """
+    runc = root / "usr/bin/runc"
+    if not any(p.exists() or p.is_symlink() for p in (runc, root / "usr/sbin/runc")):
+        runc.symlink_to("crun")
 
 
 def install_agent(root: Path) -> None:

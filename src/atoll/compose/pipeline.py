@@ -36,7 +36,7 @@ from typing import Any
 
 import atoll
 from atoll.compose import prepare_root
-from atoll.compose.customize import OVERLAY, customize
+from atoll.compose.customize import OVERLAY, customize, link_runc_to_crun
 from atoll.compose.plan import RootfsPlan, plan_rootfs
 from atoll.compose.rootfs import build_rootfs
 from atoll.compose.shape import shape
@@ -164,6 +164,8 @@ def compose(
         started = time.monotonic()
         with reporter.stage("slim"):
             sbom = slim(root, manifest)
+            if manifest.containers.runtime:
+                link_runc_to_crun(root)
         seconds["slim"] = time.monotonic() - started
 
         started = time.monotonic()

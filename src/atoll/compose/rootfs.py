@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 from atoll.compose.localrepo import ensure_local_repo
@@ -115,10 +117,11 @@ def build_rootfs(
         preferences = rootfs_dir / f"{plan.cache_key()}.pref"
         preferences.write_text(plan.apt_preferences())
     progress = _Progress(reporter)
+    tmp = private_tmpdir(cache)
     try:
         run(
             mmdebstrap_argv(plan, partial, apt_cache, local_repo, preferences),
-            env={"SOURCE_DATE_EPOCH": str(source_date_epoch), "TMPDIR": str(_tmpdir(cache))},
+            env={"SOURCE_DATE_EPOCH": str(source_date_epoch), "TMPDIR": str(tmp)},
             on_line=progress,
         )
         os.replace(partial, target)
@@ -126,11 +129,13 @@ def build_rootfs(
         partial.unlink(missing_ok=True)
         if preferences is not None:
             preferences.unlink(missing_ok=True)
+        # Whatever an interrupted mmdebstrap left behind (its chroot, its gpg home).
+        shutil.rmtree(tmp, ignore_errors=True)
     return target, False
 
 
-def _tmpdir(cache: Path) -> Path:
-    # mmdebstrap unpacks into TMPDIR; keep it on the cache's filesystem, not a small /tmp.
-    tmp = cache / "tmp"
-    tmp.mkdir(parents=True, exist_ok=True)
-    return tmp
+def private_tmpdir(cache: Path) -> Path:
+    """A TMPDIR of mmdebstrap's own on the cache's filesystem (not a small /tmp)."""
+    parent = cache / "tmp"
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="mmdebstrap-run-", dir=parent))
