@@ -1,0 +1,255 @@
+"""Keep the EFI system partition in step with ostree's boot entries.
+
+ostree writes one Boot Loader Specification entry per deployment into the
+sysroot's ``/boot/loader/entries`` (``ostree-<N>-<os>.conf``, N highest for the
+default deployment) with ``sysroot.bootloader=none``, and the kernels under
+``/boot/ostree/<os>-<bootcsum>/``. Those live on the ext4 root, which the
+firmware cannot read. atoll boots UEFI machines with systemd-boot
+(``EFI/BOOT/BOOTX64.EFI`` on the ESP, see ``docs/boot.md``), which reads entries
+and kernels from the ESP only. So after every deploy (``atoll disk`` at build
+time, the agent after an upgrade or a rollback) :func:`sync` mirrors them:
+
+* ``/boot/ostree/...`` kernels are copied to the same relative path on the ESP
+  (their directories are content-addressed: a file already there is kept);
+* each entry is written to ``loader/entries/<id>.conf`` unchanged except for
+  the boot counter: with ``tries=N`` the *default* (newest) entry is named
+  ``<id>+N.conf``; systemd-boot counts the attempts down, and
+  ``systemd-bless-boot`` removes the counter once the boot is good, so a new
+  deployment that never becomes good falls back to the previous one;
+* entries and kernel directories that ostree no longer has are removed.
+
+systemd-boot sorts entries without ``sort-key`` by id, highest version first,
+and boots the first one: ``ostree-2-atoll`` (the newest deployment) before
+``ostree-1-atoll`` (the previous, still selectable for rollback).
+
+Plan, then apply: :func:`plan_sync` compares the entries with what the ESP
+holds and returns the list of actions; :func:`apply_plan` performs them,
+kernels before entries and removals last, so an interrupted sync never leaves
+an entry pointing at a missing kernel. Standard library only: the agent calls
+this on the node.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+ENTRIES_DIR = "loader/entries"
+LOADER_CONF = "loader/loader.conf"
+_COUNTER = re.compile(r"^(?P<id>.+?)(\+(?P<left>\d+)(-(?P<done>\d+))?)?$")
+
+
+class EntryError(ValueError):
+    """A boot entry that cannot be used; the message names the file and key."""
+
+
+@dataclass(frozen=True)
+class BootEntry:
+    """One BLS type 1 entry, as ostree writes it."""
+
+    id: str  # file name without ".conf" and without a boot counter
+    title: str
+    version: str
+    linux: str  # path relative to the boot partition's root, starting with "/"
+    options: str
+    initrd: tuple[str, ...] = ()
+    tries_left: int | None = None
+    tries_done: int | None = None
+
+    def render(self) -> str:
+        lines = [f"title {self.title}", f"version {self.version}", f"linux {self.linux}"]
+        lines += [f"initrd {path}" for path in self.initrd]
+        lines.append(f"options {self.options}")
+        return "\n".join(lines) + "\n"
+
+
+def parse_entry(text: str, name: str) -> BootEntry:
+    """Parse the entry file called ``name`` (e.g. ``ostree-1-atoll.conf``)."""
+    stem = name.removesuffix(".conf")
+    match = _COUNTER.match(stem)
+    assert match is not None  # the pattern matches any non-empty string
+    fields: dict[str, str] = {}
+    initrd: list[str] = []
+    for raw_line in text.splitlines():
+        line = raw_line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.partition(" ")
+        if key == "initrd":
+            initrd.append(value.strip())
+        else:
+            fields[key] = value.strip()
+    for required in ("linux", "options"):
+        if required not in fields:
+            raise EntryError(f"{name}: missing key '{required}'")
+    left, done = match.group("left"), match.group("done")
+    return BootEntry(
+        id=match.group("id"),
+        title=fields.get("title", match.group("id")),
+        version=fields.get("version", "0"),
+        linux=fields["linux"],
+        options=fields["options"],
+        initrd=tuple(initrd),
+        tries_left=int(left) if left is not None else None,
+        tries_done=int(done) if done is not None else None,
+    )
+
+
+def sort_key(entry: BootEntry) -> tuple[int, tuple[int, ...], str]:
+    """Newest first: entries out of tries last, then highest version, then id."""
+    exhausted = 1 if entry.tries_left == 0 else 0
+    numbers = tuple(-int(n) for n in re.findall(r"\d+", entry.version))
+    return (exhausted, numbers, entry.id)
+
+
+def read_entries(entries_dir: Path) -> list[BootEntry]:
+    """Every entry in ``entries_dir``, default (newest) first."""
+    if not entries_dir.is_dir():
+        return []
+    found = [
+        parse_entry(path.read_text(), path.name)
+        for path in entries_dir.iterdir()
+        if path.name.endswith(".conf") and path.is_file()
+    ]
+    return sorted(found, key=sort_key)
+
+
+def kernel_line(entry: BootEntry) -> str:
+    """The whole kernel command line as the boot loader passes it."""
+    return entry.options
+
+
+class ActionKind(StrEnum):
+    COPY = "copy"  # copy source (boot dir) -> target (ESP)
+    WRITE = "write"  # write content -> target
+    REMOVE = "remove"  # remove target (file or directory)
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ActionKind
+    target: str  # relative to the ESP root
+    source: str = ""  # relative to the boot dir, for COPY
+    content: str = ""  # for WRITE
+
+    def describe(self) -> str:
+        if self.kind is ActionKind.COPY:
+            return f"copy /boot{self.source} -> ESP/{self.target}"
+        return f"{self.kind.value} ESP/{self.target}"
+
+
+def loader_conf(default: str | None = None, timeout: int = 0) -> str:
+    """systemd-boot's ``loader.conf``: no menu unless a key is held, no editor."""
+    lines = [f"timeout {timeout}", "editor no", "console-mode keep"]
+    if default:
+        lines.append(f"default {default}")
+    return "\n".join(lines) + "\n"
+
+
+def plan_sync(boot_dir: Path, esp: Path, tries: int | None = None) -> list[Action]:
+    """What to do on ``esp`` so it boots the entries of ``boot_dir``, newest first."""
+    entries = read_entries(boot_dir / ENTRIES_DIR)
+    copies: list[Action] = []
+    writes: list[Action] = []
+    removals: list[Action] = []
+    wanted_files: set[str] = set()
+    for entry in entries:
+        for path in (entry.linux, *entry.initrd):
+            rel = path.lstrip("/")
+            if rel in wanted_files:
+                continue
+            wanted_files.add(rel)
+            source = boot_dir / rel
+            if not source.is_file():
+                raise EntryError(f"{boot_dir / ENTRIES_DIR}/{entry.id}.conf: {path}: no such file")
+            target = esp / rel
+            if not target.is_file() or target.stat().st_size != source.stat().st_size:
+                copies.append(Action(ActionKind.COPY, rel, source="/" + rel))
+    existing = {e.id: e for e in read_entries(esp / ENTRIES_DIR)}
+    existing_names = _entry_file_names(esp / ENTRIES_DIR)
+    keep_names: set[str] = set()
+    for index, entry in enumerate(entries):
+        current = existing.get(entry.id)
+        if current is not None and _same_boot(current, entry):
+            keep_names.add(existing_names[entry.id])
+            continue
+        counter = f"+{tries}" if tries is not None and index == 0 else ""
+        name = f"{entry.id}{counter}.conf"
+        keep_names.add(name)
+        writes.append(Action(ActionKind.WRITE, f"{ENTRIES_DIR}/{name}", content=entry.render()))
+    for name in sorted(existing_names.values()):
+        if name not in keep_names:
+            removals.append(Action(ActionKind.REMOVE, f"{ENTRIES_DIR}/{name}"))
+    ostree_dir = esp / "ostree"
+    if ostree_dir.is_dir():
+        wanted_dirs = {Path(rel).parts[1] for rel in wanted_files if rel.startswith("ostree/")}
+        for child in sorted(ostree_dir.iterdir()):
+            if child.name not in wanted_dirs:
+                removals.append(Action(ActionKind.REMOVE, f"ostree/{child.name}"))
+    conf = loader_conf()
+    conf_path = esp / LOADER_CONF
+    if not conf_path.is_file():
+        writes.append(Action(ActionKind.WRITE, LOADER_CONF, content=conf))
+    return copies + writes + removals
+
+
+def _same_boot(a: BootEntry, b: BootEntry) -> bool:
+    return (a.title, a.version, a.linux, a.options, a.initrd) == (
+        b.title,
+        b.version,
+        b.linux,
+        b.options,
+        b.initrd,
+    )
+
+
+def _entry_file_names(entries_dir: Path) -> dict[str, str]:
+    names: dict[str, str] = {}
+    if entries_dir.is_dir():
+        for path in entries_dir.iterdir():
+            if path.name.endswith(".conf"):
+                match = _COUNTER.match(path.name.removesuffix(".conf"))
+                assert match is not None
+                names[match.group("id")] = path.name
+    return names
+
+
+def apply_plan(actions: Sequence[Action], boot_dir: Path, esp: Path) -> None:
+    """Perform ``actions`` (from :func:`plan_sync`) in order; each write is atomic."""
+    for action in actions:
+        target = esp / action.target
+        if action.kind is ActionKind.REMOVE:
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # FAT has no atomic rename over an existing file in every driver, but
+        # Linux's vfat does rename(2) atomically enough for a single entry.
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".atoll-")
+        os.close(fd)
+        try:
+            if action.kind is ActionKind.COPY:
+                shutil.copyfile(boot_dir / action.source.lstrip("/"), tmp)
+            else:
+                Path(tmp).write_text(action.content)
+            with open(tmp, "rb") as written:
+                os.fsync(written.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def sync(boot_dir: Path, esp: Path, tries: int | None = None) -> list[Action]:
+    """Make ``esp`` boot the entries in ``boot_dir``; return what was done."""
+    actions = plan_sync(boot_dir, esp, tries)
+    apply_plan(actions, boot_dir, esp)
+    return actions

@@ -1,0 +1,388 @@
+"""First-boot provisioning: apply the node's user data once, record it, never again.
+
+This is the part of cloud-init/Ignition a container host needs, and nothing
+more. It runs on the node (``atoll-firstboot.service`` runs
+``python3 -m atoll.agent.provision`` early in boot) with the standard library
+only, and on the host (``atoll disk --user-data``) to validate a file before
+any image is built, so a typo costs a second, not a build.
+
+User data is TOML (documented in ``docs/boot.md``)::
+
+    [node]
+    hostname = "edge-1"
+    [time]
+    ntp = ["192.168.1.1", "pool.ntp.org"]
+    [fleet]
+    controller = "https://10.0.2.2:8443"
+    [credentials]                   # -> /etc/atoll/credentials/<name>, mode 0600
+    "node.key" = "-----BEGIN PRIVATE KEY-----..."
+    [[files]]                       # only under /etc or /var (/usr is read-only)
+    path = "/etc/motd"
+    content = "hello"
+    mode = "0644"                   # optional, default 0644
+    encoding = "utf-8"              # or "base64"
+
+Where it comes from, first found wins (:func:`find_user_data`):
+
+1. qemu fw_cfg ``opt/atoll/user-data`` (``-fw_cfg name=opt/atoll/user-data,file=...``),
+2. a config drive: a filesystem labelled ``ATOLL-CONFIG`` holding ``user-data.toml``,
+3. ``/var/lib/atoll/user-data.toml``, written into the disk by ``atoll disk --user-data``.
+
+Design: parse and validate everything into a frozen :class:`UserData`, then
+compute a pure plan (:func:`plan`, a list of :class:`FileWrite`) and apply it
+under a root directory, so tests apply it to a temporary tree. The record
+``/var/lib/atoll/firstboot.json`` is written last, atomically; the unit has
+``ConditionPathExists=!`` on it, so a later boot never re-applies, even when
+the user data is still attached. A node with no user data also gets a record
+(source ``none``): attaching user data later does not re-provision a running
+node, exactly like cloud-init's per-instance semantics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import contextlib
+import hashlib
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FW_CFG_PATH = Path("/sys/firmware/qemu_fw_cfg/by_name/opt/atoll/user-data/raw")
+CONFIG_DRIVE_LABEL = "ATOLL-CONFIG"
+CONFIG_DRIVE_FILE = "user-data.toml"
+EMBEDDED_PATH = "var/lib/atoll/user-data.toml"
+RECORD_PATH = "var/lib/atoll/firstboot.json"
+CREDENTIALS_DIR = "etc/atoll/credentials"
+FLEET_CONFIG = "etc/atoll/fleet.toml"
+TIMESYNCD_DROPIN = "etc/systemd/timesyncd.conf.d/50-atoll.conf"
+
+_HOSTNAME_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NTP_SERVER = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.:-]{0,252})$")
+_CONTROLLER = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+(:\d+)?(/\S*)?$")
+_WRITABLE_PREFIXES = ("/etc/", "/var/")
+_SECTIONS = {"node", "time", "fleet", "credentials", "files"}
+
+
+class UserDataError(ValueError):
+    """User data that cannot be applied; every problem names the file and key."""
+
+    def __init__(self, source: str, problems: Sequence[str]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        lines = [f"{source}: {p}" for p in self.problems]
+        super().__init__("\n".join(lines))
+
+
+@dataclass(frozen=True)
+class ExtraFile:
+    path: str  # absolute, under /etc or /var
+    content: bytes
+    mode: int = 0o644
+
+
+@dataclass(frozen=True)
+class UserData:
+    hostname: str | None = None
+    ntp: tuple[str, ...] = ()
+    controller: str | None = None
+    credentials: tuple[tuple[str, bytes], ...] = ()
+    files: tuple[ExtraFile, ...] = ()
+    digest: str = ""  # sha256 of the raw TOML, for the record
+
+
+@dataclass(frozen=True)
+class FileWrite:
+    """One step of a plan: write ``content`` to ``path`` (relative to the root)."""
+
+    path: str
+    content: bytes
+    mode: int
+    reason: str
+
+
+@dataclass
+class _Problems:
+    items: list[str] = field(default_factory=list)
+
+    def add(self, key: str, message: str) -> None:
+        self.items.append(f"{key}: {message}")
+
+
+def parse_user_data(raw: bytes, source: str) -> UserData:
+    """Parse and validate user data; raise :class:`UserDataError` listing every problem."""
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise UserDataError(source, [f"not UTF-8 text ({e.reason} at byte {e.start})"]) from e
+    except tomllib.TOMLDecodeError as e:
+        raise UserDataError(source, [f"not valid TOML: {e}"]) from e
+    problems = _Problems()
+    for key in sorted(set(doc) - _SECTIONS):
+        problems.add(key, f"unknown key (known: {', '.join(sorted(_SECTIONS))})")
+    hostname = _hostname(_table(doc, "node", problems, {"hostname"}), problems)
+    ntp = _ntp(_table(doc, "time", problems, {"ntp"}), problems)
+    controller = _controller(_table(doc, "fleet", problems, {"controller"}), problems)
+    credentials = _credentials(_table(doc, "credentials", problems, None), problems)
+    files = _files(doc.get("files", []), problems)
+    if problems.items:
+        raise UserDataError(source, problems.items)
+    return UserData(
+        hostname=hostname,
+        ntp=ntp,
+        controller=controller,
+        credentials=credentials,
+        files=files,
+        digest=hashlib.sha256(raw).hexdigest(),
+    )
+
+
+def _table(
+    doc: dict[str, Any], name: str, problems: _Problems, known: set[str] | None
+) -> dict[str, Any]:
+    value = doc.get(name, {})
+    if not isinstance(value, dict):
+        problems.add(name, f"must be a table, not {type(value).__name__}")
+        return {}
+    if known is not None:
+        for key in sorted(set(value) - known):
+            problems.add(f"[{name}].{key}", f"unknown key (known: {', '.join(sorted(known))})")
+    return value
+
+
+def _hostname(node: dict[str, Any], problems: _Problems) -> str | None:
+    value = node.get("hostname")
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 253 or not value:
+        problems.add("[node].hostname", f"{value!r} must be a string of 1-253 characters")
+        return None
+    for label in value.split("."):
+        if not _HOSTNAME_LABEL.match(label):
+            problems.add(
+                "[node].hostname",
+                f"{value!r} is not a valid hostname (lowercase letters, digits, '-', '.')",
+            )
+            return None
+    return value
+
+
+def _ntp(section: dict[str, Any], problems: _Problems) -> tuple[str, ...]:
+    value = section.get("ntp", [])
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+        problems.add("[time].ntp", f"{value!r} must be a list of server names")
+        return ()
+    for server in value:
+        if not _NTP_SERVER.match(server):
+            problems.add("[time].ntp", f"{server!r} is not a host name or address")
+    return tuple(value)
+
+
+def _controller(section: dict[str, Any], problems: _Problems) -> str | None:
+    value = section.get("controller")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _CONTROLLER.match(value):
+        problems.add("[fleet].controller", f"{value!r} must be an http:// or https:// URL")
+        return None
+    return value
+
+
+def _credentials(section: dict[str, Any], problems: _Problems) -> tuple[tuple[str, bytes], ...]:
+    found: list[tuple[str, bytes]] = []
+    for name, content in sorted(section.items()):
+        key = f"[credentials].{name}"
+        if not _CREDENTIAL_NAME.match(name):
+            problems.add(key, "name must be letters, digits, '.', '_' or '-'")
+        elif not isinstance(content, str):
+            problems.add(
+                key, f"must be a string (the file's content), not {type(content).__name__}"
+            )
+        else:
+            found.append((name, content.encode()))
+    return tuple(found)
+
+
+def _files(value: object, problems: _Problems) -> tuple[ExtraFile, ...]:
+    if not isinstance(value, list):
+        problems.add("files", "must be an array of tables ([[files]])")
+        return ()
+    found: list[ExtraFile] = []
+    for index, entry in enumerate(value):
+        key = f"[[files]][{index}]"
+        if not isinstance(entry, dict):
+            problems.add(key, "must be a table")
+            continue
+        for unknown in sorted(set(entry) - {"path", "content", "mode", "encoding"}):
+            problems.add(f"{key}.{unknown}", "unknown key (known: content, encoding, mode, path)")
+        path = entry.get("path")
+        if not isinstance(path, str) or not path.startswith(_WRITABLE_PREFIXES):
+            problems.add(f"{key}.path", f"{path!r} must be an absolute path under /etc or /var")
+            continue
+        if ".." in Path(path).parts or path.endswith("/"):
+            problems.add(f"{key}.path", f"{path!r} must name a file, without '..'")
+            continue
+        content = entry.get("content")
+        if not isinstance(content, str):
+            problems.add(f"{key}.content", "must be a string")
+            continue
+        encoding = entry.get("encoding", "utf-8")
+        if encoding == "base64":
+            try:
+                data = base64.b64decode(content, validate=True)
+            except binascii.Error as e:
+                problems.add(f"{key}.content", f"not valid base64 ({e})")
+                continue
+        elif encoding == "utf-8":
+            data = content.encode()
+        else:
+            problems.add(f"{key}.encoding", f"{encoding!r} must be 'utf-8' or 'base64'")
+            continue
+        mode_text = entry.get("mode", "0644")
+        if not isinstance(mode_text, str) or not re.fullmatch(r"0?[0-7]{3,4}", mode_text):
+            problems.add(f"{key}.mode", f"{mode_text!r} must be an octal string like '0644'")
+            continue
+        found.append(ExtraFile(path=path, content=data, mode=int(mode_text, 8)))
+    return tuple(found)
+
+
+def plan(data: UserData) -> list[FileWrite]:
+    """The files first boot writes for ``data``, relative to the root, in order."""
+    writes: list[FileWrite] = []
+    if data.hostname:
+        writes.append(FileWrite("etc/hostname", f"{data.hostname}\n".encode(), 0o644, "hostname"))
+    if data.ntp:
+        body = "# Written once at first boot from user data.\n[Time]\nNTP=" + " ".join(data.ntp)
+        writes.append(FileWrite(TIMESYNCD_DROPIN, (body + "\n").encode(), 0o644, "ntp"))
+    if data.controller:
+        body = "# Written once at first boot from user data.\n"
+        body += f"controller = {json.dumps(data.controller)}\n"
+        writes.append(FileWrite(FLEET_CONFIG, body.encode(), 0o644, "fleet controller"))
+    for name, content in data.credentials:
+        writes.append(FileWrite(f"{CREDENTIALS_DIR}/{name}", content, 0o600, "credential"))
+    for extra in data.files:
+        writes.append(FileWrite(extra.path.lstrip("/"), extra.content, extra.mode, "file"))
+    return writes
+
+
+def apply(writes: Sequence[FileWrite], root: Path) -> None:
+    """Write every file of the plan under ``root``, each atomically."""
+    for write in writes:
+        _write_atomic(root / write.path, write.content, write.mode)
+
+
+def _write_atomic(target: Path, content: bytes, mode: int) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(content)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def find_user_data(root: Path, fw_cfg: Path = FW_CFG_PATH) -> tuple[str, bytes] | None:
+    """The first user data found: (source description, raw bytes), or None."""
+    if fw_cfg.exists():
+        return (f"fw_cfg {fw_cfg}", fw_cfg.read_bytes())
+    drive = _read_config_drive(root)
+    if drive is not None:
+        return drive
+    embedded = root / EMBEDDED_PATH
+    if embedded.exists():
+        return (str(embedded), embedded.read_bytes())
+    return None
+
+
+def _read_config_drive(root: Path) -> tuple[str, bytes] | None:
+    device = root / "dev/disk/by-label" / CONFIG_DRIVE_LABEL
+    if not device.exists():
+        return None
+    with _mounted_read_only(device) as mountpoint:
+        path = mountpoint / CONFIG_DRIVE_FILE
+        if not path.exists():
+            return None
+        return (f"config drive {device}:{CONFIG_DRIVE_FILE}", path.read_bytes())
+
+
+@contextlib.contextmanager
+def _mounted_read_only(device: Path) -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="atoll-config-") as tmp:
+        subprocess.run(["mount", "-o", "ro", os.fspath(device), tmp], check=True)
+        try:
+            yield Path(tmp)
+        finally:
+            subprocess.run(["umount", tmp], check=False)
+
+
+def provision(root: Path, fw_cfg: Path = FW_CFG_PATH, live: bool = False) -> dict[str, Any]:
+    """Apply user data once under ``root``; return the record (already written).
+
+    Does nothing and returns the existing record when first boot already ran.
+    ``live`` also sets the running kernel's hostname (on the node, not in tests).
+    """
+    record_path = root / RECORD_PATH
+    if record_path.exists():
+        existing: dict[str, Any] = json.loads(record_path.read_text())
+        return existing
+    found = find_user_data(root, fw_cfg)
+    record: dict[str, Any] = {"source": "none", "applied": [], "time": int(time.time())}
+    if found is not None:
+        source, raw = found
+        data = parse_user_data(raw, source)
+        writes = plan(data)
+        apply(writes, root)
+        if live and data.hostname:
+            socket.sethostname(data.hostname)
+        record.update(
+            source=source,
+            sha256=data.digest,
+            applied=[{"path": "/" + w.path, "reason": w.reason} for w in writes],
+        )
+    _write_atomic(record_path, (json.dumps(record, indent=2) + "\n").encode(), 0o644)
+    return record
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="atoll.agent.provision", description=__doc__)
+    parser.add_argument("--root", type=Path, default=Path("/"), help="apply under this root")
+    parser.add_argument("--fw-cfg", type=Path, default=FW_CFG_PATH, help="fw_cfg user data path")
+    parser.add_argument("--check", type=Path, help="only validate this user data file")
+    args = parser.parse_args(argv)
+    try:
+        if args.check is not None:
+            parse_user_data(args.check.read_bytes(), str(args.check))
+            print(f"{args.check}: ok")
+            return 0
+        record = provision(args.root, args.fw_cfg, live=args.root == Path("/"))
+    except UserDataError as e:
+        print(f"atoll-firstboot: user data rejected, nothing applied:\n{e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"atoll-firstboot: failed: {e}", file=sys.stderr)
+        return 1
+    applied = ", ".join(a["path"] for a in record.get("applied", [])) or "nothing"
+    print(f"atoll-firstboot: user data from {record['source']}: applied {applied}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

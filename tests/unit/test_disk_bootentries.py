@@ -1,0 +1,111 @@
+"""Boot entry parsing, ordering and the ESP sync plan (atoll.agent.bootentries)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from atoll.agent.bootentries import (
+    ActionKind,
+    EntryError,
+    parse_entry,
+    plan_sync,
+    read_entries,
+    sort_key,
+    sync,
+)
+
+
+def _entry(version: int, csum: str, bootn: int = 0) -> str:
+    return (
+        f"title atoll {version}\nversion {version}\n"
+        f"linux /ostree/atoll-{csum}/vmlinuz-6.1\n"
+        f"options rw root=PARTUUID=x ostree=/ostree/boot.{bootn}/atoll/{csum}/0\n"
+    )
+
+
+def _boot_dir(tmp: Path, entries: dict[str, tuple[int, str, int]]) -> Path:
+    boot = tmp / "boot"
+    (boot / "loader/entries").mkdir(parents=True)
+    for name, (version, csum, bootn) in entries.items():
+        (boot / "loader/entries" / name).write_text(_entry(version, csum, bootn))
+        kernel = boot / f"ostree/atoll-{csum}/vmlinuz-6.1"
+        kernel.parent.mkdir(parents=True, exist_ok=True)
+        kernel.write_bytes(csum.encode() * 100)
+    return boot
+
+
+def test_counter_is_split_from_the_id() -> None:
+    entry = parse_entry(_entry(2, "aa"), "ostree-2-atoll+2-1.conf")
+    assert (entry.id, entry.tries_left, entry.tries_done) == ("ostree-2-atoll", 2, 1)
+    assert parse_entry(_entry(1, "aa"), "ostree-1-atoll.conf").tries_left is None
+
+
+def test_an_entry_without_kernel_is_refused_by_name() -> None:
+    with pytest.raises(EntryError, match=r"x\.conf: missing key 'linux'"):
+        parse_entry("title t\noptions rw\n", "x.conf")
+
+
+def test_newest_first_and_exhausted_last() -> None:
+    entries = [
+        parse_entry(_entry(1, "a"), "ostree-1-atoll.conf"),
+        parse_entry(_entry(10, "b"), "ostree-10-atoll+0-3.conf"),
+        parse_entry(_entry(2, "c"), "ostree-2-atoll.conf"),
+    ]
+    ordered = [e.id for e in sorted(entries, key=sort_key)]
+    assert ordered == ["ostree-2-atoll", "ostree-1-atoll", "ostree-10-atoll"]
+
+
+def test_sync_mirrors_entries_and_kernels(tmp_path: Path) -> None:
+    boot = _boot_dir(tmp_path, {"ostree-1-atoll.conf": (1, "aa", 0)})
+    esp = tmp_path / "esp"
+    sync(boot, esp)
+    assert read_entries(esp / "loader/entries")[0].id == "ostree-1-atoll"
+    assert (esp / "ostree/atoll-aa/vmlinuz-6.1").read_bytes() == b"aa" * 100
+    assert (esp / "loader/loader.conf").read_text().startswith("timeout 0")
+    assert plan_sync(boot, esp) == []  # idempotent
+
+
+def test_upgrade_then_sync_makes_the_new_entry_default_with_tries(tmp_path: Path) -> None:
+    boot = _boot_dir(tmp_path, {"ostree-1-atoll.conf": (1, "aa", 0)})
+    esp = tmp_path / "esp"
+    sync(boot, esp)
+    # ostree deploys a second commit: entries renumbered, boot.N flipped.
+    for old in (boot / "loader/entries").iterdir():
+        old.unlink()
+    _boot_dir_update = {"ostree-2-atoll.conf": (2, "bb", 1), "ostree-1-atoll.conf": (1, "aa", 1)}
+    for name, (version, csum, bootn) in _boot_dir_update.items():
+        (boot / "loader/entries" / name).write_text(_entry(version, csum, bootn))
+    (boot / "ostree/atoll-bb").mkdir()
+    (boot / "ostree/atoll-bb/vmlinuz-6.1").write_bytes(b"bb")
+    actions = sync(boot, esp, tries=3)
+    names = sorted(p.name for p in (esp / "loader/entries").iterdir())
+    assert names == ["ostree-1-atoll.conf", "ostree-2-atoll+3.conf"]
+    assert [a.kind for a in actions][:1] == [ActionKind.COPY]  # kernel before entry
+    entries = read_entries(esp / "loader/entries")
+    assert [e.id for e in entries] == ["ostree-2-atoll", "ostree-1-atoll"]
+    assert "boot.1" in entries[1].options
+
+
+def test_sync_removes_what_ostree_dropped(tmp_path: Path) -> None:
+    boot = _boot_dir(
+        tmp_path, {"ostree-2-atoll.conf": (2, "bb", 0), "ostree-1-atoll.conf": (1, "aa", 0)}
+    )
+    esp = tmp_path / "esp"
+    sync(boot, esp)
+    (boot / "loader/entries/ostree-1-atoll.conf").unlink()
+    actions = sync(boot, esp)
+    assert {(a.kind, a.target) for a in actions} == {
+        (ActionKind.REMOVE, "loader/entries/ostree-1-atoll.conf"),
+        (ActionKind.REMOVE, "ostree/atoll-aa"),
+    }
+    assert not (esp / "ostree/atoll-aa").exists()
+
+
+def test_missing_kernel_fails_before_touching_the_esp(tmp_path: Path) -> None:
+    boot = _boot_dir(tmp_path, {"ostree-1-atoll.conf": (1, "aa", 0)})
+    (boot / "ostree/atoll-aa/vmlinuz-6.1").unlink()
+    with pytest.raises(EntryError, match="no such file"):
+        sync(boot, tmp_path / "esp")
+    assert not (tmp_path / "esp").exists()
