@@ -87,6 +87,11 @@ def commit(
     return result.stdout.decode().strip()
 
 
+def pull_local(repo: Path, source: Path, checksum: str) -> None:
+    """Copy a commit and its objects from the local repo ``source`` (no ref moves)."""
+    run(["ostree", "pull-local", f"--repo={repo}", "--untrusted", str(source), checksum])
+
+
 def set_ref(repo: Path, ref: str, checksum: str) -> None:
     """Point ``ref`` at ``checksum`` (one atomic file replacement inside ostree)."""
     run(["ostree", "refs", f"--repo={repo}", "--force", f"--create={ref}", checksum])
