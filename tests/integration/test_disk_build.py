@@ -37,18 +37,28 @@ CONFIG = "\n".join(
     for name in ("PCI", "BLK_DEV_NVME", "EXT4_FS", "EFI_PARTITION", "DEVTMPFS", "EFI_STUB")
 )
 REF = "atoll/x86_64/tiny"
+KERNEL_2 = b"MZ second kernel " * 1000
 
 
 @dataclass(frozen=True)
 class TinyRepo:
     repo: Path
     commit: str
+    second: str
 
 
-def _commit(repo: Path, root: Path, ref: str, config: str, kargs: str, version: str) -> str:
+def _commit(
+    repo: Path,
+    root: Path,
+    ref: str,
+    config: str,
+    kargs: str,
+    version: str,
+    kernel: bytes = KERNEL,
+) -> str:
     modules = root / "usr/lib/modules" / KVER
     modules.mkdir(parents=True)
-    (modules / "vmlinuz").write_bytes(KERNEL)
+    (modules / "vmlinuz").write_bytes(kernel)
     (modules / "config").write_text(config + "\n")
     (root / "usr/etc").mkdir(parents=True)
     (root / "usr/lib/os-release").write_text(f'NAME=atoll\nID=atoll\nVERSION_ID="{version}"\n')
@@ -76,7 +86,10 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyRepo:
         "",
         "1.0",
     )
-    return TinyRepo(repo, commit)
+    second = _commit(
+        repo, base / "v2", "atoll/x86_64/tiny2", CONFIG, "console=ttyS0", "2.0", KERNEL_2
+    )
+    return TinyRepo(repo, commit, second)
 
 
 def test_disk_has_gpt_esp_and_a_bootable_default_entry(tiny: TinyRepo, tmp_path: Path) -> None:
@@ -184,3 +197,17 @@ def test_a_failed_build_keeps_the_previous_image(
         build_disk(plan, PlainReporter())
     assert image.read_bytes() == b"previous image"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.img"]
+
+
+def test_previous_commit_stays_selectable_as_rollback(tiny: TinyRepo, tmp_path: Path) -> None:
+    image = tmp_path / "two.img"
+    plan = plan_disk(tiny.repo, tiny.second, image, size=512 * MIB, previous=REF, boot_tries=3)
+    build_disk(plan, PlainReporter())
+    entries = boot_entries(image)
+    assert [e.id for e in entries] == ["ostree-2-atoll", "ostree-1-atoll"]
+    assert entries[0].title.startswith("atoll 2.0") and entries[1].title.startswith("atoll 1.0")
+    assert read_default_entry(image).kernel == KERNEL_2
+    files = esp_files(image)
+    assert "/loader/entries/ostree-2-atoll+3.conf" in files  # boot counting on the new one
+    assert "/loader/entries/ostree-1-atoll.conf" in files
+    assert read_esp_file(image, entries[1].linux) == KERNEL

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from atoll.agent import bootentries
 from atoll.agent.provision import EMBEDDED_PATH, UserDataError, parse_user_data
-from atoll.disk.kernelcheck import check_config, config_candidates
+from atoll.disk.kernelcheck import KernelVerdict, check_config, config_candidates
 from atoll.disk.layout import (
     MIB,
     DiskLayout,
@@ -77,6 +77,7 @@ class DiskPlan:
     user_data: bytes | None
     boot_tries: int | None
     warnings: tuple[str, ...]
+    previous: str | None = None  # a commit deployed first, as the rollback entry
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ def plan_disk(
     user_data: Path | None = None,
     boot_tries: int | None = None,
     seed: str | None = None,
+    previous: str | None = None,
 ) -> DiskPlan:
     """Validate the whole request; raise :class:`InputError` naming what is wrong."""
     for tool in _TOOLS + (("qemu-img",) if disk_format is DiskFormat.QCOW2 else ()):
@@ -123,19 +125,11 @@ def plan_disk(
         raise InputError(f"--boot-tries: {boot_tries} must be between 1 and 9")
     if not (repo / "config").is_file():
         raise InputError(f"{repo}: not an ostree repository")
-    commit = ostree.rev_parse(repo, ref)
-    if commit is None:
-        known = ", ".join(ostree.refs(repo)) or "none"
-        raise InputError(f"{repo}: no ref or commit {ref!r} (refs: {known})")
-    meta = ostree.commit_metadata(repo, commit, ["version", "atoll.kernel", "atoll.kargs"])
-    kernel = str(meta.get("atoll.kernel") or _find_kernel(repo, commit))
-    text, source = _kernel_config(repo, commit, kernel)
-    verdict = check_config(text, f"{ref} ({commit[:12]}):{source}")
-    if not verdict.ok:
-        raise InputError(
-            "this kernel cannot mount the root without an initramfs:\n  "
-            + "\n  ".join(verdict.problems)
-        )
+    commit, meta, kernel, verdict = _check_commit(repo, ref)
+    previous_commit = None
+    if previous is not None:
+        previous_commit, _meta, _kernel, previous_verdict = _check_commit(repo, previous)
+        verdict = KernelVerdict(verdict.problems, verdict.warnings + previous_verdict.warnings)
     layout = plan_layout(size, seed=seed)
     kargs, dropped = merge_kernel_arguments(
         str(meta.get("atoll.kargs", "")), root_kernel_arguments(layout)
@@ -155,7 +149,25 @@ def plan_disk(
         user_data=raw_user_data,
         boot_tries=boot_tries,
         warnings=tuple(warnings),
+        previous=previous_commit,
     )
+
+
+def _check_commit(repo: Path, ref: str) -> tuple[str, dict[str, object], str, KernelVerdict]:
+    commit = ostree.rev_parse(repo, ref)
+    if commit is None:
+        known = ", ".join(ostree.refs(repo)) or "none"
+        raise InputError(f"{repo}: no ref or commit {ref!r} (refs: {known})")
+    meta = ostree.commit_metadata(repo, commit, ["version", "atoll.kernel", "atoll.kargs"])
+    kernel = str(meta.get("atoll.kernel") or _find_kernel(repo, commit))
+    text, source = _kernel_config(repo, commit, kernel)
+    verdict = check_config(text, f"{ref} ({commit[:12]}):{source}")
+    if not verdict.ok:
+        raise InputError(
+            "this kernel cannot mount the root without an initramfs:\n  "
+            + "\n  ".join(verdict.problems)
+        )
+    return commit, meta, kernel, verdict
 
 
 def _find_kernel(repo: Path, commit: str) -> str:
@@ -231,8 +243,6 @@ def _deploy(plan: DiskPlan, sysroot: Path) -> None:
     repo = sysroot / "ostree" / "repo"
     # No grub/syslinux integration on the node: atoll syncs the ESP itself.
     run(["ostree", "config", f"--repo={repo}", "set", "sysroot.bootloader", "none"])
-    run(["ostree", "pull-local", f"--repo={repo}", plan.repo, plan.commit])
-    run(["ostree", "refs", f"--repo={repo}", "--create", plan.ref, plan.commit])
     argv: list[str | Path] = [
         "ostree",
         "admin",
@@ -241,7 +251,19 @@ def _deploy(plan: DiskPlan, sysroot: Path) -> None:
         f"--os={OS_NAME}",
     ]
     argv += [f"--karg={arg}" for arg in plan.kernel_arguments]
-    run([*argv, plan.ref])
+    if plan.previous is not None:
+        run(["ostree", "pull-local", f"--repo={repo}", plan.repo, plan.previous])
+        run([*argv, plan.previous])
+        # Offline there is no booted deployment: keep the first one explicitly.
+        argv.append("--retain")
+    # Pulled only now: each deploy prunes commits that no ref or deployment holds.
+    run(["ostree", "pull-local", f"--repo={repo}", plan.repo, plan.commit])
+    deploy_target = plan.commit
+    if plan.ref != plan.commit:
+        # The deployment's origin names the ref, so the node can upgrade along it.
+        run(["ostree", "refs", f"--repo={repo}", "--create", plan.ref, plan.commit])
+        deploy_target = plan.ref
+    run([*argv, deploy_target])
     if plan.user_data is not None:
         target = sysroot / "ostree" / "deploy" / OS_NAME / EMBEDDED_PATH
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=int,
         help="systemd-boot boot counting for the new entry (rollback if never blessed)",
     )
+    p.add_argument(
+        "--previous",
+        metavar="REF",
+        help="deploy this ref or commit first, so the disk also has it as the rollback entry",
+    )
     p.add_argument("--plan", action="store_true", help="print the plan and build nothing")
     p.add_argument("--json", action="store_true", help="progress as JSON lines on stdout")
     p.set_defaults(handler=_disk)
@@ -39,6 +44,7 @@ def _disk(args: argparse.Namespace) -> int:
         disk_format=DiskFormat(args.format),
         user_data=args.user_data,
         boot_tries=args.boot_tries,
+        previous=args.previous,
     )
     reporter = reporter_for(json_lines=args.json)
     try:
