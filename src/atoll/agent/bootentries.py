@@ -31,16 +31,24 @@ this on the node.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
 ENTRIES_DIR = "loader/entries"
+ESP_TYPE = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
+# On the node: the physical root's /boot, where ostree writes (prepare-root
+# binds the physical root at /sysroot).
+NODE_BOOT_DIR = Path("/sysroot/boot")
 LOADER_CONF = "loader/loader.conf"
 _COUNTER = re.compile(r"^(?P<id>.+?)(\+(?P<left>\d+)(-(?P<done>\d+))?)?$")
 
@@ -253,3 +261,63 @@ def sync(boot_dir: Path, esp: Path, tries: int | None = None) -> list[Action]:
     actions = plan_sync(boot_dir, esp, tries)
     apply_plan(actions, boot_dir, esp)
     return actions
+
+
+def find_esp_device() -> str:
+    """The ESP's block device on the node, found by its GPT type with blkid."""
+    result = subprocess.run(
+        ["blkid", "-o", "device", "-t", f"PART_ENTRY_TYPE={ESP_TYPE}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    devices = result.stdout.split()
+    if not devices:
+        raise EntryError("no EFI system partition found (blkid PART_ENTRY_TYPE)")
+    return devices[0]
+
+
+@contextlib.contextmanager
+def mounted_esp() -> Iterator[Path]:
+    """The ESP mounted read-write: /efi or /boot/efi if mounted, else a private mount."""
+    for candidate in (Path("/efi"), Path("/boot/efi")):
+        if candidate.is_mount() and (candidate / "loader").is_dir():
+            yield candidate
+            return
+    device = find_esp_device()
+    with tempfile.TemporaryDirectory(prefix="atoll-esp-", dir="/run") as tmp:
+        subprocess.run(["mount", "-t", "vfat", device, tmp], check=True)
+        try:
+            yield Path(tmp)
+        finally:
+            subprocess.run(["umount", tmp], check=False)
+
+
+def sync_node(tries: int | None = None, boot_dir: Path = NODE_BOOT_DIR) -> list[Action]:
+    """On the node, after ``ostree admin deploy``/``undeploy``: bring the ESP up to date."""
+    with mounted_esp() as esp:
+        return sync(boot_dir, esp, tries)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="atoll.agent.bootentries", description="sync ostree's boot entries to the ESP"
+    )
+    parser.add_argument("--tries", type=int, help="boot counting for the new default entry")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan only")
+    args = parser.parse_args(argv)
+    try:
+        with mounted_esp() as esp:
+            actions = plan_sync(NODE_BOOT_DIR, esp, args.tries)
+            if not args.dry_run:
+                apply_plan(actions, NODE_BOOT_DIR, esp)
+    except (EntryError, OSError, subprocess.CalledProcessError) as e:
+        print(f"atoll bootentries: {e}", file=sys.stderr)
+        return 1
+    for action in actions:
+        print(action.describe())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
