@@ -9,6 +9,7 @@ import pytest
 from atoll.agent.bootentries import (
     ActionKind,
     EntryError,
+    bless,
     parse_entry,
     plan_sync,
     read_entries,
@@ -109,3 +110,24 @@ def test_missing_kernel_fails_before_touching_the_esp(tmp_path: Path) -> None:
     with pytest.raises(EntryError, match="no such file"):
         sync(boot, tmp_path / "esp")
     assert not (tmp_path / "esp").exists()
+
+
+def test_bless_drops_the_counter_of_the_booted_entry_only(tmp_path: Path) -> None:
+    boot = _boot_dir(
+        tmp_path, {"ostree-2-atoll.conf": (2, "bb", 1), "ostree-1-atoll.conf": (1, "aa", 1)}
+    )
+    esp = tmp_path / "esp"
+    sync(boot, esp, tries=3)
+    (esp / "loader/entries/ostree-2-atoll+3.conf").rename(
+        esp / "loader/entries/ostree-2-atoll+2-1.conf"
+    )
+    cmdline = "rw root=PARTUUID=x ostree=/ostree/boot.1/atoll/bb/0\n"
+    assert bless(esp, cmdline) == "ostree-2-atoll.conf"
+    assert sorted(p.name for p in (esp / "loader/entries").iterdir()) == [
+        "ostree-1-atoll.conf",
+        "ostree-2-atoll.conf",
+    ]
+    assert bless(esp, cmdline) is None  # already good
+    assert plan_sync(boot, esp) == []  # a later sync keeps the blessed entry
+    with pytest.raises(EntryError, match="no entry boots"):
+        bless(esp, "ostree=/ostree/boot.0/atoll/zz/0")

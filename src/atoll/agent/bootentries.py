@@ -263,6 +263,37 @@ def sync(boot_dir: Path, esp: Path, tries: int | None = None) -> list[Action]:
     return actions
 
 
+def _ostree_argument(options: str) -> str | None:
+    for arg in options.split():
+        if arg.startswith("ostree="):
+            return arg
+    return None
+
+
+def bless(esp: Path, cmdline: str) -> str | None:
+    """Mark the booted entry good: drop its boot counter (what systemd-bless-boot does).
+
+    The booted entry is the one whose ``ostree=`` matches the kernel command
+    line. Returns the new file name, or None when the entry had no counter.
+    The agent calls this once the node is healthy; until then systemd-boot
+    keeps counting down and, at ``+0``, falls back to the previous entry.
+    """
+    booted = _ostree_argument(cmdline)
+    if booted is None:
+        raise EntryError("kernel command line has no ostree= argument")
+    entries_dir = esp / ENTRIES_DIR
+    for path in sorted(entries_dir.glob("*.conf")):
+        entry = parse_entry(path.read_text(), path.name)
+        if _ostree_argument(entry.options) != booted:
+            continue
+        if entry.tries_left is None:
+            return None
+        blessed = entries_dir / f"{entry.id}.conf"
+        os.replace(path, blessed)
+        return blessed.name
+    raise EntryError(f"{entries_dir}: no entry boots {booted}")
+
+
 def find_esp_device() -> str:
     """The ESP's block device on the node, found by its GPT type with blkid."""
     result = subprocess.run(
@@ -299,14 +330,26 @@ def sync_node(tries: int | None = None, boot_dir: Path = NODE_BOOT_DIR) -> list[
         return sync(boot_dir, esp, tries)
 
 
+def bless_node() -> str | None:
+    """On the node: mark the entry that booted this system as good."""
+    cmdline = Path("/proc/cmdline").read_text()
+    with mounted_esp() as esp:
+        return bless(esp, cmdline)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="atoll.agent.bootentries", description="sync ostree's boot entries to the ESP"
     )
     parser.add_argument("--tries", type=int, help="boot counting for the new default entry")
     parser.add_argument("--dry-run", action="store_true", help="print the plan only")
+    parser.add_argument("--bless", action="store_true", help="mark the booted entry good")
     args = parser.parse_args(argv)
     try:
+        if args.bless:
+            blessed = bless_node()
+            print(f"blessed {blessed}" if blessed else "booted entry has no boot counter")
+            return 0
         with mounted_esp() as esp:
             actions = plan_sync(NODE_BOOT_DIR, esp, args.tries)
             if not args.dry_run:
