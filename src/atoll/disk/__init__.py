@@ -17,13 +17,16 @@ mounting it (:mod:`atoll.disk.image`):
 * ``boot_entries(image)``: every deployment's entry, default first;
 * ``select_entry(image, "ostree-1-atoll")``: make systemd-boot boot that
   entry under UEFI (rollback tests);
-* ``partitions(image)``, ``esp_files(image)``, ``read_esp_file(image, path)``.
+* ``partitions(image)``, ``esp_files(image)``, ``read_esp_file(image, path)``;
+* ``write_config_drive(user_data, output)`` (``atoll config-drive``): user data
+  on an ext4 disk labelled ``ATOLL-CONFIG``, for hypervisors without fw_cfg.
 
 The ESP is kept in step with ostree by :mod:`atoll.agent.bootentries`, which
 the agent also runs on the node after each upgrade.
 """
 
 from atoll.disk.build import DiskFormat, DiskPlan, DiskResult, build_disk, plan_disk
+from atoll.disk.configdrive import write_config_drive
 from atoll.disk.image import (
     DirectBoot,
     boot_entries,
@@ -47,4 +50,5 @@ __all__ = [
     "read_default_entry",
     "read_esp_file",
     "select_entry",
+    "write_config_drive",
 ]

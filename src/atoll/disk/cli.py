@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from atoll.disk.build import DiskFormat, build_disk, plan_disk
+from atoll.disk.configdrive import write_config_drive
 from atoll.disk.layout import MIB, parse_size
 from atoll.progress import reporter_for
 
@@ -33,6 +34,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--plan", action="store_true", help="print the plan and build nothing")
     p.add_argument("--json", action="store_true", help="progress as JSON lines on stdout")
     p.set_defaults(handler=_disk)
+
+    p = sub.add_parser(
+        "config-drive", help="write first-boot user data to a config drive (ext4, ATOLL-CONFIG)"
+    )
+    p.add_argument("user_data", type=Path, help="user data (TOML, see docs/boot.md)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="the drive image to write")
+    p.set_defaults(handler=_config_drive)
+
+
+def _config_drive(args: argparse.Namespace) -> int:
+    write_config_drive(args.user_data, args.output)
+    print(args.output)
+    return 0
 
 
 def _disk(args: argparse.Namespace) -> int:
