@@ -310,8 +310,8 @@ def find_esp_device() -> str:
 
 @contextlib.contextmanager
 def mounted_esp() -> Iterator[Path]:
-    """The ESP mounted read-write: /efi or /boot/efi if mounted, else a private mount."""
-    for candidate in (Path("/efi"), Path("/boot/efi")):
+    """The ESP mounted read-write: /efi, /boot or /boot/efi if mounted, else a private mount."""
+    for candidate in (Path("/efi"), Path("/boot"), Path("/boot/efi")):
         if candidate.is_mount() and (candidate / "loader").is_dir():
             yield candidate
             return
