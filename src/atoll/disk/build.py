@@ -252,16 +252,16 @@ def _deploy(plan: DiskPlan, sysroot: Path) -> None:
     ]
     argv += [f"--karg={arg}" for arg in plan.kernel_arguments]
     if plan.previous is not None:
-        run(["ostree", "pull-local", f"--repo={repo}", plan.repo, plan.previous])
+        ostree.pull_local(repo, plan.repo, plan.previous)
         run([*argv, plan.previous])
         # Offline there is no booted deployment: keep the first one explicitly.
         argv.append("--retain")
     # Pulled only now: each deploy prunes commits that no ref or deployment holds.
-    run(["ostree", "pull-local", f"--repo={repo}", plan.repo, plan.commit])
+    ostree.pull_local(repo, plan.repo, plan.commit)
     deploy_target = plan.commit
     if plan.ref != plan.commit:
         # The deployment's origin names the ref, so the node can upgrade along it.
-        run(["ostree", "refs", f"--repo={repo}", "--create", plan.ref, plan.commit])
+        ostree.set_ref(repo, plan.ref, plan.commit)
         deploy_target = plan.ref
     run([*argv, deploy_target])
     if plan.user_data is not None:
