@@ -1,0 +1,154 @@
+"""``pool.toml``: the operator's declaration of a pool, validated into a :class:`PoolSpec`.
+
+The same dictionary shape is used on the wire (``PUT /v1/pools/{name}``) and in
+the store, so there is one validator and every error names its source (file or
+URL) and key::
+
+    [pool]
+    name = "web"
+    version = "2.0"                 # target version
+    previous_version = "1.0"        # optional; defaults to the previous target
+    [pool.selector]                 # nodes whose labels match all of these
+    role = "web"
+    [strategy]
+    partition = 0                   # count or "N%"
+    max_unavailable = "20%"         # count or "N%"
+    paused = false
+    min_ready_seconds = 0
+    canary = 0
+    priority_label = "atoll.io/priority"
+    scatter_label = "zone"
+    failure_budget = 1              # count or "N%"
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from atoll.errors import InputError
+from atoll.fleet.rollout import PoolSpec, Quantity
+
+_POOL_KEYS = {"name", "version", "previous_version", "selector"}
+_STRATEGY_KEYS = {
+    "partition",
+    "max_unavailable",
+    "paused",
+    "min_ready_seconds",
+    "canary",
+    "priority_label",
+    "scatter_label",
+    "failure_budget",
+}
+
+
+def _str(raw: object, source: str, *, optional: bool = False) -> str | None:
+    if raw is None and optional:
+        return None
+    if not isinstance(raw, str) or not raw.strip():
+        raise InputError(f"{source}: expected a non-empty string, got {raw!r}")
+    return raw
+
+
+def _quantity(table: dict[str, Any], key: str, default: Quantity, source: str) -> Quantity:
+    if key not in table:
+        return default
+    try:
+        return Quantity.parse(table[key], source=f"{source}: strategy.{key}")
+    except ValueError as e:
+        raise InputError(str(e)) from e
+
+
+def spec_from_dict(data: dict[str, Any], source: str) -> PoolSpec:
+    """Validate the ``{"pool": {...}, "strategy": {...}}`` shape; ``source`` names its origin."""
+    unknown_top = set(data) - {"pool", "strategy"}
+    if unknown_top:
+        raise InputError(f"{source}: unknown table(s) {sorted(unknown_top)}")
+    pool = data.get("pool")
+    if not isinstance(pool, dict):
+        raise InputError(f"{source}: missing [pool] table")
+    strategy = data.get("strategy", {})
+    if not isinstance(strategy, dict):
+        raise InputError(f"{source}: [strategy] must be a table")
+    for table, allowed, prefix in (
+        (pool, _POOL_KEYS, "pool"),
+        (strategy, _STRATEGY_KEYS, "strategy"),
+    ):
+        for key in table:
+            if key not in allowed:
+                raise InputError(f"{source}: unknown key {prefix}.{key}")
+    name = _str(pool.get("name"), f"{source}: pool.name")
+    version = _str(pool.get("version"), f"{source}: pool.version")
+    previous = _str(pool.get("previous_version"), f"{source}: pool.previous_version", optional=True)
+    selector = pool.get("selector", {})
+    if not isinstance(selector, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in selector.items()
+    ):
+        raise InputError(f"{source}: pool.selector must be a table of strings, got {selector!r}")
+    paused = strategy.get("paused", False)
+    if not isinstance(paused, bool):
+        raise InputError(f"{source}: strategy.paused: expected true/false, got {paused!r}")
+    min_ready = strategy.get("min_ready_seconds", 0)
+    if isinstance(min_ready, bool) or not isinstance(min_ready, int | float) or min_ready < 0:
+        raise InputError(
+            f"{source}: strategy.min_ready_seconds: expected seconds >= 0, got {min_ready!r}"
+        )
+    canary = strategy.get("canary", 0)
+    if isinstance(canary, bool) or not isinstance(canary, int) or canary < 0:
+        raise InputError(f"{source}: strategy.canary: expected a count >= 0, got {canary!r}")
+    priority = _str(
+        strategy.get("priority_label"), f"{source}: strategy.priority_label", optional=True
+    )
+    scatter = _str(
+        strategy.get("scatter_label"), f"{source}: strategy.scatter_label", optional=True
+    )
+    assert name is not None and version is not None  # _str without optional never returns None
+    return PoolSpec(
+        name=name,
+        target_version=version,
+        previous_version=previous,
+        selector=dict(selector),
+        partition=_quantity(strategy, "partition", Quantity(0), source),
+        max_unavailable=_quantity(strategy, "max_unavailable", Quantity(1), source),
+        paused=paused,
+        min_ready_seconds=float(min_ready),
+        canary=canary,
+        priority_label=priority,
+        scatter_label=scatter,
+        failure_budget=_quantity(strategy, "failure_budget", Quantity(0), source),
+    )
+
+
+def spec_to_dict(spec: PoolSpec) -> dict[str, Any]:
+    """The inverse of :func:`spec_from_dict` (JSON- and TOML-safe)."""
+    pool: dict[str, Any] = {
+        "name": spec.name,
+        "version": spec.target_version,
+        "selector": dict(spec.selector),
+    }
+    if spec.previous_version is not None:
+        pool["previous_version"] = spec.previous_version
+    strategy: dict[str, Any] = {
+        "partition": str(spec.partition),
+        "max_unavailable": str(spec.max_unavailable),
+        "paused": spec.paused,
+        "min_ready_seconds": spec.min_ready_seconds,
+        "canary": spec.canary,
+        "failure_budget": str(spec.failure_budget),
+    }
+    if spec.priority_label is not None:
+        strategy["priority_label"] = spec.priority_label
+    if spec.scatter_label is not None:
+        strategy["scatter_label"] = spec.scatter_label
+    return {"pool": pool, "strategy": strategy}
+
+
+def load_pool_file(path: Path) -> PoolSpec:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{path}: not valid TOML: {e}") from e
+    return spec_from_dict(data, str(path))
