@@ -110,7 +110,7 @@ def _deltas(
     sources: list[str] = []
     for entry in current.history if current else ():
         old = str(entry.get("commit", ""))
-        if old and old != commit and old not in sources and ostree.rev_parse(repo, old):
+        if old and old != commit and old not in sources and ostree.has_commit(repo, old):
             sources.append(old)
         if len(sources) >= count:
             break
@@ -178,7 +178,7 @@ def _move(
     current = read_channel(updates, check_name(channel), key)
     update = ChannelUpdate(channel, ref, commit, version, rollback=rollback)
     document = next_document(current, update, key)
-    if ostree.rev_parse(repo, commit) is None:
+    if not ostree.has_commit(repo, commit):
         raise AtollError(f"{repo}: commit {commit[:12]} is no longer published (pruned?)")
     with reporter.stage("channel", f"{channel} -> {version}{' (rollback)' if rollback else ''}"):
         made = _deltas(repo, current, commit, DEFAULT_DELTAS, reporter)

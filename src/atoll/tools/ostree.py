@@ -105,6 +105,11 @@ def rev_parse(repo: Path, ref: str) -> str | None:
     return result.stdout.decode().strip()
 
 
+def has_commit(repo: Path, checksum: str) -> bool:
+    """Whether the commit object itself is in ``repo`` (rev-parse accepts any checksum)."""
+    return (repo / "objects" / checksum[:2] / f"{checksum[2:]}.commit").exists()
+
+
 def refs(repo: Path) -> list[str]:
     return run(["ostree", "refs", f"--repo={repo}"]).stdout.decode().split()
 
