@@ -1,0 +1,140 @@
+"""Publish benchmark: delta vs full download, and 200 concurrent node pulls.
+
+Measured in one run on loopback:
+
+* the default image v1 and v2 (``examples/minimal.toml`` and
+  ``minimal-v2.toml``: a few packages more) are composed and published to a
+  channel; a node on v1 pulls v2 (the static delta) and a fresh node pulls
+  v2 in full, through :func:`atoll.agent.updates.pull_verified` against
+  ``atoll serve``; the server counts the bytes each sends;
+* 200 simulated nodes at once fetch what a delta upgrade fetches (the
+  channel document, the commit, the delta's superblock and parts) from the
+  same server, each on its own connection; errors are counted.
+
+Target (issue "signed update channels"): the delta is at most 10% of a full
+pull, and 200 concurrent pulls complete without errors.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from atoll.agent.updates import pull_verified
+from atoll.agent.verify import load_trusted_keys
+from atoll.compose.oci import write_busybox_archive
+from atoll.compose.pipeline import compose
+from atoll.progress import Reporter
+from atoll.publish.keys import init_keys, load_private_key
+from atoll.publish.publish import publish, served_repo
+from atoll.publish.serve import serve_in_thread, url_of
+from atoll.tools import ostree
+
+CHECKOUT = Path(__file__).resolve().parents[3]
+CONCURRENT = 200
+
+
+def _fetch_all(urls: list[str]) -> int:
+    total = 0
+    for url in urls:
+        with urllib.request.urlopen(url, timeout=120) as response:  # noqa: S310 - loopback
+            total += len(response.read())
+    return total
+
+
+def run_benchmark(workdir: Path, reporter: Reporter) -> dict[str, object]:
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    write_busybox_archive(
+        CHECKOUT / "build/images/busybox.oci.tar", "docker.io/library/busybox:atoll"
+    )
+    build = workdir / "build-repo"
+    v1 = compose(CHECKOUT / "examples/minimal.toml", build, reporter)
+    v1_commit = v1.commit
+    v2 = compose(CHECKOUT / "examples/minimal-v2.toml", build, reporter)
+    init_keys(workdir / "keys")
+    key = load_private_key(workdir / "keys/atoll-ed25519.key")
+    updates = workdir / "updates"
+    publish(build, v1_commit, updates, "stable", key, reporter)
+    started = time.monotonic()
+    publish(build, v2.commit, updates, "stable", key, reporter)
+    publish_s = time.monotonic() - started
+    trusted = workdir / "trusted"
+    trusted.mkdir()
+    shutil.copy(workdir / "keys/atoll-ed25519.pub", trusted / "atoll.pub")
+    keys = load_trusted_keys((trusted,))
+
+    server = serve_in_thread(updates)
+    try:
+        url = url_of(server)
+        node = workdir / "node-v1"
+        ostree.init_repo(node, mode="bare-user")
+        pull_verified(node, url, v1_commit, keys)
+        before = server.counters.bytes_sent
+        started = time.monotonic()
+        pull_verified(node, url, v2.commit, keys)
+        delta_s = time.monotonic() - started
+        delta_bytes = server.counters.bytes_sent - before
+
+        fresh = workdir / "node-fresh"
+        ostree.init_repo(fresh, mode="bare-user")
+        before = server.counters.bytes_sent
+        started = time.monotonic()
+        pull_verified(fresh, url, v2.commit, keys)
+        full_s = time.monotonic() - started
+        full_bytes = server.counters.bytes_sent - before
+
+        repo = served_repo(updates)
+        delta_dir = repo / "deltas" / v1_commit[:2] / (v1_commit[2:] + "-" + v2.commit)
+        files = sorted(p for p in delta_dir.rglob("*") if p.is_file())
+        paths = ["channels/stable.json", *(f"repo/{p.relative_to(repo)}" for p in files)]
+        paths.append(f"repo/objects/{v2.commit[:2]}/{v2.commit[2:]}.commit")
+        urls = [f"{url}/{p}" for p in paths]
+        errors_before = server.counters.errors
+        started = time.monotonic()
+        failures = 0
+        with ThreadPoolExecutor(max_workers=CONCURRENT) as pool:
+            futures = [pool.submit(_fetch_all, urls) for _ in range(CONCURRENT)]
+            for future in futures:
+                try:
+                    future.result(timeout=300)
+                except Exception:  # every failure counts, whatever its kind
+                    failures += 1
+        concurrent_s = time.monotonic() - started
+        server_errors = server.counters.errors - errors_before
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    ratio = delta_bytes / full_bytes
+    return {
+        "figures": {
+            "image size (MB, uncompressed tree)": round(v2.size / 1e6, 1),
+            "full pull of v2 (MB downloaded)": round(full_bytes / 1e6, 2),
+            "delta v1 -> v2 (MB downloaded)": round(delta_bytes / 1e6, 2),
+            "full pull (s)": round(full_s, 1),
+            "delta pull (s)": round(delta_s, 1),
+            "publish v2 with delta (s)": round(publish_s, 1),
+            "concurrent delta pulls": CONCURRENT,
+            "concurrent pulls wall time (s)": round(concurrent_s, 1),
+            "concurrent pull failures": failures,
+            "server errors": server_errors,
+        },
+        "targets": [
+            {
+                "name": "delta download vs full pull (v1 -> v2, a few packages)",
+                "value": f"{ratio:.1%}",
+                "target": "<= 10%",
+                "met": ratio <= 0.10,
+            },
+            {
+                "name": f"{CONCURRENT} concurrent node pulls on loopback",
+                "value": f"{failures} failed",
+                "target": "no errors",
+                "met": failures == 0 and server_errors == 0,
+            },
+        ],
+    }
