@@ -386,8 +386,15 @@ class Store:
                 else:
                     db.execute(
                         "UPDATE nodes SET phase=?, staged_version=?, last_transition=? "
-                        "WHERE name=?",
-                        (Phase.REBOOTING.value, action.version, now, action.node),
+                        "WHERE name=? AND phase NOT IN (?, ?)",
+                        (
+                            Phase.REBOOTING.value,
+                            action.version,
+                            now,
+                            action.node,
+                            Phase.REBOOTING.value,
+                            Phase.FAILED.value,
+                        ),
                     )
                 self._event(db, now, pool, action.node, action.kind.value, action.version)
             if plan.pause_reason is not None:

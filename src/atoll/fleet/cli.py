@@ -1,0 +1,193 @@
+"""``atoll fleet``: run the controller and talk to it.
+
+::
+
+    atoll fleet serve --store sqlite:///var/lib/atoll/fleet.db --listen 127.0.0.1:9443
+    atoll fleet apply pool.toml        [--server URL]
+    atoll fleet status [POOL] [--json] [--server URL]
+    atoll fleet pause|resume|rollback POOL [--server URL]
+    atoll fleet nodes [--selector zone=a] [--json] [--server URL]
+
+``serve`` prints one JSON line ``{"listen": "127.0.0.1:PORT"}`` once it accepts
+connections (``--listen 127.0.0.1:0`` picks a free port) and runs until
+SIGTERM/SIGINT. The other verbs are thin clients of the HTTP API
+(:func:`atoll.agent.fleet_client.request_json`); ``apply`` validates
+``pool.toml`` locally first so errors name the file and key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from atoll.agent.fleet_client import Backoff, FleetError, request_json
+from atoll.errors import AtollError, InputError
+from atoll.fleet.pool import load_pool_file, spec_to_dict
+from atoll.fleet.server import FleetService
+from atoll.fleet.store import Store, store_path
+
+DEFAULT_SERVER = "http://127.0.0.1:9443"
+
+
+def _listen(raw: str) -> tuple[str, int]:
+    host, sep, port = raw.rpartition(":")
+    if not sep or host != "127.0.0.1" or not port.isdigit() or int(port) > 65535:
+        raise InputError(f"--listen {raw!r}: expected 127.0.0.1:PORT (loopback only)")
+    return host, int(port)
+
+
+def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
+    try:
+        return request_json(
+            method, args.server.rstrip("/") + path, body, backoff=Backoff(attempts=3)
+        )
+    except FleetError as e:
+        if e.status is not None and 400 <= e.status < 500:
+            raise InputError(str(e)) from e
+        raise AtollError(str(e)) from e
+
+
+def _serve(args: argparse.Namespace) -> int:
+    host, port = _listen(args.listen)
+    path = store_path(args.store)
+    stop = threading.Event()
+
+    def _on_signal(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    with Store(path) as store:
+        service = FleetService(store, host, port, max_in_flight=args.max_in_flight, tick=args.tick)
+        service.start()
+        previous = signal.signal(signal.SIGTERM, _on_signal)
+        try:
+            bound = service.address
+            print(json.dumps({"listen": f"{bound[0]}:{bound[1]}", "store": str(path)}), flush=True)
+            while not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            service.stop()
+    return 0
+
+
+def _apply(args: argparse.Namespace) -> int:
+    spec = load_pool_file(args.pool_file)
+    view = _call(args, "PUT", f"/v1/pools/{spec.name}", spec_to_dict(spec))
+    print(json.dumps(view, indent=2) if args.json else f"pool {spec.name}: applied")
+    return 0
+
+
+def _print_pool(view: dict[str, Any]) -> None:
+    spec = view["spec"]["pool"]
+    status = view.get("status", {})
+    paused = status.get("paused_reason")
+    print(
+        f"pool {spec['name']} -> {spec['version']}: updated {status.get('updated')} "
+        f"updating {status.get('updating')} pending {status.get('pending')} "
+        f"failed {status.get('failed')} held {status.get('held')} of {status.get('total')}"
+        f" (unavailable {status.get('unavailable')}/{status.get('max_unavailable')})"
+    )
+    if paused:
+        print(f"  paused: {paused}")
+    for node in view.get("nodes", []):
+        reason = f"  {node['reason']}" if node["reason"] else ""
+        print(
+            f"  {node['name']:<24} {node['current']} -> {node['desired']} {node['phase']}{reason}"
+        )
+
+
+def _status(args: argparse.Namespace) -> int:
+    views = (
+        [_call(args, "GET", f"/v1/pools/{args.pool}")]
+        if args.pool
+        else _call(args, "GET", "/v1/pools")
+    )
+    if args.json:
+        print(json.dumps(views, indent=2))
+    else:
+        for view in views:
+            _print_pool(view)
+    return 0
+
+
+def _pool_verb(verb: str) -> Any:
+    def handler(args: argparse.Namespace) -> int:
+        view = _call(args, "POST", f"/v1/pools/{args.pool}/{verb}")
+        if args.json:
+            print(json.dumps(view, indent=2))
+        else:
+            _print_pool(view)
+        return 0
+
+    return handler
+
+
+def _nodes(args: argparse.Namespace) -> int:
+    selector: dict[str, str] = {}
+    for item in args.selector or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--selector {item!r}: expected KEY=VALUE")
+        selector[key] = value
+    nodes = [
+        n
+        for n in _call(args, "GET", "/v1/nodes")
+        if all(n["labels"].get(k) == v for k, v in selector.items())
+    ]
+    if args.json:
+        print(json.dumps(nodes, indent=2))
+    else:
+        for n in nodes:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(n["labels"].items()))
+            health = "healthy" if n["healthy"] else "UNHEALTHY"
+            print(f"{n['name']:<24} {n['current']:<12} {n['phase']:<10} {health:<9} {labels}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("fleet", help="roll OS versions across pools of nodes")
+    verbs = p.add_subparsers(dest="fleet_verb", required=True, metavar="VERB")
+
+    def client(name: str, help_text: str) -> argparse.ArgumentParser:
+        v = verbs.add_parser(name, help=help_text)
+        v.add_argument("--server", default=DEFAULT_SERVER, help="controller URL")
+        v.add_argument("--json", action="store_true", help="print JSON")
+        return v
+
+    serve = verbs.add_parser("serve", help="run the controller")
+    serve.add_argument("--store", required=True, help="sqlite:///path/to/fleet.db")
+    serve.add_argument("--listen", default="127.0.0.1:9443", help="127.0.0.1:PORT")
+    serve.add_argument("--max-in-flight", type=int, default=64, help="requests served at once")
+    serve.add_argument("--tick", type=float, default=1.0, help="seconds between plans")
+    serve.set_defaults(handler=_serve)
+
+    apply = client("apply", "declare or update a pool from pool.toml")
+    apply.add_argument("pool_file", type=Path, metavar="POOL_TOML")
+    apply.set_defaults(handler=_apply)
+
+    status = client("status", "per-pool progress and why nodes wait")
+    status.add_argument("pool", nargs="?", metavar="POOL")
+    status.set_defaults(handler=_status)
+
+    for verb, text in (
+        ("pause", "pause a pool's rollout"),
+        ("resume", "resume a pool (releases the canary, retries failed nodes)"),
+        ("rollback", "swap the pool's target back to its previous version"),
+    ):
+        v = client(verb, text)
+        v.add_argument("pool", metavar="POOL")
+        v.set_defaults(handler=_pool_verb(verb))
+
+    nodes = client("nodes", "list registered nodes")
+    nodes.add_argument("--selector", action="append", metavar="KEY=VALUE")
+    nodes.set_defaults(handler=_nodes)
+
+
+__all__ = ["register"]

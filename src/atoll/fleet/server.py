@@ -1,0 +1,350 @@
+"""The fleet controller: an HTTP JSON API over the store, driving the planner.
+
+Design:
+
+* standard library only (``ThreadingHTTPServer``), bound to 127.0.0.1: TLS and
+  authentication belong in front of it, not in this process;
+* **the store is the truth**: every decision (a stage order, a reboot grant, a
+  self-pause) is persisted by :meth:`Store.apply_plan` before any agent can
+  learn it, and a reboot grant is stored as phase ``rebooting``; a controller
+  killed at any moment and restarted on the same file recomputes the same
+  picture and never grants more than ``maxUnavailable``;
+* **one planner at a time**: :meth:`Controller.reconcile` holds a lock, so two
+  agents reporting at once cannot both take the last free slot;
+* the planner runs after every report and on a timer (``tick``), so time-based
+  rules (minReadySeconds) progress without reports;
+* **self-protection**: at most ``max_in_flight`` requests are served at once;
+  the rest get ``429`` with ``Retry-After`` at once (agents back off with jitter);
+  the listen backlog is large so a burst of connections is not reset.
+
+Which pool owns a node: the first pool, by name, whose selector matches its labels.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from atoll.errors import AtollError, InputError
+from atoll.fleet.pool import spec_from_dict, spec_to_dict
+from atoll.fleet.rollout import NodeFacts, Phase, Plan, PoolSpec, PoolState, plan
+from atoll.fleet.store import Store, matches
+
+_NODE = re.compile(r"^/v1/nodes/([^/]+)/(report|desired)$")
+_POOL = re.compile(r"^/v1/pools/([^/]+)(?:/(pause|resume|rollback))?$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+class HttpError(Exception):
+    def __init__(self, status: HTTPStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Controller:
+    """Reconciles pools from the store; thread-safe."""
+
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._plans: dict[str, Plan] = {}
+
+    @staticmethod
+    def owner(pools: list[tuple[PoolSpec, PoolState]], node: NodeFacts) -> str | None:
+        for spec, _state in pools:
+            if matches(spec.selector, node.labels):
+                return spec.name
+        return None
+
+    def reconcile(self) -> dict[str, Plan]:
+        """Plan every pool and persist the decisions; returns the plans."""
+        with self._lock:
+            now = self.clock()
+            pools = self.store.pools()
+            members: dict[str, list[NodeFacts]] = {spec.name: [] for spec, _ in pools}
+            for node in self.store.nodes():
+                owner = self.owner(pools, node)
+                if owner is not None:
+                    members[owner].append(node)
+            plans: dict[str, Plan] = {}
+            for spec, state in pools:
+                result = plan(spec, state, members[spec.name], now)
+                if result.actions or result.pause_reason:
+                    self.store.apply_plan(spec.name, result, now)
+                    # Re-plan on the persisted facts so the cached answers
+                    # (reasons, may_reboot) describe what agents will see.
+                    spec_state = self.store.pool(spec.name)
+                    if spec_state is not None:
+                        nodes = [n for n in self.store.nodes() if self.owner(pools, n) == spec.name]
+                        result = plan(spec_state[0], spec_state[1], nodes, now)
+                plans[spec.name] = result
+            self._plans = plans
+            return plans
+
+    def plans(self) -> dict[str, Plan]:
+        with self._lock:
+            cached = dict(self._plans)
+        return cached or self.reconcile()
+
+    def desired(self, name: str) -> dict[str, Any]:
+        node = self.store.node(name)
+        if node is None:
+            raise HttpError(HTTPStatus.NOT_FOUND, f"node {name!r} is not registered")
+        for pool, result in self.plans().items():
+            if name in result.desired:
+                rebooting = node.phase is Phase.REBOOTING
+                version = (
+                    (node.staged_version or result.desired[name])
+                    if rebooting
+                    else (result.desired[name])
+                )
+                return {
+                    "pool": pool,
+                    "version": version,
+                    "stage": node.phase in (Phase.STAGING, Phase.STAGED)
+                    and node.current_version != version,
+                    "may_reboot": rebooting and node.current_version != version,
+                    "reason": result.waiting.get(name, ""),
+                }
+        return {
+            "pool": None,
+            "version": node.current_version,
+            "stage": False,
+            "may_reboot": False,
+            "reason": "no pool selects this node",
+        }
+
+    def pool_view(self, name: str) -> dict[str, Any]:
+        spec_state = self.store.pool(name)
+        if spec_state is None:
+            raise HttpError(HTTPStatus.NOT_FOUND, f"pool {name!r} does not exist")
+        result = self.plans().get(name) or self.reconcile().get(name)
+        nodes = {n.name: n for n in self.store.nodes()}
+        view: dict[str, Any] = {"spec": spec_to_dict(spec_state[0])}
+        if result is not None:
+            view["status"] = asdict(result.status)
+            view["nodes"] = [
+                {
+                    "name": n,
+                    "desired": result.desired[n],
+                    "current": nodes[n].current_version if n in nodes else None,
+                    "phase": nodes[n].phase.value if n in nodes else None,
+                    "healthy": nodes[n].healthy if n in nodes else None,
+                    "reason": result.waiting.get(n, ""),
+                }
+                for n in result.desired
+            ]
+        return view
+
+
+def _node_json(n: NodeFacts) -> dict[str, Any]:
+    return {
+        "name": n.name,
+        "labels": dict(n.labels),
+        "current": n.current_version,
+        "staged": n.staged_version,
+        "healthy": n.healthy,
+        "phase": n.phase.value,
+        "last_transition": n.last_transition,
+    }
+
+
+class FleetHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 2048  # a burst of agents must queue, not be reset
+
+    def __init__(
+        self, address: tuple[str, int], controller: Controller, max_in_flight: int
+    ) -> None:
+        if address[0] != "127.0.0.1":
+            raise InputError(f"--listen {address[0]}: the controller listens on 127.0.0.1 only")
+        self.controller = controller
+        self.in_flight = threading.BoundedSemaphore(max_in_flight)
+        self.rejected = 0
+        super().__init__(address, _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: FleetHTTPServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # access logs would drown a thousand agents' reports
+
+    def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _body(self) -> dict[str, Any]:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            data = json.loads(raw or b"{}")
+        except ValueError as e:
+            raise HttpError(HTTPStatus.BAD_REQUEST, f"{self.path}: body is not JSON: {e}") from e
+        if not isinstance(data, dict):
+            raise HttpError(HTTPStatus.BAD_REQUEST, f"{self.path}: body must be a JSON object")
+        return data
+
+    def _serve(self, method: str) -> None:
+        if not self.server.in_flight.acquire(blocking=False):
+            self.server.rejected += 1
+            # Drain the body so the connection stays in sync for the retry.
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self._send(429, {"error": "controller busy"}, {"Retry-After": "1"})
+            return
+        try:
+            status, payload = self._route(method)
+            self._send(status, payload)
+        except HttpError as e:
+            self._send(e.status, {"error": str(e)})
+        except AtollError as e:
+            self._send(HTTPStatus.BAD_REQUEST, {"error": str(e)})
+        finally:
+            self.server.in_flight.release()
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+    def do_PUT(self) -> None:
+        self._serve("PUT")
+
+    def _route(self, method: str) -> tuple[int, Any]:
+        ctl = self.server.controller
+        store = ctl.store
+        path = self.path.split("?", 1)[0]
+        if method == "POST" and path == "/v1/nodes/register":
+            body = self._body()
+            name = body.get("name")
+            labels = body.get("labels", {})
+            version = body.get("version")
+            if not isinstance(name, str) or not _NAME.match(name):
+                raise HttpError(HTTPStatus.BAD_REQUEST, f"{path}: bad name {name!r}")
+            if not isinstance(version, str) or not version:
+                raise HttpError(HTTPStatus.BAD_REQUEST, f"{path}: bad version {version!r}")
+            if not isinstance(labels, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+            ):
+                raise HttpError(HTTPStatus.BAD_REQUEST, f"{path}: labels must map str to str")
+            node = store.register(
+                name, labels, version, bool(body.get("healthy", True)), ctl.clock()
+            )
+            return 200, _node_json(node)
+        if path == "/v1/nodes" and method == "GET":
+            return 200, [_node_json(n) for n in store.nodes()]
+        match = _NODE.match(path)
+        if match:
+            name, verb = match.groups()
+            if verb == "desired" and method == "GET":
+                return 200, ctl.desired(name)
+            if verb == "report" and method == "POST":
+                body = self._body()
+                version, staged = body.get("version"), body.get("staged")
+                if not isinstance(version, str) or not (staged is None or isinstance(staged, str)):
+                    raise HttpError(HTTPStatus.BAD_REQUEST, f"{path}: bad version/staged")
+                wanted = ctl.plans()
+                desired = next(
+                    (p.desired[name] for p in wanted.values() if name in p.desired), None
+                )
+                reported = store.report(
+                    name,
+                    current=version,
+                    staged=staged,
+                    healthy=bool(body.get("healthy", True)),
+                    failed=bool(body.get("failed", False)),
+                    desired=desired,
+                    now=ctl.clock(),
+                )
+                if reported is None:
+                    raise HttpError(HTTPStatus.NOT_FOUND, f"node {name!r} is not registered")
+                ctl.reconcile()
+                return 200, ctl.desired(name)
+        if path == "/v1/pools" and method == "GET":
+            return 200, [ctl.pool_view(spec.name) for spec, _ in store.pools()]
+        match = _POOL.match(path)
+        if match:
+            name, verb = match.groups()
+            if verb is None and method == "GET":
+                return 200, ctl.pool_view(name)
+            if verb is None and method == "PUT":
+                spec = spec_from_dict(self._body(), f"PUT {path}")
+                if spec.name != name:
+                    raise HttpError(
+                        HTTPStatus.BAD_REQUEST, f"PUT {path}: pool.name is {spec.name!r}"
+                    )
+                store.put_pool(spec, ctl.clock())
+                ctl.reconcile()
+                return 200, ctl.pool_view(name)
+            if verb is not None and method == "POST":
+                now = ctl.clock()
+                if verb == "pause":
+                    found = store.pause(name, "paused by operator", now)
+                elif verb == "resume":
+                    found = store.resume(name, now)
+                else:
+                    found = store.rollback(name, now) is not None
+                if not found:
+                    raise HttpError(HTTPStatus.NOT_FOUND, f"pool {name!r} does not exist")
+                ctl.reconcile()
+                return 200, ctl.pool_view(name)
+        raise HttpError(HTTPStatus.NOT_FOUND, f"{method} {path}: no such endpoint")
+
+
+class FleetService:
+    """The server plus the timer that reconciles; ``start``/``stop`` for tests and the CLI."""
+
+    def __init__(
+        self,
+        store: Store,
+        host: str,
+        port: int,
+        *,
+        max_in_flight: int = 64,
+        tick: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.controller = Controller(store, clock)
+        self.httpd = FleetHTTPServer((host, port), self.controller, max_in_flight)
+        self.tick = tick
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.httpd.server_address[:2]
+        return str(host), int(port)
+
+    def _timer(self) -> None:
+        while not self._stop.wait(self.tick):
+            self.controller.reconcile()
+
+    def start(self) -> None:
+        self.controller.reconcile()
+        for target in (self.httpd.serve_forever, self._timer):
+            thread = threading.Thread(target=target, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        for thread in self._threads:
+            thread.join(timeout=5)
