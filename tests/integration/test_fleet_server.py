@@ -1,0 +1,113 @@
+"""The controller's HTTP API in-process: overload answers, validation, operator verbs, CLI."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from atoll.agent.fleet_client import Backoff, FleetError, request_json
+from atoll.cli import main
+from atoll.fleet.server import FleetService
+from atoll.fleet.store import Store
+
+POOL_TOML = """
+[pool]
+name = "web"
+version = "v2"
+previous_version = "v1"
+[strategy]
+max_unavailable = 1
+canary = 1
+"""
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[FleetService]:
+    store = Store(tmp_path / "fleet.db")
+    svc = FleetService(store, "127.0.0.1", 0, max_in_flight=1, tick=0.1)
+    svc.start()
+    yield svc
+    svc.stop()
+    store.close()
+
+
+def _url(svc: FleetService) -> str:
+    return f"http://127.0.0.1:{svc.address[1]}"
+
+
+def test_overload_answers_429_with_retry_after(service: FleetService) -> None:
+    assert service.httpd.in_flight.acquire(blocking=False)  # occupy the only slot
+    try:
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(_url(service) + "/v1/nodes", timeout=5)  # noqa: S310
+        assert info.value.code == 429
+        assert info.value.headers["Retry-After"] == "1"
+        info.value.close()
+    finally:
+        service.httpd.in_flight.release()
+    assert service.httpd.rejected == 1
+    assert request_json("GET", _url(service) + "/v1/nodes") == []
+
+
+def test_bad_requests_name_their_source(service: FleetService) -> None:
+    url = _url(service)
+    quick = Backoff(attempts=1)
+    with pytest.raises(FleetError, match=r"400: PUT /v1/pools/web: unknown key strategy\.speed"):
+        request_json(
+            "PUT",
+            url + "/v1/pools/web",
+            {"pool": {"name": "web", "version": "v2"}, "strategy": {"speed": 1}},
+            backoff=quick,
+        )
+    with pytest.raises(FleetError, match="404: node 'ghost' is not registered"):
+        request_json("GET", url + "/v1/nodes/ghost/desired", backoff=quick)
+    with pytest.raises(FleetError, match="bad name"):
+        request_json(
+            "POST", url + "/v1/nodes/register", {"name": "../x", "version": "v1"}, backoff=quick
+        )
+
+
+def test_cli_apply_canary_resume_and_rollback(
+    service: FleetService, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = _url(service)
+    pool = tmp_path / "pool.toml"
+    pool.write_text(POOL_TOML)
+    assert main(["fleet", "apply", str(pool), "--server", url]) == 0
+    for name in ("a", "b"):
+        request_json("POST", url + "/v1/nodes/register", {"name": name, "version": "v1"})
+    first = request_json("POST", url + "/v1/nodes/a/report", {"version": "v1", "staged": None})
+    assert first["stage"] is True and first["version"] == "v2"
+    b = request_json("POST", url + "/v1/nodes/b/report", {"version": "v1", "staged": None})
+    assert b["stage"] is False and "canary" in b["reason"]
+    granted = request_json("POST", url + "/v1/nodes/a/report", {"version": "v1", "staged": "v2"})
+    assert granted["may_reboot"] is True
+    done = request_json("POST", url + "/v1/nodes/a/report", {"version": "v2", "staged": None})
+    assert done["may_reboot"] is False
+    capsys.readouterr()
+    assert main(["fleet", "status", "web", "--server", url]) == 0
+    assert "canary" in capsys.readouterr().out
+    assert main(["fleet", "resume", "web", "--server", url]) == 0
+    b = request_json("POST", url + "/v1/nodes/b/report", {"version": "v1", "staged": None})
+    assert b["stage"] is True
+    assert main(["fleet", "rollback", "web", "--server", url]) == 0
+    a = request_json("GET", url + "/v1/nodes/a/desired")
+    assert a["version"] == "v1"
+    capsys.readouterr()
+    assert main(["fleet", "nodes", "--server", url, "--selector", "zone=x"]) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_cli_bad_input_exits_2_naming_file_and_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pool = tmp_path / "pool.toml"
+    pool.write_text('[pool]\nname = "web"\nversion = "v2"\n[strategy]\npartition = "x%"\n')
+    assert main(["fleet", "apply", str(pool), "--server", "http://127.0.0.1:9"]) == 2
+    assert f"{pool}: strategy.partition" in capsys.readouterr().err
+    assert main(["fleet", "serve", "--store", "sqlite:///x.db", "--listen", "0.0.0.0:1"]) == 2
+    assert main(["fleet", "serve", "--store", "etcd://h:1", "--listen", "127.0.0.1:0"]) == 2
