@@ -4,7 +4,7 @@ protocol through :mod:`atoll.agent.fleet_client`) roll a pool from v1 to v2.
 * the controller is killed with SIGKILL mid-rollout and restarted on the same
   SQLite file: the rollout finishes and at no moment do more than
   ``maxUnavailable`` agents hold a reboot grant (measured on the agents' side,
-  from the grant until their post-reboot report);
+  from the grant until they are back up);
 * a node whose v2 fails its health check rolls back and reports it: the failure
   budget (0) pauses the pool with a reason naming the node.
 """
@@ -85,7 +85,7 @@ def ctl_db(ctl: Controller) -> Store:
 
 
 class Tracker:
-    """Counts agents between a reboot grant and their post-reboot report."""
+    """Counts agents between a reboot grant and being back up after it."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -111,6 +111,11 @@ def agent(
     current, staged, failed, in_reboot = "v1", None, False, False
     client.register(name, labels, current)
     while not stop.is_set():
+        if in_reboot:
+            # Back up and healthy (on v2, or rolled back to v1): available again
+            # from here; the controller learns it with this report.
+            tracker.leave()
+            in_reboot = False
         try:
             desired = client.report(
                 name, version=current, staged=staged, healthy=True, failed=failed
@@ -118,9 +123,6 @@ def agent(
         except FleetError:
             continue  # the controller is down; the backoff already waited
         failed = False
-        if in_reboot:
-            tracker.leave()
-            in_reboot = False
         if desired.may_reboot and desired.version != current:
             tracker.enter()
             in_reboot = True

@@ -22,6 +22,7 @@ random source are injectable so the schedule is testable without waiting.
 
 from __future__ import annotations
 
+import http.client
 import json
 import random
 import time
@@ -116,7 +117,7 @@ def request_json(
                 raise FleetError(f"{method} {url}: HTTP {e.code}: {message}", status=e.code) from e
             last = f"HTTP {e.code}: {message}"
             retry_after = _retry_after(e.headers.get("Retry-After"))
-        except (urllib.error.URLError, OSError, TimeoutError) as e:
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
             last = str(getattr(e, "reason", e))
         if attempt + 1 < policy.attempts:
             policy.wait(attempt, retry_after)
