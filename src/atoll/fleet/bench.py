@@ -29,8 +29,14 @@ from atoll.fleet.store import Store
 from atoll.progress import Reporter
 
 
+def _fresh_store(path: Path) -> Store:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return Store(path)
+
+
 def _registration_burst(workdir: Path, agents: int) -> dict[str, object]:
-    store = Store(workdir / "burst.db")
+    store = _fresh_store(workdir / "burst.db")
     service = FleetService(store, "127.0.0.1", 0, max_in_flight=64, tick=1.0)
     service.start()
     url = f"http://127.0.0.1:{service.address[1]}"
@@ -77,7 +83,7 @@ def _registration_burst(workdir: Path, agents: int) -> dict[str, object]:
 
 
 def _rollout(workdir: Path, nodes: int, reboot_seconds: float) -> dict[str, object]:
-    store = Store(workdir / "rollout.db")
+    store = _fresh_store(workdir / "rollout.db")
     service = FleetService(store, "127.0.0.1", 0, max_in_flight=256, tick=0.05)
     service.start()
     url = f"http://127.0.0.1:{service.address[1]}"

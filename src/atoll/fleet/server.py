@@ -95,10 +95,13 @@ class Controller:
         return cached or self.reconcile()
 
     def desired(self, name: str) -> dict[str, Any]:
-        node = self.store.node(name)
+        plans = self.plans()
+        if not any(name in p.desired for p in plans.values()):
+            plans = self.reconcile()  # registered after the last plan
+        node = self.store.node(name)  # after planning: the plan may have moved it
         if node is None:
             raise HttpError(HTTPStatus.NOT_FOUND, f"node {name!r} is not registered")
-        for pool, result in self.plans().items():
+        for pool, result in plans.items():
             if name in result.desired:
                 rebooting = node.phase is Phase.REBOOTING
                 version = (
@@ -274,7 +277,8 @@ class _Handler(BaseHTTPRequestHandler):
                 )
                 if reported is None:
                     raise HttpError(HTTPStatus.NOT_FOUND, f"node {name!r} is not registered")
-                ctl.reconcile()
+                if reported[1]:  # only a change can change the plan; the timer does the rest
+                    ctl.reconcile()
                 return 200, ctl.desired(name)
         if path == "/v1/pools" and method == "GET":
             return 200, [ctl.pool_view(spec.name) for spec, _ in store.pools()]

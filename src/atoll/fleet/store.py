@@ -49,7 +49,7 @@ CREATE TABLE IF NOT EXISTS nodes (
     healthy INTEGER NOT NULL,
     phase TEXT NOT NULL,
     last_transition REAL NOT NULL,
-    last_report REAL NOT NULL
+    last_report REAL NOT NULL  -- the last report that changed something
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -348,7 +348,12 @@ class Store:
         failed: bool,
         desired: str | None,
         now: float,
-    ) -> NodeFacts | None:
+    ) -> tuple[NodeFacts, bool] | None:
+        """Apply an agent's report; returns the node and whether anything changed.
+
+        An unchanged report writes nothing (no fsync), so a thousand agents
+        polling cost reads, not transactions.
+        """
         with self._tx() as db:
             row = db.execute(
                 "SELECT name, labels, current_version, staged_version, healthy, phase, "
@@ -367,12 +372,14 @@ class Store:
                 desired=desired,
                 now=now,
             )
+            if new == old:
+                return new, False
             self._write_node(db, new, now)
             if new.phase is not old.phase:
                 self._event(
                     db, now, None, name, "phase", f"{old.phase} -> {new.phase} on {current}"
                 )
-        return new
+        return new, True
 
     def apply_plan(self, pool: str, plan: Plan, now: float) -> None:
         """Persist one plan's decisions atomically (grants first, agents learn later)."""
