@@ -274,7 +274,7 @@ def test_quantity_parse_rejects(raw: object) -> None:
         Quantity.parse(raw, source="pool.toml: x")
 
 
-def _simulate(seed: int) -> None:
+def _simulate(seed: int) -> dict[ActionKind, int]:
     """Random fleets and failures; the controller's and agents' moves are simulated."""
     rng = random.Random(seed)  # noqa: S311 - reproducible simulation, not crypto
     count = rng.randint(1, 25)
@@ -298,8 +298,13 @@ def _simulate(seed: int) -> None:
     )
     state = PoolState()
     now = 0.0
-    for _step in range(2000):
+    staging: dict[str, str] = {}
+    kinds: dict[ActionKind, int] = {}
+    change_at = rng.randint(5, 40)  # the operator moves the partition mid-rollout
+    for step in range(2000):
         now += 1
+        if step == change_at:
+            pool = replace(pool, partition=Quantity(rng.randint(0, count)))
         result = plan(pool, state, list(nodes.values()), now)
         s = result.status
         if s.paused_reason is not None or s.updated + s.held + s.failed == len(nodes):
@@ -316,7 +321,9 @@ def _simulate(seed: int) -> None:
         # apply the plan as the controller would (grants become phase rebooting)
         for action in result.actions:
             old = nodes[action.node]
+            kinds[action.kind] = kinds.get(action.kind, 0) + 1
             if action.kind is ActionKind.STAGE:
+                staging[action.node] = action.version
                 nodes[action.node] = replace(old, phase=Phase.STAGING)
             else:
                 staged_version = action.version
@@ -334,7 +341,7 @@ def _simulate(seed: int) -> None:
         for name, facts in list(nodes.items()):
             roll = rng.random()
             if facts.phase is Phase.STAGING and roll < 0.5:
-                nodes[name] = replace(facts, phase=Phase.STAGED, staged_version="v2")
+                nodes[name] = replace(facts, phase=Phase.STAGED, staged_version=staging[name])
             elif facts.phase is Phase.REBOOTING and roll < 0.4:
                 target = facts.staged_version or facts.current_version
                 if rng.random() < 0.05:
@@ -350,11 +357,20 @@ def _simulate(seed: int) -> None:
     if final.status.paused_reason is None:
         settled = final.status.updated + final.status.held + final.status.failed
         assert settled == len(nodes), (seed, final.status)
+    return kinds
 
 
 @pytest.mark.parametrize("seed", range(60))
 def test_random_fleets_keep_invariants(seed: int) -> None:
     _simulate(seed)
+
+
+def test_simulation_exercises_every_action() -> None:
+    totals: dict[ActionKind, int] = {}
+    for seed in range(60):
+        for kind, n in _simulate(seed).items():
+            totals[kind] = totals.get(kind, 0) + n
+    assert all(totals.get(kind, 0) > 0 for kind in ActionKind), totals
 
 
 def test_action_is_hashable_value() -> None:
