@@ -97,6 +97,9 @@ def test_cli_apply_canary_resume_and_rollback(
     assert main(["fleet", "rollback", "web", "--server", url]) == 0
     a = request_json("GET", url + "/v1/nodes/a/desired")
     assert a["version"] == "v1"
+    kinds = [(e["kind"], e["node"]) for e in request_json("GET", url + "/v1/events")]
+    assert kinds[:3] == [("apply", None), ("register", "a"), ("register", "b")]
+    assert ("reboot", "a") in kinds and ("resume", None) in kinds and ("rollback", None) in kinds
     capsys.readouterr()
     assert main(["fleet", "nodes", "--server", url, "--selector", "zone=x"]) == 0
     assert capsys.readouterr().out == ""

@@ -250,6 +250,8 @@ class _Handler(BaseHTTPRequestHandler):
                 name, labels, version, bool(body.get("healthy", True)), ctl.clock()
             )
             return 200, _node_json(node)
+        if path == "/v1/events" and method == "GET":
+            return 200, [asdict(e) for e in store.events(limit=200)]
         if path == "/v1/nodes" and method == "GET":
             return 200, [_node_json(n) for n in store.nodes()]
         match = _NODE.match(path)
