@@ -65,6 +65,11 @@ def test_bad_requests_name_their_source(service: FleetService) -> None:
         )
     with pytest.raises(FleetError, match="404: node 'ghost' is not registered"):
         request_json("GET", url + "/v1/nodes/ghost/desired", backoff=quick)
+    request_json("POST", url + "/v1/nodes/register", {"name": "n1", "version": "v1"})
+    with pytest.raises(FleetError, match="400: /v1/nodes/n1/report: failed must be true or false"):
+        request_json(
+            "POST", url + "/v1/nodes/n1/report", {"version": "v1", "failed": "no"}, backoff=quick
+        )
     with pytest.raises(FleetError, match="bad name"):
         request_json(
             "POST", url + "/v1/nodes/register", {"name": "../x", "version": "v1"}, backoff=quick

@@ -264,6 +264,11 @@ class _Handler(BaseHTTPRequestHandler):
                 version, staged = body.get("version"), body.get("staged")
                 if not isinstance(version, str) or not (staged is None or isinstance(staged, str)):
                     raise HttpError(HTTPStatus.BAD_REQUEST, f"{path}: bad version/staged")
+                for key in ("healthy", "failed"):
+                    if not isinstance(body.get(key, False), bool):
+                        raise HttpError(
+                            HTTPStatus.BAD_REQUEST, f"{path}: {key} must be true or false"
+                        )
                 wanted = ctl.plans()
                 desired = next(
                     (p.desired[name] for p in wanted.values() if name in p.desired), None
