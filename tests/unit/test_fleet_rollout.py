@@ -212,6 +212,20 @@ CASES = [
         waiting={"a": "failed", "b": "failure budget"},
     ),
     Case(
+        "silent-reboot-within-timeout-still-updating",
+        spec(reboot_timeout_seconds=600, max_unavailable=Quantity(2), failure_budget=Quantity(0)),
+        [node("a", staged="v2", phase=Phase.REBOOTING, since=NOW - 100), staged("b")],
+        {(R, "b")},
+        waiting={"a": "rebooting"},
+    ),
+    Case(
+        "silent-reboot-past-timeout-counts-as-failed",
+        spec(reboot_timeout_seconds=60, max_unavailable=Quantity(2), failure_budget=Quantity(0)),
+        [node("a", staged="v2", phase=Phase.REBOOTING, since=NOW - 100), staged("b")],
+        set(),
+        waiting={"a": "silent for more than 60s", "b": "failure budget"},
+    ),
+    Case(
         "staging-in-progress-is-not-restaged",
         spec(),
         [node("a", phase=Phase.STAGING)],

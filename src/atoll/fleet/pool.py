@@ -19,6 +19,7 @@ URL) and key::
     priority_label = "atoll.io/priority"
     scatter_label = "zone"
     failure_budget = 1              # count or "N%"
+    reboot_timeout_seconds = 600    # 0 = wait forever for a granted reboot
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ _STRATEGY_KEYS = {
     "priority_label",
     "scatter_label",
     "failure_budget",
+    "reboot_timeout_seconds",
 }
 
 
@@ -58,6 +60,13 @@ def _quantity(table: dict[str, Any], key: str, default: Quantity, source: str) -
         return Quantity.parse(table[key], source=f"{source}: strategy.{key}")
     except ValueError as e:
         raise InputError(str(e)) from e
+
+
+def _seconds(table: dict[str, Any], key: str, source: str) -> float:
+    raw = table.get(key, 0)
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or raw < 0:
+        raise InputError(f"{source}: strategy.{key}: expected seconds >= 0, got {raw!r}")
+    return float(raw)
 
 
 def spec_from_dict(data: dict[str, Any], source: str) -> PoolSpec:
@@ -89,11 +98,8 @@ def spec_from_dict(data: dict[str, Any], source: str) -> PoolSpec:
     paused = strategy.get("paused", False)
     if not isinstance(paused, bool):
         raise InputError(f"{source}: strategy.paused: expected true/false, got {paused!r}")
-    min_ready = strategy.get("min_ready_seconds", 0)
-    if isinstance(min_ready, bool) or not isinstance(min_ready, int | float) or min_ready < 0:
-        raise InputError(
-            f"{source}: strategy.min_ready_seconds: expected seconds >= 0, got {min_ready!r}"
-        )
+    min_ready = _seconds(strategy, "min_ready_seconds", source)
+    reboot_timeout = _seconds(strategy, "reboot_timeout_seconds", source)
     canary = strategy.get("canary", 0)
     if isinstance(canary, bool) or not isinstance(canary, int) or canary < 0:
         raise InputError(f"{source}: strategy.canary: expected a count >= 0, got {canary!r}")
@@ -112,7 +118,8 @@ def spec_from_dict(data: dict[str, Any], source: str) -> PoolSpec:
         partition=_quantity(strategy, "partition", Quantity(0), source),
         max_unavailable=_quantity(strategy, "max_unavailable", Quantity(1), source),
         paused=paused,
-        min_ready_seconds=float(min_ready),
+        min_ready_seconds=min_ready,
+        reboot_timeout_seconds=reboot_timeout,
         canary=canary,
         priority_label=priority,
         scatter_label=scatter,
@@ -136,6 +143,7 @@ def spec_to_dict(spec: PoolSpec) -> dict[str, Any]:
         "min_ready_seconds": spec.min_ready_seconds,
         "canary": spec.canary,
         "failure_budget": str(spec.failure_budget),
+        "reboot_timeout_seconds": spec.reboot_timeout_seconds,
     }
     if spec.priority_label is not None:
         strategy["priority_label"] = spec.priority_label

@@ -24,6 +24,8 @@ update" is an atomic OS switch (stage a deployment, then reboot into it):
 * **failure budget** (count or ``N%`` rounded down): when more nodes than the
   budget are ``failed``, the planner pauses the pool and says why
   (``Plan.pause_reason``); failed nodes are never retried by the planner.
+* **reboot timeout** (``reboot_timeout_seconds``, 0 = none): a node granted a
+  reboot that stays silent longer counts as failed (and stays unavailable).
 * **paused** (by the spec or by the state): no new action; nodes already
   rebooting finish.
 
@@ -112,6 +114,7 @@ class PoolSpec:
     priority_label: str | None = None
     scatter_label: str | None = None
     failure_budget: Quantity = Quantity(0)
+    reboot_timeout_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -212,7 +215,14 @@ def plan(spec: PoolSpec, state: PoolState, nodes: Sequence[NodeFacts], now: floa
             desired[node.name] = spec.previous_version or node.current_version
     canary_names = {n.name for n in order[: min(spec.canary, update_count)] if spec.canary > 0}
 
-    failed = [n for n in order if n.phase is Phase.FAILED]
+    def timed_out(n: NodeFacts) -> bool:
+        return (
+            n.phase is Phase.REBOOTING
+            and spec.reboot_timeout_seconds > 0
+            and now - n.last_transition > spec.reboot_timeout_seconds
+        )
+
+    failed = [n for n in order if n.phase is Phase.FAILED or timed_out(n)]
     pause_reason = state.pause_reason
     new_pause: str | None = None
     if pause_reason is None and len(failed) > budget:
@@ -265,6 +275,12 @@ def plan(spec: PoolSpec, state: PoolState, nodes: Sequence[NodeFacts], now: floa
                 held += 1
             if not node.healthy:
                 waiting[node.name] = f"on {want} but unhealthy: counts as unavailable"
+            continue
+        if timed_out(node):
+            waiting[node.name] = (
+                f"granted a reboot into {node.staged_version or want} but silent for more "
+                f"than {spec.reboot_timeout_seconds:g}s: counted as failed and unavailable"
+            )
             continue
         if node.phase is Phase.REBOOTING:
             updating += 1
