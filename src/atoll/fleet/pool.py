@@ -20,16 +20,23 @@ URL) and key::
     scatter_label = "zone"
     failure_budget = 1              # count or "N%"
     reboot_timeout_seconds = 600    # 0 = wait forever for a granted reboot
+    [strategy.maintenance_window]   # optional; reboots only inside it
+    days = ["sat", "sun"]
+    start = "02:00"                 # local time HH:MM
+    length_minutes = 180
+    timezone = "Europe/Paris"       # IANA name, default UTC
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from atoll.errors import InputError
-from atoll.fleet.rollout import PoolSpec, Quantity
+from atoll.fleet.rollout import DAYS, MaintenanceWindow, PoolSpec, Quantity
 
 _POOL_KEYS = {"name", "version", "previous_version", "selector"}
 _STRATEGY_KEYS = {
@@ -42,7 +49,48 @@ _STRATEGY_KEYS = {
     "scatter_label",
     "failure_budget",
     "reboot_timeout_seconds",
+    "maintenance_window",
 }
+_WINDOW_KEYS = {"days", "start", "length_minutes", "timezone"}
+_HHMM = re.compile(r"^(\d{2}):(\d{2})$")
+
+
+def _window(raw: object, source: str) -> MaintenanceWindow | None:
+    key = f"{source}: strategy.maintenance_window"
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise InputError(f"{key}: expected a table, got {raw!r}")
+    for name in raw:
+        if name not in _WINDOW_KEYS:
+            raise InputError(f"{key}.{name}: unknown key")
+    days = raw.get("days")
+    if (
+        not isinstance(days, list)
+        or not days
+        or not all(isinstance(d, str) and d in DAYS for d in days)
+    ):
+        raise InputError(f"{key}.days: expected a non-empty list of {list(DAYS)}, got {days!r}")
+    start = raw.get("start")
+    match = _HHMM.match(start) if isinstance(start, str) else None
+    if match is None or int(match.group(1)) > 23 or int(match.group(2)) > 59:
+        raise InputError(f"{key}.start: expected local time 'HH:MM', got {start!r}")
+    length = raw.get("length_minutes")
+    if isinstance(length, bool) or not isinstance(length, int) or not 0 < length <= 7 * 24 * 60:
+        raise InputError(f"{key}.length_minutes: expected 1..10080, got {length!r}")
+    timezone = raw.get("timezone", "UTC")
+    try:
+        if not isinstance(timezone, str):
+            raise ValueError(timezone)
+        ZoneInfo(timezone)
+    except (ValueError, ZoneInfoNotFoundError) as e:
+        raise InputError(f"{key}.timezone: unknown time zone {timezone!r}") from e
+    return MaintenanceWindow(
+        days=tuple(days),
+        start_minute=int(match.group(1)) * 60 + int(match.group(2)),
+        length_minutes=length,
+        timezone=timezone,
+    )
 
 
 def _str(raw: object, source: str, *, optional: bool = False) -> str | None:
@@ -124,6 +172,7 @@ def spec_from_dict(data: dict[str, Any], source: str) -> PoolSpec:
         priority_label=priority,
         scatter_label=scatter,
         failure_budget=_quantity(strategy, "failure_budget", Quantity(0), source),
+        maintenance_window=_window(strategy.get("maintenance_window"), source),
     )
 
 
@@ -149,6 +198,15 @@ def spec_to_dict(spec: PoolSpec) -> dict[str, Any]:
         strategy["priority_label"] = spec.priority_label
     if spec.scatter_label is not None:
         strategy["scatter_label"] = spec.scatter_label
+    window = spec.maintenance_window
+    if window is not None:
+        hours, minutes = divmod(window.start_minute, 60)
+        strategy["maintenance_window"] = {
+            "days": list(window.days),
+            "start": f"{hours:02d}:{minutes:02d}",
+            "length_minutes": window.length_minutes,
+            "timezone": window.timezone,
+        }
     return {"pool": pool, "strategy": strategy}
 
 

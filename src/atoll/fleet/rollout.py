@@ -28,6 +28,10 @@ update" is an atomic OS switch (stage a deployment, then reboot into it):
   reboot that stays silent longer counts as failed (and stays unavailable).
 * **paused** (by the spec or by the state): no new action; nodes already
   rebooting finish.
+* **maintenance window** (days, start ``HH:MM``, length in minutes, IANA time
+  zone): outside it no reboot or rollback is granted; staging continues, since
+  it costs no availability. A window may cross midnight (it belongs to the day
+  it starts on).
 
 Every node ends up in exactly one status bucket and every node without an
 action that is not done gets a human-readable reason. The caller (the server)
@@ -37,11 +41,13 @@ restarted controller counts it as unavailable.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from zoneinfo import ZoneInfo
 
 _QUANTITY = re.compile(r"^\s*(\d+)\s*(%?)\s*$")
 
@@ -98,6 +104,40 @@ class Quantity:
         return f"{self.value}%" if self.percent else str(self.value)
 
 
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(frozen=True)
+class MaintenanceWindow:
+    """Reboots are allowed on ``days`` from ``start`` (minutes after local midnight)
+    for ``length_minutes``, in the IANA time zone ``timezone``."""
+
+    days: tuple[str, ...]
+    start_minute: int
+    length_minutes: int
+    timezone: str = "UTC"
+
+    def is_open(self, now: float) -> bool:
+        local = dt.datetime.fromtimestamp(now, ZoneInfo(self.timezone))
+        minute_of_day = local.hour * 60 + local.minute
+        # Check today's window and yesterday's (a window may cross midnight).
+        for days_back in (0, 1):
+            day = DAYS[(local.weekday() - days_back) % 7]
+            if day not in self.days:
+                continue
+            offset = minute_of_day + days_back * 24 * 60 - self.start_minute
+            if 0 <= offset < self.length_minutes:
+                return True
+        return False
+
+    def __str__(self) -> str:
+        hours, minutes = divmod(self.start_minute, 60)
+        return (
+            f"{','.join(self.days)} {hours:02d}:{minutes:02d} "
+            f"for {self.length_minutes} min ({self.timezone})"
+        )
+
+
 @dataclass(frozen=True)
 class PoolSpec:
     """What an operator declared for a pool (``pool.toml``)."""
@@ -115,6 +155,7 @@ class PoolSpec:
     scatter_label: str | None = None
     failure_budget: Quantity = Quantity(0)
     reboot_timeout_seconds: float = 0.0
+    maintenance_window: MaintenanceWindow | None = None
 
 
 @dataclass(frozen=True)
@@ -312,6 +353,12 @@ def plan(spec: PoolSpec, state: PoolState, nodes: Sequence[NodeFacts], now: floa
         if not node.healthy:
             pending += 1
             waiting[node.name] = "unhealthy: will not be rebooted until healthy"
+            continue
+        if spec.maintenance_window is not None and not spec.maintenance_window.is_open(now):
+            pending += 1
+            waiting[node.name] = (
+                f"staged {want}; outside the maintenance window ({spec.maintenance_window})"
+            )
             continue
         reboot_candidates.append((node, ActionKind.ROLLBACK if rolling_back else ActionKind.REBOOT))
 
