@@ -20,6 +20,8 @@ URL) and key::
     scatter_label = "zone"
     failure_budget = 1              # count or "N%"
     reboot_timeout_seconds = 600    # 0 = wait forever for a granted reboot
+    canary_soak_seconds = 0         # > 0: canaries release themselves after this soak
+    failure_window_seconds = 0      # > 0: only failures this recent count to the budget
     [strategy.maintenance_window]   # optional; reboots only inside it
     days = ["sat", "sun"]
     start = "02:00"                 # local time HH:MM
@@ -50,6 +52,8 @@ _STRATEGY_KEYS = {
     "failure_budget",
     "reboot_timeout_seconds",
     "maintenance_window",
+    "canary_soak_seconds",
+    "failure_window_seconds",
 }
 _WINDOW_KEYS = {"days", "start", "length_minutes", "timezone"}
 _HHMM = re.compile(r"^(\d{2}):(\d{2})$")
@@ -172,6 +176,8 @@ def spec_from_dict(data: dict[str, Any], source: str) -> PoolSpec:
         priority_label=priority,
         scatter_label=scatter,
         failure_budget=_quantity(strategy, "failure_budget", Quantity(0), source),
+        canary_soak_seconds=_seconds(strategy, "canary_soak_seconds", source),
+        failure_window_seconds=_seconds(strategy, "failure_window_seconds", source),
         maintenance_window=_window(strategy.get("maintenance_window"), source),
     )
 
@@ -193,6 +199,8 @@ def spec_to_dict(spec: PoolSpec) -> dict[str, Any]:
         "canary": spec.canary,
         "failure_budget": str(spec.failure_budget),
         "reboot_timeout_seconds": spec.reboot_timeout_seconds,
+        "canary_soak_seconds": spec.canary_soak_seconds,
+        "failure_window_seconds": spec.failure_window_seconds,
     }
     if spec.priority_label is not None:
         strategy["priority_label"] = spec.priority_label

@@ -20,10 +20,14 @@ update" is an atomic OS switch (stage a deployment, then reboot into it):
   time, the node whose ``scatter_label`` value (zone, rack) has the fewest nodes
   already unavailable or chosen, so a batch spreads across zones.
 * **canary**: with ``canary = N`` only the first N nodes of the update set may
-  move until the pool is resumed (``PoolState.canary_released``).
+  move until the pool is resumed (``PoolState.canary_released``) or, with
+  ``canary_soak_seconds > 0``, until all of them have been updated and healthy
+  for that long (the soak time counts from the last canary's transition).
 * **failure budget** (count or ``N%`` rounded down): when more nodes than the
   budget are ``failed``, the planner pauses the pool and says why
   (``Plan.pause_reason``); failed nodes are never retried by the planner.
+  With ``failure_window_seconds > 0`` only failures newer than the window
+  count towards the budget (old failures are still reported and not retried).
 * **reboot timeout** (``reboot_timeout_seconds``, 0 = none): a node granted a
   reboot that stays silent longer counts as failed (and stays unavailable).
 * **paused** (by the spec or by the state): no new action; nodes already
@@ -155,6 +159,8 @@ class PoolSpec:
     scatter_label: str | None = None
     failure_budget: Quantity = Quantity(0)
     reboot_timeout_seconds: float = 0.0
+    canary_soak_seconds: float = 0.0
+    failure_window_seconds: float = 0.0
     maintenance_window: MaintenanceWindow | None = None
 
 
@@ -263,13 +269,24 @@ def plan(spec: PoolSpec, state: PoolState, nodes: Sequence[NodeFacts], now: floa
             and now - n.last_transition > spec.reboot_timeout_seconds
         )
 
+    def recent(n: NodeFacts) -> bool:
+        if spec.failure_window_seconds <= 0:
+            return True
+        # A timed-out node failed when its timeout expired, not when it was granted.
+        failed_at = n.last_transition + (spec.reboot_timeout_seconds if timed_out(n) else 0.0)
+        return now - failed_at <= spec.failure_window_seconds
+
     failed = [n for n in order if n.phase is Phase.FAILED or timed_out(n)]
+    counted = [n for n in failed if recent(n)]
     pause_reason = state.pause_reason
     new_pause: str | None = None
-    if pause_reason is None and len(failed) > budget:
-        names = ", ".join(n.name for n in failed)
+    if pause_reason is None and len(counted) > budget:
+        names = ", ".join(n.name for n in counted)
+        within = (
+            f" within {spec.failure_window_seconds:g}s" if spec.failure_window_seconds > 0 else ""
+        )
         new_pause = (
-            f"failure budget exceeded: {len(failed)} failed node(s) ({names}) "
+            f"failure budget exceeded: {len(counted)} failed node(s){within} ({names}) "
             f"> budget {spec.failure_budget} (= {budget} of {total})"
         )
         pause_reason = new_pause
@@ -277,12 +294,21 @@ def plan(spec: PoolSpec, state: PoolState, nodes: Sequence[NodeFacts], now: floa
         pause_reason = "paused by the pool spec (paused = true)"
     canary_gate = bool(canary_names) and not state.canary_released
     if pause_reason is None and canary_gate:
+        canaries = [n for n in order if n.name in canary_names]
         done = all(
-            n.current_version == spec.target_version and n.phase is Phase.IDLE
-            for n in order
-            if n.name in canary_names
+            n.current_version == spec.target_version and n.phase is Phase.IDLE and n.healthy
+            for n in canaries
         )
-        if done:
+        soaked_for = now - max(n.last_transition for n in canaries)
+        if done and spec.canary_soak_seconds > 0:
+            if soaked_for >= spec.canary_soak_seconds:
+                canary_gate = False  # soaked long enough: released without a resume
+            else:
+                pause_reason = (
+                    f"canary: the first {len(canary_names)} node(s) are updated; soaking "
+                    f"{soaked_for:.0f}s of {spec.canary_soak_seconds:g}s (or resume)"
+                )
+        elif done:
             pause_reason = (
                 f"canary: the first {len(canary_names)} node(s) are updated; "
                 "waiting for an explicit resume"
