@@ -1,0 +1,196 @@
+"""The agent's audit log: append-only JSON lines, each record hash-chained to the previous one.
+
+Every API request (allowed or refused) and every shell session becomes one
+record: who (certificate name or ``unix:uid``), role, what (method + path),
+parameters with secrets masked, and the result. The log lives on ``/var`` so it
+survives reboots and upgrades.
+
+Tamper evidence: a record carries ``seq`` (0, 1, 2...), ``prev`` (the previous
+record's ``hash``; 64 zeros for the first) and its own ``hash``, the SHA-256 of
+its canonical JSON without the ``hash`` key. Editing a record breaks its hash;
+deleting or reordering records breaks ``seq``/``prev``. Cutting records off the
+end leaves a valid chain, so every append also rewrites a small *head* file
+(``<log>.head``: last seq and hash, written atomically); :func:`verify` checks
+the log ends where the head says. An attacker able to rewrite both the log and
+the head consistently defeats this; shipping the head to the fleet controller is
+how that is closed (the fleet client reports it).
+
+Appends are serialised by a thread lock plus ``flock`` (the Unix socket and the
+TLS listener may live in different processes) and fsynced before the request is
+answered. Standard library only: this runs on the node.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import fcntl
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+GENESIS = "0" * 64
+_SECRET_WORDS = ("password", "secret", "token", "key", "credential")
+MASK = "***"
+
+
+def mask_secrets(value: Any) -> Any:
+    """A copy of ``value`` with every mapping entry whose key names a secret replaced."""
+    if isinstance(value, Mapping):
+        return {
+            str(k): MASK
+            if any(word in str(k).lower() for word in _SECRET_WORDS)
+            else mask_secrets(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [mask_secrets(v) for v in value]
+    return value
+
+
+def _canonical(record: Mapping[str, Any]) -> bytes:
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def record_hash(record: Mapping[str, Any]) -> str:
+    return hashlib.sha256(_canonical({k: v for k, v in record.items() if k != "hash"})).hexdigest()
+
+
+def _utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """The result of :func:`verify`: ``problems`` name the line and what is wrong."""
+
+    records: int
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class AuditLog:
+    """One append-only, hash-chained log file (and its head file)."""
+
+    def __init__(self, path: Path, *, clock: Callable[[], datetime.datetime] = _utc_now) -> None:
+        self.path = path
+        self.head_path = path.with_name(path.name + ".head")
+        self._clock = clock
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def _tail(self) -> tuple[int, str]:
+        """The next seq and the last hash, read from the file itself (not a cache)."""
+        last = b""
+        try:
+            with self.path.open("rb") as f:
+                f.seek(0, os.SEEK_END)
+                size = f.tell()
+                chunk = min(size, 65536)
+                f.seek(size - chunk)
+                lines = [line for line in f.read(chunk).splitlines() if line.strip()]
+                last = lines[-1] if lines else b""
+        except FileNotFoundError:
+            pass
+        if not last:
+            return 0, GENESIS
+        record = json.loads(last)
+        return int(record["seq"]) + 1, str(record["hash"])
+
+    def append(self, **fields: Any) -> dict[str, Any]:
+        """Add one record (secrets masked); returns it with seq, prev and hash filled in."""
+        with self._lock:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                seq, prev = self._tail()
+                record: dict[str, Any] = {
+                    "seq": seq,
+                    "time": self._clock().isoformat(timespec="milliseconds"),
+                    "prev": prev,
+                    **mask_secrets(fields),
+                }
+                record["hash"] = record_hash(record)
+                os.write(fd, _canonical(record) + b"\n")
+                os.fsync(fd)
+                self._write_head(seq, record["hash"])
+            finally:
+                os.close(fd)  # closing releases the flock
+            return record
+
+    def _write_head(self, seq: int, digest: str) -> None:
+        tmp = self.head_path.with_name(self.head_path.name + ".tmp")
+        with tmp.open("w") as f:
+            json.dump({"seq": seq, "hash": digest}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.head_path)
+
+    def records(self, *, since: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for _, record in _read(self.path):
+            if isinstance(record, dict) and int(record.get("seq", -1)) >= since:
+                out.append(record)
+        return out[-limit:] if limit else out
+
+    def verify(self) -> Verdict:
+        return verify(self.path)
+
+
+def _read(path: Path) -> Iterator[tuple[int, Any]]:
+    try:
+        with path.open("rb") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield number, json.loads(line)
+                except ValueError:
+                    yield number, None
+    except FileNotFoundError:
+        return
+
+
+def verify(path: Path) -> Verdict:
+    """Check every hash, the seq order, the prev links and the head; list every problem."""
+    problems: list[str] = []
+    expected_seq, prev, count = 0, GENESIS, 0
+    for number, record in _read(path):
+        count += 1
+        where = f"{path}:{number}"
+        if not isinstance(record, dict) or not {"seq", "prev", "hash"} <= record.keys():
+            problems.append(f"{where}: not an audit record")
+            continue
+        if record["hash"] != record_hash(record):
+            problems.append(f"{where}: seq {record['seq']}: hash mismatch (record edited)")
+        if record["seq"] != expected_seq:
+            problems.append(
+                f"{where}: seq {record['seq']} where {expected_seq} was expected "
+                "(record removed or reordered)"
+            )
+        if record["prev"] != prev:
+            problems.append(f"{where}: seq {record['seq']}: prev does not match the record before")
+        expected_seq = int(record["seq"]) + 1 if isinstance(record["seq"], int) else expected_seq
+        prev = str(record["hash"])
+    head_path = path.with_name(path.name + ".head")
+    try:
+        head = json.loads(head_path.read_text())
+    except FileNotFoundError:
+        if count:
+            problems.append(f"{head_path}: missing (the log has {count} records)")
+    except ValueError:
+        problems.append(f"{head_path}: not JSON")
+    else:
+        if head.get("seq") != expected_seq - 1 or head.get("hash") != prev:
+            problems.append(
+                f"{head_path}: head is seq {head.get('seq')} but the log ends at seq "
+                f"{expected_seq - 1} (records cut off the end)"
+            )
+    return Verdict(count, tuple(problems))
