@@ -15,10 +15,11 @@ from atoll.boot.runner import (
     SystemClock,
     _append,
     _Follower,
+    check_kernel,
     read_state,
     stop_qemu,
 )
-from atoll.errors import InputError
+from atoll.errors import AtollError, InputError
 
 
 def test_follower_yields_whole_lines_as_they_are_written(tmp_path: Path) -> None:
@@ -77,3 +78,13 @@ def test_read_state_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "state.json").write_text("{")
     with pytest.raises(InputError, match="unreadable VM state"):
         read_state(tmp_path)
+
+
+def test_check_kernel_refuses_non_bzimage() -> None:
+    header = bytearray(1024)
+    header[0x202:0x206] = b"HdrS"
+    check_kernel(bytes(header), "k")
+    with pytest.raises(AtollError, match=r"x\.img: entry: not a Linux kernel"):
+        check_kernel(b"\0" * 1024, "x.img: entry")
+    with pytest.raises(AtollError, match="not a Linux kernel"):
+        check_kernel(b"", "empty")

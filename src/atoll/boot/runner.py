@@ -39,6 +39,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -247,8 +248,14 @@ class Machine:
             return qemu.Uefi(code, vars_copy)
         if spec.kernel_override is not None:
             o = spec.kernel_override
+            try:
+                head = o.kernel.read_bytes()[:1024]
+            except OSError as e:
+                raise InputError(f"{o.kernel}: cannot read kernel ({e.strerror})") from e
+            check_kernel(head, str(o.kernel))
             return qemu.DirectKernel(o.kernel, _append(o.append, spec.extra_append), o.initrd)
         entry = read_default_entry(spec.image)
+        check_kernel(entry.kernel, f"{spec.image}: boot entry {entry.entry.id}: kernel")
         kernel = self.state_dir / "vmlinuz"
         kernel.write_bytes(entry.kernel)
         return qemu.DirectKernel(kernel, _append(entry.options, spec.extra_append))
@@ -312,6 +319,18 @@ class Machine:
                     return line
             if not self.running or self.clock.monotonic() >= deadline:
                 return None
+            self.clock.sleep(0.1)
+
+    def wait_until(self, condition: Callable[[ConsoleState], bool], timeout: float) -> bool:
+        """Wait until ``condition`` holds on the console state; False on timeout or exit."""
+        deadline = self.clock.monotonic() + timeout
+        while True:
+            self.poll()
+            if condition(self._state):
+                return True
+            if not self.running or self.clock.monotonic() >= deadline:
+                self.poll()
+                return condition(self._state)
             self.clock.sleep(0.1)
 
     def wait_ready(self, timeout: float = 120.0, *, then_analysis: float = 0.0) -> BootReport:
@@ -392,6 +411,16 @@ class Machine:
         (self.state_dir / "state.json").unlink(missing_ok=True)
         if self._owned_dir and not self.keep:
             shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+def check_kernel(data: bytes, source: str) -> None:
+    """Refuse what is not an x86 bzImage before qemu starts: given garbage, qemu
+    does not fail, it boots nothing and the console stays silent until the timeout."""
+    if len(data) < 0x206 or data[0x202:0x206] != b"HdrS":
+        raise AtollError(
+            f"{source}: not a Linux kernel (no bzImage 'HdrS' header at 0x202)",
+            hint="the disk's kernel is missing or corrupt: rebuild it with atoll disk",
+        )
 
 
 def _append(options: str, extra: tuple[str, ...]) -> str:
