@@ -1,0 +1,312 @@
+"""Node settings: one typed model, validated as a whole, rendered into /etc atomically.
+
+The model is a flat table of dotted keys (``FIELDS``) so the API, the CLI
+(``settings set network.ntp.servers='["a","b"]'``) and the docs share one list.
+A change is a mapping of keys to new values; it is merged onto the current
+settings and the *whole* result is validated before anything is written, so a
+bad value costs nothing (the error names the key).
+
+Applying is plan-then-apply: :func:`render` is pure (settings -> file contents
+relative to the root, plus the units to restart); :meth:`SettingsStore.apply`
+writes only the files whose content changed (write to a temporary file, fsync,
+rename, fsync the directory), removes files the old settings rendered and the
+new ones do not, then restarts the dependent units through an injected command
+runner. If a write or a restart fails, every file is put back to its previous
+content and the units are restarted again, so the node never keeps half a
+change. ``/etc/atoll/settings.json`` is the source of truth; since ``/etc`` is
+three-way merged by ostree, settings survive upgrades.
+
+Standard library only (runs on the node). ``root`` is ``/`` on a node and a
+temporary directory in tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+Runner = Callable[[Sequence[str]], None]
+"""Runs one command (argv); raises on failure. The daemon passes a subprocess runner."""
+
+_HOSTNAME = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*$")
+_SYSCTL = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_-]+)+$")
+_KARG = re.compile(r"^[A-Za-z0-9_.,:/=+-]+$")
+_CHANNEL = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_WINDOW = re.compile(
+    r"^(?P<days>(mon|tue|wed|thu|fri|sat|sun)(,(mon|tue|wed|thu|fri|sat|sun))*|daily) "
+    r"(?P<start>[01]\d|2[0-3]):[0-5]\d-(?P<end>[01]\d|2[0-3]):[0-5]\d$"
+)
+_REGISTRY = re.compile(r"^[a-z0-9.-]+(:\d{1,5})?$")
+
+
+class SettingsError(ValueError):
+    """Invalid settings; ``problems`` are ``key: message`` lines (the first names the field)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+class ApplyError(RuntimeError):
+    """Writing or restarting failed; the previous settings were restored."""
+
+
+def _ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _host_or_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+        return True
+    except ValueError:
+        return bool(_HOSTNAME.match(value)) and len(value) <= 253
+
+
+def _url(value: str) -> bool:
+    m = re.match(r"^https?://([^/:]+|\[[0-9a-f:]+\])(:\d{1,5})?(/[^\s]*)?$", value)
+    return bool(m) and _host_or_ip(m.group(1).strip("[]")) if m else False
+
+
+def _check_str(key: str, value: Any, ok: Callable[[str], bool], what: str) -> list[str]:
+    if not isinstance(value, str):
+        return [f"{key}: expected a string, got {type(value).__name__}"]
+    return [] if ok(value) else [f"{key}: {value!r} is not {what}"]
+
+
+def _check_list(key: str, value: Any, ok: Callable[[str], bool], what: str, most: int) -> list[str]:
+    if not isinstance(value, list):
+        return [f"{key}: expected a list of strings, got {type(value).__name__}"]
+    if len(value) > most:
+        return [f"{key}: at most {most} entries, got {len(value)}"]
+    problems = []
+    for i, item in enumerate(value):
+        problems += _check_str(f"{key}[{i}]", item, ok, what)
+    if not problems and len(set(value)) != len(value):
+        problems.append(f"{key}: duplicate entries")
+    return problems
+
+
+def _check_sysctls(key: str, value: Any) -> list[str]:
+    if not isinstance(value, dict):
+        return [f"{key}: expected an object of name -> value, got {type(value).__name__}"]
+    problems = []
+    for name, v in value.items():
+        if not _SYSCTL.match(name):
+            problems.append(f"{key}.{name}: not a sysctl name")
+        elif not isinstance(v, str | int) or isinstance(v, bool) or "\n" in str(v):
+            problems.append(f"{key}.{name}: expected a string or integer value")
+    return problems
+
+
+def _check_mirrors(key: str, value: Any) -> list[str]:
+    if not isinstance(value, dict):
+        return [f"{key}: expected an object of registry -> [mirror URLs]"]
+    problems = []
+    for registry, mirrors in value.items():
+        if not _REGISTRY.match(registry):
+            problems.append(f"{key}.{registry}: not a registry host name")
+        else:
+            problems += _check_list(f"{key}.{registry}", mirrors, _url, "an http(s) URL", 8)
+    return problems
+
+
+@dataclass(frozen=True)
+class Field:
+    key: str
+    default: Any
+    check: Callable[[str, Any], list[str]]
+    doc: str
+
+
+FIELDS: tuple[Field, ...] = (
+    Field(
+        "hostname",
+        "atoll",
+        lambda k, v: _check_str(k, v, lambda s: bool(_HOSTNAME.match(s)), "a host name"),
+        "the node's host name (lower case)",
+    ),
+    Field(
+        "network.ntp.servers",
+        [],
+        lambda k, v: _check_list(k, v, _host_or_ip, "a host name or IP", 8),
+        "NTP servers for systemd-timesyncd (empty: the distribution's defaults)",
+    ),
+    Field(
+        "network.dns.servers",
+        [],
+        lambda k, v: _check_list(k, v, _ip, "an IP address", 8),
+        "DNS resolvers for systemd-resolved (IP addresses)",
+    ),
+    Field("kernel.sysctls", {}, _check_sysctls, "sysctl name -> value, applied at once"),
+    Field(
+        "kernel.args",
+        [],
+        lambda k, v: _check_list(k, v, lambda s: bool(_KARG.match(s)), "a kernel argument", 32),
+        "extra kernel arguments, taken into account by the next upgrade or deploy",
+    ),
+    Field(
+        "containers.registry_mirrors",
+        {},
+        _check_mirrors,
+        "registry -> mirror URLs (containerd hosts.toml)",
+    ),
+    Field(
+        "updates.channel",
+        "stable",
+        lambda k, v: _check_str(k, v, lambda s: bool(_CHANNEL.match(s)), "a channel name"),
+        "the update channel followed",
+    ),
+    Field(
+        "updates.maintenance_window",
+        "",
+        lambda k, v: _check_str(
+            k, v, lambda s: s == "" or bool(_WINDOW.match(s)), "'daily HH:MM-HH:MM' or 'sat,sun …'"
+        ),
+        "when reboots are allowed, e.g. 'sat,sun 02:00-04:00' (empty: any time)",
+    ),
+    Field(
+        "fleet.controller",
+        "",
+        lambda k, v: _check_str(k, v, lambda s: s == "" or _url(s), "an http(s) URL"),
+        "the fleet controller's URL (empty: not managed by a fleet)",
+    ),
+)
+_BY_KEY = {f.key: f for f in FIELDS}
+
+
+def defaults() -> dict[str, Any]:
+    return {f.key: json.loads(json.dumps(f.default)) for f in FIELDS}
+
+
+def validate(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate a complete settings mapping; returns a normalised copy or raises."""
+    problems = [f"{k}: unknown setting" for k in values if k not in _BY_KEY]
+    problems += [f"{k}: missing" for k in _BY_KEY if k not in values]
+    for key, value in values.items():
+        if key in _BY_KEY:
+            problems += _BY_KEY[key].check(key, value)
+    if problems:
+        raise SettingsError(problems)
+    out = dict(values)
+    out["kernel.sysctls"] = {k: str(v) for k, v in values["kernel.sysctls"].items()}
+    return out
+
+
+def merge(current: Mapping[str, Any], change: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings after ``change`` (validated as a whole)."""
+    if not isinstance(change, Mapping) or not change:
+        raise SettingsError(["settings: expected a non-empty object of key -> value"])
+    unknown = [f"{k}: unknown setting" for k in change if k not in _BY_KEY]
+    if unknown:
+        raise SettingsError(unknown)
+    return validate({**current, **change})
+
+
+@dataclass(frozen=True)
+class Rendering:
+    files: dict[str, str]  # path relative to root -> content
+    units: dict[str, tuple[str, ...]]  # path -> units to restart when it changes
+
+
+def render(values: Mapping[str, Any]) -> Rendering:
+    """Pure: the /etc files for these settings and which units depend on each."""
+    files: dict[str, str] = {
+        "etc/atoll/settings.json": json.dumps(values, indent=2, sort_keys=True) + "\n",
+        "etc/hostname": values["hostname"] + "\n",
+        "etc/atoll/kernel-args": " ".join(values["kernel.args"]) + "\n",
+    }
+    units: dict[str, tuple[str, ...]] = {"etc/hostname": ("systemd-hostnamed.service",)}
+    if values["network.ntp.servers"]:
+        path = "etc/systemd/timesyncd.conf.d/50-atoll.conf"
+        files[path] = "[Time]\nNTP=" + " ".join(values["network.ntp.servers"]) + "\n"
+        units[path] = ("systemd-timesyncd.service",)
+    if values["network.dns.servers"]:
+        path = "etc/systemd/resolved.conf.d/50-atoll.conf"
+        files[path] = "[Resolve]\nDNS=" + " ".join(values["network.dns.servers"]) + "\n"
+        units[path] = ("systemd-resolved.service",)
+    if values["kernel.sysctls"]:
+        path = "etc/sysctl.d/90-atoll.conf"
+        files[path] = "".join(f"{k} = {v}\n" for k, v in sorted(values["kernel.sysctls"].items()))
+        units[path] = ("systemd-sysctl.service",)
+    for registry, mirrors in sorted(values["containers.registry_mirrors"].items()):
+        path = f"etc/containerd/certs.d/{registry}/hosts.toml"
+        # containerd re-reads hosts.toml on every pull: no restart needed.
+        files[path] = f'server = "https://{registry}"\n' + "".join(
+            f'\n[host."{m}"]\n  capabilities = ["pull", "resolve"]\n' for m in mirrors
+        )
+    return Rendering(files, units)
+
+
+def _atomic_write(path: Path, content: str | None) -> None:
+    if content is None:
+        path.unlink(missing_ok=True)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.atoll-tmp")
+        with tmp.open("w") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class SettingsStore:
+    """The settings of one root: read, change (validated), apply (atomic, rolled back)."""
+
+    def __init__(self, root: Path, runner: Runner) -> None:
+        self.root = root
+        self.runner = runner
+        self.path = root / "etc/atoll/settings.json"
+
+    def current(self) -> dict[str, Any]:
+        try:
+            raw = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return defaults()
+        return validate({**defaults(), **raw})
+
+    def set(self, change: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate, write and restart; on any failure restore the old files. Returns new values."""
+        old = self.current()
+        new = merge(old, change)
+        before, after = render(old), render(new)
+        paths = sorted(set(before.files) | set(after.files))
+        saved: dict[str, str | None] = {}
+        for rel in paths:
+            target = self.root / rel
+            saved[rel] = target.read_text() if target.exists() else None
+        changed = [rel for rel in paths if saved[rel] != after.files.get(rel)]
+        units = sorted(
+            {u for rel in changed for u in {*before.units.get(rel, ()), *after.units.get(rel, ())}}
+        )
+        try:
+            for rel in changed:
+                _atomic_write(self.root / rel, after.files.get(rel))
+            for unit in units:
+                self.runner(["systemctl", "try-restart", unit])
+        except Exception as e:
+            for rel in changed:
+                _atomic_write(self.root / rel, saved[rel])
+            for unit in units:
+                # Best effort: the files are already restored; the first error is the one to report.
+                with contextlib.suppress(Exception):
+                    self.runner(["systemctl", "try-restart", unit])
+            raise ApplyError(f"applying settings failed ({e}); previous settings restored") from e
+        return new

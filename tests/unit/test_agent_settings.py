@@ -1,0 +1,109 @@
+"""Settings: whole-model validation naming the key, atomic rendering, rollback on failure."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from atoll.agent.settings import (
+    ApplyError,
+    SettingsError,
+    SettingsStore,
+    defaults,
+    merge,
+)
+
+
+class Recorder:
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.calls: list[list[str]] = []
+        self.fail_on = fail_on
+
+    def __call__(self, argv: Sequence[str]) -> None:
+        self.calls.append(list(argv))
+        if self.fail_on and self.fail_on in argv and len(self.calls) == 1:
+            raise RuntimeError(f"{self.fail_on} failed to restart")
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"hostname": "Bad_Host"}, "hostname: 'Bad_Host' is not a host name"),
+        ({"hostname": 3}, "hostname: expected a string, got int"),
+        ({"network.ntp.servers": "pool.ntp.org"}, "network.ntp.servers: expected a list"),
+        ({"network.ntp.servers": ["a", "a"]}, "network.ntp.servers: duplicate entries"),
+        ({"network.dns.servers": ["dns.example"]}, "network.dns.servers[0]: 'dns.example'"),
+        ({"kernel.sysctls": {"vm swappiness": 1}}, "kernel.sysctls.vm swappiness: not a sysctl"),
+        ({"kernel.sysctls": {"vm.swappiness": True}}, "kernel.sysctls.vm.swappiness: expected"),
+        ({"kernel.args": ["a b"]}, "kernel.args[0]: 'a b' is not a kernel argument"),
+        ({"containers.registry_mirrors": {"docker.io": ["ftp://x"]}}, "docker.io[0]"),
+        ({"updates.maintenance_window": "sunday 2am"}, "updates.maintenance_window:"),
+        ({"fleet.controller": "controller:8080"}, "fleet.controller: 'controller:8080'"),
+        ({"no.such": 1}, "no.such: unknown setting"),
+        ({}, "expected a non-empty object"),
+    ],
+)
+def test_bad_values_name_the_key(change: dict[str, Any], problem: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        merge(defaults(), change)
+    assert any(problem in p for p in caught.value.problems), caught.value.problems
+
+
+def test_a_change_is_rendered_atomically_and_restarts_only_what_depends_on_it(
+    tmp_path: Path,
+) -> None:
+    runner = Recorder()
+    store = SettingsStore(tmp_path, runner)
+    new = store.set(
+        {
+            "hostname": "node-1",
+            "network.ntp.servers": ["10.0.0.1", "ntp.example"],
+            "kernel.sysctls": {"vm.swappiness": 10},
+            "containers.registry_mirrors": {"docker.io": ["https://mirror.example:5000"]},
+            "updates.maintenance_window": "sat,sun 02:00-04:00",
+        }
+    )
+    assert new["kernel.sysctls"] == {"vm.swappiness": "10"}
+    assert (tmp_path / "etc/hostname").read_text() == "node-1\n"
+    ntp = tmp_path / "etc/systemd/timesyncd.conf.d/50-atoll.conf"
+    assert ntp.read_text() == "[Time]\nNTP=10.0.0.1 ntp.example\n"
+    assert (tmp_path / "etc/sysctl.d/90-atoll.conf").read_text() == "vm.swappiness = 10\n"
+    hosts = (tmp_path / "etc/containerd/certs.d/docker.io/hosts.toml").read_text()
+    assert '[host."https://mirror.example:5000"]' in hosts
+    assert sorted(c[-1] for c in runner.calls) == [
+        "systemd-hostnamed.service",
+        "systemd-sysctl.service",
+        "systemd-timesyncd.service",
+    ]
+    assert store.current() == new
+    assert not list(tmp_path.rglob("*.atoll-tmp"))
+
+    runner.calls.clear()
+    store.set({"network.ntp.servers": []})
+    assert not ntp.exists()  # rendered by the old settings only: removed
+    assert runner.calls == [["systemctl", "try-restart", "systemd-timesyncd.service"]]
+
+
+def test_a_failed_restart_restores_every_file(tmp_path: Path) -> None:
+    store = SettingsStore(tmp_path, Recorder())
+    store.set({"hostname": "before", "kernel.sysctls": {"vm.swappiness": 1}})
+    snapshot = {p: p.read_text() for p in tmp_path.rglob("*") if p.is_file()}
+    failing = Recorder(fail_on="systemd-hostnamed.service")
+    store.runner = failing
+    with pytest.raises(ApplyError, match="previous settings restored"):
+        store.set(
+            {"hostname": "after", "kernel.sysctls": {}, "network.dns.servers": ["192.0.2.53"]}
+        )
+    assert {p: p.read_text() for p in tmp_path.rglob("*") if p.is_file()} == snapshot
+    assert store.current()["hostname"] == "before"
+    assert len(failing.calls) > 1  # the units were restarted again on the old files
+
+
+def test_bad_input_writes_nothing(tmp_path: Path) -> None:
+    store = SettingsStore(tmp_path, Recorder())
+    with pytest.raises(SettingsError):
+        store.set({"hostname": "ok", "kernel.args": ["bad arg"]})
+    assert not (tmp_path / "etc").exists()
