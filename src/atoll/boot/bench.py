@@ -1,0 +1,148 @@
+"""Boot benchmark: the default atoll image vs a conventional Debian host, same run, same way.
+
+* **atoll**: ``examples/minimal.toml`` composed, made a disk by ``atoll disk``
+  and booted in direct mode (``-kernel`` with the default entry, no initramfs)
+  to ``ATOLL-READY``.
+* **baseline**: the conventional host from
+  :func:`atoll.compose.baseline.build_baseline_rootfs` (initramfs, full default
+  target, sshd, cloud-init) unpacked onto a plain ext4 disk and booted with its
+  own kernel and initramfs (``-kernel``/``-initrd``) to the same marker: the
+  ``atoll-ready.service`` unit is added to it, ordered the same way.
+
+Both boot with the same qemu settings (TCG, 1 vCPU, 1 GiB, NVMe, restricted
+network), alternately, ``BOOTS`` times each; the medians are compared. Under
+TCG everything is ~10x slower than hardware, so the ratio is the figure.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+from atoll.boot.report import BootReport
+from atoll.boot.runner import BootSpec, Firmware, KernelOverride, Machine
+from atoll.compose.baseline import build_baseline_rootfs
+from atoll.compose.oci import write_busybox_archive
+from atoll.compose.pipeline import compose
+from atoll.disk import build_disk, plan_disk
+from atoll.disk.layout import MIB
+from atoll.errors import AtollError
+from atoll.manifest import load_index, load_manifest
+from atoll.process import run
+from atoll.progress import Reporter
+
+CHECKOUT = Path(__file__).resolve().parents[3]
+MANIFEST = CHECKOUT / "examples" / "minimal.toml"
+READY_UNIT = CHECKOUT / "src/atoll/overlay/usr/lib/systemd/system/atoll-ready.service"
+BOOTS = 3
+TIMEOUT = 300.0
+TARGET_RATIO = 0.25
+
+
+def _baseline_disk(tarball: Path, work: Path) -> tuple[Path, KernelOverride]:
+    """An ext4 disk of the baseline tree (plus the ready unit) and its kernel/initrd."""
+    tree = work / "baseline-tree"
+    shutil.rmtree(tree, ignore_errors=True)
+    tree.mkdir(parents=True)
+    run(["tar", "-xf", tarball, "-C", tree, "--numeric-owner"])
+    units = tree / "etc/systemd/system"
+    shutil.copyfile(READY_UNIT, units / "atoll-ready.service")
+    wants = units / "multi-user.target.wants"
+    wants.mkdir(exist_ok=True)
+    (wants / "atoll-ready.service").unlink(missing_ok=True)
+    (wants / "atoll-ready.service").symlink_to("/etc/systemd/system/atoll-ready.service")
+    kernels = sorted((tree / "boot").glob("vmlinuz-*"))
+    initrds = sorted((tree / "boot").glob("initrd.img-*"))
+    if not kernels or not initrds:
+        raise AtollError(f"{tarball}: /boot has no vmlinuz-* and initrd.img-* for the baseline")
+    kernel, initrd = work / "baseline-vmlinuz", work / "baseline-initrd"
+    shutil.copyfile(kernels[-1], kernel)
+    shutil.copyfile(initrds[-1], initrd)
+    disk = work / "baseline.img"
+    disk.unlink(missing_ok=True)
+    run(["mkfs.ext4", "-q", "-L", "baseline", "-d", tree, disk, "4G"])
+    shutil.rmtree(tree, ignore_errors=True)
+    return disk, KernelOverride(kernel, "root=LABEL=baseline rw console=ttyS0,115200", initrd)
+
+
+def _boot(spec: BootSpec) -> BootReport:
+    with Machine(spec) as vm:
+        return vm.wait_ready(TIMEOUT, then_analysis=30.0)
+
+
+def run_benchmark(workdir: Path, reporter: Reporter) -> dict[str, object]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_busybox_archive(
+        CHECKOUT / "build/images/busybox.oci.tar", "docker.io/library/busybox:atoll"
+    )
+    cache = workdir / "compose-cache"
+    epoch = int(time.time())
+    composed = compose(MANIFEST, workdir / "repo", reporter, cache=cache, source_date_epoch=epoch)
+    image = workdir / "atoll.img"
+    build_disk(plan_disk(workdir / "repo", composed.ref, image, size=2048 * MIB), reporter)
+    manifest = load_manifest(MANIFEST)
+    index = load_index(manifest.distribution, cache, reporter)
+    baseline = build_baseline_rootfs(
+        manifest.distribution,
+        manifest.kernel.package,
+        index.fingerprint,
+        cache,
+        reporter,
+        source_date_epoch=epoch,
+    )
+    base_disk, base_kernel = _baseline_disk(baseline.tarball, workdir)
+
+    atoll_runs: list[BootReport] = []
+    base_runs: list[BootReport] = []
+    for i in range(BOOTS):
+        with reporter.stage("boot atoll", f"{i + 1}/{BOOTS}"):
+            atoll_runs.append(_boot(BootSpec(image, Firmware.DIRECT, snapshot=True)))
+        with reporter.stage("boot baseline", f"{i + 1}/{BOOTS}"):
+            base_runs.append(
+                _boot(
+                    BootSpec(base_disk, Firmware.DIRECT, snapshot=True, kernel_override=base_kernel)
+                )
+            )
+
+    def median(runs: list[BootReport], pick: str) -> float | None:
+        values: list[float] = []
+        for r in runs:
+            if pick == "ready":
+                value = r.ready_seconds
+            elif r.analysis is None:
+                value = None
+            else:
+                value = r.analysis.startup.get(pick)
+            if value is not None:
+                values.append(value)
+        return round(statistics.median(values), 2) if values else None
+
+    atoll_s, base_s = median(atoll_runs, "ready"), median(base_runs, "ready")
+    assert atoll_s is not None and base_s is not None  # wait_ready raised otherwise
+    ratio = round(atoll_s / base_s, 3)
+    slowest = atoll_runs[-1].analysis.slowest_on_chain() if atoll_runs[-1].analysis else []
+    return {
+        "figures": {
+            "atoll boot to ready, median (s)": atoll_s,
+            "baseline boot to ready, median (s)": base_s,
+            "atoll kernel (systemd-analyze, s)": median(atoll_runs, "kernel"),
+            "atoll userspace (systemd-analyze, s)": median(atoll_runs, "userspace"),
+            "baseline kernel (systemd-analyze, s)": median(base_runs, "kernel"),
+            "baseline initrd (systemd-analyze, s)": median(base_runs, "initrd"),
+            "baseline userspace (systemd-analyze, s)": median(base_runs, "userspace"),
+            "boots per image": BOOTS,
+            "atoll slowest on critical chain": ", ".join(
+                f"{link.unit} +{link.took:.1f}s" for link in slowest
+            ),
+        },
+        "targets": [
+            {
+                "name": "atoll boot time / baseline boot time (TCG)",
+                "value": ratio,
+                "target": f"<= {TARGET_RATIO}",
+                "met": ratio <= TARGET_RATIO,
+            }
+        ],
+    }
