@@ -22,7 +22,8 @@ from atoll.errors import EXIT_FAILED, EXIT_INTERRUPTED, AtollError
 
 # The stages that contribute verbs, in the order of the data's journey. Each
 # has ``atoll/<stage>/cli.py``; ``demo`` and ``bench`` string them together.
-STAGES: tuple[str, ...] = ("compose", "publish", "disk", "boot", "agent", "fleet", "pki")
+# ``pki`` (the fleet CA) and ``ops`` (the ``atoll node`` client) are host-side tooling.
+STAGES: tuple[str, ...] = ("compose", "publish", "disk", "boot", "agent", "fleet", "pki", "ops")
 
 Handler = Callable[[argparse.Namespace], int]
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "atoll"
-STAGES = ["manifest", "compose", "publish", "disk", "boot", "agent", "fleet"]
+STAGES = ["manifest", "compose", "publish", "disk", "boot", "agent", "fleet", "pki", "ops"]
 SHARED = {"errors", "process", "progress", "tools", "cli", "__main__", "__init__", "py"}
 TOP_LEVEL = {"demo", "bench"}  # string the stages together; may import anything
 

@@ -1,0 +1,138 @@
+"""``atoll node``: talk to one node's agent over mutual TLS.
+
+Standard library HTTP (``http.client`` + ``ssl``): the client presents its
+certificate (whose OU is its role) and verifies the agent's certificate
+against the fleet CA, including its SAN. ``settings set KEY=VALUE...`` sends
+the keys given as one ``PATCH /v1/settings``; the agent merges them onto the
+current settings and validates the result as a whole (all or nothing).
+A VALUE is parsed as JSON when it is valid JSON (``'["a","b"]'``, ``3``), else taken as a string.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import ssl
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from atoll.errors import AtollError, InputError
+
+TIMEOUT = 30.0
+
+
+class NodeError(AtollError):
+    """The agent refused the request or could not be reached (message names the URL)."""
+
+
+class NodeClient:
+    """One agent endpoint and the client's credentials."""
+
+    def __init__(self, endpoint: str, ca: Path, cert: Path | None, key: Path | None) -> None:
+        parts = urlsplit(endpoint)
+        if parts.scheme != "https" or not parts.hostname:
+            raise InputError(f"--endpoint {endpoint!r}: expected https://HOST:PORT")
+        self.endpoint = endpoint.rstrip("/")
+        self.host = parts.hostname
+        self.port = parts.port or 443
+        try:
+            self.context = ssl.create_default_context(cafile=str(ca))
+            if cert is not None:
+                self.context.load_cert_chain(str(cert), str(key) if key else None)
+        except (OSError, ssl.SSLError) as e:
+            raise InputError(f"cannot load TLS material (--ca {ca}, --cert {cert}): {e}") from e
+
+    def request(self, method: str, path: str, body: object | None = None) -> Any:
+        url = self.endpoint + path
+        conn = http.client.HTTPSConnection(
+            self.host, self.port, context=self.context, timeout=TIMEOUT
+        )
+        try:
+            data = None if body is None else json.dumps(body).encode()
+            headers = {"Content-Type": "application/json"} if data is not None else {}
+            conn.request(method, path, body=data, headers=headers)
+            response = conn.getresponse()
+            raw = response.read()
+        except (OSError, ssl.SSLError, http.client.HTTPException) as e:
+            raise NodeError(f"{method} {url}: {e}") from e
+        finally:
+            conn.close()
+        try:
+            payload = json.loads(raw) if raw else None
+        except ValueError as e:
+            raise NodeError(f"{method} {url}: answer is not JSON: {raw[:200]!r}") from e
+        if response.status >= 400:
+            message = payload.get("error") if isinstance(payload, dict) else payload
+            raise NodeError(f"{method} {url}: HTTP {response.status}: {message}")
+        return payload
+
+
+def parse_assignment(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` -> (key, JSON value or the raw string)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise InputError(f"settings set {text!r}: expected KEY=VALUE")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("node", help="operate one node through its agent API (mutual TLS)")
+    p.add_argument("--endpoint", required=True, help="https://HOST:PORT of the agent")
+    p.add_argument("--ca", type=Path, required=True, help="the fleet CA certificate")
+    p.add_argument("--cert", type=Path, help="your client certificate")
+    p.add_argument("--key", type=Path, help="your client key")
+    actions = p.add_subparsers(dest="node_verb", metavar="ACTION", required=True)
+    actions.add_parser("status", help="version, deployments, uptime")
+    settings = actions.add_parser("settings", help="get or set typed settings")
+    sv = settings.add_subparsers(dest="settings_verb", metavar="get|set", required=True)
+    sv.add_parser("get")
+    sset = sv.add_parser("set")
+    sset.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
+    up = actions.add_parser("upgrade", help="stage a new deployment")
+    up.add_argument("--to", help="version or commit (default: the channel's latest)")
+    up.add_argument("--reboot", action="store_true")
+    rb = actions.add_parser("rollback", help="make the previous deployment the default")
+    rb.add_argument("--reboot", action="store_true")
+    actions.add_parser("reboot")
+    audit = actions.add_parser("audit", help="the audit log")
+    audit.add_argument("--verify", action="store_true", help="verify the hash chain")
+    audit.add_argument("--limit", type=int, default=100)
+    p.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    node = NodeClient(args.endpoint, args.ca, args.cert, args.key)
+    verb: str = args.node_verb
+    result: Any
+    if verb == "status":
+        result = node.request("GET", "/v1/status")
+    elif verb == "settings" and args.settings_verb == "get":
+        result = node.request("GET", "/v1/settings")
+    elif verb == "settings":
+        change = dict(map(parse_assignment, args.assignments))
+        result = node.request("PATCH", "/v1/settings", change)
+    elif verb == "upgrade":
+        body: dict[str, object] = {"reboot": bool(args.reboot)}
+        if args.to:
+            body["to"] = args.to
+        result = node.request("POST", "/v1/upgrade", body)
+    elif verb == "rollback":
+        result = node.request("POST", "/v1/rollback", {"reboot": bool(args.reboot)})
+    elif verb == "reboot":
+        result = node.request("POST", "/v1/reboot", {})
+    elif args.verify:
+        result = node.request("GET", "/v1/audit/verify")
+        json.dump(result, sys.stdout, indent=2)
+        print()
+        return 0 if result.get("ok") else 1
+    else:
+        result = node.request("GET", f"/v1/audit?limit={int(args.limit)}")
+    json.dump(result, sys.stdout, indent=2)
+    print()
+    return 0
