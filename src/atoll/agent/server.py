@@ -1,0 +1,368 @@
+"""The agent's HTTPS API: mutual TLS, roles from the client certificate, every request audited.
+
+``ThreadingHTTPServer`` + ``ssl`` (standard library only; runs on the node).
+The TLS handshake is done per connection in the worker thread (not in
+``accept``), so a refused client (no certificate, another CA, expired,
+revoked via the CRL) is *audited* with its address and OpenSSL's reason
+instead of vanishing inside socketserver.
+
+Authorisation: the certificate's subject ``OU`` is the role (issued by
+``atoll pki``); each route names the least role allowed (viewer < operator <
+admin). A request from a role below it gets 403, audited. Bodies are JSON
+objects validated completely before any change; bad input is a 4xx whose
+``error`` names the field, and a handler bug is a 500 that is still audited.
+
+Routes (``ROUTES`` drives dispatch and the OpenAPI document):
+``GET /v1/status``, ``GET /v1/settings``, ``PATCH /v1/settings``,
+``GET /v1/audit``, ``GET /v1/audit/verify``, ``GET /v1/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from atoll.agent.audit import AuditLog
+from atoll.agent.settings import ApplyError, Runner, SettingsError, SettingsStore
+
+MAX_BODY = 64 * 1024
+
+
+class Role(IntEnum):
+    VIEWER = 1
+    OPERATOR = 2
+    ADMIN = 3
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str
+    role: Role | None
+
+
+class ApiError(Exception):
+    def __init__(self, status: HTTPStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    root: Path  # "/" on a node
+    audit_path: Path
+    cert: Path
+    key: Path
+    ca: Path
+    crl: Path | None
+    runner: Runner
+
+
+def identity_from_peer(peer: dict[str, Any] | None) -> Identity:
+    """Name and role from ``SSLSocket.getpeercert()`` (subject CN and OU)."""
+    subject: dict[str, str] = {}
+    for rdn in (peer or {}).get("subject", ()):
+        for key, value in rdn:
+            subject[key] = value
+    role_name = subject.get("organizationalUnitName", "")
+    role = Role[role_name.upper()] if role_name.upper() in Role.__members__ else None
+    return Identity(subject.get("commonName", "?"), role)
+
+
+def _read_os_release(root: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for candidate in ("etc/os-release", "usr/lib/os-release"):
+        try:
+            text = (root / candidate).read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                out[key.strip()] = value.strip().strip('"')
+        break
+    return out
+
+
+class Agent:
+    """The request handlers, independent of HTTP plumbing."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.audit = AuditLog(config.audit_path)
+        self.settings = SettingsStore(config.root, config.runner)
+        self.started = time.monotonic()
+
+    def status(self, _: Identity, __: dict[str, Any], ___: dict[str, list[str]]) -> Any:
+        release = _read_os_release(self.config.root)
+        return {
+            "hostname": self.settings.current()["hostname"],
+            "image": release.get("IMAGE_ID", ""),
+            "version": release.get("IMAGE_VERSION", release.get("VERSION_ID", "")),
+            "agent_uptime_seconds": round(time.monotonic() - self.started, 3),
+        }
+
+    def settings_get(self, _: Identity, __: dict[str, Any], ___: dict[str, list[str]]) -> Any:
+        return self.settings.current()
+
+    def settings_patch(self, _: Identity, body: dict[str, Any], __: dict[str, list[str]]) -> Any:
+        try:
+            return self.settings.set(body)
+        except SettingsError as e:
+            raise ApiError(HTTPStatus.UNPROCESSABLE_ENTITY, str(e)) from e
+        except ApplyError as e:
+            raise ApiError(HTTPStatus.CONFLICT, str(e)) from e
+
+    def audit_list(self, _: Identity, __: dict[str, Any], query: dict[str, list[str]]) -> Any:
+        try:
+            since = int(query.get("since", ["0"])[0])
+            limit = int(query.get("limit", ["100"])[0])
+        except ValueError as e:
+            raise ApiError(HTTPStatus.BAD_REQUEST, "since/limit: expected integers") from e
+        if since < 0 or not 1 <= limit <= 1000:
+            raise ApiError(HTTPStatus.BAD_REQUEST, "since >= 0 and 1 <= limit <= 1000")
+        return {"records": self.audit.records(since=since, limit=limit)}
+
+    def audit_verify(self, _: Identity, __: dict[str, Any], ___: dict[str, list[str]]) -> Any:
+        verdict = self.audit.verify()
+        return {"ok": verdict.ok, "records": verdict.records, "problems": list(verdict.problems)}
+
+    def openapi(self, _: Identity, __: dict[str, Any], ___: dict[str, list[str]]) -> Any:
+        return openapi_document()
+
+
+Handler = Callable[[Agent, Identity, dict[str, Any], dict[str, list[str]]], Any]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    role: Role
+    handler: Handler
+    summary: str
+    has_body: bool = False
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/v1/status", Role.VIEWER, Agent.status, "Version, host name, agent uptime"),
+    Route("GET", "/v1/settings", Role.VIEWER, Agent.settings_get, "All settings (dotted keys)"),
+    Route(
+        "PATCH",
+        "/v1/settings",
+        Role.OPERATOR,
+        Agent.settings_patch,
+        "Change settings (validated as a whole, applied atomically)",
+        has_body=True,
+    ),
+    Route("GET", "/v1/audit", Role.VIEWER, Agent.audit_list, "Audit records"),
+    Route("GET", "/v1/audit/verify", Role.VIEWER, Agent.audit_verify, "Verify the audit chain"),
+    Route("GET", "/v1/openapi.json", Role.VIEWER, Agent.openapi, "This document"),
+)
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.0 document of ``ROUTES`` (also kept as docs/agent-openapi.json)."""
+    paths: dict[str, dict[str, Any]] = {}
+    for route in ROUTES:
+        op: dict[str, Any] = {
+            "summary": route.summary,
+            "x-atoll-role": route.role.name.lower(),
+            "responses": {
+                "200": {"description": "OK", "content": {"application/json": {"schema": {}}}},
+                "400": {"description": "Bad input; `error` names the field"},
+                "403": {"description": "The certificate's role may not do this"},
+            },
+        }
+        if route.path == "/v1/audit":
+            op["parameters"] = [
+                {"name": n, "in": "query", "schema": {"type": "integer", "minimum": lo}}
+                for n, lo in (("since", 0), ("limit", 1))
+            ]
+        if route.has_body:
+            op["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": {"type": "object", "minProperties": 1}}},
+            }
+            op["responses"]["422"] = {"description": "Invalid setting; `error` names the key"}
+            op["responses"]["409"] = {"description": "Apply failed; previous settings restored"}
+        paths.setdefault(route.path, {})[route.method.lower()] = op
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "atoll agent", "version": "1"},
+        "paths": paths,
+    }
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    server: AgentServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the audit log is the record; no stderr noise per request
+
+    def _identity(self) -> Identity:
+        if isinstance(self.connection, ssl.SSLSocket):
+            return identity_from_peer(self.connection.getpeercert())
+        return Identity("unix:root", Role.ADMIN)  # the root-only Unix socket
+
+    def _send(self, status: HTTPStatus, payload: Any) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _dispatch(self, method: str) -> None:
+        who = self._identity()
+        url = urlsplit(self.path)
+        status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
+        params: Any = None
+        try:
+            matches = [r for r in ROUTES if r.path == url.path]
+            route = next((r for r in matches if r.method == method), None)
+            if not matches:
+                raise ApiError(HTTPStatus.NOT_FOUND, f"{url.path}: no such endpoint")
+            if route is None:
+                raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} {url.path}: not allowed")
+            if who.role is None or who.role < route.role:
+                raise ApiError(
+                    HTTPStatus.FORBIDDEN,
+                    f"{method} {url.path}: needs role {route.role.name.lower()}",
+                )
+            body: dict[str, Any] = {}
+            if route.has_body:
+                body = self._body()
+                params = body
+            query = parse_qs(url.query)
+            result = route.handler(self.server.agent, who, body, query)
+            status = HTTPStatus.OK
+            self._send(status, result)
+        except ApiError as e:
+            status = e.status
+            self._send(status, {"error": str(e)})
+        except Exception as e:
+            self._send(status, {"error": f"internal error: {type(e).__name__}"})
+        finally:
+            self.server.agent.audit.append(
+                who=who.name,
+                role=who.role.name.lower() if who.role else None,
+                what=f"{method} {url.path}",
+                params=params,
+                result=int(status),
+            )
+
+    def _body(self) -> dict[str, Any]:
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError as e:
+            raise ApiError(HTTPStatus.BAD_REQUEST, "Content-Length: not an integer") from e
+        if length <= 0 or length > MAX_BODY:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"body: expected 1..{MAX_BODY} bytes of JSON")
+        raw = self.rfile.read(length)
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"body: not JSON ({e})") from e
+        if not isinstance(body, dict):
+            raise ApiError(HTTPStatus.BAD_REQUEST, "body: expected a JSON object")
+        return body
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+
+def tls_context(config: AgentConfig) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(config.cert, config.key)
+    ctx.load_verify_locations(config.ca)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    if config.crl is not None:
+        ctx.load_verify_locations(config.crl)
+        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    return ctx
+
+
+class AgentServer(ThreadingHTTPServer):
+    """HTTPS on a TCP address; handshakes in the worker thread so refusals get audited."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], agent: Agent) -> None:
+        self.agent = agent
+        self.tls = tls_context(agent.config)
+        super().__init__(address, _RequestHandler)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        request.settimeout(30)
+        try:
+            tls = self.tls.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as e:
+            reason = getattr(e, "verify_message", "") or getattr(e, "reason", "") or str(e)
+            self.agent.audit.append(
+                who=f"tls:{client_address[0]}",
+                role=None,
+                what="TLS handshake",
+                result="refused",
+                reason=str(reason),
+            )
+            return
+        try:
+            super().finish_request(tls, client_address)
+        finally:
+            tls.close()
+
+
+class UnixAgentServer(ThreadingHTTPServer):
+    """The on-node socket: mode 0600 owned by root, so only root reaches it (acts as admin)."""
+
+    daemon_threads = True
+    address_family = socket.AF_UNIX
+
+    def __init__(self, path: Path, agent: Agent) -> None:
+        self.agent = agent
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        old = os.umask(0o177)
+        try:
+            super().__init__(str(path), _RequestHandler)  # type: ignore[arg-type]
+        finally:
+            os.umask(old)
+
+    def server_bind(self) -> None:
+        self.socket.bind(self.server_address)
+
+    def get_request(self) -> tuple[Any, Any]:
+        conn, _ = self.socket.accept()
+        return conn, ("unix", 0)
+
+
+def serve_in_thread(server: ThreadingHTTPServer) -> threading.Thread:
+    thread = threading.Thread(target=server.serve_forever, name="atoll-agent", daemon=True)
+    thread.start()
+    return thread

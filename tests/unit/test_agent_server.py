@@ -1,0 +1,152 @@
+"""The agent API over real mutual TLS on loopback: roles, refusals audited, validation."""
+
+from __future__ import annotations
+
+import datetime
+import http.client
+import json
+import ssl
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from atoll.agent.server import (
+    Agent,
+    AgentConfig,
+    AgentServer,
+    openapi_document,
+    serve_in_thread,
+    tls_context,
+)
+from atoll.pki import Kind, Role, init, issue, revoke
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "agent-openapi.json"
+
+
+class Node:
+    def __init__(self, pki: Path, server: AgentServer) -> None:
+        self.pki = pki
+        self.server = server
+        self.port = server.server_address[1]
+        self.restarts: list[list[str]] = []
+
+    def call(self, client: str | None, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        ctx = ssl.create_default_context(cafile=self.pki / "ca.crt")
+        if client is not None:
+            ctx.load_cert_chain(
+                self.pki / "clients" / f"{client}.crt", self.pki / "clients" / f"{client}.key"
+            )
+        conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=ctx, timeout=10)
+        try:
+            payload = None if body is None else json.dumps(body).encode()
+            headers = {"Content-Type": "application/json"} if payload else {}
+            conn.request(method, path, body=payload, headers=headers)
+            response = conn.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            conn.close()
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Node]:
+    pki = tmp_path / "pki"
+    init(pki)
+    issue(pki, "node1", kind=Kind.NODE)
+    for name, role in (("vera", Role.VIEWER), ("otto", Role.OPERATOR), ("ada", Role.ADMIN)):
+        issue(pki, name, kind=Kind.CLIENT, role=role)
+    root = tmp_path / "root"
+    (root / "usr/lib").mkdir(parents=True)
+    (root / "usr/lib/os-release").write_text('ID=debian\nIMAGE_ID=atoll\nIMAGE_VERSION="1.2"\n')
+    restarts: list[list[str]] = []
+
+    def runner(argv: Sequence[str]) -> None:
+        restarts.append(list(argv))
+
+    config = AgentConfig(
+        root=root,
+        audit_path=root / "var/lib/atoll/audit.jsonl",
+        cert=pki / "nodes/node1.crt",
+        key=pki / "nodes/node1.key",
+        ca=pki / "ca.crt",
+        crl=pki / "crl.pem",
+        runner=runner,
+    )
+    server = AgentServer(("127.0.0.1", 0), Agent(config))
+    serve_in_thread(server)
+    n = Node(pki, server)
+    n.restarts = restarts
+    try:
+        yield n
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_roles_decide_what_a_client_may_do(node: Node) -> None:
+    status, body = node.call("vera", "GET", "/v1/status")
+    assert status == 200 and body["image"] == "atoll" and body["version"] == "1.2"
+    status, body = node.call("vera", "PATCH", "/v1/settings", {"hostname": "n2"})
+    assert status == 403 and "needs role operator" in body["error"]
+    status, body = node.call("otto", "PATCH", "/v1/settings", {"hostname": "n2"})
+    assert status == 200 and body["hostname"] == "n2"
+    assert node.call("ada", "GET", "/v1/settings")[1]["hostname"] == "n2"
+    assert node.restarts == [["systemctl", "try-restart", "systemd-hostnamed.service"]]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "names"),
+    [
+        ({"hostname": "Bad Name"}, 422, "hostname"),
+        ({"kernel.args": "quiet"}, 422, "kernel.args"),
+        ({"nope": 1}, 422, "nope: unknown setting"),
+        ([1, 2], 400, "body: expected a JSON object"),
+        ({}, 422, "non-empty"),
+    ],
+)
+def test_bad_bodies_are_4xx_naming_the_field_and_change_nothing(
+    node: Node, body: Any, status: int, names: str
+) -> None:
+    before = node.call("otto", "GET", "/v1/settings")[1]
+    got, answer = node.call("otto", "PATCH", "/v1/settings", body)
+    assert got == status and names in answer["error"]
+    assert node.call("otto", "GET", "/v1/settings")[1] == before
+
+
+def test_refused_credentials_are_audited(node: Node, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    init(other)
+    issue(other, "mallory", kind=Kind.CLIENT, role=Role.ADMIN)
+    for ext in ("crt", "key"):
+        (node.pki / f"clients/mallory.{ext}").write_bytes(
+            (other / f"clients/mallory.{ext}").read_bytes()
+        )
+    old = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=30)
+    issue(node.pki, "expired", kind=Kind.CLIENT, role=Role.ADMIN, days=1, not_before=old)
+    issue(node.pki, "gone", kind=Kind.CLIENT, role=Role.ADMIN)
+    revoke(node.pki, "gone")
+    # The CRL is loaded at start: a fresh context picks up the revocation.
+    node.server.tls = tls_context(node.server.agent.config)
+    for client in (None, "mallory", "expired", "gone"):
+        with pytest.raises((ssl.SSLError, ConnectionError, http.client.HTTPException)):
+            node.call(client, "GET", "/v1/status")
+    status, verdict = node.call("ada", "GET", "/v1/audit/verify")
+    assert status == 200 and verdict["ok"], verdict
+    records = node.call("ada", "GET", "/v1/audit?limit=1000")[1]["records"]
+    refusals = [r for r in records if r["what"] == "TLS handshake"]
+    assert len(refusals) == 4
+    reasons = " ".join(r["reason"] for r in refusals).lower()
+    assert "expired" in reasons and "revoked" in reasons
+    assert records[-1]["what"] == "GET /v1/audit/verify" and records[-1]["who"] == "ada"
+
+
+def test_unknown_paths_and_bad_queries_are_4xx(node: Node) -> None:
+    assert node.call("vera", "GET", "/v1/nothing")[0] == 404
+    assert node.call("vera", "DELETE", "/v1/status")[0] == 405
+    assert node.call("vera", "GET", "/v1/audit?limit=x")[0] == 400
+
+
+def test_the_served_openapi_document_is_the_one_in_the_repo(node: Node) -> None:
+    served = node.call("vera", "GET", "/v1/openapi.json")[1]
+    assert served == openapi_document() == json.loads(DOC.read_text())
