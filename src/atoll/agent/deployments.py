@@ -1,0 +1,158 @@
+"""Deployments: read ``ostree admin status``, upgrade, roll back, reboot (node side).
+
+Every command goes through an injected runner (argv -> stdout, raising
+:class:`DeploymentError` naming the argv on failure), so the API's logic is
+tested on the host with a fake that records argv; the real ``ostree`` path
+is exercised on a booted VM.
+
+``ostree admin status`` prints one block per deployment, newest (the default)
+first::
+
+    * atoll 1f0c...e1.0 (pending)      <- "* " marks the booted deployment
+        Version: 1.1.0
+        origin refspec: atoll/x86_64/minimal
+
+Upgrade and rollback deploy *non-staged* (``ostree admin upgrade``,
+``ostree admin deploy``): the boot entries are written at once, which is what
+:func:`atoll.agent.bootentries.sync_node` mirrors onto the ESP right after
+(a staged deployment would only get its entry while shutting down, after the
+sync ran). The running deployment is never modified either way.
+
+Rollback: if a newer deployment is pending (not booted yet), it is removed
+(``ostree admin undeploy 0``), so the booted one stays the default. Otherwise
+the previous deployment's commit is deployed again as the new default
+(``ostree admin deploy --retain COMMIT``), keeping the booted one as its
+fallback. With neither, there is nothing to roll back to.
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+CommandRunner = Callable[[Sequence[str]], str]
+"""Runs argv, returns its stdout; raises :class:`DeploymentError` on failure."""
+
+SyncHook = Callable[[], object]
+"""Mirrors boot entries onto the ESP after a deploy (bootentries.sync_node)."""
+
+_HEADER = re.compile(
+    r"^(?P<booted>[* ]) (?P<os>\S+) (?P<checksum>[0-9a-f]{64})\.(?P<serial>\d+)"
+    r"(?: \((?P<marks>[^)]*)\))?\s*$"
+)
+COMMIT = re.compile(r"^[0-9a-f]{64}$")
+REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)*$")
+
+
+class DeploymentError(RuntimeError):
+    """A deployment command failed or there is nothing to do (message names the argv)."""
+
+
+@dataclass(frozen=True)
+class Deployment:
+    index: int
+    os: str
+    checksum: str
+    serial: int
+    booted: bool
+    pending: bool
+    rollback: bool
+    staged: bool
+    version: str | None
+    refspec: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def subprocess_runner(argv: Sequence[str]) -> str:
+    """The node's runner: run argv, return stdout, raise with argv and stderr on failure."""
+    try:
+        done = subprocess.run(list(argv), capture_output=True, text=True, check=False)
+    except OSError as e:
+        raise DeploymentError(f"{' '.join(argv)}: {e}") from e
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-3:]
+        raise DeploymentError(f"{' '.join(argv)} exited {done.returncode}: {' | '.join(tail)}")
+    return done.stdout
+
+
+def parse_status(text: str) -> list[Deployment]:
+    """Parse ``ostree admin status`` output (unknown lines are ignored)."""
+    out: list[Deployment] = []
+    fields: dict[str, Any] = {}
+
+    def flush() -> None:
+        if fields:
+            out.append(Deployment(index=len(out), **fields))
+
+    for line in text.splitlines():
+        match = _HEADER.match(line)
+        if match:
+            flush()
+            marks = {m.strip() for m in (match["marks"] or "").split(",")}
+            fields = {
+                "os": match["os"],
+                "checksum": match["checksum"],
+                "serial": int(match["serial"]),
+                "booted": match["booted"] == "*",
+                "pending": "pending" in marks,
+                "rollback": "rollback" in marks,
+                "staged": "staged" in marks,
+                "version": None,
+                "refspec": None,
+            }
+        elif fields and line.strip().startswith("Version:"):
+            fields["version"] = line.split(":", 1)[1].strip()
+        elif fields and line.strip().startswith("origin refspec:"):
+            fields["refspec"] = line.split(":", 1)[1].strip()
+    flush()
+    return out
+
+
+class Deployments:
+    """Deployment operations on one node, through ``run`` and ``sync``."""
+
+    def __init__(self, run: CommandRunner, sync: SyncHook) -> None:
+        self.run = run
+        self.sync = sync
+
+    def status(self) -> list[Deployment]:
+        return parse_status(self.run(["ostree", "admin", "status"]))
+
+    def upgrade(self, to: str | None = None) -> dict[str, Any]:
+        """Deploy ``to`` (a commit or ref) or the origin's newest commit; then sync boot entries."""
+        if to is None:
+            argv = ["ostree", "admin", "upgrade"]
+        elif COMMIT.match(to) or REF.match(to):
+            argv = ["ostree", "admin", "deploy", "--retain", to]
+        else:
+            raise ValueError(f"to: {to!r} is neither a 64-hex commit nor a ref")
+        self.run(argv)
+        self.sync()
+        return {"ran": argv, "deployments": [d.as_dict() for d in self.status()]}
+
+    def rollback(self) -> dict[str, Any]:
+        """Cancel a pending deployment, or make the previous one the default again."""
+        current = self.status()
+        if current and current[0].pending and not current[0].booted:
+            argv = ["ostree", "admin", "undeploy", "0"]
+        else:
+            previous = next((d for d in current if d.rollback), None)
+            if previous is None:
+                raise DeploymentError(
+                    "ostree admin status: no pending or rollback deployment to roll back to"
+                )
+            argv = ["ostree", "admin", "deploy", "--retain", previous.checksum]
+        self.run(argv)
+        self.sync()
+        return {"ran": argv, "deployments": [d.as_dict() for d in self.status()]}
+
+    def reboot(self) -> list[str]:
+        argv = ["systemctl", "reboot"]
+        self.run(argv)
+        return argv
