@@ -14,7 +14,14 @@ objects validated completely before any change; bad input is a 4xx whose
 
 Routes (``ROUTES`` drives dispatch and the OpenAPI document):
 ``GET /v1/status``, ``GET /v1/settings``, ``PATCH /v1/settings``,
-``GET /v1/audit``, ``GET /v1/audit/verify``, ``GET /v1/openapi.json``.
+``GET /v1/audit``, ``GET /v1/audit/verify``, ``GET /v1/openapi.json``,
+``POST /v1/upgrade`` (``{"to"?: commit|ref, "reboot"?: bool}``),
+``POST /v1/rollback`` (``{"reboot"?: bool}``) and ``POST /v1/reboot`` (``{}``):
+the deployment routes run ``ostree admin`` through
+:class:`atoll.agent.deployments.Deployments` (injected command runner, then
+the boot entries sync) and answer with the deployments after the change.
+A reboot is queued with ``systemctl reboot``, which returns at once, so the
+answer still reaches the client.
 """
 
 from __future__ import annotations
@@ -34,7 +41,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from atoll.agent import bootentries
 from atoll.agent.audit import AuditLog
+from atoll.agent.deployments import (
+    COMMIT,
+    REF,
+    CommandRunner,
+    DeploymentError,
+    Deployments,
+    SyncHook,
+    subprocess_runner,
+)
 from atoll.agent.settings import ApplyError, Runner, SettingsError, SettingsStore
 
 MAX_BODY = 64 * 1024
@@ -67,6 +84,8 @@ class AgentConfig:
     ca: Path
     crl: Path | None
     runner: Runner
+    commands: CommandRunner = subprocess_runner  # ostree admin, systemctl reboot
+    sync: SyncHook = bootentries.sync_node  # boot entries onto the ESP after a deploy
 
 
 def identity_from_peer(peer: dict[str, Any] | None) -> Identity:
@@ -102,6 +121,7 @@ class Agent:
         self.config = config
         self.audit = AuditLog(config.audit_path)
         self.settings = SettingsStore(config.root, config.runner)
+        self.deployments = Deployments(config.commands, config.sync)
         self.started = time.monotonic()
 
     def status(self, _: Identity, __: dict[str, Any], ___: dict[str, list[str]]) -> Any:
@@ -111,7 +131,38 @@ class Agent:
             "image": release.get("IMAGE_ID", ""),
             "version": release.get("IMAGE_VERSION", release.get("VERSION_ID", "")),
             "agent_uptime_seconds": round(time.monotonic() - self.started, 3),
+            **self._deployments(),
         }
+
+    def _deployments(self) -> dict[str, Any]:
+        try:
+            return {"deployments": [d.as_dict() for d in self.deployments.status()]}
+        except DeploymentError as e:
+            return {"deployments": None, "deployments_error": str(e)}
+
+    def upgrade(self, _: Identity, body: dict[str, Any], __: dict[str, list[str]]) -> Any:
+        _check_fields(body, {"to": str, "reboot": bool})
+        to = body.get("to")
+        if to is not None and not (COMMIT.match(to) or REF.match(to)):
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"to: {to!r} is neither a commit nor a ref")
+        return self._deploy(lambda: self.deployments.upgrade(to), bool(body.get("reboot")))
+
+    def rollback(self, _: Identity, body: dict[str, Any], __: dict[str, list[str]]) -> Any:
+        _check_fields(body, {"reboot": bool})
+        return self._deploy(self.deployments.rollback, bool(body.get("reboot")))
+
+    def reboot(self, _: Identity, body: dict[str, Any], __: dict[str, list[str]]) -> Any:
+        _check_fields(body, {})
+        return self._deploy(lambda: {}, True)
+
+    def _deploy(self, action: Callable[[], dict[str, Any]], reboot: bool) -> Any:
+        try:
+            result = action()
+            if reboot:
+                result["reboot"] = self.deployments.reboot()
+        except DeploymentError as e:
+            raise ApiError(HTTPStatus.CONFLICT, str(e)) from e
+        return result
 
     def settings_get(self, _: Identity, __: dict[str, Any], ___: dict[str, list[str]]) -> Any:
         return self.settings.current()
@@ -142,6 +193,17 @@ class Agent:
         return openapi_document()
 
 
+def _check_fields(body: dict[str, Any], allowed: dict[str, type]) -> None:
+    """Refuse unknown fields and wrongly typed values (the message names the field)."""
+    for key, value in body.items():
+        if key not in allowed:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"{key}: unknown field")
+        kind = allowed[key]
+        # bool is an int in Python; only JSON true/false count as booleans
+        if type(value) is not kind:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"{key}: expected {kind.__name__}")
+
+
 Handler = Callable[[Agent, Identity, dict[str, Any], dict[str, list[str]]], Any]
 
 
@@ -153,6 +215,10 @@ class Route:
     handler: Handler
     summary: str
     has_body: bool = False
+    schema: dict[str, Any] | None = None  # the request body's schema (settings when None)
+
+
+_REBOOT = {"reboot": {"type": "boolean"}}
 
 
 ROUTES: tuple[Route, ...] = (
@@ -169,6 +235,33 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/audit", Role.VIEWER, Agent.audit_list, "Audit records"),
     Route("GET", "/v1/audit/verify", Role.VIEWER, Agent.audit_verify, "Verify the audit chain"),
     Route("GET", "/v1/openapi.json", Role.VIEWER, Agent.openapi, "This document"),
+    Route(
+        "POST",
+        "/v1/upgrade",
+        Role.OPERATOR,
+        Agent.upgrade,
+        "Deploy a commit or ref (default: the origin's newest) beside the running one",
+        has_body=True,
+        schema={"properties": {"to": {"type": "string"}, **_REBOOT}},
+    ),
+    Route(
+        "POST",
+        "/v1/rollback",
+        Role.OPERATOR,
+        Agent.rollback,
+        "Cancel a pending deployment or make the previous one the default",
+        has_body=True,
+        schema={"properties": _REBOOT},
+    ),
+    Route(
+        "POST",
+        "/v1/reboot",
+        Role.OPERATOR,
+        Agent.reboot,
+        "Reboot the node (queued; the answer is sent first)",
+        has_body=True,
+        schema={"properties": {}},
+    ),
 )
 
 
@@ -191,12 +284,18 @@ def openapi_document() -> dict[str, Any]:
                 for n, lo in (("since", 0), ("limit", 1))
             ]
         if route.has_body:
+            schema: dict[str, Any] = {"type": "object", "minProperties": 1}
+            if route.schema is not None:
+                schema = {"type": "object", "additionalProperties": False, **route.schema}
             op["requestBody"] = {
                 "required": True,
-                "content": {"application/json": {"schema": {"type": "object", "minProperties": 1}}},
+                "content": {"application/json": {"schema": schema}},
             }
-            op["responses"]["422"] = {"description": "Invalid setting; `error` names the key"}
-            op["responses"]["409"] = {"description": "Apply failed; previous settings restored"}
+            if route.schema is None:
+                op["responses"]["422"] = {"description": "Invalid setting; `error` names the key"}
+                op["responses"]["409"] = {"description": "Apply failed; previous settings restored"}
+            else:
+                op["responses"]["409"] = {"description": "ostree failed or nothing to roll back"}
         paths.setdefault(route.path, {})[route.method.lower()] = op
     return {
         "openapi": "3.0.3",
@@ -230,6 +329,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
         params: Any = None
+        payload: Any
         try:
             matches = [r for r in ROUTES if r.path == url.path]
             route = next((r for r in matches if r.method == method), None)
@@ -246,23 +346,22 @@ class _RequestHandler(BaseHTTPRequestHandler):
             if route.has_body:
                 body = self._body()
                 params = body
-            query = parse_qs(url.query)
-            result = route.handler(self.server.agent, who, body, query)
+            payload = route.handler(self.server.agent, who, body, parse_qs(url.query))
             status = HTTPStatus.OK
-            self._send(status, result)
         except ApiError as e:
             status = e.status
-            self._send(status, {"error": str(e)})
-        except Exception as e:
-            self._send(status, {"error": f"internal error: {type(e).__name__}"})
-        finally:
-            self.server.agent.audit.append(
-                who=who.name,
-                role=who.role.name.lower() if who.role else None,
-                what=f"{method} {url.path}",
-                params=params,
-                result=int(status),
-            )
+            payload = {"error": str(e)}
+        except Exception as e:  # noqa: BLE001 - answer and audit, never drop the connection
+            payload = {"error": f"internal error: {type(e).__name__}"}
+        # Audited (and fsynced) before the client sees the answer.
+        self.server.agent.audit.append(
+            who=who.name,
+            role=who.role.name.lower() if who.role else None,
+            what=f"{method} {url.path}",
+            params=params,
+            result=int(status),
+        )
+        self._send(status, payload)
 
     def _body(self) -> dict[str, Any]:
         try:

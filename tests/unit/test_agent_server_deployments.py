@@ -1,0 +1,141 @@
+"""Deployment routes over real mutual TLS: upgrade, rollback, reboot with a recording runner."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from atoll.agent.server import Agent, AgentConfig, AgentServer, serve_in_thread
+from atoll.pki import Kind, Role, init, issue
+from tests.unit.test_agent_deployments import AFTER_REBOOT, NEW, OLD, PENDING
+from tests.unit.test_agent_server import Node
+
+
+class Ostree:
+    """Records argv; ``ostree admin status`` answers ``status``; ``fail`` argv raise."""
+
+    def __init__(self) -> None:
+        self.status = AFTER_REBOOT
+        self.calls: list[list[str]] = []
+        self.synced = 0
+
+    def run(self, argv: Sequence[str]) -> str:
+        self.calls.append(list(argv))
+        if list(argv[:2]) == ["ostree", "admin"] and argv[2] == "status":
+            return self.status
+        if argv[:3] == ["ostree", "admin", "upgrade"]:
+            self.status = PENDING
+        return ""
+
+    def sync(self) -> None:
+        self.synced += 1
+
+    def changes(self) -> list[list[str]]:
+        return [c for c in self.calls if c != ["ostree", "admin", "status"]]
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[tuple[Node, Ostree]]:
+    pki = tmp_path / "pki"
+    init(pki)
+    issue(pki, "node1", kind=Kind.NODE)
+    for name, role in (("vera", Role.VIEWER), ("otto", Role.OPERATOR)):
+        issue(pki, name, kind=Kind.CLIENT, role=role)
+    root = tmp_path / "root"
+    ostree = Ostree()
+
+    def restart(argv: Sequence[str]) -> None:
+        pass
+
+    config = AgentConfig(
+        root=root,
+        audit_path=root / "var/lib/atoll/audit.jsonl",
+        cert=pki / "nodes/node1.crt",
+        key=pki / "nodes/node1.key",
+        ca=pki / "ca.crt",
+        crl=pki / "crl.pem",
+        runner=restart,
+        commands=ostree.run,
+        sync=ostree.sync,
+    )
+    server = AgentServer(("127.0.0.1", 0), Agent(config))
+    serve_in_thread(server)
+    try:
+        yield Node(pki, server), ostree
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_status_lists_deployments(setup: tuple[Node, Ostree]) -> None:
+    node, _ = setup
+    status, body = node.call("vera", "GET", "/v1/status")
+    assert status == 200
+    assert [(d["checksum"], d["booted"]) for d in body["deployments"]] == [
+        (NEW, True),
+        (OLD, False),
+    ]
+
+
+def test_upgrade_deploys_and_syncs_boot_entries(setup: tuple[Node, Ostree]) -> None:
+    node, ostree = setup
+    status, body = node.call("otto", "POST", "/v1/upgrade", {})
+    assert status == 200 and body["ran"] == ["ostree", "admin", "upgrade"]
+    assert body["deployments"][0]["pending"] and ostree.synced == 1
+    status, body = node.call("otto", "POST", "/v1/upgrade", {"to": OLD, "reboot": True})
+    assert status == 200 and body["reboot"] == ["systemctl", "reboot"]
+    assert ostree.changes()[-2:] == [
+        ["ostree", "admin", "deploy", "--retain", OLD],
+        ["systemctl", "reboot"],
+    ]
+
+
+def test_rollback_and_reboot(setup: tuple[Node, Ostree]) -> None:
+    node, ostree = setup
+    status, body = node.call("otto", "POST", "/v1/rollback", {})
+    assert status == 200 and body["ran"] == ["ostree", "admin", "deploy", "--retain", OLD]
+    assert node.call("otto", "POST", "/v1/reboot", {})[0] == 200
+    assert ostree.changes() == [
+        ["ostree", "admin", "deploy", "--retain", OLD],
+        ["systemctl", "reboot"],
+    ]
+
+
+def test_viewer_may_not_deploy(setup: tuple[Node, Ostree]) -> None:
+    node, ostree = setup
+    for path in ("/v1/upgrade", "/v1/rollback", "/v1/reboot"):
+        status, body = node.call("vera", "POST", path, {})
+        assert status == 403 and "needs role operator" in body["error"]
+    assert ostree.changes() == [] and ostree.synced == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "names"),
+    [
+        ("/v1/upgrade", {"to": "--os=x"}, "to: "),
+        ("/v1/upgrade", {"to": 3}, "to: expected str"),
+        ("/v1/upgrade", {"reboot": "yes"}, "reboot: expected bool"),
+        ("/v1/upgrade", {"when": "now"}, "when: unknown field"),
+        ("/v1/rollback", {"reboot": 1}, "reboot: expected bool"),
+        ("/v1/reboot", {"force": True}, "force: unknown field"),
+        ("/v1/reboot", None, "body: expected"),
+    ],
+)
+def test_bad_bodies_run_nothing(
+    setup: tuple[Node, Ostree], path: str, body: Any, names: str
+) -> None:
+    node, ostree = setup
+    status, answer = node.call("otto", "POST", path, body)
+    assert status == 400 and names in answer["error"]
+    assert ostree.changes() == [] and ostree.synced == 0
+
+
+def test_nothing_to_roll_back_is_a_conflict(setup: tuple[Node, Ostree]) -> None:
+    node, ostree = setup
+    ostree.status = AFTER_REBOOT.split("  atoll")[0]  # the booted deployment only
+    status, body = node.call("otto", "POST", "/v1/rollback", {"reboot": True})
+    assert status == 409 and "no pending or rollback" in body["error"]
+    assert ostree.changes() == []
