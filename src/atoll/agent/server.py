@@ -351,7 +351,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         except ApiError as e:
             status = e.status
             payload = {"error": str(e)}
-        except Exception as e:  # noqa: BLE001 - answer and audit, never drop the connection
+        except Exception as e:  # answer and audit, never drop the connection
             payload = {"error": f"internal error: {type(e).__name__}"}
         # Audited (and fsynced) before the client sees the answer.
         self.server.agent.audit.append(

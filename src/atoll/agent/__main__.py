@@ -1,0 +1,112 @@
+"""``python3 -m atoll.agent``: the node daemon (HTTPS with mutual TLS + a root-only Unix socket).
+
+Credentials are read from ``--tls-dir`` (default ``/etc/atoll/agent``):
+``node.crt``, ``node.key``, ``ca.crt`` and optionally ``crl.pem``. Without
+them only the Unix socket serves (a node not yet enrolled is still operable
+on its console). Readiness is signalled with ``sd_notify(READY=1)`` so the
+unit can be ``Type=notify`` and the ready marker ordered after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from atoll.agent.server import Agent, AgentConfig, AgentServer, UnixAgentServer, serve_in_thread
+from atoll.agent.settings import Runner
+
+DEFAULT_PORT = 7443
+
+
+def run_command(argv: Sequence[str]) -> None:
+    """The daemon's command runner: argv only, stdin closed, stderr tail in the error."""
+    done = subprocess.run(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
+    )
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-3:]
+        raise RuntimeError(f"{' '.join(argv)}: exit {done.returncode}: {' / '.join(tail)}")
+
+
+def _notify(message: str) -> None:
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(message.encode(), address)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="atoll-agent")
+    parser.add_argument("--root", type=Path, default=Path("/"))
+    parser.add_argument("--tls-dir", type=Path, default=Path("/etc/atoll/agent"))
+    # The node's API is meant to be reached from the network (mTLS guards it).
+    parser.add_argument("--listen", default="0.0.0.0")  # noqa: S104
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--socket", type=Path, default=Path("/run/atoll/agent.sock"))
+    parser.add_argument("--audit", type=Path, default=Path("/var/lib/atoll/audit.jsonl"))
+    parser.add_argument(
+        "--record-commands",
+        type=Path,
+        metavar="FILE",
+        help="append commands (systemctl...) to FILE instead of running them (tests, dry runs)",
+    )
+    args = parser.parse_args(argv)
+    runner: Runner = run_command
+    if args.record_commands is not None:
+        record: Path = args.record_commands
+
+        def runner(argv: Sequence[str]) -> None:
+            with record.open("a") as f:
+                f.write(json.dumps(list(argv)) + "\n")
+
+    tls: Path = args.tls_dir
+    crl = tls / "crl.pem"
+    config = AgentConfig(
+        root=args.root,
+        audit_path=args.audit,
+        cert=tls / "node.crt",
+        key=tls / "node.key",
+        ca=tls / "ca.crt",
+        crl=crl if crl.exists() else None,
+        runner=runner,
+    )
+    agent = Agent(config)
+    servers: list[UnixAgentServer | AgentServer] = [UnixAgentServer(args.socket, agent)]
+    if config.cert.exists() and config.key.exists() and config.ca.exists():
+        servers.append(AgentServer((args.listen, args.port), agent))
+    else:
+        print(f"atoll-agent: no credentials in {tls}: Unix socket only", file=sys.stderr)
+    for server in servers:
+        serve_in_thread(server)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    _notify("READY=1")
+    print(f"atoll-agent: serving on {args.socket} and port {args.port}", file=sys.stderr)
+    stop.wait()
+    _notify("STOPPING=1")
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
