@@ -72,8 +72,9 @@ def test_upgrade_runs_ostree_then_syncs_boot_entries() -> None:
 
 def test_upgrade_refuses_a_bad_target_before_running_anything() -> None:
     fake = Fake(PENDING)
-    with pytest.raises(ValueError, match="to: "):
-        fake.deployments().upgrade("--os=evil")
+    for bad in ("--os=evil", "a/../b", "a b", ""):
+        with pytest.raises(ValueError, match="to: "):
+            fake.deployments().upgrade(bad)
     assert fake.calls == [] and fake.synced == 0
 
 

@@ -45,7 +45,11 @@ _HEADER = re.compile(
     r"(?: \((?P<marks>[^)]*)\))?\s*$"
 )
 COMMIT = re.compile(r"^[0-9a-f]{64}$")
-REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)*$")
+# An ostree ref (or remote:ref): components start with a letter or digit, no "..".
+REF = re.compile(
+    r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]*(?::[A-Za-z0-9][A-Za-z0-9._-]*)?"
+    r"(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*$"
+)
 
 
 class DeploymentError(RuntimeError):
