@@ -111,3 +111,20 @@ def test_tls_listener_serves_enrolled_clients(daemon: tuple[Path, Path, int]) ->
     conn.request("GET", "/v1/status")
     assert conn.getresponse().status == 200
     conn.close()
+
+
+def test_recorded_upgrade_touches_nothing_on_the_host(daemon: tuple[Path, Path, int]) -> None:
+    sock, _, _ = daemon
+    conn = _UnixConnection(sock)
+    body = json.dumps({"to": "atoll/x86_64/minimal"})
+    conn.request("POST", "/v1/upgrade", body=body, headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    answer = json.loads(response.read())
+    conn.close()
+    assert response.status == 200, answer
+    commands = [json.loads(c) for c in (sock.parent.parent / "commands").read_text().splitlines()]
+    assert commands == [
+        ["ostree", "admin", "deploy", "--retain", "atoll/x86_64/minimal"],
+        ["atoll.agent.bootentries", "sync_node"],
+        ["ostree", "admin", "status"],
+    ]

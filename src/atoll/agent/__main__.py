@@ -20,6 +20,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from atoll.agent import bootentries
+from atoll.agent.deployments import CommandRunner, SyncHook, subprocess_runner
 from atoll.agent.server import Agent, AgentConfig, AgentServer, UnixAgentServer, serve_in_thread
 from atoll.agent.settings import Runner
 
@@ -65,16 +67,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--record-commands",
         type=Path,
         metavar="FILE",
-        help="append commands (systemctl...) to FILE instead of running them (tests, dry runs)",
+        help="append commands (systemctl, ostree admin, the boot entries sync) to FILE "
+        "instead of running them (tests, dry runs: nothing on the host is touched)",
     )
     args = parser.parse_args(argv)
     runner: Runner = run_command
+    commands: CommandRunner = subprocess_runner
+    sync: SyncHook = bootentries.sync_node
     if args.record_commands is not None:
         record: Path = args.record_commands
 
         def runner(argv: Sequence[str]) -> None:
             with record.open("a") as f:
                 f.write(json.dumps(list(argv)) + "\n")
+
+        def commands(argv: Sequence[str]) -> str:
+            runner(argv)
+            return ""  # `ostree admin status` with no deployments
+
+        def sync() -> None:
+            runner(["atoll.agent.bootentries", "sync_node"])
 
     tls: Path = args.tls_dir
     crl = tls / "crl.pem"
@@ -86,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ca=tls / "ca.crt",
         crl=crl if crl.exists() else None,
         runner=runner,
+        commands=commands,
+        sync=sync,
     )
     agent = Agent(config)
     servers: list[UnixAgentServer | AgentServer] = [UnixAgentServer(args.socket, agent)]
