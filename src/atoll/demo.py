@@ -155,7 +155,7 @@ def step_download(
 
 
 def step_boot(
-    reporter: Reporter, summary: Summary, workdir: Path, repo: Path, ref: str, fleet_url: str
+    reporter: Reporter, summary: Summary, workdir: Path, repo: Path, commit: str, fleet_url: str
 ) -> None:
     user_data = workdir / "node-1.toml"
     user_data.write_text(
@@ -164,7 +164,7 @@ def step_boot(
     )
     image = workdir / "node-1.img"
     with reporter.stage("disk", "v1 with first-boot user data"):
-        build_disk(plan_disk(repo, ref, image, size=2048 * MIB), reporter)
+        build_disk(plan_disk(repo, commit, image, size=2048 * MIB), reporter)
     spec = BootSpec(image, firmware=Firmware.DIRECT, user_data=user_data, selftest=True)
     with (
         reporter.stage("boot", "node-1 under qemu, network restricted (TCG: slow)"),
@@ -175,7 +175,8 @@ def step_boot(
         checks = dict(vm.console.selftest)
     summary.add("boot to ready", f"{report.ready_seconds:.1f} s (qemu start -> ready, TCG)")
     for phase in report.phases:
-        reporter.info(f"  {phase.name:<28} {phase.seconds if phase.seconds is not None else '-'}")
+        shown = f"{phase.seconds:6.1f} s" if phase.seconds is not None else "     -"
+        reporter.info(f"  {phase.name:<28} {shown}")
     container = checks.get("container", ("missing", ""))
     summary.add("container without pull", f"{container[0]} {container[1]}".strip())
     summary.add("self-test verdict", checks.get("verdict", ("none", ""))[0])
@@ -292,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.no_vm:
                 summary.notes.append("boot skipped (--no-vm)")
             else:
-                step_boot(reporter, summary, args.workdir, repo, v1.ref, fleet_url)
+                step_boot(reporter, summary, args.workdir, repo, v1.commit, fleet_url)
             step_rollout(reporter, summary, fleet_url, v1.commit, v2.commit)
             summary.notes.append(
                 "The rollout's agents ran on this machine with the node's own fleet client; "
