@@ -159,7 +159,23 @@ def _read(path: Path) -> Iterator[tuple[int, Any]]:
 
 
 def verify(path: Path) -> Verdict:
-    """Check every hash, the seq order, the prev links and the head; list every problem."""
+    """Check every hash, the seq order, the prev links and the head; list every problem.
+
+    Holds a shared ``flock`` on the log so an append (log line + head) in flight
+    is never seen half done.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return _verify(path)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        return _verify(path)
+    finally:
+        os.close(fd)
+
+
+def _verify(path: Path) -> Verdict:
     problems: list[str] = []
     expected_seq, prev, count = 0, GENESIS, 0
     for number, record in _read(path):
