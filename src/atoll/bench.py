@@ -92,6 +92,7 @@ def run_all(stages: Sequence[str], workdir: Path, reporter: Reporter) -> dict[st
             except Exception as e:  # a failed benchmark is reported, not hidden
                 figures = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
         figures["seconds"] = round(time.monotonic() - started, 1)
+        figures["measured"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         results[stage] = figures
     return results
 
@@ -133,7 +134,8 @@ def render(results: dict[str, Any], about: dict[str, str]) -> str:
             lines.append("")
         for plot in data.get("plots") or []:
             lines += [f"![{stage}]({plot})", ""]
-        lines += [f"_{stage} benchmark took {data.get('seconds', '?')} s._", ""]
+        when = f", measured {data['measured']}" if "measured" in data else ""
+        lines += [f"_{stage} benchmark took {data.get('seconds', '?')} s{when}._", ""]
     return "\n".join(lines)
 
 
@@ -151,11 +153,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         reporter.close()
     about = machine()
+    raw = args.output.with_suffix(".json")
+    if args.only and raw.exists():
+        # A partial run updates its stages and keeps the others' last figures.
+        previous = json.loads(raw.read_text()).get("results", {})
+        results = {**previous, **results}
+        results = {stage: results[stage] for stage in STAGES if stage in results}
     page = render(results, about)
     staged = args.output.with_name(args.output.name + ".partial")
     staged.write_text(page)
     os.replace(staged, args.output)
-    raw = args.output.with_suffix(".json")
     raw.write_text(json.dumps({"machine": about, "results": results}, indent=1, default=str))
     print(f"wrote {args.output}")
     return 1 if any("error" in r for r in results.values()) else 0
