@@ -6,8 +6,11 @@
 * **baseline**: the conventional host from
   :func:`atoll.compose.baseline.build_baseline_rootfs` (initramfs, full default
   target, sshd, cloud-init) unpacked onto a plain ext4 disk and booted with its
-  own kernel and initramfs (``-kernel``/``-initrd``) to the same marker: the
-  ``atoll-ready.service`` unit is added to it, ordered the same way.
+  own kernel and initramfs (``-kernel``/``-initrd``) to the same marker, printed
+  when its default target's work is done (``multi-user.target``: sshd,
+  cloud-init, everything a conventional host starts before it is usable), and
+  the same ``systemd-analyze`` report, so its kernel, initrd and userspace
+  times are visible beside atoll's.
 
 Both boot with the same qemu settings (TCG, 1 vCPU, 1 GiB, NVMe, restricted
 network), alternately, ``BOOTS`` times each; the medians are compared. Under
@@ -35,7 +38,21 @@ from atoll.progress import Reporter
 
 CHECKOUT = Path(__file__).resolve().parents[3]
 MANIFEST = CHECKOUT / "examples" / "minimal.toml"
-READY_UNIT = CHECKOUT / "src/atoll/overlay/usr/lib/systemd/system/atoll-ready.service"
+OVERLAY = CHECKOUT / "src/atoll/overlay"
+BOOT_REPORT = "usr/lib/atoll/boot-report"
+BOOT_REPORT_UNIT = "usr/lib/systemd/system/atoll-boot-report.service"
+# The conventional host is ready when its default target is: the marker is
+# ordered after multi-user.target and pulled in by graphical.target (Debian's
+# default), which is ordered after multi-user.target, so there is no cycle.
+BASELINE_READY_UNIT = """\
+[Unit]
+Description=ready marker on the serial console (conventional host, benchmark)
+After=multi-user.target
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'read -r up idle < /proc/uptime; echo "ATOLL-READY uptime=$up" > /dev/console'
+"""
 BOOTS = 3
 TIMEOUT = 300.0
 TARGET_RATIO = 0.25
@@ -48,11 +65,20 @@ def _baseline_disk(tarball: Path, work: Path) -> tuple[Path, KernelOverride]:
     tree.mkdir(parents=True)
     run(["tar", "-xf", tarball, "-C", tree, "--numeric-owner"])
     units = tree / "etc/systemd/system"
-    shutil.copyfile(READY_UNIT, units / "atoll-ready.service")
-    wants = units / "multi-user.target.wants"
+    (units / "atoll-ready.service").write_text(BASELINE_READY_UNIT)
+    shutil.copyfile(OVERLAY / BOOT_REPORT_UNIT, units / "atoll-boot-report.service")
+    report = tree / BOOT_REPORT
+    report.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(OVERLAY / BOOT_REPORT, report)
+    report.chmod(0o755)
+    default = units / "default.target"
+    default.unlink(missing_ok=True)
+    default.symlink_to("/lib/systemd/system/graphical.target")
+    wants = units / "graphical.target.wants"
     wants.mkdir(exist_ok=True)
-    (wants / "atoll-ready.service").unlink(missing_ok=True)
-    (wants / "atoll-ready.service").symlink_to("/etc/systemd/system/atoll-ready.service")
+    for unit in ("atoll-ready.service", "atoll-boot-report.service"):
+        (wants / unit).unlink(missing_ok=True)
+        (wants / unit).symlink_to(f"/etc/systemd/system/{unit}")
     kernels = sorted((tree / "boot").glob("vmlinuz-*"))
     initrds = sorted((tree / "boot").glob("initrd.img-*"))
     if not kernels or not initrds:

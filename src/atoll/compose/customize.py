@@ -40,6 +40,14 @@ IMAGES_DIR = "usr/share/atoll/images"
 CONTAINERD_CONFIG = """\
 # Written by atoll compose: containerd runs containers with crun.
 version = 2
+# Snapshotters for filesystems and devices a node does not have: each probes
+# (aufs loads a module) while containerd starts, on the path to ready.
+disabled_plugins = [
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+]
 
 [plugins."io.containerd.grpc.v1.cri".containerd]
   default_runtime_name = "crun"
