@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,11 @@ hostname = "edge-1"
 ntp = ["10.0.2.2", "pool.ntp.org"]
 [fleet]
 controller = "https://10.0.2.2:8443"
+interval = 2
+labels = { zone = "a" }
+[updates]
+server = "http://10.0.2.2:8080"
+channel = "beta"
 [credentials]
 "node.key" = "KEY"
 [[files]]
@@ -40,7 +46,14 @@ def test_valid_user_data_becomes_a_plan() -> None:
     assert (
         b"NTP=10.0.2.2 pool.ntp.org" in writes["etc/systemd/timesyncd.conf.d/50-atoll.conf"].content
     )
-    assert b'controller = "https://10.0.2.2:8443"' in writes["etc/atoll/fleet.toml"].content
+    fleet = tomllib.loads(writes["etc/atoll/fleet.toml"].content.decode())
+    assert fleet == {
+        "controller": "https://10.0.2.2:8443",
+        "server": "http://10.0.2.2:8080",
+        "channel": "beta",
+        "interval": 2.0,
+        "labels": {"zone": "a"},
+    }
     assert writes["etc/atoll/credentials/node.key"].mode == 0o600
     assert (writes["etc/motd"].content, writes["etc/motd"].mode) == (b"hello", 0o640)
 
@@ -53,6 +66,10 @@ def test_valid_user_data_becomes_a_plan() -> None:
         (b'hostname = "x"\n', "node.toml: hostname: unknown key"),
         (b'[time]\nntp = "pool"\n', "node.toml: [time].ntp:"),
         (b'[fleet]\ncontroller = "ftp://x"\n', "node.toml: [fleet].controller:"),
+        (b"[fleet]\ninterval = 0\n", "node.toml: [fleet].interval: 0 must be"),
+        (b'[fleet]\nlabels = { zone = "a b" }\n', "node.toml: [fleet].labels.zone:"),
+        (b'[updates]\nserver = "x"\n', "node.toml: [updates].server: 'x'"),
+        (b'[updates]\nchannel = "Stable!"\n', "node.toml: [updates].channel:"),
         (b'[credentials]\n"../x" = "k"\n', "node.toml: [credentials].../x: name"),
         (b'[[files]]\npath = "/usr/bin/x"\ncontent = ""\n', "node.toml: [[files]][0].path:"),
         (

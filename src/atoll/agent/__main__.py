@@ -20,8 +20,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from atoll.agent import bootentries
-from atoll.agent.deployments import CommandRunner, SyncHook, subprocess_runner
+from atoll.agent import bootentries, updater
+from atoll.agent.deployments import CommandRunner, Deployments, SyncHook, subprocess_runner
 from atoll.agent.server import Agent, AgentConfig, AgentServer, UnixAgentServer, serve_in_thread
 from atoll.agent.settings import Runner
 
@@ -112,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if args.record_commands is None:
+        # The fleet/update loop (atoll.agent.updater): only when the node is
+        # configured for it, and never in a dry run.
+        updater.start(Deployments(commands, sync), stop, args.root)
     _notify("READY=1")
     print(f"atoll-agent: serving on {args.socket} and port {args.port}", file=sys.stderr)
     stop.wait()

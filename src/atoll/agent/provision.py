@@ -73,7 +73,9 @@ _CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _NTP_SERVER = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.:-]{0,252})$")
 _CONTROLLER = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+(:\d+)?(/\S*)?$")
 _WRITABLE_PREFIXES = ("/etc/", "/var/")
-_SECTIONS = {"node", "time", "fleet", "credentials", "files"}
+_SECTIONS = {"node", "time", "fleet", "updates", "credentials", "files"}
+_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,62})$")
+_CHANNEL = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
 class UserDataError(ValueError):
@@ -98,6 +100,10 @@ class UserData:
     hostname: str | None = None
     ntp: tuple[str, ...] = ()
     controller: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    interval: float | None = None  # seconds between the agent's reports to the controller
+    update_server: str | None = None
+    channel: str | None = None
     credentials: tuple[tuple[str, bytes], ...] = ()
     files: tuple[ExtraFile, ...] = ()
     digest: str = ""  # sha256 of the raw TOML, for the record
@@ -134,7 +140,12 @@ def parse_user_data(raw: bytes, source: str) -> UserData:
         problems.add(key, f"unknown key (known: {', '.join(sorted(_SECTIONS))})")
     hostname = _hostname(_table(doc, "node", problems, {"hostname"}), problems)
     ntp = _ntp(_table(doc, "time", problems, {"ntp"}), problems)
-    controller = _controller(_table(doc, "fleet", problems, {"controller"}), problems)
+    fleet = _table(doc, "fleet", problems, {"controller", "labels", "interval"})
+    controller = _controller(fleet, problems)
+    labels, interval = _fleet_extras(fleet, problems)
+    update_server, channel = _updates(
+        _table(doc, "updates", problems, {"server", "channel"}), problems
+    )
     credentials = _credentials(_table(doc, "credentials", problems, None), problems)
     files = _files(doc.get("files", []), problems)
     if problems.items:
@@ -143,6 +154,10 @@ def parse_user_data(raw: bytes, source: str) -> UserData:
         hostname=hostname,
         ntp=ntp,
         controller=controller,
+        labels=labels,
+        interval=interval,
+        update_server=update_server,
+        channel=channel,
         credentials=credentials,
         files=files,
         digest=hashlib.sha256(raw).hexdigest(),
@@ -188,6 +203,44 @@ def _ntp(section: dict[str, Any], problems: _Problems) -> tuple[str, ...]:
         if not _NTP_SERVER.match(server):
             problems.add("[time].ntp", f"{server!r} is not a host name or address")
     return tuple(value)
+
+
+def _fleet_extras(
+    section: dict[str, Any], problems: _Problems
+) -> tuple[tuple[tuple[str, str], ...], float | None]:
+    labels = section.get("labels", {})
+    found: list[tuple[str, str]] = []
+    if not isinstance(labels, dict):
+        problems.add("[fleet].labels", 'must be a table of name = "value"')
+    else:
+        for name, value in sorted(labels.items()):
+            if not _LABEL.match(name) or not isinstance(value, str) or not _LABEL.match(value):
+                problems.add(
+                    f"[fleet].labels.{name}",
+                    f"{value!r}: names and values are 1-63 of A-Z a-z 0-9 . _ / -",
+                )
+            else:
+                found.append((name, value))
+    interval = section.get("interval")
+    if interval is not None and (
+        isinstance(interval, bool)
+        or not isinstance(interval, int | float)
+        or not 0.1 <= interval <= 3600
+    ):
+        problems.add("[fleet].interval", f"{interval!r} must be a number of seconds, 0.1-3600")
+        interval = None
+    return tuple(found), None if interval is None else float(interval)
+
+
+def _updates(section: dict[str, Any], problems: _Problems) -> tuple[str | None, str | None]:
+    server, channel = section.get("server"), section.get("channel")
+    if server is not None and (not isinstance(server, str) or not _CONTROLLER.match(server)):
+        problems.add("[updates].server", f"{server!r} must be an http:// or https:// URL")
+        server = None
+    if channel is not None and (not isinstance(channel, str) or not _CHANNEL.match(channel)):
+        problems.add("[updates].channel", f"{channel!r} must be a channel name (a-z 0-9 . _ -)")
+        channel = None
+    return server, channel
 
 
 def _controller(section: dict[str, Any], problems: _Problems) -> str | None:
@@ -266,9 +319,19 @@ def plan(data: UserData) -> list[FileWrite]:
     if data.ntp:
         body = "# Written once at first boot from user data.\n[Time]\nNTP=" + " ".join(data.ntp)
         writes.append(FileWrite(TIMESYNCD_DROPIN, (body + "\n").encode(), 0o644, "ntp"))
-    if data.controller:
+    if data.controller or data.update_server:
+        # Read by the agent's update loop (atoll.agent.updater.load_config).
         body = "# Written once at first boot from user data.\n"
-        body += f"controller = {json.dumps(data.controller)}\n"
+        for key, value in (
+            ("controller", data.controller),
+            ("server", data.update_server),
+            ("channel", data.channel),
+            ("interval", data.interval),
+        ):
+            if value is not None:
+                body += f"{key} = {json.dumps(value)}\n"
+        if data.labels:
+            body += "[labels]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in data.labels)
         writes.append(FileWrite(FLEET_CONFIG, body.encode(), 0o644, "fleet controller"))
     for name, content in data.credentials:
         writes.append(FileWrite(f"{CREDENTIALS_DIR}/{name}", content, 0o600, "credential"))

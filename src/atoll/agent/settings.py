@@ -163,6 +163,12 @@ FIELDS: tuple[Field, ...] = (
         "registry -> mirror URLs (containerd hosts.toml)",
     ),
     Field(
+        "updates.server",
+        "",
+        lambda k, v: _check_str(k, v, lambda s: s == "" or _url(s), "an http(s) URL"),
+        "the update server's URL (atoll serve or any static web server; empty: none)",
+    ),
+    Field(
         "updates.channel",
         "stable",
         lambda k, v: _check_str(k, v, lambda s: bool(_CHANNEL.match(s)), "a channel name"),

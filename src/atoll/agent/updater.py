@@ -1,0 +1,233 @@
+"""The node's update loop: follow the fleet controller, stage signed commits, reboot when allowed.
+
+Standard library only (runs in the agent daemon on the node). One
+:meth:`Updater.step` is one round of the protocol in ``docs/fleet.md``:
+
+1. read the node's deployments (``ostree admin status``): the booted commit
+   and version, and a pending deployment if one is staged;
+2. report them, with health, to the controller and get the desired version
+   back (:class:`atoll.agent.fleet_client.FleetClient`);
+3. if the controller says *stage* and the desired version is neither booted
+   nor pending: resolve it to a commit through the signed channel
+   (:func:`atoll.agent.updates.check_channel`; a 64-hex version is a commit
+   already), pull it with :func:`atoll.agent.updates.pull_verified` (objects
+   checked by ostree, the commit's signature by atoll, an unverifiable commit
+   removed again) and deploy it beside the running one
+   (:meth:`atoll.agent.deployments.Deployments.upgrade`; the running system is
+   never modified). Staging does not make the node unavailable;
+4. if the controller says *may reboot* and the desired version is the pending
+   deployment: reboot into it. The controller has already counted the node
+   as unavailable; after the reboot the next report says which version booted
+   and whether it is healthy.
+
+Every external effect goes through injected callables, so a round is tested
+on the build machine against a real controller and a real ostree repository
+with the deployment commands recorded. Failures of one round are logged and
+the next round tries again: a controller or update server that is down
+never stops the agent.
+
+Configuration (:func:`load_config`): ``/etc/atoll/fleet.toml`` (written at
+first boot from the user data's ``[fleet]`` table: ``controller``, optional
+``labels`` and ``interval``) and the agent's settings (``updates.server``,
+``updates.channel``, ``fleet.controller`` overriding the first-boot value).
+No controller, or no update server: no loop.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import sys
+import threading
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from atoll.agent.deployments import Deployment, Deployments
+from atoll.agent.fleet_client import Backoff, Desired, FleetClient, FleetError
+from atoll.agent.updates import Runner, check_channel, default_run, pull_verified
+from atoll.agent.verify import TrustedKey, VerificationError, load_trusted_keys
+
+COMMIT = re.compile(r"^[0-9a-f]{64}$")
+FLEET_CONFIG = Path("etc/atoll/fleet.toml")
+SETTINGS = Path("etc/atoll/settings.json")
+HEALTH = Path("var/lib/atoll/health.json")
+CHANNEL_STATE = Path("var/lib/atoll/channels.json")
+NODE_REPO = Path("ostree/repo")  # the sysroot's repository, seen from the booted root
+DEFAULT_INTERVAL = 10.0
+
+
+class UpdateError(Exception):
+    """One round could not finish (message names the server, channel or version)."""
+
+
+@dataclass(frozen=True)
+class UpdaterConfig:
+    controller: str
+    server: str
+    channel: str
+    node: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    interval: float = DEFAULT_INTERVAL
+
+
+def _labels(raw: object, source: str) -> dict[str, str]:
+    if not isinstance(raw, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in raw.items()
+    ):
+        raise UpdateError(f"{source}: labels must be a table of strings")
+    return dict(raw)
+
+
+def load_config(root: Path = Path("/")) -> UpdaterConfig | None:
+    """The loop's configuration, or None when the node follows no controller or server."""
+    fleet: dict[str, Any] = {}
+    path = root / FLEET_CONFIG
+    if path.exists():
+        try:
+            fleet = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise UpdateError(f"{path}: {e}") from e
+    settings: dict[str, Any] = {}
+    if (root / SETTINGS).exists():
+        settings = json.loads((root / SETTINGS).read_text())
+    controller = str(settings.get("fleet.controller") or fleet.get("controller") or "")
+    server = str(settings.get("updates.server") or fleet.get("server") or "")
+    if not controller or not server:
+        return None
+    hostname = root / "etc/hostname"
+    node = hostname.read_text().strip() if hostname.exists() else socket.gethostname()
+    interval = fleet.get("interval", DEFAULT_INTERVAL)
+    if not isinstance(interval, int | float) or not 0.1 <= interval <= 3600:
+        raise UpdateError(f"{path}: interval {interval!r} must be 0.1-3600 seconds")
+    return UpdaterConfig(
+        controller=controller,
+        server=server,
+        channel=str(settings.get("updates.channel") or fleet.get("channel") or "stable"),
+        node=node,
+        labels=_labels(fleet.get("labels", {}), str(path)),
+        interval=float(interval),
+    )
+
+
+def read_health(root: Path = Path("/")) -> tuple[bool, bool]:
+    """(healthy, failed) from the health record; healthy when there is none (the agent runs)."""
+    path = root / HEALTH
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return True, False
+    healthy = bool(record.get("healthy", True))
+    return healthy, bool(record.get("rolled_back", False)) or not healthy
+
+
+def _identity(deployment: Deployment) -> str:
+    return deployment.version or deployment.checksum
+
+
+def _matches(deployment: Deployment | None, version: str) -> bool:
+    return deployment is not None and version in (deployment.checksum, deployment.version)
+
+
+@dataclass
+class Updater:
+    """One node's update loop (see the module docstring)."""
+
+    config: UpdaterConfig
+    deployments: Deployments
+    keys: list[TrustedKey]
+    root: Path = Path("/")
+    run: Runner = default_run
+    health: Callable[[], tuple[bool, bool]] | None = None  # default: read_health(root)
+    log: Callable[[str], None] = field(
+        default=lambda m: print(f"atoll-agent: {m}", file=sys.stderr)
+    )
+    registered: bool = False
+
+    def __post_init__(self) -> None:
+        self.client = FleetClient(
+            self.config.controller, backoff=Backoff(base=0.5, cap=30.0, attempts=4), timeout=15
+        )
+
+    def _state(self) -> tuple[Deployment, Deployment | None]:
+        current = self.deployments.status()
+        booted = next((d for d in current if d.booted), None)
+        if booted is None:
+            raise UpdateError("ostree admin status: no booted deployment")
+        pending = next((d for d in current if d.pending and not d.booted), None)
+        return booted, pending
+
+    def resolve(self, version: str) -> str:
+        """The commit for ``version``: itself if a commit, else from the signed channel."""
+        if COMMIT.match(version):
+            return version
+        channel = check_channel(
+            self.config.server, self.config.channel, self.keys, self.root / CHANNEL_STATE
+        )
+        if channel.version == version:
+            return channel.commit
+        for entry in channel.history:
+            if entry.get("version") == version and isinstance(entry.get("commit"), str):
+                return str(entry["commit"])
+        raise UpdateError(
+            f"channel {self.config.channel!r} on {self.config.server}: no version {version!r}"
+        )
+
+    def stage(self, version: str) -> str:
+        commit = self.resolve(version)
+        pull_verified(self.root / NODE_REPO, self.config.server, commit, self.keys, self.run)
+        self.deployments.upgrade(commit)
+        return commit
+
+    def step(self) -> Desired:
+        booted, pending = self._state()
+        healthy, failed = self.health() if self.health else read_health(self.root)
+        staged = _identity(pending) if pending else None
+        if not self.registered:
+            self.client.register(
+                self.config.node, dict(self.config.labels), _identity(booted), healthy=healthy
+            )
+            self.registered = True
+        desired = self.client.report(
+            self.config.node, version=_identity(booted), staged=staged, healthy=healthy,
+            failed=failed,
+        )  # fmt: skip
+        if _matches(booted, desired.version):
+            return desired
+        if desired.stage and not _matches(pending, desired.version):
+            self.log(f"staging {desired.version} from {self.config.server}")
+            commit = self.stage(desired.version)
+            self.log(f"staged {desired.version} ({commit[:12]}); the running system is unchanged")
+            booted, pending = self._state()
+        if desired.may_reboot and _matches(pending, desired.version):
+            self.log(f"rebooting into {desired.version} (granted by {self.config.controller})")
+            self.deployments.reboot()
+        return desired
+
+    def run_forever(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.step()
+            except (FleetError, UpdateError, VerificationError, OSError, RuntimeError) as e:
+                self.log(f"update round failed: {e}")
+            stop.wait(self.config.interval)
+
+
+def start(
+    deployments: Deployments, stop: threading.Event, root: Path = Path("/")
+) -> threading.Thread | None:
+    """Start the loop in a daemon thread when the node is configured for it."""
+    try:
+        config = load_config(root)
+    except UpdateError as e:
+        print(f"atoll-agent: no update loop: {e}", file=sys.stderr)
+        return None
+    if config is None:
+        return None
+    updater = Updater(config, deployments, load_trusted_keys(), root=root)
+    thread = threading.Thread(target=updater.run_forever, args=(stop,), daemon=True)
+    thread.start()
+    return thread
