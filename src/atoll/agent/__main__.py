@@ -5,11 +5,19 @@ Credentials are read from ``--tls-dir`` (default ``/etc/atoll/agent``):
 them only the Unix socket serves (a node not yet enrolled is still operable
 on its console). Readiness is signalled with ``sd_notify(READY=1)`` so the
 unit can be ``Type=notify`` and the ready marker ordered after it.
+
+After READY the daemon starts :class:`atoll.agent.health.Monitor` in a thread
+(not in ``--record-commands`` dry runs): it settles a pending upgrade's trial
+(confirm, or roll back and reboot) and then writes the health record every
+``recheck_seconds``. New default boot entries are synced onto the ESP with a
+boot counter (``BOOT_TRIES``), which the monitor removes once a UEFI boot is
+healthy.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import signal
@@ -20,12 +28,18 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from atoll.agent import bootentries, updater
+from atoll.agent import bootentries, health, updater
 from atoll.agent.deployments import CommandRunner, Deployments, SyncHook, subprocess_runner
 from atoll.agent.server import Agent, AgentConfig, AgentServer, UnixAgentServer, serve_in_thread
 from atoll.agent.settings import Runner
 
 DEFAULT_PORT = 7443
+# Tries systemd-boot gives a new default entry before it boots the previous one.
+BOOT_TRIES = 3
+# systemd-boot sets this EFI variable when it boots an entry with a boot counter.
+BOOT_COUNT_VAR = Path(
+    "/sys/firmware/efi/efivars/LoaderBootCountPath-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
+)
 
 
 def run_command(argv: Sequence[str]) -> None:
@@ -54,6 +68,40 @@ def _notify(message: str) -> None:
         s.sendto(message.encode(), address)
 
 
+def bless_if_counted() -> str | None:
+    """Drop the booted entry's boot counter, when systemd-boot counted this boot."""
+    efi = Path("/sys/firmware/efi")
+    if not efi.exists():
+        return None  # direct kernel boot: no boot loader counts anything
+    efivars = efi / "efivars"
+    if efivars.is_dir() and any(efivars.iterdir()) and not BOOT_COUNT_VAR.exists():
+        return None  # efivarfs is mounted and says this entry has no counter
+    return bootentries.bless_node()
+
+
+def start_monitor(
+    root: Path, deployments: Deployments, agent: Agent, socket_path: Path, stop: threading.Event
+) -> threading.Thread | None:
+    try:
+        config = health.load_config(root)
+    except health.HealthConfigError as e:
+        print(f"atoll-agent: {e}; using the defaults", file=sys.stderr)
+        config = health.HealthConfig()
+    monitor = health.Monitor(
+        root=root,
+        deployments=deployments,
+        checks=health.Checker(root, health.subprocess_probe, config, socket_path),
+        config=config,
+        clock=health.EventClock(stop),
+        record=agent.audit.append,
+        bless=bless_if_counted,
+        stop=stop,
+    )
+    thread = threading.Thread(target=monitor.run_forever, name="atoll-health", daemon=True)
+    thread.start()
+    return thread
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="atoll-agent")
     parser.add_argument("--root", type=Path, default=Path("/"))
@@ -73,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     runner: Runner = run_command
     commands: CommandRunner = subprocess_runner
-    sync: SyncHook = bootentries.sync_node
+    sync: SyncHook = functools.partial(bootentries.sync_node, tries=BOOT_TRIES)
     if args.record_commands is not None:
         record: Path = args.record_commands
 
@@ -112,11 +160,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    if args.record_commands is None:
-        # The fleet/update loop (atoll.agent.updater): only when the node is
-        # configured for it, and never in a dry run.
-        updater.start(Deployments(commands, sync), stop, args.root)
     _notify("READY=1")
+    if args.record_commands is None:
+        # Never in a dry run: the health monitor (may roll back and reboot) and
+        # the fleet/update loop (atoll.agent.updater, only when configured).
+        deployments = Deployments(commands, sync, root=args.root)
+        start_monitor(args.root, deployments, agent, args.socket, stop)
+        updater.start(deployments, stop, args.root)
     print(f"atoll-agent: serving on {args.socket} and port {args.port}", file=sys.stderr)
     stop.wait()
     _notify("STOPPING=1")

@@ -23,6 +23,12 @@ Rollback: if a newer deployment is pending (not booted yet), it is removed
 the previous deployment's commit is deployed again as the new default
 (``ostree admin deploy --retain COMMIT``), keeping the booted one as its
 fallback. With neither, there is nothing to roll back to.
+
+With ``root`` given (the daemon), an upgrade that leaves a new default beside
+the booted deployment records the pending-upgrade marker
+(:mod:`atoll.agent.pending`: new and previous commit, the staging boot), which
+:class:`atoll.agent.health.Monitor` turns into a trial at the next boot; a
+rollback asked for through the API cancels that trial.
 Standard library only.
 """
 
@@ -32,7 +38,10 @@ import re
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
+
+from atoll.agent import pending as markers
 
 CommandRunner = Callable[[Sequence[str]], str]
 """Runs argv, returns its stdout; raises :class:`DeploymentError` on failure."""
@@ -121,9 +130,17 @@ def parse_status(text: str) -> list[Deployment]:
 class Deployments:
     """Deployment operations on one node, through ``run`` and ``sync``."""
 
-    def __init__(self, run: CommandRunner, sync: SyncHook) -> None:
+    def __init__(
+        self,
+        run: CommandRunner,
+        sync: SyncHook,
+        root: Path | None = None,
+        boot_id: Callable[[], str] = markers.current_boot_id,
+    ) -> None:
         self.run = run
         self.sync = sync
+        self.root = root  # where /var/lib/atoll lives; None: no pending-upgrade marker
+        self.boot_id = boot_id
 
     def status(self) -> list[Deployment]:
         return parse_status(self.run(["ostree", "admin", "status"]))
@@ -138,10 +155,35 @@ class Deployments:
             raise ValueError(f"to: {to!r} is neither a 64-hex commit nor a ref")
         self.run(argv)
         self.sync()
-        return {"ran": argv, "deployments": [d.as_dict() for d in self.status()]}
+        current = self.status()
+        self._record_pending(current)
+        return {"ran": argv, "deployments": [d.as_dict() for d in current]}
 
-    def rollback(self) -> dict[str, Any]:
-        """Cancel a pending deployment, or make the previous one the default again."""
+    def _record_pending(self, current: list[Deployment]) -> None:
+        """Mark a new default (not the booted commit) as pending its trial boot."""
+        if self.root is None or not current or current[0].booted:
+            return
+        new = current[0]
+        booted = next((d for d in current if d.booted), None)
+        if booted is None or booted.checksum == new.checksum:
+            return
+        marker = markers.Pending(
+            new=new.checksum,
+            previous=booted.checksum,
+            new_version=new.version,
+            previous_version=booted.version,
+            staged_boot=self.boot_id(),
+        )
+        markers.write_pending(self.root / markers.PENDING, marker)
+        # A new upgrade supersedes the last rollback's report.
+        markers.clear(self.root / markers.ROLLBACK)
+
+    def rollback(self, *, keep_marker: bool = False) -> dict[str, Any]:
+        """Cancel a pending deployment, or make the previous one the default again.
+
+        An operator's rollback ends a trial (the marker is removed); the health
+        monitor keeps its own ``rolled-back`` marker (``keep_marker``).
+        """
         current = self.status()
         if current and current[0].pending and not current[0].booted:
             argv = ["ostree", "admin", "undeploy", "0"]
@@ -154,6 +196,8 @@ class Deployments:
             argv = ["ostree", "admin", "deploy", "--retain", previous.checksum]
         self.run(argv)
         self.sync()
+        if self.root is not None and not keep_marker:
+            markers.clear(self.root / markers.PENDING)
         return {"ran": argv, "deployments": [d.as_dict() for d in self.status()]}
 
     def reboot(self) -> list[str]:

@@ -13,7 +13,8 @@ objects validated completely before any change; bad input is a 4xx whose
 ``error`` names the field, and a handler bug is a 500 that is still audited.
 
 Routes (``ROUTES`` drives dispatch and the OpenAPI document):
-``GET /v1/status``, ``GET /v1/settings``, ``PATCH /v1/settings``,
+``GET /v1/status``, ``GET /v1/health`` (the last record of
+:mod:`atoll.agent.health`), ``GET /v1/settings``, ``PATCH /v1/settings``,
 ``GET /v1/audit``, ``GET /v1/audit/verify``, ``GET /v1/openapi.json``,
 ``POST /v1/upgrade`` (``{"to"?: commit|ref, "reboot"?: bool}``),
 ``POST /v1/rollback`` (``{"reboot"?: bool}``) and ``POST /v1/reboot`` (``{}``):
@@ -41,7 +42,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from atoll.agent import bootentries
+from atoll.agent import bootentries, health
 from atoll.agent.audit import AuditLog
 from atoll.agent.deployments import (
     COMMIT,
@@ -121,7 +122,7 @@ class Agent:
         self.config = config
         self.audit = AuditLog(config.audit_path)
         self.settings = SettingsStore(config.root, config.runner)
-        self.deployments = Deployments(config.commands, config.sync)
+        self.deployments = Deployments(config.commands, config.sync, root=config.root)
         self.started = time.monotonic()
 
     def status(self, _: Identity, __: dict[str, Any], ___: dict[str, list[str]]) -> Any:
@@ -132,7 +133,21 @@ class Agent:
             "version": release.get("IMAGE_VERSION", release.get("VERSION_ID", "")),
             "agent_uptime_seconds": round(time.monotonic() - self.started, 3),
             **self._deployments(),
+            "health": self._health_summary(),
         }
+
+    def _health_summary(self) -> dict[str, Any] | None:
+        record = health.read_record(self.config.root)
+        if record is None:
+            return None
+        keys = ("healthy", "checked_at", "rolled_back", "rollback", "trial")
+        return {key: record.get(key) for key in keys}
+
+    def health(self, _: Identity, __: dict[str, Any], ___: dict[str, list[str]]) -> Any:
+        record = health.read_record(self.config.root)
+        if record is None:
+            raise ApiError(HTTPStatus.NOT_FOUND, "health: no check has run yet")
+        return record
 
     def _deployments(self) -> dict[str, Any]:
         try:
@@ -223,6 +238,14 @@ _REBOOT = {"reboot": {"type": "boolean"}}
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/status", Role.VIEWER, Agent.status, "Version, host name, agent uptime"),
+    Route(
+        "GET",
+        "/v1/health",
+        Role.VIEWER,
+        Agent.health,
+        "The last health checks (systemd, containerd, /var space, agent, user checks), "
+        "the upgrade on trial and the last automatic rollback",
+    ),
     Route("GET", "/v1/settings", Role.VIEWER, Agent.settings_get, "All settings (dotted keys)"),
     Route(
         "PATCH",
@@ -278,6 +301,8 @@ def openapi_document() -> dict[str, Any]:
                 "403": {"description": "The certificate's role may not do this"},
             },
         }
+        if route.path == "/v1/health":
+            op["responses"]["404"] = {"description": "No health check has run yet"}
         if route.path == "/v1/audit":
             op["parameters"] = [
                 {"name": n, "in": "query", "schema": {"type": "integer", "minimum": lo}}
