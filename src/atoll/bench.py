@@ -7,7 +7,10 @@ The dict may hold:
 
 * ``"figures"``: name -> value (numbers, strings or nested dicts);
 * ``"targets"``: a list of ``{"name", "value", "target", "met"}``;
-* ``"plots"``: paths of PNG files (relative to ``docs/``) to embed.
+* ``"plots"``: paths of PNG files (relative to ``docs/``) to embed;
+* ``"series"``: raw data for plots (not shown as a table): after the run,
+  :func:`atoll.benchplots.attach` draws every stage's plots from the stored
+  results (so ``--only`` redraws the others' from their last figures).
 
 A stage whose benchmark fails is reported as failed on the page (with the
 error), and the others still run: the page never silently omits a stage.
@@ -30,9 +33,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, cast
 
+from atoll.benchplots import attach
 from atoll.progress import Reporter, reporter_for
 
-STAGES = ("compose", "boot", "publish", "fleet")
+STAGES = ("compose", "boot", "publish", "agent", "fleet")
+# Where a stage's benchmark lives when not in ``atoll.<stage>.bench``: the
+# agent's must stay out of the node's standard-library-only package.
+MODULES = {"agent": "atoll.ops.bench"}
 CHECKOUT = Path(__file__).resolve().parents[2]
 
 
@@ -78,10 +85,9 @@ def machine() -> dict[str, str]:
 def run_all(stages: Sequence[str], workdir: Path, reporter: Reporter) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for stage in stages:
-        name = f"atoll.{stage}.bench"
-        if importlib.util.find_spec(f"atoll.{stage}") is None or (
-            importlib.util.find_spec(name) is None
-        ):
+        name = MODULES.get(stage, f"atoll.{stage}.bench")
+        package = name.rpartition(".")[0]
+        if importlib.util.find_spec(package) is None or importlib.util.find_spec(name) is None:
             results[stage] = {"missing": "no benchmark in this tree yet"}
             continue
         module = cast(_Bench, importlib.import_module(name))
@@ -132,6 +138,8 @@ def render(results: dict[str, Any], about: dict[str, str]) -> str:
                 shown = json.dumps(value) if isinstance(value, dict | list) else str(value)
                 lines.append(f"| {key} | {shown} |")
             lines.append("")
+        if "plot_error" in data:
+            lines += [f"_plot failed: `{data['plot_error']}`_", ""]
         for plot in data.get("plots") or []:
             lines += [f"![{stage}]({plot})", ""]
         when = f", measured {data['measured']}" if "measured" in data else ""
@@ -159,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         previous = json.loads(raw.read_text()).get("results", {})
         results = {**previous, **results}
         results = {stage: results[stage] for stage in STAGES if stage in results}
+    results = attach(results, args.output.parent)
     page = render(results, about)
     staged = args.output.with_name(args.output.name + ".partial")
     staged.write_text(page)

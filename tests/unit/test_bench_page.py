@@ -29,5 +29,5 @@ def test_render_shows_targets_figures_and_failures() -> None:
 
 
 def test_run_all_reports_a_stage_without_benchmark(tmp_path: Path) -> None:
-    results = run_all(["agent"], tmp_path, PlainReporter())
-    assert "missing" in results["agent"]
+    results = run_all(["disk"], tmp_path, PlainReporter())
+    assert "missing" in results["disk"]
