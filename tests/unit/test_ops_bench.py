@@ -1,4 +1,4 @@
-"""The agent benchmark's pure parts: percentiles and /proc/PID/status memory parsing."""
+"""The benchmarks' pure parts: percentiles, /proc/PID memory and CPU time parsing."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from atoll.ops.bench import QUANTILES, memory_kib, percentile
+from atoll.ops.bench import QUANTILES, percentile
+from atoll.tools.procfs import cpu_seconds, cpu_ticks, memory_kib
 
 STATUS = """\
 Name:\tpython3
@@ -51,3 +52,15 @@ def test_memory_kib_reads_vm_lines_only() -> None:
 def test_memory_kib_of_this_process() -> None:
     got = memory_kib(Path(f"/proc/{os.getpid()}/status").read_text())
     assert 0 < got["VmRSS"] <= got["VmHWM"]
+
+
+def test_cpu_ticks_counts_fields_after_the_command_name() -> None:
+    # A command name with a space and a parenthesis must not shift the fields.
+    stat = "42 (a b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 31 0 0 20 0 3 0 100 1000 500\n"
+    assert cpu_ticks(stat) == 281
+
+
+def test_cpu_seconds_of_this_process_grows() -> None:
+    before = cpu_seconds(os.getpid())
+    sum(i * i for i in range(2_000_000))
+    assert cpu_seconds(os.getpid()) > before

@@ -47,6 +47,7 @@ from atoll.errors import AtollError
 from atoll.pki import Kind, Role, init, issue
 from atoll.process import run
 from atoll.progress import Reporter
+from atoll.tools.procfs import cpu_seconds, mb, process_memory
 
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 SRC = Path(__file__).resolve().parents[1]  # src/atoll
@@ -78,33 +79,6 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, math.ceil(q / 100 * len(ordered)))
     return ordered[rank - 1]
-
-
-def memory_kib(status_text: str) -> dict[str, int]:
-    """``VmRSS``/``VmHWM``/... (KiB) from the text of ``/proc/PID/status``."""
-    out: dict[str, int] = {}
-    for line in status_text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.startswith("Vm"):
-            fields = value.split()
-            if len(fields) == 2 and fields[1] == "kB" and fields[0].isdigit():
-                out[key] = int(fields[0])
-    return out
-
-
-def _process_memory(pid: int) -> dict[str, int]:
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError as e:
-        raise BenchError(f"/proc/{pid}/status: {e.strerror} (did the process exit?)") from e
-    found = memory_kib(text)
-    if "VmRSS" not in found:
-        raise BenchError(f"/proc/{pid}/status: no VmRSS line")
-    return found
-
-
-def _mb(kib: int) -> float:
-    return round(kib * 1024 / 1e6, 1)
 
 
 @dataclass(frozen=True)
@@ -315,7 +289,7 @@ def _interpreter_floor() -> int:
     try:
         assert proc.stdout is not None
         proc.stdout.readline()
-        return _process_memory(proc.pid)["VmRSS"]
+        return process_memory(proc.pid)["VmRSS"]
     finally:
         proc.communicate(timeout=10)  # closes stdin: it exits by itself
 
@@ -351,7 +325,8 @@ def run_benchmark(workdir: Path, reporter: Reporter) -> dict[str, object]:
         with reporter.stage("agent start", f"127.0.0.1:{endpoint.port}"):
             _wait_ready(proc, endpoint, log)
             time.sleep(1.0)
-            idle = _process_memory(proc.pid)
+            idle = process_memory(proc.pid)
+            cpu_idle = cpu_seconds(proc.pid)
         spawn = get_context("spawn")
         results: dict[str, dict[str, object]] = {}
         series: dict[str, list[float]] = {}
@@ -370,7 +345,8 @@ def run_benchmark(workdir: Path, reporter: Reporter) -> dict[str, object]:
                     results[name], series[name] = _measure(
                         pool, endpoint, operation, clients, requests
                     )
-        loaded = _process_memory(proc.pid)
+        loaded = process_memory(proc.pid)
+        cpu_load = cpu_seconds(proc.pid) - cpu_idle
     finally:
         proc.terminate()  # our own child, by its pid
         try:
@@ -379,14 +355,15 @@ def run_benchmark(workdir: Path, reporter: Reporter) -> dict[str, object]:
             proc.kill()
             proc.wait(timeout=10)
     version = run([SYSTEM_PYTHON, "--version"]).stdout.decode().strip()
-    peak_mb = _mb(loaded.get("VmHWM", loaded["VmRSS"]))
+    peak_mb = mb(loaded.get("VmHWM", loaded["VmRSS"]))
     status_new = results[runs[0][0]]
     p99 = float(str(status_new["p99 (ms)"]))
     figures: dict[str, object] = {
-        "agent RSS idle (MB)": _mb(idle["VmRSS"]),
-        "agent RSS after load (MB)": _mb(loaded["VmRSS"]),
+        "agent RSS idle (MB)": mb(idle["VmRSS"]),
+        "agent RSS after load (MB)": mb(loaded["VmRSS"]),
         "agent peak RSS, VmHWM (MB)": peak_mb,
-        "baseline: bare python3 interpreter RSS (MB)": _mb(floor),
+        "baseline: bare python3 interpreter RSS (MB)": mb(floor),
+        "agent CPU time serving all the load (s)": round(cpu_load, 2),
         "interpreter": f"{version} ({SYSTEM_PYTHON})",
         **results,
         "note": "ostree admin and systemctl are recorded, not run (on a node, "
