@@ -23,6 +23,12 @@ the deployment routes run ``ostree admin`` through
 the boot entries sync) and answer with the deployments after the change.
 A reboot is queued with ``systemctl reboot``, which returns at once, so the
 answer still reaches the client.
+
+``GET /v1/logs?unit=U&lines=N`` (operator) reads the journal
+(:mod:`atoll.agent.logs`). ``POST /v1/shell`` (admin) upgrades the connection
+to the ops shell (:mod:`atoll.agent.shell`): the request is validated and
+audited like any other, answered ``101 Switching Protocols``, relayed until it
+ends, and its end (exit status, transcript digest) audited as ``shell end``.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -53,7 +59,19 @@ from atoll.agent.deployments import (
     SyncHook,
     subprocess_runner,
 )
+from atoll.agent.logs import MAX_LINES, LogsInputError, parse_export, parse_query
 from atoll.agent.settings import ApplyError, Runner, SettingsError, SettingsStore
+from atoll.agent.shell import (
+    PROTOCOL,
+    TRANSCRIPT_DIR,
+    Clock,
+    ContainerdRuntime,
+    Runtime,
+    ShellInputError,
+    ShellResult,
+    ShellSession,
+    parse_request,
+)
 
 MAX_BODY = 64 * 1024
 
@@ -87,6 +105,9 @@ class AgentConfig:
     runner: Runner
     commands: CommandRunner = subprocess_runner  # ostree admin, systemctl reboot
     sync: SyncHook = bootentries.sync_node  # boot entries onto the ESP after a deploy
+    shell_runtime: Runtime = field(default_factory=ContainerdRuntime)  # on a shell's pty
+    shell_clock: Clock = time.monotonic  # measures a shell's TTL
+    max_shells: int = 4  # concurrent ops shells
 
 
 def identity_from_peer(peer: dict[str, Any] | None) -> Identity:
@@ -124,6 +145,7 @@ class Agent:
         self.settings = SettingsStore(config.root, config.runner)
         self.deployments = Deployments(config.commands, config.sync, root=config.root)
         self.started = time.monotonic()
+        self.shell_slots = threading.BoundedSemaphore(config.max_shells)
 
     def status(self, _: Identity, __: dict[str, Any], ___: dict[str, list[str]]) -> Any:
         release = _read_os_release(self.config.root)
@@ -207,6 +229,31 @@ class Agent:
     def openapi(self, _: Identity, __: dict[str, Any], ___: dict[str, list[str]]) -> Any:
         return openapi_document()
 
+    def logs(self, _: Identity, __: dict[str, Any], query: dict[str, list[str]]) -> Any:
+        try:
+            wanted = parse_query(query)
+        except LogsInputError as e:
+            raise ApiError(HTTPStatus.BAD_REQUEST, str(e)) from e
+        try:
+            export = self.config.commands(wanted.argv())
+        except (DeploymentError, RuntimeError, OSError) as e:
+            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, f"journalctl: {e}") from e
+        return {"unit": wanted.unit, "lines": wanted.lines, "entries": parse_export(export)}
+
+    def shell(self, who: Identity, body: dict[str, Any], __: dict[str, list[str]]) -> Any:
+        """Validate only; the session starts once the connection is upgraded."""
+        try:
+            request = parse_request(body)
+        except ShellInputError as e:
+            raise ApiError(HTTPStatus.BAD_REQUEST, str(e)) from e
+        return ShellSession(
+            request,
+            self.config.shell_runtime,
+            self.config.root / TRANSCRIPT_DIR,
+            who=who.name,
+            clock=self.config.shell_clock,
+        )
+
 
 def _check_fields(body: dict[str, Any], allowed: dict[str, type]) -> None:
     """Refuse unknown fields and wrongly typed values (the message names the field)."""
@@ -231,6 +278,8 @@ class Route:
     summary: str
     has_body: bool = False
     schema: dict[str, Any] | None = None  # the request body's schema (settings when None)
+    query: tuple[dict[str, Any], ...] = ()  # OpenAPI query parameters
+    upgrade: str | None = None  # the protocol a 101 switches to
 
 
 _REBOOT = {"reboot": {"type": "boolean"}}
@@ -285,6 +334,41 @@ ROUTES: tuple[Route, ...] = (
         has_body=True,
         schema={"properties": {}},
     ),
+    Route(
+        "GET",
+        "/v1/logs",
+        Role.OPERATOR,
+        Agent.logs,
+        "The journal's last lines, of one unit or all (journalctl -o json)",
+        query=(
+            {"name": "unit", "in": "query", "schema": {"type": "string", "maxLength": 255}},
+            {
+                "name": "lines",
+                "in": "query",
+                "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LINES},
+            },
+        ),
+    ),
+    Route(
+        "POST",
+        "/v1/shell",
+        Role.ADMIN,
+        Agent.shell,
+        "Open an ops shell: with Connection: Upgrade and Upgrade: atoll-shell/1, "
+        "101 then framed terminal bytes on this connection until exit, TTL or disconnect",
+        has_body=True,
+        schema={
+            "properties": {
+                "reason": {"type": "string", "minLength": 1, "maxLength": 500},
+                "ttl": {"type": "integer", "minimum": 1, "maximum": 14400},
+                "tty": {"type": "boolean"},
+                "rows": {"type": "integer", "minimum": 1, "maximum": 1000},
+                "cols": {"type": "integer", "minimum": 1, "maximum": 1000},
+            },
+            "required": ["reason"],
+        },
+        upgrade=PROTOCOL,
+    ),
 )
 
 
@@ -308,6 +392,8 @@ def openapi_document() -> dict[str, Any]:
                 {"name": n, "in": "query", "schema": {"type": "integer", "minimum": lo}}
                 for n, lo in (("since", 0), ("limit", 1))
             ]
+        if route.query:
+            op["parameters"] = list(route.query)
         if route.has_body:
             schema: dict[str, Any] = {"type": "object", "minProperties": 1}
             if route.schema is not None:
@@ -319,8 +405,14 @@ def openapi_document() -> dict[str, Any]:
             if route.schema is None:
                 op["responses"]["422"] = {"description": "Invalid setting; `error` names the key"}
                 op["responses"]["409"] = {"description": "Apply failed; previous settings restored"}
+            elif route.upgrade is not None:
+                op["responses"]["101"] = {"description": f"Switched to {route.upgrade}"}
+                op["responses"]["409"] = {"description": "Too many shell sessions"}
+                op["responses"]["426"] = {"description": f"Needs Upgrade: {route.upgrade}"}
             else:
                 op["responses"]["409"] = {"description": "ostree failed or nothing to roll back"}
+        if route.path == "/v1/logs":
+            op["responses"]["503"] = {"description": "journalctl failed"}
         paths.setdefault(route.path, {})[route.method.lower()] = op
     return {
         "openapi": "3.0.3",
@@ -372,6 +464,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 body = self._body()
                 params = body
             payload = route.handler(self.server.agent, who, body, parse_qs(url.query))
+            if isinstance(payload, ShellSession):
+                self._shell(who, route, payload)
+                return
             status = HTTPStatus.OK
         except ApiError as e:
             status = e.status
@@ -387,6 +482,65 @@ class _RequestHandler(BaseHTTPRequestHandler):
             result=int(status),
         )
         self._send(status, payload)
+
+    def _shell(self, who: Identity, route: Route, session: ShellSession) -> None:
+        """Upgrade to the shell protocol, run the session, audit its start and its end."""
+        if (
+            self.headers.get("Upgrade", "").strip().lower() != (route.upgrade or "").lower()
+            or "upgrade" not in self.headers.get("Connection", "").lower()
+        ):
+            raise ApiError(
+                HTTPStatus.UPGRADE_REQUIRED,
+                f"{route.path}: needs Connection: Upgrade and Upgrade: {route.upgrade}",
+            )
+        agent = self.server.agent
+        if not agent.shell_slots.acquire(blocking=False):
+            raise ApiError(HTTPStatus.CONFLICT, f"{agent.config.max_shells} shells already open")
+        role = who.role.name.lower() if who.role else None
+        request = session.request
+        try:
+            agent.audit.append(
+                who=who.name,
+                role=role,
+                what=f"POST {route.path}",
+                params={"reason": request.reason, "ttl": request.ttl, "tty": request.tty},
+                result=int(HTTPStatus.SWITCHING_PROTOCOLS),
+                session=session.id,
+                transcript=str(session.transcript_path),
+            )
+            self.close_connection = True
+            self.send_response(HTTPStatus.SWITCHING_PROTOCOLS)
+            self.send_header("Connection", "Upgrade")
+            self.send_header("Upgrade", route.upgrade or "")
+            self.send_header("X-Atoll-Shell", session.id)
+            self.end_headers()
+            self.wfile.flush()
+
+            def audit_end(result: ShellResult) -> None:
+                agent.audit.append(
+                    who=who.name,
+                    role=role,
+                    what="shell end",
+                    reason=request.reason,
+                    ttl=request.ttl,
+                    **result.audit_fields(),
+                )
+
+            try:
+                session.run(self.connection, on_end=audit_end)
+            except Exception as e:  # after the 101 there is no HTTP answer left to give
+                agent.audit.append(
+                    who=who.name,
+                    role=role,
+                    what="shell end",
+                    session=session.id,
+                    reason=request.reason,
+                    ttl=request.ttl,
+                    end="error",
+                    problems=[f"{type(e).__name__}: {e}"],
+                )
+        finally:
+            agent.shell_slots.release()
 
     def _body(self) -> dict[str, Any]:
         try:

@@ -17,9 +17,11 @@ import ssl
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
+from atoll.agent.logs import format_entry
 from atoll.errors import AtollError, InputError
+from atoll.ops.shell import parse_ttl, run_shell
 
 TIMEOUT = 30.0
 
@@ -100,10 +102,29 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rb = actions.add_parser("rollback", help="make the previous deployment the default")
     rb.add_argument("--reboot", action="store_true")
     actions.add_parser("reboot")
+    logs = actions.add_parser("logs", help="the journal's last lines (role operator)")
+    logs.add_argument("unit", nargs="?", help="a systemd unit (default: the whole journal)")
+    logs.add_argument("-n", "--lines", type=int, default=100)
+    logs.add_argument("--json", action="store_true", help="the entries as JSON")
+    shell = actions.add_parser("shell", help="an ops container on the node (role admin, recorded)")
+    shell.add_argument("--ttl", default="15m", help="session lifetime: seconds or N[smh] (15m)")
+    shell.add_argument("--reason", required=True, help="why (goes into the audit log)")
     audit = actions.add_parser("audit", help="the audit log")
     audit.add_argument("--verify", action="store_true", help="verify the hash chain")
     audit.add_argument("--limit", type=int, default=100)
     p.set_defaults(handler=_run)
+
+
+def _logs(node: NodeClient, args: argparse.Namespace) -> int:
+    query = urlencode({"lines": args.lines, **({"unit": args.unit} if args.unit else {})})
+    result = node.request("GET", f"/v1/logs?{query}")
+    if args.json:
+        json.dump(result, sys.stdout, indent=2)
+        print()
+    else:
+        for entry in result["entries"]:
+            print(format_entry(entry))
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -126,6 +147,10 @@ def _run(args: argparse.Namespace) -> int:
         result = node.request("POST", "/v1/rollback", {"reboot": bool(args.reboot)})
     elif verb == "reboot":
         result = node.request("POST", "/v1/reboot", {})
+    elif verb == "logs":
+        return _logs(node, args)
+    elif verb == "shell":
+        return run_shell(node, parse_ttl(args.ttl), args.reason)
     elif args.verify:
         result = node.request("GET", "/v1/audit/verify")
         json.dump(result, sys.stdout, indent=2)

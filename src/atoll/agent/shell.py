@@ -1,0 +1,530 @@
+"""The ops shell: an interactive container on demand, limited in time, recorded in full.
+
+``POST /v1/shell`` (role admin) with ``{"reason": str, "ttl"?: seconds, "tty"?: bool,
+"rows"?: int, "cols"?: int}`` and the headers ``Connection: Upgrade`` +
+``Upgrade: atoll-shell/1`` is answered ``101 Switching Protocols``; from then on
+the same mutual-TLS connection carries *frames* both ways (see :class:`Frame`):
+a byte stream alone could not say "stdin closed", "the window changed" or
+"exited 3 because the TTL ran out". The client waits for the 101 before it
+sends a frame.
+
+On the node the session is a pseudo-terminal whose slave end is the stdin,
+stdout, stderr and controlling terminal of a :class:`Runtime`'s command; the
+agent relays pty <-> frames in the request's worker thread. The real runtime
+is containerd (:class:`ContainerdRuntime`, ``ctr run`` with the preloaded
+image); tests put a plain command on the pty instead (same relay, same
+recording). With ``tty`` false (the client's stdin is not a terminal: a
+script) the pty neither echoes nor rewrites output, and the container gets
+pipes rather than a console, so the shell prints no prompts and the output is
+byte-exact.
+
+The session ends when the command exits, when the client disconnects, or at
+the TTL (measured on an injected monotonic clock): then the command's process
+group gets SIGHUP then SIGKILL, and the runtime's ``stop`` kills and removes
+the container. A last frame tells the client the exit status and why it
+ended.
+
+Recording: the transcript is an asciicast v2 file (``asciinema play`` replays
+it) under ``<root>/var/log/atoll/shell/<id>.log``: a JSON header (session id,
+who, reason, ttl, command) then one ``[seconds, "o"|"i"|"r"|"m", text]`` event
+per chunk of output, input, resize, and a final marker with the end. It is
+fsynced before its SHA-256 goes into the session's end record in the audit
+log (the start record is written before the 101 is sent). Standard library
+only: this runs on the node.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import datetime
+import fcntl
+import hashlib
+import json
+import os
+import re
+import secrets
+import select
+import signal
+import socket
+import struct
+import subprocess
+import termios
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+from pathlib import Path
+from typing import Any, BinaryIO, NewType, Protocol
+
+PROTOCOL = "atoll-shell/1"
+DEFAULT_TTL = 15 * 60
+MAX_TTL = 4 * 60 * 60
+MAX_REASON = 500
+MAX_FRAME = 64 * 1024
+HEADER = struct.Struct(">BI")  # frame type, payload length
+WINSIZE = struct.Struct(">HH")  # rows, cols
+KILL_GRACE = 3.0  # seconds between SIGHUP and SIGKILL
+TRANSCRIPT_DIR = "var/log/atoll/shell"
+
+SessionId = NewType("SessionId", str)
+Clock = Callable[[], float]  # monotonic seconds
+
+
+class Frame(IntEnum):
+    """Frame types: ``HEADER`` (type, length) then the payload."""
+
+    DATA = 1  # both ways: terminal bytes
+    RESIZE = 2  # client -> agent: WINSIZE (rows, cols)
+    EOF = 3  # client -> agent: stdin is closed (empty payload)
+    EXIT = 4  # agent -> client: JSON {"id", "end", "exit_status"}; the last frame
+
+
+class End(StrEnum):
+    EXIT = "exit"  # the command exited
+    TTL = "ttl"  # the TTL expired: killed
+    DISCONNECT = "disconnect"  # the client went away: killed
+    ERROR = "error"  # the relay failed (the message is in the audit record): killed
+
+
+class ShellInputError(ValueError):
+    """A bad request body; the message names the field."""
+
+
+@dataclass(frozen=True)
+class ShellRequest:
+    reason: str
+    ttl: int = DEFAULT_TTL
+    tty: bool = True
+    rows: int = 24
+    cols: int = 80
+
+
+_FIELDS: dict[str, type] = {"reason": str, "ttl": int, "tty": bool, "rows": int, "cols": int}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def parse_request(body: dict[str, Any]) -> ShellRequest:
+    """Validate a ``POST /v1/shell`` body completely (unknown fields, types, ranges)."""
+    for key, value in body.items():
+        if key not in _FIELDS:
+            raise ShellInputError(f"{key}: unknown field")
+        # bool is an int in Python; only JSON true/false count as booleans
+        if type(value) is not _FIELDS[key]:
+            raise ShellInputError(f"{key}: expected {_FIELDS[key].__name__}")
+    reason = body.get("reason")
+    if not isinstance(reason, str) or not reason.strip():
+        raise ShellInputError("reason: required, a non-empty string (it goes into the audit log)")
+    if len(reason) > MAX_REASON or _CONTROL.search(reason):
+        raise ShellInputError(f"reason: at most {MAX_REASON} characters, no control characters")
+    ttl = body.get("ttl", DEFAULT_TTL)
+    if not 1 <= ttl <= MAX_TTL:
+        raise ShellInputError(f"ttl: {ttl} seconds is outside 1..{MAX_TTL}")
+    for key in ("rows", "cols"):
+        if key in body and not 1 <= body[key] <= 1000:
+            raise ShellInputError(f"{key}: {body[key]} is outside 1..1000")
+    return ShellRequest(
+        reason=reason.strip(),
+        ttl=ttl,
+        tty=body.get("tty", True),
+        rows=body.get("rows", 24),
+        cols=body.get("cols", 80),
+    )
+
+
+def new_session_id() -> SessionId:
+    """Sortable and unique: UTC time plus 48 random bits (also the container's name)."""
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return SessionId(f"{now}-{secrets.token_hex(6)}")
+
+
+class Runtime(Protocol):
+    """What runs on the pty, and how to make sure it is gone afterwards."""
+
+    def argv(self, session: SessionId, tty: bool) -> list[str]: ...
+
+    def stop(self, session: SessionId) -> list[str]:
+        """Kill and remove what ``argv`` started, idempotently; returns problems, if any."""
+        ...
+
+
+@dataclass(frozen=True)
+class ContainerdRuntime:
+    """``ctr run`` of the preloaded image as the ops container.
+
+    Isolation (an ops container is for looking at the host, not for changing it):
+    the host's network and PID namespaces (sockets, interfaces, processes are
+    visible; ``ps``, ``netstat`` work), the host's root bind-mounted read-only
+    and recursively so (``rro``: /etc, /var, /sysroot too) at ``/host``, its own
+    mount, UTS and IPC namespaces and root filesystem (the image's tools, not the
+    host's), and containerd's default capability set: no ``CAP_SYS_ADMIN``, so no
+    remount, no module loading. Changes to the node go through the API.
+    """
+
+    image: str = "docker.io/library/busybox:atoll"
+    namespace: str = "default"
+    command: tuple[str, ...] = ("/bin/sh",)
+    ctr: str = "ctr"
+
+    @staticmethod
+    def container(session: SessionId) -> str:
+        return f"atoll-shell-{session}"
+
+    def argv(self, session: SessionId, tty: bool) -> list[str]:
+        return [
+            self.ctr, "-n", self.namespace, "run", "--rm", *(["--tty"] if tty else []),
+            "--net-host", "--with-ns", "pid:/proc/1/ns/pid",
+            "--mount", "type=bind,src=/,dst=/host,options=rbind:rro",
+            "--env", f"ATOLL_SHELL={session}",
+            self.image, self.container(session), *self.command,
+        ]  # fmt: skip
+
+    def stop(self, session: SessionId) -> list[str]:
+        name = self.container(session)
+        problems: list[str] = []
+        base = [self.ctr, "-n", self.namespace]
+        # The task may be gone already (ctr run --rm cleaned up): only the last
+        # check counts, the container must not be listed any more.
+        for argv in (
+            [*base, "tasks", "kill", "--signal", "SIGKILL", name],
+            [*base, "tasks", "delete", "--force", name],
+            [*base, "containers", "delete", name],
+        ):
+            self._run(argv, problems, quiet=True)
+        listed = self._run([*base, "containers", "list", "--quiet"], problems, quiet=False)
+        if name in listed.split():
+            problems.append(f"container {name} is still listed by ctr")
+        return problems
+
+    def _run(self, argv: list[str], problems: list[str], *, quiet: bool) -> str:
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            problems.append(f"{' '.join(argv)}: {e}")
+            return ""
+        if done.returncode != 0 and not quiet:
+            problems.append(f"{' '.join(argv)}: exit {done.returncode}: {done.stderr.strip()}")
+        return done.stdout
+
+
+@dataclass(frozen=True)
+class CommandRuntime:
+    """A plain command on the pty (no container): hosts without containerd, tests."""
+
+    command: tuple[str, ...] = ("/bin/sh",)
+
+    def argv(self, session: SessionId, tty: bool) -> list[str]:
+        return list(self.command)
+
+    def stop(self, session: SessionId) -> list[str]:
+        return []  # the process group is killed by the session itself
+
+
+@dataclass(frozen=True)
+class ShellResult:
+    session: SessionId
+    end: End
+    exit_status: int | None  # the command's exit code (negative: killed by that signal)
+    transcript: Path
+    transcript_sha256: str
+    seconds: float
+    bytes_in: int
+    bytes_out: int
+    problems: tuple[str, ...]
+
+    def audit_fields(self) -> dict[str, Any]:
+        return {
+            "session": self.session,
+            "end": str(self.end),
+            "exit_status": self.exit_status,
+            "transcript": str(self.transcript),
+            "transcript_sha256": self.transcript_sha256,
+            "seconds": round(self.seconds, 3),
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "problems": list(self.problems),
+        }
+
+
+def encode_frame(kind: Frame, payload: bytes = b"") -> bytes:
+    return HEADER.pack(kind, len(payload)) + payload
+
+
+class FrameReader:
+    """Accumulates bytes and yields complete frames (bounded sizes, unknown types refused)."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[Frame, bytes]]:
+        self._buffer += data
+        out: list[tuple[Frame, bytes]] = []
+        while len(self._buffer) >= HEADER.size:
+            kind, length = HEADER.unpack_from(self._buffer)
+            if length > MAX_FRAME:
+                raise ValueError(f"frame of {length} bytes (at most {MAX_FRAME})")
+            if kind not in Frame.__members__.values():
+                raise ValueError(f"unknown frame type {kind}")
+            if len(self._buffer) < HEADER.size + length:
+                break
+            payload = bytes(self._buffer[HEADER.size : HEADER.size + length])
+            del self._buffer[: HEADER.size + length]
+            out.append((Frame(kind), payload))
+        return out
+
+
+class Transcript:
+    """An asciicast v2 recording, fsynced on close; ``sha256`` of the finished file."""
+
+    def __init__(self, path: Path, header: dict[str, Any], clock: Clock) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = path
+        self._clock = clock
+        self._start = clock()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._file: BinaryIO = os.fdopen(fd, "wb")
+        self._decoders = {
+            kind: codecs.getincrementaldecoder("utf-8")(errors="backslashreplace")
+            for kind in ("o", "i")
+        }
+        self._line(header)
+
+    def _line(self, value: Any) -> None:
+        self._file.write(json.dumps(value, ensure_ascii=False).encode() + b"\n")
+
+    def event(self, kind: str, data: bytes | str) -> None:
+        text = self._decoders[kind].decode(data) if isinstance(data, bytes) else data
+        if text:
+            self._line([round(self._clock() - self._start, 6), kind, text])
+
+    def close(self, marker: str) -> str:
+        for kind, decoder in self._decoders.items():
+            self.event(kind, decoder.decode(b"", final=True))
+        self._line([round(self._clock() - self._start, 6), "m", marker])
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        digest = hashlib.sha256()
+        with self.path.open("rb") as f:
+            for chunk in iter(lambda: f.read(65536), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+
+def _spawn(argv: list[str], request: ShellRequest, session: SessionId) -> tuple[int, int]:
+    """Fork ``argv`` on a new pty as its session leader; returns (pid, master fd)."""
+    master, slave = os.openpty()
+    fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", request.rows, request.cols, 0, 0))
+    if not request.tty:
+        attrs = termios.tcgetattr(slave)
+        attrs[1] &= ~termios.OPOST  # output byte-exact (no \n -> \r\n)
+        attrs[3] &= ~(termios.ECHO | termios.ECHONL)  # a script's input is not echoed back
+        termios.tcsetattr(slave, termios.TCSANOW, attrs)
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "TERM": "xterm-256color" if request.tty else "dumb",
+        "LANG": "C.UTF-8",
+        "HOME": "/root",
+        "ATOLL_SHELL": session,
+    }
+    pid = os.fork()
+    if pid == 0:  # the child: only async-signal-safe work until exec
+        try:
+            os.setsid()
+            fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+            for fd in (0, 1, 2):
+                os.dup2(slave, fd)
+            os.closerange(3, 65536)
+            os.execvpe(argv[0], argv, env)  # noqa: S606 (argv list, no shell involved)
+        finally:
+            os._exit(127)
+    os.close(slave)
+    return pid, master
+
+
+class ShellSession:
+    """One session: spawn on a pty, relay frames on ``conn`` until the end, record everything."""
+
+    def __init__(
+        self,
+        request: ShellRequest,
+        runtime: Runtime,
+        transcripts: Path,
+        *,
+        who: str,
+        clock: Clock = time.monotonic,
+        session: SessionId | None = None,
+    ) -> None:
+        self.request = request
+        self.runtime = runtime
+        self.id = session or new_session_id()
+        self.transcript_path = transcripts / f"{self.id}.log"
+        self.who = who
+        self.clock = clock
+
+    def run(
+        self, conn: socket.socket, on_end: Callable[[ShellResult], None] | None = None
+    ) -> ShellResult:
+        """Relay until the end; ``on_end`` (the audit) runs before the client hears of it."""
+        started = self.clock()
+        deadline = started + self.request.ttl
+        argv = self.runtime.argv(self.id, self.request.tty)
+        transcript = Transcript(
+            self.transcript_path,
+            {
+                "version": 2,
+                "width": self.request.cols,
+                "height": self.request.rows,
+                "timestamp": int(time.time()),
+                "env": {"TERM": "xterm-256color" if self.request.tty else "dumb"},
+                "atoll": {
+                    "session": self.id,
+                    "who": self.who,
+                    "reason": self.request.reason,
+                    "ttl": self.request.ttl,
+                    "tty": self.request.tty,
+                    "command": argv,
+                },
+            },
+            self.clock,
+        )
+        pid, master = _spawn(argv, self.request, self.id)
+        relay = _Relay(conn, master, pid, transcript)
+        problems: list[str] = []
+        try:
+            end = relay.loop(lambda: deadline - self.clock())
+        except (OSError, ValueError) as e:
+            end = End.ERROR
+            problems.append(f"relay: {e}")
+        if end is not End.EXIT:
+            # Kill the container first: ctr run then returns by itself (and --rm cleans up).
+            self.runtime.stop(self.id)
+        status = _finish(pid, kill=end is not End.EXIT)
+        os.close(master)
+        problems += self.runtime.stop(self.id)  # and check that nothing is left
+        marker = f"end={end} exit_status={status}"
+        digest = transcript.close(marker)
+        result = ShellResult(
+            session=self.id,
+            end=end,
+            exit_status=status,
+            transcript=self.transcript_path,
+            transcript_sha256=digest,
+            seconds=self.clock() - started,
+            bytes_in=relay.bytes_in,
+            bytes_out=relay.bytes_out,
+            problems=tuple(problems),
+        )
+        if on_end is not None:
+            on_end(result)
+        exit_frame = {"id": self.id, "end": str(end), "exit_status": status}
+        with contextlib.suppress(OSError):  # the client gone: the audit record says the end
+            conn.sendall(encode_frame(Frame.EXIT, json.dumps(exit_frame).encode()))
+        return result
+
+
+class _Relay:
+    def __init__(self, conn: socket.socket, master: int, pid: int, transcript: Transcript) -> None:
+        self.conn = conn
+        self.master = master
+        self.pid = pid
+        self.transcript = transcript
+        self.frames = FrameReader()
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._last_input = b"\n"
+
+    def loop(self, remaining: Callable[[], float]) -> End:
+        while True:
+            left = remaining()
+            if left <= 0:
+                self._drain()
+                return End.TTL
+            # TLS may hold decrypted bytes that select() cannot see.
+            pending = getattr(self.conn, "pending", lambda: 0)()
+            ready: list[Any] = [self.conn] if pending else []
+            if not ready:
+                watch: list[Any] = [self.conn, self.master]
+                ready = select.select(watch, [], [], min(left, 0.5))[0]
+            if self.master in ready and not self._output():
+                return End.EXIT
+            if self.conn in ready:
+                data = self.conn.recv(MAX_FRAME)
+                if not data:
+                    return End.DISCONNECT
+                for kind, payload in self.frames.feed(data):
+                    self._input(kind, payload)
+            if not ready and _exited(self.pid):
+                # The command is gone but something still holds the pty open.
+                self._drain()
+                return End.EXIT
+
+    def _output(self) -> bool:
+        try:
+            data = os.read(self.master, MAX_FRAME)
+        except OSError:  # EIO: every slave end is closed, the command exited
+            return False
+        if not data:
+            return False
+        self.bytes_out += len(data)
+        self.transcript.event("o", data)
+        self.conn.sendall(encode_frame(Frame.DATA, data))
+        return True
+
+    def _drain(self) -> None:
+        while select.select([self.master], [], [], 0)[0] and self._output():
+            pass
+
+    def _input(self, kind: Frame, payload: bytes) -> None:
+        if kind is Frame.DATA and payload:
+            self.bytes_in += len(payload)
+            self.transcript.event("i", payload)
+            _write_all(self.master, payload)
+            self._last_input = payload[-1:]
+        elif kind is Frame.RESIZE and len(payload) == WINSIZE.size:
+            rows, cols = WINSIZE.unpack(payload)
+            fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+            self.transcript.event("r", f"{cols}x{rows}")
+        elif kind is Frame.EOF:
+            # VEOF reads as end of file only at the start of a line: end a pending one first.
+            eof = termios.tcgetattr(self.master)[6][termios.VEOF]
+            eof_byte = eof if isinstance(eof, bytes) else bytes([eof])
+            _write_all(self.master, (b"" if self._last_input == b"\n" else b"\n") + eof_byte)
+        elif kind is Frame.EXIT:
+            raise ValueError("the client sent an EXIT frame")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _exited(pid: int) -> bool:
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+def _finish(pid: int, *, kill: bool) -> int | None:
+    """Reap the command (after SIGHUP, then SIGKILL, to its process group when ``kill``)."""
+    if kill:
+        _signal_group(pid, signal.SIGHUP)
+    deadline = time.monotonic() + (KILL_GRACE if kill else 10.0)
+    while time.monotonic() < deadline:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    _signal_group(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)  # the command is a session (and group) leader

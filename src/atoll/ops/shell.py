@@ -1,0 +1,196 @@
+"""``atoll node shell``: open an ops shell on the node and relay the local terminal to it.
+
+The request is ``POST /v1/shell`` on a fresh mutual-TLS connection with
+``Connection: Upgrade`` / ``Upgrade: atoll-shell/1``; after the agent's ``101``
+the connection carries the frames of :mod:`atoll.agent.shell` (data, resize,
+stdin closed, exit). When stdin is a terminal it is put in raw mode for the
+session (restored afterwards, also on errors) and window size changes are sent
+as they happen (SIGWINCH); otherwise stdin and stdout are relayed as bytes and
+the end of stdin is passed on, so a script can drive the shell:
+``printf 'cat /etc/os-release; exit\\n' | atoll node ... shell --reason "..."``.
+
+The exit code is the remote command's; a session ended by its TTL or by an
+error on the node is a :class:`ShellError` naming the session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import socket
+import ssl
+import sys
+import termios
+import tty
+from dataclasses import dataclass
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from atoll.agent.shell import PROTOCOL, WINSIZE, Frame, FrameReader, encode_frame
+from atoll.errors import AtollError, InputError
+
+if TYPE_CHECKING:  # client.py imports this module for its `shell` verb
+    from atoll.ops.client import NodeClient
+
+TIMEOUT = 30.0
+
+
+class ShellError(AtollError):
+    """The shell could not be opened, or ended other than by its command's exit."""
+
+
+_DURATION = re.compile(r"(?P<n>[0-9]+)(?P<unit>[smh]?)")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
+
+
+def parse_ttl(text: str) -> int:
+    """``90``, ``90s``, ``15m``, ``1h`` -> seconds."""
+    match = _DURATION.fullmatch(text.strip())
+    if not match:
+        raise InputError(f"--ttl {text!r}: expected seconds or N[smh], e.g. 15m")
+    return int(match["n"]) * _UNITS[match["unit"]]
+
+
+@dataclass(frozen=True)
+class ShellEnd:
+    session: str
+    end: str
+    exit_status: int | None
+
+
+def _read_head(conn: ssl.SSLSocket) -> tuple[int, dict[str, str], bytes]:
+    """Status code, headers (lower-case names) and the bytes that followed them."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            raise OSError("connection closed before the answer's headers")
+        data += chunk
+        if len(data) > 65536:
+            raise OSError("answer headers too long")
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode("iso-8859-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[1].isdigit():
+        raise OSError(f"not an HTTP answer: {lines[0]!r}")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(parts[1]), headers, rest
+
+
+def open_shell(node: NodeClient, body: dict[str, Any]) -> tuple[ssl.SSLSocket, str, bytes]:
+    """Send the upgrade request; returns the TLS socket, the session id and early frame bytes."""
+    url = node.endpoint + "/v1/shell"
+    payload = json.dumps(body).encode()
+    request = (
+        f"POST /v1/shell HTTP/1.1\r\nHost: {node.host}:{node.port}\r\n"
+        f"Connection: Upgrade\r\nUpgrade: {PROTOCOL}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+    ).encode() + payload
+    try:
+        raw = socket.create_connection((node.host, node.port), timeout=TIMEOUT)
+        conn = node.context.wrap_socket(raw, server_hostname=node.host)
+        conn.sendall(request)
+        status, headers, rest = _read_head(conn)
+        if status != 101:
+            length = int(headers.get("content-length", "0") or 0)
+            while len(rest) < length:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                rest += chunk
+            conn.close()
+            try:
+                message = json.loads(rest).get("error", rest.decode(errors="replace"))
+            except (ValueError, AttributeError):
+                message = rest[:200].decode(errors="replace")
+            raise ShellError(f"POST {url}: HTTP {status}: {message}")
+    except (OSError, ssl.SSLError) as e:
+        raise ShellError(f"POST {url}: {e}") from e
+    return conn, headers.get("x-atoll-shell", "?"), rest
+
+
+def relay(conn: ssl.SSLSocket, early: bytes, stdin: int, stdout: int) -> ShellEnd:
+    """Relay stdin -> DATA/EOF frames and DATA frames -> stdout until the EXIT frame."""
+    conn.settimeout(None)
+    frames = FrameReader()
+    pending = frames.feed(early)
+    stdin_open = True
+    is_tty = os.isatty(stdin)
+    saved = termios.tcgetattr(stdin) if is_tty else None
+    resized = False
+
+    def on_winch(_: int, __: FrameType | None) -> None:
+        nonlocal resized
+        resized = True
+
+    previous = signal.signal(signal.SIGWINCH, on_winch) if is_tty else None
+    try:
+        if is_tty:
+            tty.setraw(stdin)
+        while True:
+            for kind, payload in pending:
+                if kind is Frame.DATA:
+                    _write_all(stdout, payload)
+                elif kind is Frame.EXIT:
+                    end = json.loads(payload)
+                    return ShellEnd(str(end.get("id")), str(end.get("end")), end.get("exit_status"))
+            if resized:
+                resized = False
+                size = shutil.get_terminal_size()
+                conn.sendall(encode_frame(Frame.RESIZE, WINSIZE.pack(size.lines, size.columns)))
+            watch: list[Any] = [conn, stdin] if stdin_open else [conn]
+            ready = [conn] if conn.pending() else select.select(watch, [], [], 1.0)[0]
+            pending = []
+            if conn in ready:
+                data = conn.recv(65536)
+                if not data:
+                    raise OSError("the agent closed the connection without an exit frame")
+                pending = frames.feed(data)
+            if stdin in ready:
+                data = os.read(stdin, 65536)
+                if data:
+                    conn.sendall(encode_frame(Frame.DATA, data))
+                else:
+                    stdin_open = False
+                    conn.sendall(encode_frame(Frame.EOF))
+    finally:
+        if saved is not None:
+            termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+        if previous is not None:
+            signal.signal(signal.SIGWINCH, previous)
+        conn.close()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def run_shell(node: NodeClient, ttl: int, reason: str) -> int:
+    stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
+    body: dict[str, Any] = {"reason": reason, "ttl": ttl, "tty": os.isatty(stdin)}
+    if body["tty"]:
+        size = shutil.get_terminal_size()
+        body["rows"], body["cols"] = size.lines, size.columns
+    conn, session, early = open_shell(node, body)
+    sys.stdout.flush()
+    try:
+        end = relay(conn, early, stdin, stdout)
+    except (OSError, ssl.SSLError, ValueError) as e:
+        raise ShellError(f"shell {session} on {node.endpoint}: {e}") from e
+    if end.end != "exit":
+        raise ShellError(
+            f"shell {end.session} on {node.endpoint} ended: {end.end}"
+            + (f" (TTL of {ttl} s)" if end.end == "ttl" else ""),
+            hint="the session and its transcript are in the node's audit log",
+        )
+    status = end.exit_status
+    return status if status is not None and 0 <= status < 256 else 1
