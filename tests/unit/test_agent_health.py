@@ -434,3 +434,17 @@ def test_health_route_and_status_serve_the_last_record(node: Node) -> None:
     assert record["healthy"] is False and record["checks"][1]["name"] == "containerd"
     summary = agent.status(who, {}, {})["health"]
     assert summary["healthy"] is False and summary["rolled_back"] is False
+
+
+def test_rounds_are_frequent_until_the_boot_is_healthy_then_seldom(node: Node) -> None:
+    node.rounds = [STARTING, GOOD]
+    config = HealthConfig(grace_seconds=60, interval_seconds=5, recheck_seconds=60)
+    monitor = node.monitor(config)
+    assert monitor.settle() is Outcome.NO_TRIAL
+    settle_until = node.clock.now + 60
+    assert monitor.next_delay(settle_until) == 5  # still starting
+    monitor.round()
+    assert node.blessed == 1 and monitor.next_delay(settle_until) == 60
+    stuck = node.monitor(config)
+    node.clock.now = settle_until  # never healthy: back to the slow pace after the grace
+    assert stuck.next_delay(settle_until) == 60

@@ -320,7 +320,7 @@ class Monitor:
         default=lambda m: print(f"atoll-agent: health: {m}", file=sys.stderr, flush=True)
     )
     stop: threading.Event = field(default_factory=threading.Event)
-    blessed: bool = False
+    was_healthy: bool = False  # a round outside a trial passed in this boot (and blessed)
     last: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -351,12 +351,12 @@ class Monitor:
         }
         markers.write_json(self.root / HEALTH, record)
         self.last = record
-        if healthy and trial is None and not self.blessed:
+        if healthy and trial is None and not self.was_healthy:
             self._bless()
         return checks
 
     def _bless(self) -> None:
-        self.blessed = True
+        self.was_healthy = True
         try:
             name = self.bless()
         except (OSError, ValueError, subprocess.CalledProcessError) as e:
@@ -507,6 +507,12 @@ class Monitor:
 
     # -- the daemon's loop ---------------------------------------------------
 
+    def next_delay(self, settle_until: float) -> float:
+        """Seconds to the next round: short until healthy once (or settled), then long."""
+        if self.was_healthy or self.clock.monotonic() >= settle_until:
+            return self.config.recheck_seconds
+        return self.config.interval_seconds
+
     def run_forever(self) -> None:
         """Settle this boot, then re-check every ``recheck_seconds`` until ``stop`` is set."""
         try:
@@ -516,7 +522,10 @@ class Monitor:
             outcome = Outcome.NO_TRIAL
         if outcome is Outcome.ROLLED_BACK:
             return  # rebooting
-        while not self.stop.wait(self.config.recheck_seconds):
+        # Early in a boot systemd is still "starting": check often until the
+        # first healthy round (or the grace period is over), then seldom.
+        settle_until = self.clock.monotonic() + self.config.grace_seconds
+        while not self.stop.wait(self.next_delay(settle_until)):
             try:
                 booted, _ = self._booted()
                 self.round(booted)
