@@ -1,0 +1,721 @@
+"""``atoll fleet operator``: the rollout planner as a Kubernetes operator (kopf).
+
+The same pure planner as the standalone controller (:func:`atoll.fleet.rollout.plan`)
+decides; this module only translates Kubernetes objects into its facts and its
+decisions back into Kubernetes objects. Nothing here decides anything the
+planner does not.
+
+* **Pools** are ``NodePool`` objects (``atoll.dev/v1alpha1``, cluster-scoped,
+  CRD in ``deploy/kubernetes/nodepool-crd.yaml``). Their ``spec`` is pool.toml
+  in Kubernetes spelling and is validated by the same validator
+  (:func:`atoll.fleet.pool.spec_from_dict`). Progress goes to the ``status``
+  subresource: counts, ``phase``, ``pauseReason``, ``conditions``, and why each
+  waiting node waits.
+* **Nodes** are Kubernetes ``Node`` objects selected by label. The node's agent
+  reports through annotations on its own Node (``atoll.dev/current-version``,
+  ``staged-version``, ``healthy``, ``failed``), the same four facts it sends to
+  the standalone controller. The operator keeps its memory of each node
+  (``atoll.dev/phase``, ``phase-since``, ``granted-version``) on the Node too,
+  and answers with ``atoll.dev/desired-version``, ``stage``, ``may-reboot``,
+  ``reason`` — the standalone ``GET /v1/nodes/{name}/desired`` answer.
+  A reboot grant and the phase ``rebooting`` are written in the *same* patch,
+  so a restarted operator counts every grant it ever gave against
+  maxUnavailable (the Kubernetes API is the store; the operator keeps no state
+  of its own between ticks).
+* **Health gate**: a node counts as healthy only when its agent says so *and*
+  its ``Ready`` condition is ``True``. A node granted a reboot is cordoned
+  (``spec.unschedulable``) in the same patch and uncordoned once it leaves
+  ``rebooting`` (healthy on the granted version, or failed and rolled back).
+* **Resume** (the standalone ``fleet resume``): change the pool's
+  ``atoll.dev/resume`` annotation to any new value; this clears a self-pause,
+  releases the canary and lets failed nodes be retried.
+
+How a report moves a node between phases is :func:`atoll.fleet.store.after_report`,
+shared with the standalone controller. Every reconcile (on create, update,
+resume of a pool, and on a timer so time-based rules progress) runs under one
+lock, so two reconciles never grant from the same stale count.
+
+Not done here: draining pods through the Eviction API before the reboot (the
+node is cordoned only), and the agent side (the agent reports to the
+standalone controller over HTTP; writing its Node's annotations is not wired).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import logging
+import ssl
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, TypedDict
+
+import aiohttp
+import kopf
+
+from atoll.errors import InputError
+from atoll.fleet.pool import spec_from_dict
+from atoll.fleet.rollout import ActionKind, NodeFacts, Phase, Plan, PoolSpec, PoolState, plan
+from atoll.fleet.store import after_report, matches
+
+GROUP = "atoll.dev"
+VERSION = "v1alpha1"
+PLURAL = "nodepools"
+KIND = "NodePool"
+
+# Written by the node's agent.
+A_CURRENT = "atoll.dev/current-version"
+A_STAGED = "atoll.dev/staged-version"
+A_HEALTHY = "atoll.dev/healthy"
+A_FAILED = "atoll.dev/failed"
+# Written by the operator: its memory of the node, then its answer to the agent.
+A_PHASE = "atoll.dev/phase"
+A_SINCE = "atoll.dev/phase-since"
+A_GRANTED = "atoll.dev/granted-version"
+A_CORDONED = "atoll.dev/cordoned"
+A_DESIRED = "atoll.dev/desired-version"
+A_STAGE = "atoll.dev/stage"
+A_MAY_REBOOT = "atoll.dev/may-reboot"
+A_REASON = "atoll.dev/reason"
+A_POOL = "atoll.dev/pool"
+# On the NodePool: a new value resumes the pool.
+A_RESUME = "atoll.dev/resume"
+
+_OPERATOR_KEYS = (A_PHASE, A_SINCE, A_GRANTED, A_DESIRED, A_STAGE, A_MAY_REBOOT, A_REASON, A_POOL)
+_STATUS_NODES_LIMIT = 50  # waiting nodes listed in the status; counts cover all
+
+_log = logging.getLogger(__name__)
+
+# The CR's strategy keys (camelCase) and pool.toml's (snake_case): one table.
+STRATEGY_KEYS: Mapping[str, str] = {
+    "partition": "partition",
+    "maxUnavailable": "max_unavailable",
+    "paused": "paused",
+    "minReadySeconds": "min_ready_seconds",
+    "canary": "canary",
+    "priorityLabel": "priority_label",
+    "scatterLabel": "scatter_label",
+    "failureBudget": "failure_budget",
+    "rebootTimeoutSeconds": "reboot_timeout_seconds",
+    "canarySoakSeconds": "canary_soak_seconds",
+    "failureWindowSeconds": "failure_window_seconds",
+    "maintenanceWindow": "maintenance_window",
+}
+WINDOW_KEYS: Mapping[str, str] = {
+    "days": "days",
+    "start": "start",
+    "lengthMinutes": "length_minutes",
+    "timezone": "timezone",
+}
+
+
+class NodePoolSpec(TypedDict, total=False):
+    """The raw ``spec`` of a NodePool object (before validation)."""
+
+    version: str
+    previousVersion: str
+    selector: dict[str, Any]
+    strategy: dict[str, Any]
+
+
+def spec_from_object(name: str, raw: Mapping[str, Any]) -> PoolSpec:
+    """A NodePool's ``spec`` -> :class:`PoolSpec`, through pool.toml's validator.
+
+    Errors name the object and key, e.g. ``NodePool web: strategy.canary: ...``.
+    """
+    source = f"{KIND} {name}"
+    unknown = set(raw) - {"version", "previousVersion", "selector", "strategy"}
+    if unknown:
+        raise InputError(f"{source}: unknown key(s) spec.{sorted(unknown)}")
+    pool: dict[str, Any] = {"name": name, "version": raw.get("version")}
+    if raw.get("previousVersion") is not None:
+        pool["previous_version"] = raw["previousVersion"]
+    selector = raw.get("selector", {})
+    if not isinstance(selector, dict) or set(selector) - {"matchLabels"}:
+        raise InputError(f"{source}: spec.selector: only matchLabels is supported, got {selector}")
+    pool["selector"] = selector.get("matchLabels", {})
+    strategy_raw = raw.get("strategy", {})
+    if not isinstance(strategy_raw, dict):
+        raise InputError(f"{source}: spec.strategy must be an object, got {strategy_raw!r}")
+    strategy: dict[str, Any] = {}
+    for key, value in strategy_raw.items():
+        if key not in STRATEGY_KEYS:
+            raise InputError(f"{source}: unknown key spec.strategy.{key}")
+        if key == "maintenanceWindow" and isinstance(value, dict):
+            unknown_w = set(value) - set(WINDOW_KEYS)
+            if unknown_w:
+                raise InputError(
+                    f"{source}: unknown key(s) spec.strategy.{key}.{sorted(unknown_w)}"
+                )
+            strategy[STRATEGY_KEYS[key]] = {WINDOW_KEYS[k]: v for k, v in value.items()}
+            continue
+        strategy[STRATEGY_KEYS[key]] = value
+    return spec_from_dict({"pool": pool, "strategy": strategy}, source)
+
+
+@dataclass(frozen=True)
+class PoolMemory:
+    """What the operator keeps in a NodePool's status between reconciles."""
+
+    failure_pause: str | None
+    canary_released: bool
+    resumed: str | None
+
+    @classmethod
+    def of(cls, status: Mapping[str, Any]) -> PoolMemory:
+        failure_pause = status.get("failurePause")
+        resumed = status.get("resumedAt")
+        return cls(
+            failure_pause if isinstance(failure_pause, str) and failure_pause else None,
+            status.get("canaryReleased") is True,
+            resumed if isinstance(resumed, str) else None,
+        )
+
+
+def _annotations(obj: Mapping[str, Any]) -> dict[str, str]:
+    meta = obj.get("metadata") or {}
+    return dict(meta.get("annotations") or {})
+
+
+def _labels(obj: Mapping[str, Any]) -> dict[str, str]:
+    meta = obj.get("metadata") or {}
+    return dict(meta.get("labels") or {})
+
+
+def node_ready(node: Mapping[str, Any]) -> bool:
+    """The Node's ``Ready`` condition is ``True`` (the kubelet's health gate)."""
+    for condition in (node.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Ready":
+            return bool(condition.get("status") == "True")
+    return False
+
+
+def facts_of(node: Mapping[str, Any], now: float) -> NodeFacts | None:
+    """The planner's facts for one Node, after applying its agent's latest report.
+
+    ``None`` when the node's agent has not reported yet (no current version):
+    such a node is counted as ``unreported`` and never planned.
+    """
+    notes = _annotations(node)
+    current = notes.get(A_CURRENT)
+    if not current:
+        return None
+    name = str(node["metadata"]["name"])
+    try:
+        phase = Phase(notes.get(A_PHASE, Phase.IDLE.value))
+    except ValueError:
+        phase = Phase.IDLE  # an annotation edited by hand: start over from idle
+    try:
+        since = float(notes.get(A_SINCE, "0"))
+    except ValueError:
+        since = 0.0
+    staged = notes.get(A_STAGED) or None
+    healthy = notes.get(A_HEALTHY, "true") == "true" and node_ready(node)
+    # Before this report: the operator's memory (a grant remembers its version
+    # as the staged one, exactly as the standalone store does).
+    remembered = NodeFacts(
+        name,
+        _labels(node),
+        current,
+        notes.get(A_GRANTED) if phase is Phase.REBOOTING else staged,
+        healthy,
+        phase,
+        since,
+    )
+    return after_report(
+        remembered,
+        current=current,
+        staged=staged,
+        healthy=healthy,
+        failed=notes.get(A_FAILED) == "true",
+        desired=notes.get(A_DESIRED) or None,
+        now=now,
+    )
+
+
+def after_plan(
+    node: NodeFacts, kinds: Mapping[str, tuple[ActionKind, str]], now: float
+) -> NodeFacts:
+    """A node's facts once the plan's decision about it is persisted (pure).
+
+    The same transitions as :meth:`atoll.fleet.store.Store.apply_plan`: a stage
+    order moves ``idle``/``staged`` to ``staging``; a reboot or rollback grant
+    moves the node to ``rebooting`` with the granted version.
+    """
+    decision = kinds.get(node.name)
+    if decision is None:
+        return node
+    kind, version = decision
+    if kind is ActionKind.STAGE:
+        if node.phase in (Phase.IDLE, Phase.STAGED):
+            return replace(node, phase=Phase.STAGING)
+        return node
+    if node.phase in (Phase.REBOOTING, Phase.FAILED):
+        return node
+    return replace(node, phase=Phase.REBOOTING, staged_version=version, last_transition=now)
+
+
+def instructions(node: NodeFacts, result: Plan, pool: str) -> dict[str, str]:
+    """The operator-owned annotations of one node: its memory and its answer to the agent."""
+    rebooting = node.phase is Phase.REBOOTING
+    version = (
+        (node.staged_version or result.desired[node.name])
+        if rebooting
+        else result.desired[node.name]
+    )
+    notes = {
+        A_POOL: pool,
+        A_PHASE: node.phase.value,
+        A_SINCE: f"{node.last_transition:.3f}",
+        A_DESIRED: version,
+        A_STAGE: _bool(
+            node.phase in (Phase.STAGING, Phase.STAGED) and node.current_version != version
+        ),
+        A_MAY_REBOOT: _bool(rebooting and node.current_version != version),
+        A_REASON: result.waiting.get(node.name, ""),
+    }
+    if rebooting and node.staged_version:
+        notes[A_GRANTED] = node.staged_version
+    return notes
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def owner(pools: Sequence[tuple[str, PoolSpec]], labels: Mapping[str, str]) -> str | None:
+    """A node belongs to the first pool, by name, whose selector matches (as standalone)."""
+    for name, spec in sorted(pools, key=lambda p: p[0]):
+        if matches(spec.selector, labels):
+            return name
+    return None
+
+
+def pool_phase(result: Plan) -> str:
+    s = result.status
+    if s.paused_reason is not None:
+        return "Paused"
+    if s.updating == 0 and s.pending == 0 and s.failed == 0:
+        return "Completed"
+    return "Progressing"
+
+
+def _condition(
+    kind: str, on: bool, reason: str, message: str, old: Sequence[Any]
+) -> dict[str, Any]:
+    status = "True" if on else "False"
+    since = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for previous in old:
+        if (
+            isinstance(previous, dict)
+            and previous.get("type") == kind
+            and previous.get("status") == status
+            and previous.get("lastTransitionTime")
+        ):
+            since = str(previous["lastTransitionTime"])
+    return {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since,
+    }
+
+
+def pool_status(
+    result: Plan,
+    memory: PoolMemory,
+    nodes: Sequence[NodeFacts],
+    unreported: Sequence[str],
+    generation: object,
+    old: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The NodePool's ``status`` for one plan."""
+    s = result.status
+    phase = pool_phase(result)
+    old_conditions = old.get("conditions") or []
+    conditions = [
+        _condition(
+            "Paused",
+            s.paused_reason is not None,
+            "Paused" if s.paused_reason else "Running",
+            s.paused_reason or "",
+            old_conditions,
+        ),
+        _condition(
+            "Complete",
+            phase == "Completed",
+            phase,
+            f"{s.updated} of {s.total} node(s) on the target, {s.held} held by the partition",
+            old_conditions,
+        ),
+    ]
+    waiting = [
+        {
+            "name": n.name,
+            "current": n.current_version,
+            "desired": result.desired[n.name],
+            "phase": n.phase.value,
+            "healthy": n.healthy,
+            "reason": result.waiting[n.name],
+        }
+        for n in nodes
+        if n.name in result.waiting
+    ]
+    status: dict[str, Any] = {
+        **{_camel(k): v for k, v in asdict(s).items() if k != "paused_reason"},
+        "phase": phase,
+        "pauseReason": s.paused_reason or "",
+        "failurePause": memory.failure_pause or "",
+        "canaryReleased": memory.canary_released,
+        "unreported": len(unreported),
+        "waiting": waiting[:_STATUS_NODES_LIMIT],
+        "conditions": conditions,
+        "observedGeneration": generation,
+    }
+    if memory.resumed is not None:
+        status["resumedAt"] = memory.resumed
+    return status
+
+
+def _camel(snake: str) -> str:
+    head, *rest = snake.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+# --- talking to the API server -------------------------------------------------------------
+
+
+class KubeError(Exception):
+    """A Kubernetes API request failed; the message names the method and path."""
+
+    def __init__(self, method: str, path: str, status: int, body: str) -> None:
+        super().__init__(f"{method} {path}: HTTP {status}: {body[:300]}")
+        self.status = status
+
+
+class KubeApi:
+    """The few requests the operator makes itself, with kopf's credentials.
+
+    kopf watches and patches the NodePools for its handlers; listing Nodes,
+    annotating them and writing a pool's status from the timer are done here,
+    with the :class:`kopf.ConnectionInfo` that kopf's login produced, so there
+    is one source of credentials.
+    """
+
+    def __init__(self, info: kopf.ConnectionInfo) -> None:
+        self._info = info
+        self._tmp = tempfile.TemporaryDirectory(prefix="atoll-operator-")
+        self._session: aiohttp.ClientSession | None = None
+
+    def _ssl(self) -> ssl.SSLContext | bool:
+        info = self._info
+        if info.insecure:
+            return False
+        cadata = None
+        if info.ca_data is not None:
+            raw = info.ca_data.encode() if isinstance(info.ca_data, str) else info.ca_data
+            cadata = base64.b64decode(raw).decode("ascii")
+        context = ssl.create_default_context(
+            cafile=str(info.ca_path) if info.ca_path is not None else None, cadata=cadata
+        )
+        cert, key = info.certificate_path, info.private_key_path
+        tmp = Path(self._tmp.name)
+        if info.certificate_data is not None:
+            cert = tmp / "client.crt"
+            cert.write_bytes(_decode(info.certificate_data))
+        if info.private_key_data is not None:
+            key = tmp / "client.key"
+            key.write_bytes(_decode(info.private_key_data))
+            key.chmod(0o600)
+        if cert is not None:
+            context.load_cert_chain(str(cert), str(key) if key is not None else None)
+        return context
+
+    def _headers(self) -> dict[str, str]:
+        info = self._info
+        if info.token:
+            return {"Authorization": f"{info.scheme or 'Bearer'} {info.token}"}
+        if info.username and info.password:
+            pair = base64.b64encode(f"{info.username}:{info.password}".encode()).decode()
+            return {"Authorization": f"Basic {pair}"}
+        return {}
+
+    async def _request(
+        self, method: str, path: str, body: object = None, content_type: str | None = None
+    ) -> Any:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                headers=self._headers(),
+                connector=aiohttp.TCPConnector(ssl=self._ssl()),
+                timeout=aiohttp.ClientTimeout(total=30),
+            )
+        url = self._info.server.rstrip("/") + path
+        headers = {"Content-Type": content_type} if content_type else {}
+        async with self._session.request(method, url, json=body, headers=headers) as response:
+            if response.status >= 400:
+                raise KubeError(method, path, response.status, await response.text())
+            return await response.json(content_type=None)
+
+    async def list_nodes(self) -> list[dict[str, Any]]:
+        answer = await self._request("GET", "/api/v1/nodes")
+        return list(answer.get("items") or [])
+
+    async def list_pools(self) -> list[dict[str, Any]]:
+        answer = await self._request("GET", f"/apis/{GROUP}/{VERSION}/{PLURAL}")
+        return list(answer.get("items") or [])
+
+    async def patch_node(self, name: str, patch: Mapping[str, Any]) -> None:
+        await self._request("PATCH", f"/api/v1/nodes/{name}", patch, "application/merge-patch+json")
+
+    async def patch_pool_status(self, name: str, status: Mapping[str, Any]) -> None:
+        await self._request(
+            "PATCH",
+            f"/apis/{GROUP}/{VERSION}/{PLURAL}/{name}/status",
+            {"status": status},
+            "application/merge-patch+json",
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        self._tmp.cleanup()
+
+
+def _decode(data: str | bytes) -> bytes:
+    raw = data.encode() if isinstance(data, str) else data
+    return base64.b64decode(raw)
+
+
+# --- the reconcile loop --------------------------------------------------------------------
+
+
+class NodePoolReconciler:
+    """Plan one pool from the API server's objects and write the decisions back."""
+
+    def __init__(self, api: KubeApi, clock: Callable[[], float] = time.time) -> None:
+        self.api = api
+        self.clock = clock
+        self._lock = asyncio.Lock()
+
+    async def reconcile(self, name: str) -> Plan | None:
+        """One planning pass for pool ``name``; ``None`` if it is gone or invalid."""
+        async with self._lock:
+            return await self._reconcile(name)
+
+    async def _reconcile(self, name: str) -> Plan | None:
+        now = self.clock()
+        raw_pools = await self.api.list_pools()
+        pools: list[tuple[str, PoolSpec]] = []
+        this: dict[str, Any] | None = None
+        for obj in raw_pools:
+            pool_name = str(obj["metadata"]["name"])
+            try:
+                pools.append((pool_name, spec_from_object(pool_name, obj.get("spec") or {})))
+            except InputError as e:
+                if pool_name == name:
+                    await self.api.patch_pool_status(
+                        name, {"phase": "Invalid", "pauseReason": str(e)}
+                    )
+                    return None
+                continue  # another pool's bad spec: that pool reports it
+            if pool_name == name:
+                this = obj
+        if this is None:
+            return None
+        spec = dict(pools)[name]
+        status = this.get("status") or {}
+        memory = PoolMemory.of(status)
+        resume = _annotations(this).get(A_RESUME)
+        raw_nodes = [n for n in await self.api.list_nodes() if owner(pools, _labels(n)) == name]
+        facts: list[NodeFacts] = []
+        unreported: list[str] = []
+        for raw in raw_nodes:
+            node = facts_of(raw, now)
+            if node is None:
+                unreported.append(str(raw["metadata"]["name"]))
+            else:
+                facts.append(node)
+        if resume is not None and resume != memory.resumed:
+            # `fleet resume`: clear the self-pause, release the canary, retry failed nodes.
+            memory = PoolMemory(None, True, resume)
+            facts = [
+                replace(n, phase=Phase.IDLE, last_transition=now) if n.phase is Phase.FAILED else n
+                for n in facts
+            ]
+        state = PoolState(memory.failure_pause, memory.canary_released)
+        result = plan(spec, state, facts, now)
+        if result.actions:
+            decided = {a.node: (a.kind, a.version) for a in result.actions}
+            facts = [after_plan(n, decided, now) for n in facts]
+        if result.pause_reason is not None:
+            memory = replace(memory, failure_pause=result.pause_reason)
+        if result.actions or result.pause_reason is not None:
+            # Re-plan on the decided facts so reasons describe what agents will see.
+            result = plan(spec, PoolState(memory.failure_pause, memory.canary_released), facts, now)
+        by_name = {str(raw["metadata"]["name"]): raw for raw in raw_nodes}
+        for node in facts:
+            await self._write_node(by_name[node.name], node, result, name)
+        await self.api.patch_pool_status(
+            name,
+            pool_status(
+                result, memory, facts, unreported, this["metadata"].get("generation"), status
+            ),
+        )
+        return result
+
+    async def _write_node(
+        self, raw: Mapping[str, Any], node: NodeFacts, result: Plan, pool: str
+    ) -> None:
+        """One merge patch per node: the grant, the answer and the cordon land together."""
+        old = _annotations(raw)
+        new: dict[str, str | None] = dict(instructions(node, result, pool))
+        if node.phase is not Phase.REBOOTING and A_GRANTED in old:
+            new[A_GRANTED] = None
+        patch: dict[str, Any] = {}
+        rebooting = node.phase is Phase.REBOOTING
+        if rebooting and old.get(A_CORDONED) != "true":
+            new[A_CORDONED] = "true"
+            patch["spec"] = {"unschedulable": True}
+        elif not rebooting and old.get(A_CORDONED) == "true":
+            new[A_CORDONED] = None
+            patch["spec"] = {"unschedulable": False}
+        changed = {k: v for k, v in new.items() if old.get(k) != v}
+        if changed:
+            patch["metadata"] = {"annotations": changed}
+        if patch:
+            await self.api.patch_node(node.name, patch)
+
+
+# --- kopf wiring ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    interval: float = 5.0
+    """Seconds between timer reconciles of each pool (time-based rules progress)."""
+    login: Callable[[], kopf.ConnectionInfo | None] | None = None
+    """Credentials; by default the in-cluster service account, then the kubeconfig."""
+
+
+def build_registry(
+    config: OperatorConfig, clock: Callable[[], float] = time.time
+) -> kopf.OperatorRegistry:
+    """A fresh kopf registry with the operator's handlers (no module-level globals)."""
+    registry = kopf.OperatorRegistry()
+    holder: dict[str, NodePoolReconciler] = {}
+
+    @kopf.on.login(registry=registry)
+    def _login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+        info = (
+            config.login()
+            if config.login is not None
+            else kopf.login_with_service_account(settings=settings)
+            or kopf.login_with_kubeconfig(settings=settings)
+        )
+        if info is None:
+            raise kopf.LoginError("no in-cluster service account and no kubeconfig found")
+        previous = holder.get("reconciler")
+        holder["reconciler"] = NodePoolReconciler(KubeApi(info), clock)
+        if previous is not None:
+            asyncio.get_running_loop().create_task(previous.api.close())
+        return info
+
+    @kopf.on.cleanup(registry=registry)
+    async def _cleanup(**_: Any) -> None:
+        reconciler = holder.pop("reconciler", None)
+        if reconciler is not None:
+            await reconciler.api.close()
+
+    async def _run(name: str, logger: kopf.Logger) -> None:
+        reconciler = holder.get("reconciler")
+        if reconciler is None:
+            raise kopf.TemporaryError("not logged in yet", delay=1)
+        try:
+            result = await reconciler.reconcile(name)
+        except KubeError as e:
+            raise kopf.TemporaryError(str(e), delay=max(1.0, config.interval)) from e
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise kopf.TemporaryError(f"API server: {e}", delay=max(1.0, config.interval)) from e
+        if result is not None:
+            s = result.status
+            logger.debug(
+                "planned: %d updated, %d updating, %d pending, %d failed of %d; %d action(s)",
+                s.updated,
+                s.updating,
+                s.pending,
+                s.failed,
+                s.total,
+                len(result.actions),
+            )
+
+    def _validate(name: str, spec: Mapping[str, Any]) -> None:
+        try:
+            spec_from_object(name, spec)
+        except InputError as e:
+            raise kopf.PermanentError(str(e)) from e
+
+    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
+    async def _changed(name: str, spec: kopf.Spec, logger: kopf.Logger, **_: Any) -> None:
+        _validate(name, dict(spec))
+        await _run(name, logger)
+
+    @kopf.timer(GROUP, VERSION, PLURAL, interval=config.interval, registry=registry)
+    async def _tick(name: str, logger: kopf.Logger, **_: Any) -> None:
+        await _run(name, logger)
+
+    return registry
+
+
+def settings_for(*, peering: str | None) -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    # kopf's own bookkeeping under our domain, not kopf.zalando.org.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.peering.standalone = peering is None
+    if peering is not None:
+        settings.peering.name = peering
+        settings.peering.clusterwide = True
+    return settings
+
+
+async def run_operator(
+    config: OperatorConfig,
+    *,
+    peering: str | None = None,
+    stop_flag: asyncio.Event | None = None,
+    ready_flag: asyncio.Event | None = None,
+    clock: Callable[[], float] = time.time,
+) -> None:
+    """Run the operator until ``stop_flag`` is set (or the task is cancelled)."""
+    await kopf.operator(
+        registry=build_registry(config, clock),
+        settings=settings_for(peering=peering),
+        clusterwide=True,
+        standalone=peering is None,
+        peering_name=peering,
+        stop_flag=stop_flag,
+        ready_flag=ready_flag,
+    )
+
+
+__all__ = [
+    "GROUP",
+    "KIND",
+    "PLURAL",
+    "VERSION",
+    "KubeApi",
+    "NodePoolReconciler",
+    "OperatorConfig",
+    "build_registry",
+    "facts_of",
+    "run_operator",
+    "spec_from_object",
+]

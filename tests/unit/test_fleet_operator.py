@@ -1,0 +1,345 @@
+"""The fleet operator (kopf) against kmock's Kubernetes API emulator over real HTTP.
+
+No kube-apiserver can be installed on this machine, so the real kopf operator
+(login, discovery, watch, handlers, timers) runs against ``kmock``'s in-memory
+emulator on a loopback port. The rollout decisions themselves are the shared
+planner's, tested in test_fleet_rollout.py; these tests check the wiring: the
+planner's decisions land on the right Node objects, maxUnavailable and
+partition hold across ticks, and an unhealthy report pauses the pool in its
+status. Not tested against a real cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import kmock
+import kopf
+import pytest
+import yaml  # type: ignore[import-untyped]  # pyyaml, a kopf dependency, ships no types
+
+from atoll.errors import InputError
+from atoll.fleet import operator as op
+from atoll.fleet.rollout import Phase, Quantity
+
+CRD = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes" / "nodepool-crd.yaml"
+POOLS = f"/apis/{op.GROUP}/{op.VERSION}/{op.PLURAL}"
+TIMEOUT = 20.0
+
+
+class Cluster:
+    """A kmock API server with nodes, pools and a running operator."""
+
+    def __init__(self, emulator: kmock.KubernetesEmulator, client: aiohttp.ClientSession) -> None:
+        self.emulator = emulator
+        self.client = client
+
+    async def _json(self, method: str, path: str, body: object = None) -> Any:
+        headers = {"Content-Type": "application/merge-patch+json"} if method == "PATCH" else {}
+        async with self.client.request(method, path, json=body, headers=headers) as r:
+            assert r.status < 400, f"{method} {path}: {r.status} {await r.text()}"
+            return await r.json(content_type=None)
+
+    async def add_node(self, name: str, version: str, **labels: str) -> None:
+        await self._json(
+            "POST",
+            "/api/v1/nodes",
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": name,
+                    "labels": labels,
+                    "annotations": {op.A_CURRENT: version, op.A_HEALTHY: "true"},
+                },
+                "spec": {},
+                "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+            },
+        )
+
+    async def report(self, name: str, **notes: str) -> None:
+        """What the node's agent does: annotate its own Node."""
+        keys = {
+            "current": op.A_CURRENT,
+            "staged": op.A_STAGED,
+            "healthy": op.A_HEALTHY,
+            "failed": op.A_FAILED,
+        }
+        patch = {keys[k]: v for k, v in notes.items()}
+        await self._json("PATCH", f"/api/v1/nodes/{name}", {"metadata": {"annotations": patch}})
+
+    async def add_pool(self, name: str, spec: dict[str, Any]) -> None:
+        body = {
+            "apiVersion": f"{op.GROUP}/{op.VERSION}",
+            "kind": op.KIND,
+            # kmock keeps no resourceVersion of its own; kopf's JSON patches test it.
+            "metadata": {"name": name, "resourceVersion": "1"},
+            "spec": spec,
+        }
+        await self._json("POST", POOLS, body)
+
+    async def nodes(self) -> dict[str, dict[str, Any]]:
+        items = (await self._json("GET", "/api/v1/nodes"))["items"]
+        return {n["metadata"]["name"]: n for n in items}
+
+    async def pool_status(self, name: str) -> dict[str, Any]:
+        return dict((await self._json("GET", f"{POOLS}/{name}")).get("status") or {})
+
+    async def until(self, what: str, check: Callable[[], Any]) -> Any:
+        """Poll ``check`` (async) until it returns a truthy value, bounded in time."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TIMEOUT
+        while True:
+            value = await check()
+            if value:
+                return value
+            if loop.time() > deadline:
+                nodes = await self.nodes()
+                notes = {n: node["metadata"].get("annotations") for n, node in nodes.items()}
+                raise AssertionError(f"timed out waiting for {what}: {json.dumps(notes)}")
+            await asyncio.sleep(0.05)
+
+
+def notes(node: dict[str, Any]) -> dict[str, str]:
+    return dict(node["metadata"].get("annotations") or {})
+
+
+@asynccontextmanager
+async def cluster() -> AsyncIterator[Cluster]:
+    async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
+        emulator.resources[f"{op.GROUP}/{op.VERSION}/{op.PLURAL}"] = kmock.ResourceInfo(
+            kind=op.KIND,
+            singular="nodepool",
+            namespaced=False,
+            verbs={"list", "watch", "get", "patch", "create", "update"},
+            subresources={"status"},
+        )
+        emulator.resources["v1/nodes"] = kmock.ResourceInfo(
+            kind="Node", singular="node", namespaced=False, verbs={"list", "watch", "get", "patch"}
+        )
+        # kopf's backbone: it waits for these to be discoverable before it watches anything.
+        emulator.resources["v1/events"] = kmock.ResourceInfo(
+            kind="Event", singular="event", namespaced=True, verbs={"create"}
+        )
+        emulator.resources["v1/namespaces"] = kmock.ResourceInfo(
+            kind="Namespace", singular="namespace", namespaced=False, verbs={"list", "watch"}
+        )
+        emulator.resources["apiextensions.k8s.io/v1/customresourcedefinitions"] = (
+            kmock.ResourceInfo(
+                kind="CustomResourceDefinition",
+                singular="customresourcedefinition",
+                namespaced=False,
+                verbs={"list", "watch"},
+            )
+        )
+        url = str(server.url).rstrip("/")
+        stop = asyncio.Event()
+        ready = asyncio.Event()
+        config = op.OperatorConfig(
+            interval=0.2, login=lambda: kopf.ConnectionInfo(server=url, insecure=True)
+        )
+        task = asyncio.create_task(op.run_operator(config, stop_flag=stop, ready_flag=ready))
+        try:
+            await asyncio.wait_for(ready.wait(), TIMEOUT)
+            yield Cluster(emulator, server.client)
+        finally:
+            stop.set()
+            try:
+                await asyncio.wait_for(task, TIMEOUT)
+            except TimeoutError:
+                task.cancel()
+
+
+def run(scenario: Callable[[Cluster], Any]) -> None:
+    async def main() -> None:
+        async with cluster() as c:
+            await scenario(c)
+
+    asyncio.run(asyncio.wait_for(main(), 3 * TIMEOUT))
+
+
+def granted(nodes: dict[str, dict[str, Any]]) -> set[str]:
+    return {n for n, node in nodes.items() if notes(node).get(op.A_MAY_REBOOT) == "true"}
+
+
+def test_pool_rolls_nodes_within_max_unavailable_and_partition() -> None:
+    async def scenario(c: Cluster) -> None:
+        for i in range(1, 6):
+            await c.add_node(f"n{i}", "1.0", role="web")
+        await c.add_node("db1", "1.0", role="db")
+        await c.add_pool(
+            "web",
+            {
+                "version": "2.0",
+                "previousVersion": "1.0",
+                "selector": {"matchLabels": {"role": "web"}},
+                "strategy": {"partition": 1, "maxUnavailable": 2},
+            },
+        )
+
+        # Staging is free: the four nodes of the update set are told to stage at
+        # once; the last by name (n5) is held on 1.0 by the partition.
+        async def staged_orders() -> bool:
+            nodes = await c.nodes()
+            return all(notes(nodes[f"n{i}"]).get(op.A_STAGE) == "true" for i in range(1, 5))
+
+        await c.until("stage orders", staged_orders)
+        nodes = await c.nodes()
+        assert {n: notes(nodes[n]).get(op.A_DESIRED) for n in nodes} == {
+            "n1": "2.0",
+            "n2": "2.0",
+            "n3": "2.0",
+            "n4": "2.0",
+            "n5": "1.0",
+            "db1": None,  # not selected by the pool: never touched
+        }
+        assert granted(nodes) == set()
+
+        for i in range(1, 5):
+            await c.report(f"n{i}", staged="2.0")
+
+        # Waves of maxUnavailable = 2, each node rebooting when granted.
+        done: set[str] = set()
+        seen_max = 0
+        while len(done) < 4:
+
+            async def new_grants(done: set[str] = done) -> set[str]:
+                return granted(await c.nodes()) - done
+
+            wave = await c.until("reboot grants", new_grants)
+            nodes = await c.nodes()
+            seen_max = max(seen_max, len(granted(nodes)))
+            assert len(granted(nodes)) <= 2, granted(nodes)
+            for name in wave:
+                node = nodes[name]
+                assert notes(node)[op.A_PHASE] == Phase.REBOOTING.value
+                assert notes(node)[op.A_GRANTED] == "2.0"
+                assert node["spec"].get("unschedulable") is True  # cordoned with the grant
+                await c.report(name, current="2.0", staged="")
+            done |= wave
+        assert seen_max == 2
+        assert done == {"n1", "n2", "n3", "n4"}
+
+        async def completed() -> dict[str, Any] | None:
+            status = await c.pool_status("web")
+            return status if status.get("phase") == "Completed" else None
+
+        status = await c.until("phase Completed", completed)
+        assert (status["total"], status["updated"], status["held"], status["failed"]) == (
+            5,
+            4,
+            1,
+            0,
+        )
+        nodes = await c.nodes()
+        for i in range(1, 5):
+            assert nodes[f"n{i}"]["spec"].get("unschedulable") is False  # uncordoned
+            assert notes(nodes[f"n{i}"])[op.A_PHASE] == Phase.IDLE.value
+        assert notes(nodes["n5"]).get(op.A_MAY_REBOOT) == "false"
+        assert notes(nodes["n5"])[op.A_CURRENT] == "1.0"
+
+    run(scenario)
+
+
+def test_unhealthy_node_pauses_the_pool_until_resumed() -> None:
+    async def scenario(c: Cluster) -> None:
+        for i in range(1, 4):
+            await c.add_node(f"n{i}", "1.0", role="web")
+        await c.add_pool(
+            "web",
+            {
+                "version": "2.0",
+                "previousVersion": "1.0",
+                "selector": {"matchLabels": {"role": "web"}},
+                "strategy": {"maxUnavailable": 1, "failureBudget": 0},
+            },
+        )
+        for i in range(1, 4):
+            await c.report(f"n{i}", staged="2.0")
+
+        async def one_grant() -> set[str]:
+            return granted(await c.nodes())
+
+        first = await c.until("a reboot grant", one_grant)
+        assert first == {"n1"}
+        # n1 reboots into 2.0 and its health checks fail.
+        await c.report("n1", current="2.0", healthy="false")
+
+        async def paused() -> dict[str, Any] | None:
+            status = await c.pool_status("web")
+            return status if status.get("phase") == "Paused" else None
+
+        status = await c.until("phase Paused", paused)
+        assert "failure budget exceeded" in status["pauseReason"]
+        assert "n1" in status["pauseReason"]
+        assert status["failed"] == 1
+        condition = next(x for x in status["conditions"] if x["type"] == "Paused")
+        assert condition["status"] == "True"
+        await asyncio.sleep(1.0)  # several timer ticks: nobody else is granted
+        nodes = await c.nodes()
+        assert granted(nodes) == set()
+        assert notes(nodes["n1"])[op.A_PHASE] == Phase.FAILED.value
+        assert notes(nodes["n2"])[op.A_PHASE] != Phase.REBOOTING.value
+
+        # The agent rolled back; the operator resumes the pool by annotation.
+        await c.report("n1", current="1.0", staged="2.0", healthy="true")
+        await c._json(
+            "PATCH",
+            f"{POOLS}/web",
+            {"metadata": {"annotations": {op.A_RESUME: "2026-11-23T10:00:00Z"}}},
+        )
+
+        async def resumed() -> dict[str, Any] | None:
+            status = await c.pool_status("web")
+            return status if status.get("resumedAt") and not status.get("failurePause") else None
+
+        status = await c.until("resume", resumed)
+        assert status["phase"] == "Progressing"
+        assert await c.until("a grant after resume", one_grant)
+
+    run(scenario)
+
+
+def test_spec_from_object_uses_the_pool_validator() -> None:
+    spec = op.spec_from_object(
+        "web",
+        {
+            "version": "2.0",
+            "selector": {"matchLabels": {"role": "web"}},
+            "strategy": {
+                "maxUnavailable": "25%",
+                "partition": 1,
+                "maintenanceWindow": {"days": ["sat"], "start": "02:00", "lengthMinutes": 60},
+            },
+        },
+    )
+    assert spec.selector == {"role": "web"}
+    assert spec.max_unavailable == Quantity(25, percent=True)
+    assert spec.maintenance_window is not None and spec.maintenance_window.length_minutes == 60
+    with pytest.raises(InputError, match=r"NodePool web: strategy.max_unavailable"):
+        op.spec_from_object("web", {"version": "2", "strategy": {"maxUnavailable": "lots"}})
+    with pytest.raises(InputError, match=r"NodePool web: unknown key spec.strategy.maxSurge"):
+        op.spec_from_object("web", {"version": "2", "strategy": {"maxSurge": 1}})
+
+
+def test_crd_schema_matches_the_operator() -> None:
+    """The shipped CRD accepts exactly the keys the operator understands."""
+    crd = yaml.safe_load(CRD.read_text(encoding="utf-8"))
+    assert crd["spec"]["group"] == op.GROUP
+    assert crd["spec"]["names"]["plural"] == op.PLURAL
+    assert crd["spec"]["names"]["kind"] == op.KIND
+    assert crd["spec"]["scope"] == "Cluster"
+    (version,) = crd["spec"]["versions"]
+    assert version["name"] == op.VERSION
+    assert version["subresources"] == {"status": {}}
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert set(spec["properties"]) == {"version", "previousVersion", "selector", "strategy"}
+    strategy = spec["properties"]["strategy"]["properties"]
+    assert set(strategy) == set(op.STRATEGY_KEYS)
+    assert set(strategy["maintenanceWindow"]["properties"]) == set(op.WINDOW_KEYS)
