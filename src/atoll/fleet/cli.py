@@ -7,6 +7,7 @@
     atoll fleet status [POOL] [--json] [--server URL]
     atoll fleet pause|resume|rollback POOL [--server URL]
     atoll fleet nodes [--selector zone=a] [--json] [--server URL]
+    atoll fleet operator [--kubeconfig PATH]   # as a Kubernetes operator (operator_cli.py)
 
 ``serve`` prints one JSON line ``{"listen": "127.0.0.1:PORT"}`` once it accepts
 connections (``--listen 127.0.0.1:0`` picks a free port) and runs until
@@ -27,6 +28,7 @@ from typing import Any
 
 from atoll.agent.fleet_client import Backoff, FleetError, request_json
 from atoll.errors import AtollError, InputError
+from atoll.fleet.operator_cli import register_operator
 from atoll.fleet.pool import load_pool_file, spec_to_dict
 from atoll.fleet.server import FleetService
 from atoll.fleet.store import Store, store_path
@@ -188,6 +190,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     nodes = client("nodes", "list registered nodes")
     nodes.add_argument("--selector", action="append", metavar="KEY=VALUE")
     nodes.set_defaults(handler=_nodes)
+
+    register_operator(verbs)  # `operator`: imports kopf only when it runs
 
 
 __all__ = ["register"]
