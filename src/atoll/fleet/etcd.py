@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from atoll.errors import AtollError
@@ -37,6 +39,34 @@ def _b64(raw: str) -> str:
 
 def _unb64(raw: str) -> str:
     return base64.b64decode(raw).decode()
+
+
+def prefix_end(prefix: str) -> str:
+    """The ``range_end`` that makes a range cover every key starting with ``prefix``."""
+    raw = prefix.encode()
+    return (raw[:-1] + bytes([raw[-1] + 1])).decode()
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    key: str
+    value: str
+    create_revision: int
+    mod_revision: int
+
+
+Compare = dict[str, str]
+"""One raw ``compare`` of a transaction; build it with the helpers below."""
+
+
+def mod_revision_is(key: str, revision: int) -> Compare:
+    """True while ``key`` was last written at ``revision`` (0: the key does not exist)."""
+    return {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(revision)}
+
+
+def value_is(key: str, value: str) -> Compare:
+    """True while ``key`` exists and holds ``value`` (a missing key never compares equal)."""
+    return {"key": _b64(key), "target": "VALUE", "result": "EQUAL", "value": _b64(value)}
 
 
 def parse_endpoints(url: str) -> list[str]:
@@ -61,6 +91,11 @@ class EtcdClient:
         self._timeout = timeout
         self._rounds = rounds
         self._sleep = sleep
+        self._rotate = threading.Lock()  # the HTTP server's threads share one client
+
+    def _next_endpoint(self) -> None:
+        with self._rotate:
+            self._endpoints.append(self._endpoints.pop(0))
 
     def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         data = json.dumps(body).encode()
@@ -85,10 +120,10 @@ class EtcdClient:
                 if e.code != 503:
                     raise EtcdError(detail) from e
                 failures.append(detail)
-                self._endpoints.append(self._endpoints.pop(0))
+                self._next_endpoint()
             except (urllib.error.URLError, OSError) as e:
                 failures.append(f"{url}: {e}")
-                self._endpoints.append(self._endpoints.pop(0))
+                self._next_endpoint()
         raise EtcdError("etcd: no endpoint answered: " + "; ".join(failures[-3:]))
 
     def put(self, key: str, value: str, *, lease: int | None = None) -> None:
@@ -101,6 +136,42 @@ class EtcdClient:
         answer = self._call("/v3/kv/range", {"key": _b64(key)})
         kvs = answer.get("kvs", [])
         return _unb64(kvs[0].get("value", "")) if kvs else None
+
+    def range(
+        self, key: str, *, prefix: bool = False, limit: int = 0, newest_first: bool = False
+    ) -> list[KeyValue]:
+        """The key, or every key under ``prefix``; ``newest_first`` sorts by creation."""
+        body: dict[str, Any] = {"key": _b64(key)}
+        if prefix:
+            body["range_end"] = _b64(prefix_end(key))
+        if limit:
+            body["limit"] = str(limit)
+        if newest_first:
+            body["sort_order"] = "DESCEND"
+            body["sort_target"] = "CREATE"
+        answer = self._call("/v3/kv/range", body)
+        return [
+            KeyValue(
+                _unb64(kv["key"]),
+                _unb64(kv.get("value", "")),
+                int(kv.get("create_revision", 0)),
+                int(kv.get("mod_revision", 0)),
+            )
+            for kv in answer.get("kvs", [])
+        ]
+
+    def txn(self, compares: Sequence[Compare], puts: Sequence[tuple[str, str]]) -> bool:
+        """Write every ``(key, value)`` of ``puts`` at once if all ``compares`` hold."""
+        answer = self._call(
+            "/v3/kv/txn",
+            {
+                "compare": list(compares),
+                "success": [
+                    {"request_put": {"key": _b64(key), "value": _b64(value)}} for key, value in puts
+                ],
+            },
+        )
+        return bool(answer.get("succeeded", False))
 
     def put_if_absent(self, key: str, value: str, *, lease: int | None = None) -> bool:
         """Create ``key`` only if it does not exist (one transaction); True if created."""

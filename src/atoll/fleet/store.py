@@ -15,7 +15,9 @@ Design:
   ``check_same_thread=False`` connection safe).
 
 How an agent's report moves a node between phases is the pure function
-:func:`after_report`, tested on its own.
+:func:`after_report`, tested on its own. :class:`FleetStore` is the interface the
+controller uses; :class:`Store` (here) and :class:`atoll.fleet.etcd_store.EtcdStore`
+implement it with the same semantics.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from atoll.errors import AtollError, InputError
 from atoll.fleet.pool import spec_from_dict, spec_to_dict
@@ -72,13 +74,61 @@ class Event:
     message: str
 
 
+class FleetStore(Protocol):
+    """What the controller needs from a store; every mutation is atomic.
+
+    A mutation either happens completely (with its events) or not at all, and
+    the conditional updates of :meth:`apply_plan` (stage only an idle/staged
+    node, grant a reboot only to a node neither rebooting nor failed, pause only
+    an unpaused pool) are checked against the stored state at write time.
+    """
+
+    def close(self) -> None: ...
+
+    def put_pool(self, spec: PoolSpec, now: float) -> PoolSpec: ...
+
+    def pools(self) -> list[tuple[PoolSpec, PoolState]]: ...
+
+    def pool(self, name: str) -> tuple[PoolSpec, PoolState] | None: ...
+
+    def pause(self, name: str, reason: str, now: float) -> bool: ...
+
+    def resume(self, name: str, now: float) -> bool: ...
+
+    def rollback(self, name: str, now: float) -> PoolSpec | None: ...
+
+    def nodes(self) -> list[NodeFacts]: ...
+
+    def node(self, name: str) -> NodeFacts | None: ...
+
+    def register(
+        self, name: str, labels: Mapping[str, str], version: str, healthy: bool, now: float
+    ) -> NodeFacts: ...
+
+    def report(
+        self,
+        name: str,
+        *,
+        current: str,
+        staged: str | None,
+        healthy: bool,
+        failed: bool,
+        desired: str | None,
+        now: float,
+    ) -> tuple[NodeFacts, bool] | None: ...
+
+    def apply_plan(self, pool: str, plan: Plan, now: float) -> None: ...
+
+    def events(self, limit: int = 100) -> list[Event]: ...
+
+
 def store_path(url: str) -> Path:
-    """``sqlite:///abs/path.db`` -> ``/abs/path.db`` (the only store this build has)."""
+    """``sqlite:///abs/path.db`` -> ``/abs/path.db`` (``etcd://`` URLs: ``etcd_store``)."""
     prefix = "sqlite://"
     if not url.startswith(prefix) or len(url) == len(prefix):
         raise InputError(
             f"--store {url!r}: expected sqlite:///path/to/fleet.db",
-            hint="etcd stores are not implemented in this build",
+            hint="or etcd://host:port[,host:port...] for several controller replicas",
         )
     return Path(url[len(prefix) :])
 
