@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -36,9 +38,12 @@ TIMEOUT = 20.0
 class Cluster:
     """A kmock API server with nodes, pools and a running operator."""
 
-    def __init__(self, emulator: kmock.KubernetesEmulator, client: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, emulator: kmock.KubernetesEmulator, client: aiohttp.ClientSession, url: str
+    ) -> None:
         self.emulator = emulator
         self.client = client
+        self.url = url
 
     async def _json(self, method: str, path: str, body: object = None) -> Any:
         headers = {"Content-Type": "application/merge-patch+json"} if method == "PATCH" else {}
@@ -111,7 +116,7 @@ def notes(node: dict[str, Any]) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def cluster() -> AsyncIterator[Cluster]:
+async def cluster(*, operator: bool = True) -> AsyncIterator[Cluster]:
     async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
         emulator.resources[f"{op.GROUP}/{op.VERSION}/{op.PLURAL}"] = kmock.ResourceInfo(
             kind=op.KIND,
@@ -139,6 +144,9 @@ async def cluster() -> AsyncIterator[Cluster]:
             )
         )
         url = str(server.url).rstrip("/")
+        if not operator:
+            yield Cluster(emulator, server.client, url)
+            return
         stop = asyncio.Event()
         ready = asyncio.Event()
         config = op.OperatorConfig(
@@ -147,7 +155,7 @@ async def cluster() -> AsyncIterator[Cluster]:
         task = asyncio.create_task(op.run_operator(config, stop_flag=stop, ready_flag=ready))
         try:
             await asyncio.wait_for(ready.wait(), TIMEOUT)
-            yield Cluster(emulator, server.client)
+            yield Cluster(emulator, server.client, url)
         finally:
             stop.set()
             try:
@@ -343,3 +351,92 @@ def test_crd_schema_matches_the_operator() -> None:
     strategy = spec["properties"]["strategy"]["properties"]
     assert set(strategy) == set(op.STRATEGY_KEYS)
     assert set(strategy["maintenanceWindow"]["properties"]) == set(op.WINDOW_KEYS)
+
+
+def _kubeconfig(path: Path, url: str) -> Path:
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "kmock", "cluster": {"server": url}}],
+        "users": [{"name": "test", "user": {}}],
+        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "test"}}],
+        "current-context": "kmock",
+    }
+    path.write_text(json.dumps(config), encoding="utf-8")  # JSON is YAML
+    return path
+
+
+async def _start_cli(kubeconfig: Path) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "atoll.cli",
+        "fleet",
+        "operator",
+        "--kubeconfig",
+        str(kubeconfig),
+        "--interval",
+        "0.2",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+def test_cli_operator_killed_mid_rollout_resumes_from_the_nodes(tmp_path: Path) -> None:
+    """`atoll fleet operator` (a real process, kubeconfig login) is SIGKILLed after
+    granting a wave; a new process counts those grants from the Node annotations
+    and grants nothing more until they report back."""
+
+    async def main() -> None:
+        async with cluster(operator=False) as c:
+            kubeconfig = _kubeconfig(tmp_path / "kubeconfig", c.url)
+            for i in range(1, 5):
+                await c.add_node(f"n{i}", "1.0", role="web")
+                await c.report(f"n{i}", staged="2.0")
+            await c.add_pool(
+                "web",
+                {
+                    "version": "2.0",
+                    "previousVersion": "1.0",
+                    "selector": {"matchLabels": {"role": "web"}},
+                    "strategy": {"maxUnavailable": 2},
+                },
+            )
+            first = await _start_cli(kubeconfig)
+            try:
+
+                async def grants() -> set[str]:
+                    return granted(await c.nodes())
+
+                wave: set[str] = await c.until("the first wave", grants)
+            finally:
+                first.kill()  # SIGKILL: no cleanup, no last patch
+                await first.wait()
+            assert wave == {"n1", "n2"}
+
+            second = await _start_cli(kubeconfig)
+            try:
+
+                async def planned_again() -> bool:
+                    status = await c.pool_status("web")
+                    return bool(status.get("unavailable") == 2 and status.get("updating") == 2)
+
+                await c.until("the restarted operator's status", planned_again)
+                await asyncio.sleep(1.0)  # several ticks of the new process
+                assert granted(await c.nodes()) == {"n1", "n2"}
+                for name in wave:
+                    await c.report(name, current="2.0")
+
+                async def next_wave() -> set[str] | None:
+                    # n1 and n2 report one after the other: each frees one slot.
+                    more = granted(await c.nodes()) - wave
+                    return more if len(more) == 2 else None
+
+                assert await c.until("the second wave", next_wave) == {"n3", "n4"}
+            finally:
+                second.send_signal(signal.SIGTERM)
+                _, stderr = await asyncio.wait_for(second.communicate(), TIMEOUT)
+            assert second.returncode == 0, stderr.decode()[-2000:]
+
+    asyncio.run(asyncio.wait_for(main(), 4 * TIMEOUT))
