@@ -118,4 +118,4 @@ def test_cli_bad_input_exits_2_naming_file_and_key(
     assert main(["fleet", "apply", str(pool), "--server", "http://127.0.0.1:9"]) == 2
     assert f"{pool}: strategy.partition" in capsys.readouterr().err
     assert main(["fleet", "serve", "--store", "sqlite:///x.db", "--listen", "0.0.0.0:1"]) == 2
-    assert main(["fleet", "serve", "--store", "etcd://h:1", "--listen", "127.0.0.1:0"]) == 2
+    assert main(["fleet", "serve", "--store", "redis://h:1", "--listen", "127.0.0.1:0"]) == 2

@@ -3,15 +3,16 @@
 ::
 
     atoll fleet serve --store sqlite:///var/lib/atoll/fleet.db --listen 127.0.0.1:9443
+    atoll fleet serve --store etcd://127.0.0.1:2379,127.0.0.1:22379 [--replica NAME] [--lease-ttl 5]
     atoll fleet apply pool.toml        [--server URL]
     atoll fleet status [POOL] [--json] [--server URL]
     atoll fleet pause|resume|rollback POOL [--server URL]
     atoll fleet nodes [--selector zone=a] [--json] [--server URL]
     atoll fleet operator [--kubeconfig PATH]   # as a Kubernetes operator (operator_cli.py)
 
-``serve`` prints one JSON line ``{"listen": "127.0.0.1:PORT"}`` once it accepts
-connections (``--listen 127.0.0.1:0`` picks a free port) and runs until
-SIGTERM/SIGINT. The other verbs are thin clients of the HTTP API
+``serve`` prints one JSON line ``{"listen": "127.0.0.1:PORT", "store": ...,
+"replica": ...}`` once it accepts connections (``--listen 127.0.0.1:0`` picks a
+free port) and runs until SIGTERM/SIGINT. The other verbs are thin clients of the HTTP API
 (:func:`atoll.agent.fleet_client.request_json`); ``apply`` validates
 ``pool.toml`` locally first so errors name the file and key.
 """
@@ -20,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
+import socket
 import threading
 from pathlib import Path
 from types import FrameType
@@ -28,10 +31,12 @@ from typing import Any
 
 from atoll.agent.fleet_client import Backoff, FleetError, request_json
 from atoll.errors import AtollError, InputError
+from atoll.fleet.etcd import LeaderElection
+from atoll.fleet.etcd_store import open_replica
 from atoll.fleet.operator_cli import register_operator
 from atoll.fleet.pool import load_pool_file, spec_to_dict
 from atoll.fleet.server import FleetService
-from atoll.fleet.store import Store, store_path
+from atoll.fleet.store import FleetStore, Store, store_path
 
 DEFAULT_SERVER = "http://127.0.0.1:9443"
 
@@ -54,21 +59,42 @@ def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) ->
         raise AtollError(str(e)) from e
 
 
+def _open_store(args: argparse.Namespace) -> tuple[FleetStore, LeaderElection | None]:
+    if args.store.startswith("etcd://"):
+        if args.lease_ttl < 2:
+            raise InputError(f"--lease-ttl {args.lease_ttl}: etcd grants leases of 2 s or more")
+        replica = args.replica or f"{socket.gethostname()}-{os.getpid()}"
+        return open_replica(args.store, replica, ttl=args.lease_ttl)
+    return Store(store_path(args.store)), None
+
+
 def _serve(args: argparse.Namespace) -> int:
     host, port = _listen(args.listen)
-    path = store_path(args.store)
+    store, election = _open_store(args)
     stop = threading.Event()
 
     def _on_signal(_signum: int, _frame: FrameType | None) -> None:
         stop.set()
 
-    with Store(path) as store:
-        service = FleetService(store, host, port, max_in_flight=args.max_in_flight, tick=args.tick)
+    try:
+        service = FleetService(
+            store,
+            host,
+            port,
+            max_in_flight=args.max_in_flight,
+            tick=args.tick,
+            election=election,
+        )
         service.start()
         previous = signal.signal(signal.SIGTERM, _on_signal)
         try:
             bound = service.address
-            print(json.dumps({"listen": f"{bound[0]}:{bound[1]}", "store": str(path)}), flush=True)
+            ready = {
+                "listen": f"{bound[0]}:{bound[1]}",
+                "store": args.store,
+                "replica": service.controller.replica,
+            }
+            print(json.dumps(ready), flush=True)
             while not stop.wait(0.5):
                 pass
         except KeyboardInterrupt:
@@ -76,6 +102,8 @@ def _serve(args: argparse.Namespace) -> int:
         finally:
             signal.signal(signal.SIGTERM, previous)
             service.stop()
+    finally:
+        store.close()
     return 0
 
 
@@ -164,7 +192,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         return v
 
     serve = verbs.add_parser("serve", help="run the controller")
-    serve.add_argument("--store", required=True, help="sqlite:///path/to/fleet.db")
+    serve.add_argument(
+        "--store",
+        required=True,
+        help="sqlite:///path/to/fleet.db, or etcd://host:port[,host:port...] for replicas",
+    )
+    serve.add_argument(
+        "--replica", help="this replica's name in the etcd election (default: host-pid)"
+    )
+    serve.add_argument(
+        "--lease-ttl", type=int, default=5, help="etcd leader lease, seconds (failover time)"
+    )
     serve.add_argument("--listen", default="127.0.0.1:9443", help="127.0.0.1:PORT")
     serve.add_argument("--max-in-flight", type=int, default=64, help="requests served at once")
     serve.add_argument("--tick", type=float, default=1.0, help="seconds between plans")

@@ -217,7 +217,7 @@ class LeaderElection:
         self._client = client
         self._key = key
         self.identity = identity
-        self._ttl = ttl
+        self.ttl = ttl
         self._lease: int | None = None
 
     def campaign(self) -> bool:
@@ -227,7 +227,7 @@ class LeaderElection:
         if self._lease is not None and not self._client.keep_alive(self._lease):
             self._lease = None  # expired while we were away: we are not leader any more
         if self._lease is None:
-            self._lease = self._client.grant(self._ttl)
+            self._lease = self._client.grant(self.ttl)
         if self._client.put_if_absent(self._key, self.identity, lease=self._lease):
             return True
         return self._client.get(self._key) == self.identity

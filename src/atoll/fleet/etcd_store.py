@@ -39,7 +39,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from atoll.errors import InputError
-from atoll.fleet.etcd import EtcdClient, EtcdError, mod_revision_is, value_is
+from atoll.fleet.etcd import (
+    EtcdClient,
+    EtcdError,
+    LeaderElection,
+    mod_revision_is,
+    parse_endpoints,
+    value_is,
+)
 from atoll.fleet.pool import spec_from_dict, spec_to_dict
 from atoll.fleet.rollout import ActionKind, NodeFacts, Phase, Plan, PoolSpec, PoolState
 from atoll.fleet.store import Event, after_report, matches
@@ -405,3 +412,20 @@ class EtcdStore:
                 )
             )
         return events
+
+
+def open_replica(
+    url: str, replica: str, *, ttl: int = 5, prefix: str = "/atoll/fleet"
+) -> tuple[EtcdStore, LeaderElection]:
+    """A controller replica's store and its side of the election on ``PREFIX/leader``.
+
+    The store is fenced by the same key, so only the elected replica writes plans."""
+    try:
+        endpoints = parse_endpoints(url)
+    except EtcdError as e:
+        raise InputError(f"--store: {e}") from e
+    client = EtcdClient(endpoints)
+    store = EtcdStore(client, prefix=prefix)
+    election = LeaderElection(client, f"{store.prefix}/leader", replica, ttl=ttl)
+    store.fence = (f"{store.prefix}/leader", replica)
+    return store, election

@@ -17,12 +17,23 @@ Design:
   the rest get ``429`` with ``Retry-After`` at once (agents back off with jitter);
   the listen backlog is large so a burst of connections is not reset.
 
+* **replicas** (etcd store): every replica answers the whole API; registrations,
+  reports and operator verbs are facts any replica writes to the shared store.
+  Only the replica elected through an etcd lease (:class:`LeaderElection`)
+  *persists plans* (stage orders, reboot grants, self-pauses); a follower plans
+  only to answer (reasons, status) and its agents learn new decisions from the
+  leader's next tick. The store fences plans by the leader key, so a replica
+  that lost its lease mid-plan writes nothing (:class:`NotLeader`). The
+  election runs in its own thread every quarter of the lease TTL; a leader
+  that stops resigns at once, one that dies is replaced within about one TTL.
+
 Which pool owns a node: the first pool, by name, whose selector matches its labels.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import time
@@ -33,9 +44,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from atoll.errors import AtollError, InputError
+from atoll.fleet.etcd import EtcdError, LeaderElection
+from atoll.fleet.etcd_store import NotLeader
 from atoll.fleet.pool import spec_from_dict, spec_to_dict
 from atoll.fleet.rollout import NodeFacts, Phase, Plan, PoolSpec, PoolState, plan
-from atoll.fleet.store import Store, matches
+from atoll.fleet.store import FleetStore, matches
+
+log = logging.getLogger(__name__)
 
 _NODE = re.compile(r"^/v1/nodes/([^/]+)/(report|desired)$")
 _POOL = re.compile(r"^/v1/pools/([^/]+)(?:/(pause|resume|rollback))?$")
@@ -49,11 +64,26 @@ class HttpError(Exception):
 
 
 class Controller:
-    """Reconciles pools from the store; thread-safe."""
+    """Reconciles pools from the store; thread-safe.
 
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+    ``leading`` says whether this replica persists its plans (always, alone on
+    SQLite; while elected, on etcd); ``leader`` names the replica that does."""
+
+    def __init__(
+        self,
+        store: FleetStore,
+        clock: Callable[[], float] = time.time,
+        *,
+        replica: str = "standalone",
+        leading: bool = True,
+    ) -> None:
         self.store = store
         self.clock = clock
+        self.replica = replica
+        self.leading = leading
+        self.leader: str | None = replica if leading else None
+        self.persisted = 0
+        """Plans with decisions this replica wrote (a follower's stays 0)."""
         self._lock = threading.Lock()
         self._plans: dict[str, Plan] = {}
 
@@ -77,8 +107,15 @@ class Controller:
             plans: dict[str, Plan] = {}
             for spec, state in pools:
                 result = plan(spec, state, members[spec.name], now)
-                if result.actions or result.pause_reason:
-                    self.store.apply_plan(spec.name, result, now)
+                if self.leading and (result.actions or result.pause_reason):
+                    try:
+                        self.store.apply_plan(spec.name, result, now)
+                    except NotLeader as e:
+                        log.warning("%s: %s; following from now on", self.replica, e)
+                        self.leading = False
+                        plans[spec.name] = result
+                        continue
+                    self.persisted += 1
                     # Re-plan on the persisted facts so the cached answers
                     # (reasons, may_reboot) describe what agents will see.
                     spec_state = self.store.pool(spec.name)
@@ -131,7 +168,10 @@ class Controller:
             raise HttpError(HTTPStatus.NOT_FOUND, f"pool {name!r} does not exist")
         result = self.plans().get(name) or self.reconcile().get(name)
         nodes = {n.name: n for n in self.store.nodes()}
-        view: dict[str, Any] = {"spec": spec_to_dict(spec_state[0])}
+        view: dict[str, Any] = {
+            "spec": spec_to_dict(spec_state[0]),
+            "controller": self.controller_view(),
+        }
         if result is not None:
             view["status"] = asdict(result.status)
             view["nodes"] = [
@@ -146,6 +186,9 @@ class Controller:
                 for n in result.desired
             ]
         return view
+
+    def controller_view(self) -> dict[str, Any]:
+        return {"replica": self.replica, "leading": self.leading, "leader": self.leader}
 
 
 def _node_json(n: NodeFacts) -> dict[str, Any]:
@@ -250,6 +293,8 @@ class _Handler(BaseHTTPRequestHandler):
                 name, labels, version, bool(body.get("healthy", True)), ctl.clock()
             )
             return 200, _node_json(node)
+        if path == "/v1/controller" and method == "GET":
+            return 200, ctl.controller_view()
         if path == "/v1/events" and method == "GET":
             return 200, [asdict(e) for e in store.events(limit=200)]
         if path == "/v1/nodes" and method == "GET":
@@ -319,21 +364,26 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class FleetService:
-    """The server plus the timer that reconciles; ``start``/``stop`` for tests and the CLI."""
+    """The server, the timer that reconciles and, with ``election``, the campaign.
+
+    ``start``/``stop`` for tests and the CLI."""
 
     def __init__(
         self,
-        store: Store,
+        store: FleetStore,
         host: str,
         port: int,
         *,
         max_in_flight: int = 64,
         tick: float = 1.0,
         clock: Callable[[], float] = time.time,
+        election: LeaderElection | None = None,
     ) -> None:
-        self.controller = Controller(store, clock)
+        replica = "standalone" if election is None else election.identity
+        self.controller = Controller(store, clock, replica=replica, leading=election is None)
         self.httpd = FleetHTTPServer((host, port), self.controller, max_in_flight)
         self.tick = tick
+        self.election = election
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -344,18 +394,61 @@ class FleetService:
 
     def _timer(self) -> None:
         while not self._stop.wait(self.tick):
+            self._timer_once()
+
+    def campaign(self) -> None:
+        """One round of the election; updates who leads."""
+        assert self.election is not None
+        ctl = self.controller
+        try:
+            leading = self.election.campaign()
+            leader = self.election.identity if leading else self.election.leader()
+        except EtcdError as e:
+            # Not knowing is not leading; the store's fence covers a lease
+            # that is still valid meanwhile.
+            log.warning("%s: election: %s", ctl.replica, e)
+            leading, leader = False, None
+        if leading != ctl.leading:
+            log.warning("%s: %s", ctl.replica, "now leading" if leading else "now following")
+        ctl.leading, ctl.leader = leading, leader
+
+    def _campaigner(self) -> None:
+        assert self.election is not None
+        every = max(0.2, self.election.ttl / 4)
+        while not self._stop.wait(every):
+            was_leading = self.controller.leading
+            self.campaign()
+            if self.controller.leading and not was_leading:
+                self._timer_once()  # take over at once, not a tick later
+
+    def _timer_once(self) -> None:
+        try:
             self.controller.reconcile()
+        except AtollError as e:  # etcd unreachable: keep serving, retry next tick
+            log.warning("%s: reconcile failed: %s", self.controller.replica, e)
 
     def start(self) -> None:
+        targets: list[Callable[[], None]] = [self.httpd.serve_forever, self._timer]
+        if self.election is not None:
+            self.campaign()
+            targets.append(self._campaigner)
         self.controller.reconcile()
-        for target in (self.httpd.serve_forever, self._timer):
+        for target in targets:
             thread = threading.Thread(target=target, daemon=True)
             thread.start()
             self._threads.append(thread)
 
-    def stop(self) -> None:
+    def stop(self, *, resign: bool = True) -> None:
+        """Stop serving; a leader resigns so a follower takes over at once.
+
+        ``resign=False`` leaves the lease to expire, as a crashed replica would."""
         self._stop.set()
         self.httpd.shutdown()
         self.httpd.server_close()
         for thread in self._threads:
             thread.join(timeout=5)
+        if self.election is not None and resign:
+            try:
+                self.election.resign()
+            except EtcdError as e:
+                log.warning("%s: resign: %s", self.controller.replica, e)
