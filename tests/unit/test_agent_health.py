@@ -25,6 +25,7 @@ from atoll.agent.health import (
     check_systemd,
     check_var_space,
     load_config,
+    main,
     subprocess_probe,
     user_checks,
 )
@@ -448,3 +449,17 @@ def test_rounds_are_frequent_until_the_boot_is_healthy_then_seldom(node: Node) -
     stuck = node.monitor(config)
     node.clock.now = settle_until  # never healthy: back to the slow pace after the grace
     assert stuck.next_delay(settle_until) == 60
+
+
+def test_the_console_command_prints_the_checks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # No agent listens on that socket: unhealthy whatever the host's systemd says.
+    assert main(["--root", str(tmp_path), "--socket", str(tmp_path / "none.sock")]) == 1
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["healthy"] is False
+    names = [c["name"] for c in printed["checks"]]
+    assert names == ["systemd", "containerd", "var-space", "agent"]
+    (tmp_path / "etc/atoll").mkdir(parents=True)
+    (tmp_path / "etc/atoll/health.toml").write_text("nope = 1\n")
+    assert main(["--root", str(tmp_path)]) == 2
