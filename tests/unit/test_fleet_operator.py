@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aiohttp.web
 import kmock
 import kopf
 import pytest
@@ -38,9 +39,7 @@ TIMEOUT = 20.0
 class Cluster:
     """A kmock API server with nodes, pools and a running operator."""
 
-    def __init__(
-        self, emulator: kmock.KubernetesEmulator, client: aiohttp.ClientSession, url: str
-    ) -> None:
+    def __init__(self, emulator: EvictingEmulator, client: aiohttp.ClientSession, url: str) -> None:
         self.emulator = emulator
         self.client = client
         self.url = url
@@ -115,9 +114,30 @@ def notes(node: dict[str, Any]) -> dict[str, str]:
     return dict(node["metadata"].get("annotations") or {})
 
 
+class EvictingEmulator(kmock.KubernetesEmulator):
+    """kmock plus the Eviction subresource, which kmock does not emulate: an
+    eviction deletes the pod, unless the pod is in ``protected`` (as if a
+    PodDisruptionBudget allowed no disruption), which answers 429 like the API."""
+
+    protected: set[str]
+
+    async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        if request.subresource != "eviction" or request.resource is None or request.name is None:
+            return await super()._handle(request)
+        key = (request.resource, request.namespace, request.name)
+        if f"{request.namespace}/{request.name}" in getattr(self, "protected", set()):
+            return aiohttp.web.json_response(
+                {"kind": "Status", "code": 429, "reason": "TooManyRequests"}, status=429
+            )
+        if key not in self.objects or self.objects[key].deleted:
+            return aiohttp.web.json_response({"kind": "Status", "code": 404}, status=404)
+        self.objects[key].delete()
+        return aiohttp.web.json_response({"kind": "Status", "code": 201}, status=201)
+
+
 @asynccontextmanager
 async def cluster(*, operator: bool = True) -> AsyncIterator[Cluster]:
-    async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
+    async with EvictingEmulator() as emulator, kmock.Server(emulator) as server:
         emulator.resources[f"{op.GROUP}/{op.VERSION}/{op.PLURAL}"] = kmock.ResourceInfo(
             kind=op.KIND,
             singular="nodepool",
@@ -127,6 +147,9 @@ async def cluster(*, operator: bool = True) -> AsyncIterator[Cluster]:
         )
         emulator.resources["v1/nodes"] = kmock.ResourceInfo(
             kind="Node", singular="node", namespaced=False, verbs={"list", "watch", "get", "patch"}
+        )
+        emulator.resources["v1/pods"] = kmock.ResourceInfo(
+            kind="Pod", singular="pod", namespaced=True, verbs={"list", "get", "create"}
         )
         # kopf's backbone: it waits for these to be discoverable before it watches anything.
         emulator.resources["v1/events"] = kmock.ResourceInfo(
@@ -173,7 +196,19 @@ def run(scenario: Callable[[Cluster], Any]) -> None:
 
 
 def granted(nodes: dict[str, dict[str, Any]]) -> set[str]:
-    return {n for n, node in nodes.items() if notes(node).get(op.A_MAY_REBOOT) == "true"}
+    """Nodes holding a reboot slot (phase rebooting: cordoned, draining or rebooting)."""
+    return {n for n, node in nodes.items() if notes(node).get(op.A_PHASE) == "rebooting"}
+
+
+async def reboot_when_allowed(c: Cluster, names: set[str], version: str) -> None:
+    """What the agents do: wait for may-reboot (after the drain), then come back on ``version``."""
+    for name in sorted(names):
+
+        async def allowed(name: str = name) -> bool:
+            return notes((await c.nodes())[name]).get(op.A_MAY_REBOOT) == "true"
+
+        await c.until(f"may-reboot on {name}", allowed)
+        await c.report(name, current=version)
 
 
 def test_pool_rolls_nodes_within_max_unavailable_and_partition() -> None:
@@ -212,9 +247,23 @@ def test_pool_rolls_nodes_within_max_unavailable_and_partition() -> None:
         for i in range(1, 5):
             await c.report(f"n{i}", staged="2.0")
 
-        # Waves of maxUnavailable = 2, each node rebooting when granted.
+        # Waves of maxUnavailable = 2, each node rebooting when granted; a
+        # sampler checks the bound all along, not only at the waves.
+        samples: list[set[str]] = []
+
+        async def sample() -> None:
+            while True:
+                samples.append(granted(await c.nodes()))
+                await asyncio.sleep(0.02)
+
+        sampler = asyncio.create_task(sample())
+
+        async def first_wave() -> set[str] | None:
+            now = granted(await c.nodes())
+            return now if len(now) == 2 else None
+
+        assert await c.until("the first wave", first_wave) == {"n1", "n2"}
         done: set[str] = set()
-        seen_max = 0
         while len(done) < 4:
 
             async def new_grants(done: set[str] = done) -> set[str]:
@@ -222,16 +271,14 @@ def test_pool_rolls_nodes_within_max_unavailable_and_partition() -> None:
 
             wave = await c.until("reboot grants", new_grants)
             nodes = await c.nodes()
-            seen_max = max(seen_max, len(granted(nodes)))
-            assert len(granted(nodes)) <= 2, granted(nodes)
             for name in wave:
                 node = nodes[name]
-                assert notes(node)[op.A_PHASE] == Phase.REBOOTING.value
                 assert notes(node)[op.A_GRANTED] == "2.0"
                 assert node["spec"].get("unschedulable") is True  # cordoned with the grant
-                await c.report(name, current="2.0", staged="")
+            await reboot_when_allowed(c, wave, "2.0")
             done |= wave
-        assert seen_max == 2
+        sampler.cancel()
+        assert max(len(s) for s in samples) == 2, [s for s in samples if len(s) > 2]
         assert done == {"n1", "n2", "n3", "n4"}
 
         async def completed() -> dict[str, Any] | None:
@@ -276,6 +323,11 @@ def test_unhealthy_node_pauses_the_pool_until_resumed() -> None:
 
         first = await c.until("a reboot grant", one_grant)
         assert first == {"n1"}
+
+        async def allowed() -> bool:
+            return notes((await c.nodes())["n1"]).get(op.A_MAY_REBOOT) == "true"
+
+        await c.until("may-reboot on n1", allowed)
         # n1 reboots into 2.0 and its health checks fail.
         await c.report("n1", current="2.0", healthy="false")
 
@@ -406,8 +458,9 @@ def test_cli_operator_killed_mid_rollout_resumes_from_the_nodes(tmp_path: Path) 
             first = await _start_cli(kubeconfig)
             try:
 
-                async def grants() -> set[str]:
-                    return granted(await c.nodes())
+                async def grants() -> set[str] | None:
+                    now = granted(await c.nodes())
+                    return now if len(now) == 2 else None
 
                 wave: set[str] = await c.until("the first wave", grants)
             finally:
@@ -425,8 +478,7 @@ def test_cli_operator_killed_mid_rollout_resumes_from_the_nodes(tmp_path: Path) 
                 await c.until("the restarted operator's status", planned_again)
                 await asyncio.sleep(1.0)  # several ticks of the new process
                 assert granted(await c.nodes()) == {"n1", "n2"}
-                for name in wave:
-                    await c.report(name, current="2.0")
+                await reboot_when_allowed(c, wave, "2.0")
 
                 async def next_wave() -> set[str] | None:
                     # n1 and n2 report one after the other: each frees one slot.
@@ -440,3 +492,66 @@ def test_cli_operator_killed_mid_rollout_resumes_from_the_nodes(tmp_path: Path) 
             assert second.returncode == 0, stderr.decode()[-2000:]
 
     asyncio.run(asyncio.wait_for(main(), 4 * TIMEOUT))
+
+
+def _pod(name: str, node: str, *, daemonset: bool = False) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": "apps"}
+    if daemonset:
+        meta["ownerReferences"] = [{"kind": "DaemonSet", "name": "agent", "apiVersion": "apps/v1"}]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": {"nodeName": node},
+        "status": {"phase": "Running"},
+    }
+
+
+def test_granted_node_is_drained_through_evictions_before_it_may_reboot() -> None:
+    async def scenario(c: Cluster) -> None:
+        await c.add_node("n1", "1.0", role="web")
+        await c.report("n1", staged="2.0")
+        c.emulator.protected = {"apps/db-0"}
+        for pod in (
+            _pod("web-0", "n1"),
+            _pod("db-0", "n1"),
+            _pod("logs-0", "n1", daemonset=True),
+            _pod("web-1", "n2"),  # on another node: untouched
+        ):
+            await c._json("POST", "/api/v1/namespaces/apps/pods", pod)
+        await c.add_pool(
+            "web",
+            {"version": "2.0", "selector": {"matchLabels": {"role": "web"}}},
+        )
+
+        async def refused() -> dict[str, Any] | None:
+            node = (await c.nodes())["n1"]
+            return node if "PodDisruptionBudget" in notes(node).get(op.A_REASON, "") else None
+
+        node = await c.until("an eviction refused by the budget", refused)
+        assert notes(node)[op.A_PHASE] == Phase.REBOOTING.value
+        assert notes(node)[op.A_MAY_REBOOT] == "false"
+        assert node["spec"]["unschedulable"] is True
+        assert "apps/db-0" in notes(node)[op.A_REASON]
+        pods = {p["metadata"]["name"] for p in (await c._json("GET", "/api/v1/pods"))["items"]}
+        assert pods == {"db-0", "logs-0", "web-1"}  # web-0 evicted; DaemonSet pod stays
+
+        c.emulator.protected = set()  # the budget allows a disruption again
+
+        async def may_reboot() -> bool:
+            return notes((await c.nodes())["n1"]).get(op.A_MAY_REBOOT) == "true"
+
+        await c.until("may-reboot after the drain", may_reboot)
+        pods = {p["metadata"]["name"] for p in (await c._json("GET", "/api/v1/pods"))["items"]}
+        assert pods == {"logs-0", "web-1"}
+        assert notes((await c.nodes())["n1"])[op.A_DRAINED] == "true"
+
+        await c.report("n1", current="2.0")
+
+        async def uncordoned() -> bool:
+            node = (await c.nodes())["n1"]
+            return node["spec"].get("unschedulable") is False and op.A_DRAINED not in notes(node)
+
+        await c.until("uncordon after the health gate", uncordoned)
+
+    run(scenario)

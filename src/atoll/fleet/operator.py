@@ -24,8 +24,11 @@ planner does not.
   of its own between ticks).
 * **Health gate**: a node counts as healthy only when its agent says so *and*
   its ``Ready`` condition is ``True``. A node granted a reboot is cordoned
-  (``spec.unschedulable``) in the same patch and uncordoned once it leaves
-  ``rebooting`` (healthy on the granted version, or failed and rolled back).
+  (``spec.unschedulable``) in the same patch, then drained through the
+  Eviction API (PodDisruptionBudgets are honoured: a refused eviction is
+  retried on the next reconcile); ``may-reboot`` turns true only once the node
+  is drained. It is uncordoned once it leaves ``rebooting`` (healthy on the
+  granted version, or failed and rolled back).
 * **Resume** (the standalone ``fleet resume``): change the pool's
   ``atoll.dev/resume`` annotation to any new value; this clears a self-pause,
   releases the canary and lets failed nodes be retried.
@@ -35,9 +38,8 @@ shared with the standalone controller. Every reconcile (on create, update,
 resume of a pool, and on a timer so time-based rules progress) runs under one
 lock, so two reconciles never grant from the same stale count.
 
-Not done here: draining pods through the Eviction API before the reboot (the
-node is cordoned only), and the agent side (the agent reports to the
-standalone controller over HTTP; writing its Node's annotations is not wired).
+Not done here: the agent side (the agent reports to the standalone controller
+over HTTP; writing its own Node's annotations is not wired into the agent).
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ A_PHASE = "atoll.dev/phase"
 A_SINCE = "atoll.dev/phase-since"
 A_GRANTED = "atoll.dev/granted-version"
 A_CORDONED = "atoll.dev/cordoned"
+A_DRAINED = "atoll.dev/drained"
 A_DESIRED = "atoll.dev/desired-version"
 A_STAGE = "atoll.dev/stage"
 A_MAY_REBOOT = "atoll.dev/may-reboot"
@@ -472,6 +475,28 @@ class KubeApi:
     async def patch_node(self, name: str, patch: Mapping[str, Any]) -> None:
         await self._request("PATCH", f"/api/v1/nodes/{name}", patch, "application/merge-patch+json")
 
+    async def list_pods(self, node: str) -> list[dict[str, Any]]:
+        answer = await self._request("GET", f"/api/v1/pods?fieldSelector=spec.nodeName%3D{node}")
+        # Filter here too: the selector is an optimisation the API server may not apply.
+        return [
+            p for p in answer.get("items") or [] if (p.get("spec") or {}).get("nodeName") == node
+        ]
+
+    async def evict(self, namespace: str, pod: str) -> int:
+        """POST an Eviction; returns the HTTP status (429: refused by a PodDisruptionBudget)."""
+        body = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": pod, "namespace": namespace},
+        }
+        try:
+            await self._request("POST", f"/api/v1/namespaces/{namespace}/pods/{pod}/eviction", body)
+        except KubeError as e:
+            if e.status in (404, 429):
+                return e.status
+            raise
+        return 201
+
     async def patch_pool_status(self, name: str, status: Mapping[str, Any]) -> None:
         await self._request(
             "PATCH",
@@ -572,24 +597,77 @@ class NodePoolReconciler:
     async def _write_node(
         self, raw: Mapping[str, Any], node: NodeFacts, result: Plan, pool: str
     ) -> None:
-        """One merge patch per node: the grant, the answer and the cordon land together."""
+        """One merge patch per node: the grant, the answer and the cordon land together.
+
+        A node granted a reboot is cordoned in the grant's patch; from the next
+        reconcile on (the cordon is then persisted, so no new pod lands there)
+        its pods are evicted, and ``may-reboot`` turns true only once none is left.
+        """
         old = _annotations(raw)
         new: dict[str, str | None] = dict(instructions(node, result, pool))
-        if node.phase is not Phase.REBOOTING and A_GRANTED in old:
-            new[A_GRANTED] = None
-        patch: dict[str, Any] = {}
         rebooting = node.phase is Phase.REBOOTING
+        if not rebooting:
+            for key in (A_GRANTED, A_DRAINED):
+                if key in old:
+                    new[key] = None
+        patch: dict[str, Any] = {}
         if rebooting and old.get(A_CORDONED) != "true":
             new[A_CORDONED] = "true"
             patch["spec"] = {"unschedulable": True}
         elif not rebooting and old.get(A_CORDONED) == "true":
             new[A_CORDONED] = None
             patch["spec"] = {"unschedulable": False}
+        if new[A_MAY_REBOOT] == "true" and old.get(A_DRAINED) != "true":
+            new[A_MAY_REBOOT] = "false"
+            if old.get(A_CORDONED) == "true":
+                left = await self._drain(node.name)
+                if left:
+                    new[A_REASON] = f"draining before the reboot into {new[A_DESIRED]}: {left}"
+                else:
+                    new[A_DRAINED] = "true"
+                    new[A_MAY_REBOOT] = "true"
+            else:
+                new[A_REASON] = (
+                    f"cordoned; pods are evicted before the reboot into {new[A_DESIRED]}"
+                )
         changed = {k: v for k, v in new.items() if old.get(k) != v}
         if changed:
             patch["metadata"] = {"annotations": changed}
         if patch:
             await self.api.patch_node(node.name, patch)
+
+    async def _drain(self, node: str) -> str:
+        """Evict the node's pods (the Eviction API honours PodDisruptionBudgets).
+
+        Returns what is left (empty when drained). DaemonSet pods, mirror
+        (static) pods and finished pods stay, as with ``kubectl drain``.
+        """
+        waiting: list[str] = []
+        blocked: list[str] = []
+        for pod in await self.api.list_pods(node):
+            meta = pod.get("metadata") or {}
+            ns, name = str(meta.get("namespace", "default")), str(meta.get("name"))
+            owners = meta.get("ownerReferences") or []
+            if any(o.get("kind") == "DaemonSet" for o in owners):
+                continue
+            if "kubernetes.io/config.mirror" in (meta.get("annotations") or {}):
+                continue
+            if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                continue
+            if meta.get("deletionTimestamp"):
+                waiting.append(f"{ns}/{name}")  # evicted, still terminating
+                continue
+            answer = await self.api.evict(ns, name)
+            if answer == 429:
+                blocked.append(f"{ns}/{name}")
+            elif answer != 404:
+                waiting.append(f"{ns}/{name}")
+        parts = []
+        if blocked:
+            parts.append(f"eviction refused by a PodDisruptionBudget: {', '.join(blocked)}")
+        if waiting:
+            parts.append(f"waiting for {', '.join(waiting)} to terminate")
+        return "; ".join(parts)
 
 
 # --- kopf wiring ---------------------------------------------------------------------------
