@@ -65,7 +65,8 @@ def test_a_good_request_gets_defaults() -> None:
 def test_the_ops_container_is_read_only_on_the_host_with_host_namespaces() -> None:
     argv = ContainerdRuntime().argv(SessionId("s1"), tty=True)
     assert argv[:6] == ["ctr", "-n", "default", "run", "--rm", "--tty"]
-    assert "--net-host" in argv and argv[argv.index("--with-ns") + 1] == "pid:/proc/1/ns/pid"
+    joined = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--with-ns"]
+    assert joined == ["network:/proc/1/ns/net", "pid:/proc/1/ns/pid"]
     assert "type=bind,src=/,dst=/host,options=rbind:rro" in argv
     assert "--privileged" not in argv
     assert argv[-3:] == ["docker.io/library/busybox:atoll", "atoll-shell-s1", "/bin/sh"]

@@ -153,7 +153,8 @@ class ContainerdRuntime:
     """``ctr run`` of the preloaded image as the ops container.
 
     Isolation (an ops container is for looking at the host, not for changing it):
-    the host's network and PID namespaces (sockets, interfaces, processes are
+    the host's network and PID namespaces (joined by path: ``--net-host`` would also
+    bind the host's /etc/hosts, which a node may not have; sockets, interfaces, processes are
     visible; ``ps``, ``netstat`` work), the host's root bind-mounted read-only
     and recursively so (``rro``: /etc, /var, /sysroot too) at ``/host``, its own
     mount, UTS and IPC namespaces and root filesystem (the image's tools, not the
@@ -173,7 +174,7 @@ class ContainerdRuntime:
     def argv(self, session: SessionId, tty: bool) -> list[str]:
         return [
             self.ctr, "-n", self.namespace, "run", "--rm", *(["--tty"] if tty else []),
-            "--net-host", "--with-ns", "pid:/proc/1/ns/pid",
+            "--with-ns", "network:/proc/1/ns/net", "--with-ns", "pid:/proc/1/ns/pid",
             "--mount", "type=bind,src=/,dst=/host,options=rbind:rro",
             "--env", f"ATOLL_SHELL={session}",
             self.image, self.container(session), *self.command,

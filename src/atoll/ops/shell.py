@@ -19,7 +19,6 @@ import json
 import os
 import re
 import select
-import shutil
 import signal
 import socket
 import ssl
@@ -143,7 +142,7 @@ def relay(conn: ssl.SSLSocket, early: bytes, stdin: int, stdout: int) -> ShellEn
                     return ShellEnd(str(end.get("id")), str(end.get("end")), end.get("exit_status"))
             if resized:
                 resized = False
-                size = shutil.get_terminal_size()
+                size = os.get_terminal_size(stdin)
                 conn.sendall(encode_frame(Frame.RESIZE, WINSIZE.pack(size.lines, size.columns)))
             watch: list[Any] = [conn, stdin] if stdin_open else [conn]
             ready = [conn] if conn.pending() else select.select(watch, [], [], 1.0)[0]
@@ -178,7 +177,7 @@ def run_shell(node: NodeClient, ttl: int, reason: str) -> int:
     stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
     body: dict[str, Any] = {"reason": reason, "ttl": ttl, "tty": os.isatty(stdin)}
     if body["tty"]:
-        size = shutil.get_terminal_size()
+        size = os.get_terminal_size(stdin)
         body["rows"], body["cols"] = size.lines, size.columns
     conn, session, early = open_shell(node, body)
     sys.stdout.flush()

@@ -1,0 +1,125 @@
+"""``atoll node shell`` as a user runs it, against a live agent on loopback (mutual TLS).
+
+The client is a separate process: once with its stdin a pipe (a script), once on
+a pseudo-terminal of its own (raw mode, the window size sent, the mode restored).
+The agent's shell command is ``/bin/sh`` on its pty (no containerd on this host).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from atoll.agent.server import Agent, AgentConfig, AgentServer, serve_in_thread
+from atoll.agent.shell import CommandRuntime
+from atoll.pki import Kind, Role, init, issue
+
+
+@dataclass(frozen=True)
+class Live:
+    argv: list[str]
+    server: AgentServer
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[Live]:
+    pki, root = tmp_path / "pki", tmp_path / "root"
+    init(pki)
+    issue(pki, "node1", kind=Kind.NODE)
+    issue(pki, "ada", kind=Kind.CLIENT, role=Role.ADMIN)
+    (root / "usr/lib").mkdir(parents=True)
+    (root / "usr/lib/os-release").write_text("IMAGE_ID=atoll\nIMAGE_VERSION=1.0.0\n")
+    config = AgentConfig(
+        root=root,
+        audit_path=root / "var/lib/atoll/audit.jsonl",
+        cert=pki / "nodes/node1.crt",
+        key=pki / "nodes/node1.key",
+        ca=pki / "ca.crt",
+        crl=None,
+        runner=lambda argv: None,
+        commands=lambda argv: "",
+        sync=lambda: None,
+        shell_runtime=CommandRuntime(("/bin/sh", "+i")),
+    )
+    server = AgentServer(("127.0.0.1", 0), Agent(config))
+    serve_in_thread(server)
+    creds = pki / "clients"
+    argv = [sys.executable, "-m", "atoll", "node",
+            "--endpoint", f"https://127.0.0.1:{server.server_address[1]}",
+            "--ca", str(pki / "ca.crt"), "--cert", str(creds / "ada.crt"),
+            "--key", str(creds / "ada.key"), "shell", "--reason", "cli test"]  # fmt: skip
+    try:
+        yield Live(argv, server)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_piped_script_gets_exact_output_and_the_exit_status(live: Live) -> None:
+    done = subprocess.run(
+        live.argv,
+        input="echo a-$((2+3))\nexit 4\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (4, "a-5\n", "")
+
+
+def test_the_ttl_ends_a_session_with_a_message(live: Live) -> None:
+    done = subprocess.run(
+        [*live.argv, "--ttl", "2s"],
+        input="sleep 30\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1 and "ended: ttl (TTL of 2 s)" in done.stderr
+    end = live.server.agent.audit.records()[-1]
+    assert end["what"] == "shell end" and end["end"] == "ttl" and end["ttl"] == 2
+
+
+def test_a_terminal_session_runs_in_raw_mode_with_the_window_size(live: Live) -> None:
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
+    client = subprocess.Popen(live.argv, stdin=slave, stdout=slave, stderr=slave)
+    try:
+        deadline = time.monotonic() + 30
+        # The client switches its terminal to raw mode once the session is open.
+        while termios.tcgetattr(slave)[3] & termios.ICANON and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.write(master, b"stty size; tty\nexit 5\n")
+        assert client.wait(timeout=30) == 5
+        assert termios.tcgetattr(slave)[3] & termios.ICANON  # the mode is restored
+        out = b""
+        while select.select([master], [], [], 0.5)[0]:
+            try:
+                out += os.read(master, 65536)
+            except OSError:
+                break
+    finally:
+        client.kill()
+        client.wait()
+        os.close(master)
+    # the agent's pty at the client's size; our input echoed by the agent's pty, not ours
+    text = out.decode(errors="replace")
+    assert "33 111" in text and "/dev/pts/" in text and "stty size; tty" in text, text
+    os.close(slave)
+    start = next(r for r in live.server.agent.audit.records() if r.get("result") == 101)
+    assert start["params"]["tty"] is True
+    header = json.loads(Path(start["transcript"]).read_text().splitlines()[0])
+    assert (header["width"], header["height"]) == (111, 33)
