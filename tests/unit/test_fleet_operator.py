@@ -388,6 +388,15 @@ def test_spec_from_object_uses_the_pool_validator() -> None:
         op.spec_from_object("web", {"version": "2", "strategy": {"maxSurge": 1}})
 
 
+def test_example_nodepool_is_valid() -> None:
+    example = yaml.safe_load((CRD.parent / "nodepool-example.yaml").read_text(encoding="utf-8"))
+    assert example["apiVersion"] == f"{op.GROUP}/{op.VERSION}"
+    assert example["kind"] == op.KIND
+    spec = op.spec_from_object(example["metadata"]["name"], example["spec"])
+    assert spec.scatter_label == "topology.kubernetes.io/zone"
+    assert spec.max_unavailable == Quantity(20, percent=True)
+
+
 def test_crd_schema_matches_the_operator() -> None:
     """The shipped CRD accepts exactly the keys the operator understands."""
     crd = yaml.safe_load(CRD.read_text(encoding="utf-8"))
@@ -546,7 +555,22 @@ def test_granted_node_is_drained_through_evictions_before_it_may_reboot() -> Non
         assert pods == {"logs-0", "web-1"}
         assert notes((await c.nodes())["n1"])[op.A_DRAINED] == "true"
 
+        # Rebooted into 2.0: the agent is healthy before the kubelet is Ready.
+        await c._json(
+            "PATCH",
+            "/api/v1/nodes/n1",
+            {"status": {"conditions": [{"type": "Ready", "status": "False"}]}},
+        )
         await c.report("n1", current="2.0")
+        await asyncio.sleep(1.0)  # several ticks: the gate stays closed, not failed
+        node = (await c.nodes())["n1"]
+        assert notes(node)[op.A_PHASE] == Phase.REBOOTING.value
+        assert node["spec"]["unschedulable"] is True
+        await c._json(
+            "PATCH",
+            "/api/v1/nodes/n1",
+            {"status": {"conditions": [{"type": "Ready", "status": "True"}]}},
+        )
 
         async def uncordoned() -> bool:
             node = (await c.nodes())["n1"]

@@ -217,7 +217,9 @@ def facts_of(node: Mapping[str, Any], now: float) -> NodeFacts | None:
     except ValueError:
         since = 0.0
     staged = notes.get(A_STAGED) or None
-    healthy = notes.get(A_HEALTHY, "true") == "true" and node_ready(node)
+    agent_healthy = notes.get(A_HEALTHY, "true") == "true"
+    healthy = agent_healthy and node_ready(node)
+    failed = notes.get(A_FAILED) == "true"
     # Before this report: the operator's memory (a grant remembers its version
     # as the staged one, exactly as the standalone store does).
     remembered = NodeFacts(
@@ -229,12 +231,23 @@ def facts_of(node: Mapping[str, Any], now: float) -> NodeFacts | None:
         phase,
         since,
     )
+    if (
+        phase is Phase.REBOOTING
+        and current == remembered.staged_version
+        and agent_healthy
+        and not healthy
+        and not failed
+    ):
+        # Back on the granted version, the agent is happy, but the kubelet is not
+        # Ready yet: the gate stays closed and the node stays rebooting (the
+        # reboot timeout bounds how long).
+        return replace(remembered, healthy=False)
     return after_report(
         remembered,
         current=current,
         staged=staged,
         healthy=healthy,
-        failed=notes.get(A_FAILED) == "true",
+        failed=failed,
         desired=notes.get(A_DESIRED) or None,
         now=now,
     )
