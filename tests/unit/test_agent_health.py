@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -463,3 +465,28 @@ def test_the_console_command_prints_the_checks(
     (tmp_path / "etc/atoll").mkdir(parents=True)
     (tmp_path / "etc/atoll/health.toml").write_text("nope = 1\n")
     assert main(["--root", str(tmp_path)]) == 2
+
+
+def test_the_daemon_loop_keeps_checking_and_survives_a_failing_round(node: Node) -> None:
+    config = HealthConfig(interval_seconds=0.5, recheck_seconds=0.5, grace_seconds=10)
+    rounds: list[int] = []
+
+    def checks() -> list[Check]:
+        rounds.append(1)
+        if len(rounds) == 2:
+            raise OSError("probe broke")
+        return GOOD
+
+    monitor = node.monitor(config)
+    monitor.checks = checks
+    thread = threading.Thread(target=monitor.run_forever)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while len(rounds) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        monitor.stop.set()
+        thread.join(10)
+    assert len(rounds) >= 3 and not thread.is_alive()
+    assert node.health()["healthy"] is True
