@@ -15,6 +15,7 @@ import asyncio
 import json
 import signal
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -170,21 +171,31 @@ async def cluster(*, operator: bool = True) -> AsyncIterator[Cluster]:
         if not operator:
             yield Cluster(emulator, server.client, url)
             return
-        stop = asyncio.Event()
-        ready = asyncio.Event()
+        # The operator gets its own thread and loop: on stop kopf waits for every
+        # task of its loop, which would include the emulator's.
+        stop = threading.Event()
+        ready = threading.Event()
         config = op.OperatorConfig(
             interval=0.2, login=lambda: kopf.ConnectionInfo(server=url, insecure=True)
         )
-        task = asyncio.create_task(op.run_operator(config, stop_flag=stop, ready_flag=ready))
+        failure: list[BaseException] = []
+
+        def operate() -> None:
+            try:
+                asyncio.run(op.run_operator(config, stop_flag=stop, ready_flag=ready))
+            except BaseException as e:
+                failure.append(e)
+
+        thread = threading.Thread(target=operate, name="operator")
+        thread.start()
         try:
-            await asyncio.wait_for(ready.wait(), TIMEOUT)
+            assert await asyncio.to_thread(ready.wait, TIMEOUT), "the operator never got ready"
             yield Cluster(emulator, server.client, url)
         finally:
             stop.set()
-            try:
-                await asyncio.wait_for(task, TIMEOUT)
-            except TimeoutError:
-                task.cancel()
+            await asyncio.to_thread(thread.join, TIMEOUT)
+        assert not thread.is_alive(), "the operator did not stop"
+        assert not failure, failure
 
 
 def run(scenario: Callable[[Cluster], Any]) -> None:

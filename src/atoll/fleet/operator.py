@@ -50,6 +50,7 @@ import datetime as dt
 import logging
 import ssl
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -781,11 +782,17 @@ async def run_operator(
     config: OperatorConfig,
     *,
     peering: str | None = None,
-    stop_flag: asyncio.Event | None = None,
-    ready_flag: asyncio.Event | None = None,
+    stop_flag: asyncio.Event | threading.Event | None = None,
+    ready_flag: asyncio.Event | threading.Event | None = None,
     clock: Callable[[], float] = time.time,
 ) -> None:
-    """Run the operator until ``stop_flag`` is set (or the task is cancelled)."""
+    """Run the operator until ``stop_flag`` is set (or the task is cancelled).
+
+    kopf waits (up to 5 s) on stop for every task of the event loop that started
+    after it, so an embedding program that runs other tasks in the same loop
+    (a test's API emulator) should give the operator a loop of its own: a thread
+    with ``threading.Event`` flags.
+    """
     await kopf.operator(
         registry=build_registry(config, clock),
         settings=settings_for(peering=peering),
