@@ -6,6 +6,7 @@
     atoll fleet serve --store etcd://127.0.0.1:2379,127.0.0.1:22379 [--replica NAME] [--lease-ttl 5]
     atoll fleet apply pool.toml        [--server URL]
     atoll fleet status [POOL] [--json] [--server URL]
+    atoll fleet status POOL --watch [--until-done]   # reprint on every change
     atoll fleet pause|resume|rollback POOL [--server URL]
     atoll fleet nodes [--selector zone=a] [--json] [--server URL]
     atoll fleet operator [--kubeconfig PATH]   # as a Kubernetes operator (operator_cli.py)
@@ -24,7 +25,9 @@ import json
 import os
 import signal
 import socket
+import sys
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -48,10 +51,16 @@ def _listen(raw: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
+def _call(
+    args: argparse.Namespace, method: str, path: str, body: Any = None, *, timeout: float = 10.0
+) -> Any:
     try:
         return request_json(
-            method, args.server.rstrip("/") + path, body, backoff=Backoff(attempts=3)
+            method,
+            args.server.rstrip("/") + path,
+            body,
+            timeout=timeout,
+            backoff=Backoff(attempts=3),
         )
     except FleetError as e:
         if e.status is not None and 400 <= e.status < 500:
@@ -114,26 +123,85 @@ def _apply(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_pool(view: dict[str, Any]) -> None:
+def rollout_phase(status: dict[str, Any]) -> str:
+    """``complete``, ``failed``/``paused`` (with the reason) or ``rolling``."""
+    total = int(status.get("total") or 0)
+    done = int(status.get("updated") or 0) + int(status.get("held") or 0)
+    reason = status.get("paused_reason")
+    if total and done == total and not status.get("updating") and not status.get("failed"):
+        return "complete"
+    if reason and str(reason).startswith("failure budget"):
+        return "failed"
+    if reason:
+        return "paused"
+    return "rolling"
+
+
+def _pool_lines(view: dict[str, Any]) -> list[str]:
     spec = view["spec"]["pool"]
     status = view.get("status", {})
     paused = status.get("paused_reason")
-    print(
-        f"pool {spec['name']} -> {spec['version']}: updated {status.get('updated')} "
+    lines = [
+        f"pool {spec['name']} -> {spec['version']}: {rollout_phase(status)}: "
+        f"updated {status.get('updated')} "
         f"updating {status.get('updating')} pending {status.get('pending')} "
         f"failed {status.get('failed')} held {status.get('held')} of {status.get('total')}"
         f" (unavailable {status.get('unavailable')}/{status.get('max_unavailable')})"
-    )
+    ]
+    controller = view.get("controller") or {}
+    if controller.get("replica", "standalone") != "standalone":
+        lines.append(f"  controller: {controller['replica']}, leader {controller.get('leader')}")
     if paused:
-        print(f"  paused: {paused}")
+        lines.append(f"  paused: {paused}")
     for node in view.get("nodes", []):
         reason = f"  {node['reason']}" if node["reason"] else ""
-        print(
-            f"  {node['name']:<24} {node['current']} -> {node['desired']} {node['phase']}{reason}"
+        health = "" if node.get("healthy", True) else " UNHEALTHY"
+        lines.append(
+            f"  {node['name']:<24} {node['current']} -> {node['desired']} "
+            f"{node['phase']}{health}{reason}"
         )
+    return lines
+
+
+def _print_pool(view: dict[str, Any]) -> None:
+    print("\n".join(_pool_lines(view)))
+
+
+def _watch(args: argparse.Namespace) -> int:
+    """Reprint the pool's view whenever it changes (long poll; polling if unsupported)."""
+    if not args.pool:
+        raise InputError("--watch: name the POOL to watch")
+    if not 0 < args.wait <= 60 or not args.interval > 0:
+        raise InputError(f"--wait {args.wait:g} / --interval {args.interval:g}: out of range")
+    tty = sys.stdout.isatty()
+    etag: str | None = None
+    shown: list[str] | None = None
+    while True:
+        path = f"/v1/pools/{args.pool}"
+        if etag is not None:
+            path += f"?wait={etag}&timeout={args.wait:g}"
+        view = _call(args, "GET", path, timeout=args.wait + 10)
+        lines = [json.dumps(view, sort_keys=True)] if args.json else _pool_lines(view)
+        if lines != shown:
+            if tty:
+                sys.stdout.write("\x1b[H\x1b[2J")  # redraw in place
+            elif shown is not None and not args.json:
+                print()
+            print("\n".join(lines), flush=True)
+            shown = lines
+        phase = rollout_phase(view.get("status", {}))
+        if args.until_done and phase == "complete":
+            return 0
+        if args.until_done and phase == "failed":
+            raise AtollError(f"pool {args.pool}: {view['status']['paused_reason']}")
+        etag = view.get("etag")
+        if etag is None:
+            time.sleep(args.interval)  # a controller without long polls: poll
 
 
 def _status(args: argparse.Namespace) -> int:
+    if args.watch:
+        return _watch(args)
     views = (
         [_call(args, "GET", f"/v1/pools/{args.pool}")]
         if args.pool
@@ -214,6 +282,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     status = client("status", "per-pool progress and why nodes wait")
     status.add_argument("pool", nargs="?", metavar="POOL")
+    status.add_argument(
+        "--watch", action="store_true", help="reprint the pool whenever it changes (Ctrl-C ends)"
+    )
+    status.add_argument(
+        "--until-done",
+        action="store_true",
+        help="with --watch: exit 0 once the rollout is complete, 1 if it failed",
+    )
+    status.add_argument(
+        "--wait", type=float, default=30.0, help="seconds one long poll may wait (0..60)"
+    )
+    status.add_argument(
+        "--interval",
+        type=float,
+        default=2.0,
+        help="seconds between polls of a controller without long polls",
+    )
     status.set_defaults(handler=_status)
 
     for verb, text in (

@@ -27,11 +27,20 @@ Design:
   election runs in its own thread every quarter of the lease TTL; a leader
   that stops resigns at once, one that dies is replaced within about one TTL.
 
+* **watching** (``atoll fleet status POOL --watch``): a pool view carries an
+  ``etag`` (a digest of the view); ``GET /v1/pools/NAME?wait=ETAG&timeout=S``
+  answers as soon as the view differs from ``ETAG``, or after ``S`` seconds
+  (at most 60) with the unchanged view. Waiters wake on every plan (after each
+  report and every tick, which also picks up what other replicas wrote), so a
+  change is seen within one tick. Long polls do not count against
+  ``max_in_flight``; at most ``max_watchers`` wait at once (then 429).
+
 Which pool owns a node: the first pool, by name, whose selector matches its labels.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -42,6 +51,7 @@ from dataclasses import asdict
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs
 
 from atoll.errors import AtollError, InputError
 from atoll.fleet.etcd import EtcdError, LeaderElection
@@ -86,6 +96,7 @@ class Controller:
         """Plans with decisions this replica wrote (a follower's stays 0)."""
         self._lock = threading.Lock()
         self._plans: dict[str, Plan] = {}
+        self._changed = threading.Condition()
 
     @staticmethod
     def owner(pools: list[tuple[PoolSpec, PoolState]], node: NodeFacts) -> str | None:
@@ -124,7 +135,9 @@ class Controller:
                         result = plan(spec_state[0], spec_state[1], nodes, now)
                 plans[spec.name] = result
             self._plans = plans
-            return plans
+        with self._changed:
+            self._changed.notify_all()
+        return plans
 
     def plans(self) -> dict[str, Plan]:
         with self._lock:
@@ -185,7 +198,21 @@ class Controller:
                 }
                 for n in result.desired
             ]
+        digest = hashlib.sha256(json.dumps(view, sort_keys=True).encode()).hexdigest()
+        view["etag"] = digest[:16]
         return view
+
+    def wait_view(self, name: str, etag: str, timeout: float) -> dict[str, Any]:
+        """The pool view once it differs from ``etag``, or after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            view = self.pool_view(name)
+            left = deadline - time.monotonic()
+            if view["etag"] != etag or left <= 0:
+                return view
+            with self._changed:
+                # Woken by the next plan; the bound covers a notify that raced us.
+                self._changed.wait(min(left, 1.0))
 
     def controller_view(self) -> dict[str, Any]:
         return {"replica": self.replica, "leading": self.leading, "leader": self.leader}
@@ -208,12 +235,17 @@ class FleetHTTPServer(ThreadingHTTPServer):
     request_queue_size = 2048  # a burst of agents must queue, not be reset
 
     def __init__(
-        self, address: tuple[str, int], controller: Controller, max_in_flight: int
+        self,
+        address: tuple[str, int],
+        controller: Controller,
+        max_in_flight: int,
+        max_watchers: int = 32,
     ) -> None:
         if address[0] != "127.0.0.1":
             raise InputError(f"--listen {address[0]}: the controller listens on 127.0.0.1 only")
         self.controller = controller
         self.in_flight = threading.BoundedSemaphore(max_in_flight)
+        self.watchers = threading.BoundedSemaphore(max_watchers)
         self.rejected = 0
         super().__init__(address, _Handler)
 
@@ -247,7 +279,9 @@ class _Handler(BaseHTTPRequestHandler):
         return data
 
     def _serve(self, method: str) -> None:
-        if not self.server.in_flight.acquire(blocking=False):
+        # A long poll waits most of its time: it has its own, separate bound.
+        slots = self.server.watchers if "wait=" in self.path else self.server.in_flight
+        if not slots.acquire(blocking=False):
             self.server.rejected += 1
             # Drain the body so the connection stays in sync for the retry.
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -261,7 +295,7 @@ class _Handler(BaseHTTPRequestHandler):
         except AtollError as e:
             self._send(HTTPStatus.BAD_REQUEST, {"error": str(e)})
         finally:
-            self.server.in_flight.release()
+            slots.release()
 
     def do_GET(self) -> None:
         self._serve("GET")
@@ -275,7 +309,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self, method: str) -> tuple[int, Any]:
         ctl = self.server.controller
         store = ctl.store
-        path = self.path.split("?", 1)[0]
+        path, _, query = self.path.partition("?")
         if method == "POST" and path == "/v1/nodes/register":
             body = self._body()
             name = body.get("name")
@@ -338,7 +372,19 @@ class _Handler(BaseHTTPRequestHandler):
         if match:
             name, verb = match.groups()
             if verb is None and method == "GET":
-                return 200, ctl.pool_view(name)
+                params = parse_qs(query)
+                if "wait" not in params:
+                    return 200, ctl.pool_view(name)
+                raw = params.get("timeout", ["30"])[0]
+                try:
+                    timeout = float(raw)
+                except ValueError:
+                    timeout = -1.0
+                if not 0 <= timeout <= 60:
+                    raise HttpError(
+                        HTTPStatus.BAD_REQUEST, f"GET {path}: timeout {raw!r}: expected 0..60 s"
+                    )
+                return 200, ctl.wait_view(name, params["wait"][0], timeout)
             if verb is None and method == "PUT":
                 spec = spec_from_dict(self._body(), f"PUT {path}")
                 if spec.name != name:
