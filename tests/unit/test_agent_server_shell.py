@@ -21,7 +21,7 @@ import pytest
 
 from atoll.agent.logs import LogsQuery, format_entry, parse_export, parse_query
 from atoll.agent.server import Agent, AgentConfig, AgentServer, serve_in_thread
-from atoll.agent.shell import CommandRuntime
+from atoll.agent.shell import CommandRuntime, SessionId
 from atoll.errors import AtollError
 from atoll.ops.client import NodeClient
 from atoll.ops.shell import ShellError, open_shell, parse_ttl, relay
@@ -207,3 +207,42 @@ def test_client_ttl_durations() -> None:
     assert [parse_ttl(t) for t in ("90", "90s", "15m", "1h")] == [90, 90, 900, 3600]
     with pytest.raises(AtollError, match="--ttl '15 min'"):
         parse_ttl("15 min")
+
+
+@dataclass
+class Leftovers:
+    """A runtime whose earlier sessions' containers are still there."""
+
+    left: list[str]
+    stopped: list[str]
+
+    def argv(self, session: SessionId, tty: bool) -> list[str]:
+        return ["/bin/true"]
+
+    def stop(self, session: SessionId) -> list[str]:
+        self.stopped.append(session)
+        self.left.remove(session)
+        return []
+
+    def leftovers(self) -> list[SessionId]:
+        return [SessionId(s) for s in self.left]
+
+
+def test_containers_left_by_an_earlier_agent_are_reaped_and_audited(tmp_path: Path) -> None:
+    runtime = Leftovers(["old1", "old2"], [])
+    config = AgentConfig(
+        root=tmp_path,
+        audit_path=tmp_path / "audit.jsonl",
+        cert=tmp_path / "absent.crt",
+        key=tmp_path / "absent.key",
+        ca=tmp_path / "absent-ca.crt",
+        crl=None,
+        runner=lambda argv: None,
+        shell_runtime=runtime,
+    )
+    agent = Agent(config)
+    agent.shells_ready.clear()
+    agent.reap_shells()
+    assert agent.shells_ready.is_set() and runtime.stopped == ["old1", "old2"]
+    reaped = [(r["what"], r["session"], r["problems"]) for r in agent.audit.records()]
+    assert reaped == [("shell reaped", "old1", []), ("shell reaped", "old2", [])]

@@ -99,6 +99,9 @@ class StandIn:
         self.stopped.append(session)
         return []
 
+    def leftovers(self) -> list[SessionId]:
+        return []
+
 
 class Clock:
     """Real time plus a jump the test controls (the session reads only this clock)."""
@@ -235,3 +238,25 @@ def test_a_disconnect_kills_the_session(start: Any) -> None:
     result = shell.finish()
     assert result.end is End.DISCONNECT
     assert result.exit_status in (-1, -9)  # SIGHUP, or SIGKILL after the grace time
+
+
+def test_containerd_stop_and_leftovers_run_ctr(tmp_path: Path) -> None:
+    """``ctr`` replaced by a script that logs its argv and lists two containers."""
+    log = tmp_path / "ctr.log"
+    ctr = tmp_path / "ctr"
+    ctr.write_text(
+        f'#!/bin/sh\necho "$*" >> {log}\n'
+        'case "$*" in *"containers list"*) printf "atoll-shell-a1\\nweb\\natoll-shell-b2\\n";; '
+        '*"tasks kill"*) echo "no such task" >&2; exit 1;; esac\n'
+    )
+    ctr.chmod(0o755)
+    runtime = ContainerdRuntime(ctr=str(ctr))
+    assert runtime.leftovers() == ["a1", "b2"]
+    assert runtime.stop(SessionId("a1")) == ["container atoll-shell-a1 is still listed by ctr"]
+    assert runtime.stop(SessionId("zz")) == []  # the failing kill (task gone) is not a problem
+    assert log.read_text().splitlines()[1:5] == [
+        "-n default tasks kill --signal SIGKILL atoll-shell-a1",
+        "-n default tasks delete --force atoll-shell-a1",
+        "-n default containers delete atoll-shell-a1",
+        "-n default containers list --quiet",
+    ]

@@ -150,6 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sync=sync,
     )
     agent = Agent(config)
+    if args.record_commands is None:
+        # Ops containers an earlier agent left (killed mid-session) go before new ones start.
+        agent.shells_ready.clear()
+        threading.Thread(target=agent.reap_shells, name="atoll-shell-reaper", daemon=True).start()
     servers: list[UnixAgentServer | AgentServer] = [UnixAgentServer(args.socket, agent)]
     if config.cert.exists() and config.key.exists() and config.ca.exists():
         servers.append(AgentServer((args.listen, args.port), agent))

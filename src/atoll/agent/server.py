@@ -146,6 +146,8 @@ class Agent:
         self.deployments = Deployments(config.commands, config.sync, root=config.root)
         self.started = time.monotonic()
         self.shell_slots = threading.BoundedSemaphore(config.max_shells)
+        self.shells_ready = threading.Event()  # cleared while reap_shells runs
+        self.shells_ready.set()
 
     def status(self, _: Identity, __: dict[str, Any], ___: dict[str, list[str]]) -> Any:
         release = _read_os_release(self.config.root)
@@ -239,6 +241,22 @@ class Agent:
         except (DeploymentError, RuntimeError, OSError) as e:
             raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, f"journalctl: {e}") from e
         return {"unit": wanted.unit, "lines": wanted.lines, "entries": parse_export(export)}
+
+    def reap_shells(self) -> None:
+        """Remove the ops containers a previous agent left behind, each one audited.
+
+        The daemon clears ``shells_ready`` before it serves and runs this in a
+        thread; new shells wait for it, so a fresh session is never taken for a leftover.
+        """
+        try:
+            runtime = self.config.shell_runtime
+            for session in runtime.leftovers():
+                problems = runtime.stop(session)
+                self.audit.append(
+                    who="agent", role=None, what="shell reaped", session=session, problems=problems
+                )
+        finally:
+            self.shells_ready.set()
 
     def shell(self, who: Identity, body: dict[str, Any], __: dict[str, list[str]]) -> Any:
         """Validate only; the session starts once the connection is upgraded."""
@@ -494,6 +512,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 f"{route.path}: needs Connection: Upgrade and Upgrade: {route.upgrade}",
             )
         agent = self.server.agent
+        agent.shells_ready.wait(60)
         if not agent.shell_slots.acquire(blocking=False):
             raise ApiError(HTTPStatus.CONFLICT, f"{agent.config.max_shells} shells already open")
         role = who.role.name.lower() if who.role else None

@@ -22,7 +22,8 @@ The session ends when the command exits, when the client disconnects, or at
 the TTL (measured on an injected monotonic clock): then the command's process
 group gets SIGHUP then SIGKILL, and the runtime's ``stop`` kills and removes
 the container. A last frame tells the client the exit status and why it
-ended.
+ended. A container that outlived its agent (killed or restarted mid-session) is
+found by ``leftovers`` and removed when the next agent starts.
 
 Recording: the transcript is an asciicast v2 file (``asciinema play`` replays
 it) under ``<root>/var/log/atoll/shell/<id>.log``: a JSON header (session id,
@@ -66,6 +67,7 @@ HEADER = struct.Struct(">BI")  # frame type, payload length
 WINSIZE = struct.Struct(">HH")  # rows, cols
 KILL_GRACE = 3.0  # seconds between SIGHUP and SIGKILL
 TRANSCRIPT_DIR = "var/log/atoll/shell"
+CONTAINER_PREFIX = "atoll-shell-"
 
 SessionId = NewType("SessionId", str)
 Clock = Callable[[], float]  # monotonic seconds
@@ -147,6 +149,10 @@ class Runtime(Protocol):
         """Kill and remove what ``argv`` started, idempotently; returns problems, if any."""
         ...
 
+    def leftovers(self) -> list[SessionId]:
+        """Sessions whose container outlived its agent (stopped or crashed mid-session)."""
+        ...
+
 
 @dataclass(frozen=True)
 class ContainerdRuntime:
@@ -169,7 +175,17 @@ class ContainerdRuntime:
 
     @staticmethod
     def container(session: SessionId) -> str:
-        return f"atoll-shell-{session}"
+        return CONTAINER_PREFIX + session
+
+    def leftovers(self) -> list[SessionId]:
+        problems: list[str] = []
+        listed = self._run([self.ctr, "-n", self.namespace, "containers", "list", "--quiet"],
+                           problems, quiet=False)  # fmt: skip
+        return [
+            SessionId(name.removeprefix(CONTAINER_PREFIX))
+            for name in listed.split()
+            if name.startswith(CONTAINER_PREFIX)
+        ]
 
     def argv(self, session: SessionId, tty: bool) -> list[str]:
         return [
@@ -219,6 +235,9 @@ class CommandRuntime:
 
     def stop(self, session: SessionId) -> list[str]:
         return []  # the process group is killed by the session itself
+
+    def leftovers(self) -> list[SessionId]:
+        return []  # nothing outlives the agent's own process groups
 
 
 @dataclass(frozen=True)
