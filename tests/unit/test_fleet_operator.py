@@ -28,6 +28,7 @@ import kopf
 import pytest
 import yaml  # type: ignore[import-untyped]  # pyyaml, a kopf dependency, ships no types
 
+from atoll.cli import main
 from atoll.errors import InputError
 from atoll.fleet import operator as op
 from atoll.fleet.rollout import Phase, Quantity
@@ -590,3 +591,19 @@ def test_granted_node_is_drained_through_evictions_before_it_may_reboot() -> Non
         await c.until("uncordon after the health gate", uncordoned)
 
     run(scenario)
+
+
+def test_cli_fails_at_once_on_missing_or_broken_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "kubeconfig"
+    broken.write_text("clusters: [\n", encoding="utf-8")
+    # --kubeconfig sets $KUBECONFIG in this process: monkeypatch restores it afterwards.
+    monkeypatch.setenv("KUBECONFIG", "")
+    assert main(["fleet", "operator", "--kubeconfig", str(broken)]) == 2
+    assert f"kubeconfig {broken}:" in capsys.readouterr().err
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.kube/config
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    assert main(["fleet", "operator"]) == 2
+    assert "no credentials" in capsys.readouterr().err

@@ -48,6 +48,7 @@ import asyncio
 import base64
 import datetime as dt
 import logging
+import os
 import ssl
 import tempfile
 import threading
@@ -695,6 +696,28 @@ class OperatorConfig:
     """Credentials; by default the in-cluster service account, then the kubeconfig."""
 
 
+def default_login(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
+    """The in-cluster service account, else the kubeconfig; :class:`InputError` if neither.
+
+    ``atoll fleet operator`` calls it once before starting kopf, so a missing or
+    broken kubeconfig fails at once (kopf itself would retry a failed login forever).
+    """
+    info = kopf.login_with_service_account(settings=settings)
+    if info is not None:
+        return info
+    path = os.environ.get("KUBECONFIG") or "~/.kube/config"
+    try:
+        info = kopf.login_with_kubeconfig(settings=settings)
+    except Exception as e:  # YAML or structure errors from kopf's parser
+        raise InputError(f"kubeconfig {path}: {e}") from e
+    if info is None:
+        raise InputError(
+            f"no credentials: not in a Pod with a service account, and no kubeconfig at {path}",
+            hint="pass --kubeconfig PATH or set KUBECONFIG",
+        )
+    return info
+
+
 def build_registry(
     config: OperatorConfig, clock: Callable[[], float] = time.time
 ) -> kopf.OperatorRegistry:
@@ -704,14 +727,15 @@ def build_registry(
 
     @kopf.on.login(registry=registry)
     def _login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
-        info = (
-            config.login()
-            if config.login is not None
-            else kopf.login_with_service_account(settings=settings)
-            or kopf.login_with_kubeconfig(settings=settings)
-        )
+        if config.login is not None:
+            info = config.login()
+        else:
+            try:
+                info = default_login(settings)
+            except InputError as e:
+                raise kopf.PermanentError(str(e)) from e
         if info is None:
-            raise kopf.LoginError("no in-cluster service account and no kubeconfig found")
+            raise kopf.PermanentError("no credentials")
         previous = holder.get("reconciler")
         holder["reconciler"] = NodePoolReconciler(KubeApi(info), clock)
         if previous is not None:

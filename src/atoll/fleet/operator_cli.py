@@ -26,7 +26,13 @@ from atoll.errors import AtollError, InputError
 
 def _operator(args: argparse.Namespace) -> int:
     try:
-        from atoll.fleet.operator import OperatorConfig, run_operator  # noqa: PLC0415
+        import kopf  # noqa: PLC0415
+
+        from atoll.fleet.operator import (  # noqa: PLC0415
+            OperatorConfig,
+            default_login,
+            run_operator,
+        )
     except ImportError as e:  # kopf is the optional `kubernetes` extra
         raise AtollError(
             f"atoll fleet operator needs kopf: {e}",
@@ -39,6 +45,7 @@ def _operator(args: argparse.Namespace) -> int:
             raise InputError(f"--kubeconfig {args.kubeconfig}: no such file")
         # kopf's kubeconfig login reads $KUBECONFIG (this process only).
         os.environ["KUBECONFIG"] = str(args.kubeconfig)
+    default_login(kopf.OperatorSettings())  # fail now on missing or broken credentials
     asyncio.run(run_operator(OperatorConfig(interval=args.interval), peering=args.peering))
     return 0
 
