@@ -45,30 +45,23 @@ over HTTP; writing its own Node's annotations is not wired into the agent).
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime as dt
-import logging
 import os
-import ssl
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 import aiohttp
 import kopf
 
 from atoll.errors import InputError
+from atoll.fleet.kube import GROUP, PLURAL, VERSION, KubeApi, KubeError
 from atoll.fleet.pool import spec_from_dict
 from atoll.fleet.rollout import ActionKind, NodeFacts, Phase, Plan, PoolSpec, PoolState, plan
 from atoll.fleet.store import after_report, matches
 
-GROUP = "atoll.dev"
-VERSION = "v1alpha1"
-PLURAL = "nodepools"
 KIND = "NodePool"
 
 # Written by the node's agent.
@@ -90,10 +83,7 @@ A_POOL = "atoll.dev/pool"
 # On the NodePool: a new value resumes the pool.
 A_RESUME = "atoll.dev/resume"
 
-_OPERATOR_KEYS = (A_PHASE, A_SINCE, A_GRANTED, A_DESIRED, A_STAGE, A_MAY_REBOOT, A_REASON, A_POOL)
 _STATUS_NODES_LIMIT = 50  # waiting nodes listed in the status; counts cover all
-
-_log = logging.getLogger(__name__)
 
 # The CR's strategy keys (camelCase) and pool.toml's (snake_case): one table.
 STRATEGY_KEYS: Mapping[str, str] = {
@@ -116,15 +106,6 @@ WINDOW_KEYS: Mapping[str, str] = {
     "lengthMinutes": "length_minutes",
     "timezone": "timezone",
 }
-
-
-class NodePoolSpec(TypedDict, total=False):
-    """The raw ``spec`` of a NodePool object (before validation)."""
-
-    version: str
-    previousVersion: str
-    selector: dict[str, Any]
-    strategy: dict[str, Any]
 
 
 def spec_from_object(name: str, raw: Mapping[str, Any]) -> PoolSpec:
@@ -403,133 +384,6 @@ def pool_status(
 def _camel(snake: str) -> str:
     head, *rest = snake.split("_")
     return head + "".join(part.capitalize() for part in rest)
-
-
-# --- talking to the API server -------------------------------------------------------------
-
-
-class KubeError(Exception):
-    """A Kubernetes API request failed; the message names the method and path."""
-
-    def __init__(self, method: str, path: str, status: int, body: str) -> None:
-        super().__init__(f"{method} {path}: HTTP {status}: {body[:300]}")
-        self.status = status
-
-
-class KubeApi:
-    """The few requests the operator makes itself, with kopf's credentials.
-
-    kopf watches and patches the NodePools for its handlers; listing Nodes,
-    annotating them and writing a pool's status from the timer are done here,
-    with the :class:`kopf.ConnectionInfo` that kopf's login produced, so there
-    is one source of credentials.
-    """
-
-    def __init__(self, info: kopf.ConnectionInfo) -> None:
-        self._info = info
-        self._tmp = tempfile.TemporaryDirectory(prefix="atoll-operator-")
-        self._session: aiohttp.ClientSession | None = None
-
-    def _ssl(self) -> ssl.SSLContext | bool:
-        info = self._info
-        if info.insecure:
-            return False
-        cadata = None
-        if info.ca_data is not None:
-            raw = info.ca_data.encode() if isinstance(info.ca_data, str) else info.ca_data
-            cadata = base64.b64decode(raw).decode("ascii")
-        context = ssl.create_default_context(
-            cafile=str(info.ca_path) if info.ca_path is not None else None, cadata=cadata
-        )
-        cert, key = info.certificate_path, info.private_key_path
-        tmp = Path(self._tmp.name)
-        if info.certificate_data is not None:
-            cert = tmp / "client.crt"
-            cert.write_bytes(_decode(info.certificate_data))
-        if info.private_key_data is not None:
-            key = tmp / "client.key"
-            key.write_bytes(_decode(info.private_key_data))
-            key.chmod(0o600)
-        if cert is not None:
-            context.load_cert_chain(str(cert), str(key) if key is not None else None)
-        return context
-
-    def _headers(self) -> dict[str, str]:
-        info = self._info
-        if info.token:
-            return {"Authorization": f"{info.scheme or 'Bearer'} {info.token}"}
-        if info.username and info.password:
-            pair = base64.b64encode(f"{info.username}:{info.password}".encode()).decode()
-            return {"Authorization": f"Basic {pair}"}
-        return {}
-
-    async def _request(
-        self, method: str, path: str, body: object = None, content_type: str | None = None
-    ) -> Any:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                headers=self._headers(),
-                connector=aiohttp.TCPConnector(ssl=self._ssl()),
-                timeout=aiohttp.ClientTimeout(total=30),
-            )
-        url = self._info.server.rstrip("/") + path
-        headers = {"Content-Type": content_type} if content_type else {}
-        async with self._session.request(method, url, json=body, headers=headers) as response:
-            if response.status >= 400:
-                raise KubeError(method, path, response.status, await response.text())
-            return await response.json(content_type=None)
-
-    async def list_nodes(self) -> list[dict[str, Any]]:
-        answer = await self._request("GET", "/api/v1/nodes")
-        return list(answer.get("items") or [])
-
-    async def list_pools(self) -> list[dict[str, Any]]:
-        answer = await self._request("GET", f"/apis/{GROUP}/{VERSION}/{PLURAL}")
-        return list(answer.get("items") or [])
-
-    async def patch_node(self, name: str, patch: Mapping[str, Any]) -> None:
-        await self._request("PATCH", f"/api/v1/nodes/{name}", patch, "application/merge-patch+json")
-
-    async def list_pods(self, node: str) -> list[dict[str, Any]]:
-        answer = await self._request("GET", f"/api/v1/pods?fieldSelector=spec.nodeName%3D{node}")
-        # Filter here too: the selector is an optimisation the API server may not apply.
-        return [
-            p for p in answer.get("items") or [] if (p.get("spec") or {}).get("nodeName") == node
-        ]
-
-    async def evict(self, namespace: str, pod: str) -> int:
-        """POST an Eviction; returns the HTTP status (429: refused by a PodDisruptionBudget)."""
-        body = {
-            "apiVersion": "policy/v1",
-            "kind": "Eviction",
-            "metadata": {"name": pod, "namespace": namespace},
-        }
-        try:
-            await self._request("POST", f"/api/v1/namespaces/{namespace}/pods/{pod}/eviction", body)
-        except KubeError as e:
-            if e.status in (404, 429):
-                return e.status
-            raise
-        return 201
-
-    async def patch_pool_status(self, name: str, status: Mapping[str, Any]) -> None:
-        await self._request(
-            "PATCH",
-            f"/apis/{GROUP}/{VERSION}/{PLURAL}/{name}/status",
-            {"status": status},
-            "application/merge-patch+json",
-        )
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-        self._tmp.cleanup()
-
-
-def _decode(data: str | bytes) -> bytes:
-    raw = data.encode() if isinstance(data, str) else data
-    return base64.b64decode(raw)
 
 
 # --- the reconcile loop --------------------------------------------------------------------
@@ -833,7 +687,6 @@ __all__ = [
     "KIND",
     "PLURAL",
     "VERSION",
-    "KubeApi",
     "NodePoolReconciler",
     "OperatorConfig",
     "build_registry",
