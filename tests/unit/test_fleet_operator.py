@@ -607,3 +607,74 @@ def test_cli_fails_at_once_on_missing_or_broken_credentials(
     monkeypatch.delenv("KUBECONFIG", raising=False)
     assert main(["fleet", "operator"]) == 2
     assert "no credentials" in capsys.readouterr().err
+
+
+def _node(annotations: dict[str, str] | None = None, *, ready: bool = True) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "n1", "labels": {"role": "web"}, "annotations": annotations or {}},
+        "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
+
+
+C, S, H, F = op.A_CURRENT, op.A_STAGED, op.A_HEALTHY, op.A_FAILED
+P, G, D = op.A_PHASE, op.A_GRANTED, op.A_DESIRED
+
+
+@pytest.mark.parametrize(
+    ("node", "phase", "healthy"),
+    [
+        pytest.param(_node({C: "1"}), Phase.IDLE, True, id="fresh node: idle"),
+        pytest.param(_node({C: "1"}, ready=False), Phase.IDLE, False, id="not Ready: unhealthy"),
+        pytest.param(_node({C: "1", H: "false"}), Phase.IDLE, False, id="agent unhealthy"),
+        pytest.param(
+            _node({C: "1", S: "2", P: "staging", D: "2"}), Phase.STAGED, True, id="staged"
+        ),
+        pytest.param(
+            _node({C: "1", S: "2", P: "rebooting", G: "2", D: "2"}),
+            Phase.REBOOTING,
+            True,
+            id="granted, not rebooted yet",
+        ),
+        pytest.param(
+            _node({C: "2", P: "rebooting", G: "2", D: "2"}),
+            Phase.IDLE,
+            True,
+            id="back on the granted version, Ready: idle",
+        ),
+        pytest.param(
+            _node({C: "2", P: "rebooting", G: "2", D: "2"}, ready=False),
+            Phase.REBOOTING,
+            False,
+            id="back on the granted version, kubelet not Ready yet: still rebooting",
+        ),
+        pytest.param(
+            _node({C: "2", H: "false", P: "rebooting", G: "2", D: "2"}),
+            Phase.FAILED,
+            False,
+            id="agent unhealthy on the granted version: failed",
+        ),
+        pytest.param(
+            _node({C: "1", F: "true", P: "rebooting", G: "2", D: "2"}),
+            Phase.FAILED,
+            True,
+            id="agent rolled back by itself: failed",
+        ),
+        pytest.param(_node({C: "1", P: "bogus"}), Phase.IDLE, True, id="hand-edited phase"),
+    ],
+)
+def test_facts_of_node_annotations(node: dict[str, Any], phase: Phase, healthy: bool) -> None:
+    facts = op.facts_of(node, now=100.0)
+    assert facts is not None
+    assert (facts.phase, facts.healthy) == (phase, healthy)
+    assert facts.labels == {"role": "web"}
+
+
+def test_unreported_node_is_not_planned() -> None:
+    assert op.facts_of(_node(), now=0.0) is None
+
+
+def test_owner_is_the_first_matching_pool_by_name() -> None:
+    web = op.spec_from_object("web", {"version": "2", "selector": {"matchLabels": {"role": "web"}}})
+    every = op.spec_from_object("all", {"version": "3"})
+    assert op.owner([("web", web), ("all", every)], {"role": "web"}) == "all"
+    assert op.owner([("web", web)], {"role": "db"}) is None
