@@ -678,3 +678,19 @@ def test_owner_is_the_first_matching_pool_by_name() -> None:
     every = op.spec_from_object("all", {"version": "3"})
     assert op.owner([("web", web), ("all", every)], {"role": "web"}) == "all"
     assert op.owner([("web", web)], {"role": "db"}) is None
+
+
+def test_invalid_pool_is_reported_in_its_status_and_touches_no_node() -> None:
+    async def scenario(c: Cluster) -> None:
+        await c.add_node("n1", "1.0", role="web")
+        await c.add_pool("web", {"version": "2.0", "strategy": {"maxUnavailable": "lots"}})
+
+        async def invalid() -> dict[str, Any] | None:
+            status = await c.pool_status("web")
+            return status if status.get("phase") == "Invalid" else None
+
+        status = await c.until("phase Invalid", invalid)
+        assert "NodePool web: strategy.max_unavailable" in status["pauseReason"]
+        assert op.A_DESIRED not in notes((await c.nodes())["n1"])
+
+    run(scenario)
