@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,15 +14,8 @@ from atoll.fleet.etcd import EtcdClient, parse_endpoints
 from atoll.fleet.etcd_store import EtcdStore, NotLeader
 from atoll.fleet.rollout import Phase, PoolSpec, PoolState, Quantity, plan
 from atoll.fleet.store import FleetStore, Store
-from tests.integration.fleet_etcd import etcd_cluster
 
 _prefixes = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def etcd_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with etcd_cluster(tmp_path_factory.mktemp("etcd")) as url:
-        yield url
 
 
 class Opener:

@@ -25,7 +25,6 @@ from atoll.agent.fleet_client import Backoff, request_json
 from atoll.cli import main
 from atoll.fleet.etcd_store import open_replica
 from atoll.fleet.server import FleetService
-from tests.integration.fleet_etcd import etcd_cluster
 from tests.integration.test_fleet_rollout import POOL, Tracker, _wait, agent
 
 TTL = 2
@@ -34,12 +33,6 @@ TTL = 2
 POOL1: dict[str, Any] = json.loads(json.dumps(POOL))
 POOL1["strategy"]["max_unavailable"] = 1
 _prefixes = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def etcd_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with etcd_cluster(tmp_path_factory.mktemp("etcd")) as url:
-        yield url
 
 
 def _replica(url: str, name: str, prefix: str) -> FleetService:
