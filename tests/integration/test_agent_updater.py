@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from atoll.agent import pending as markers
 from atoll.agent.deployments import Deployments
 from atoll.agent.fleet_client import request_json
 from atoll.agent.updater import UpdateError, Updater, UpdaterConfig, load_config
@@ -137,6 +138,30 @@ def test_a_version_the_channel_does_not_have_is_refused_before_any_change(
         updater.stage(unpublished)
     assert not ostree.has_commit(repo, unpublished)
     assert sysroot.pending is None
+
+
+def test_a_build_that_was_rolled_back_here_is_not_staged_again(
+    world: World,  # noqa: F811
+    tmp_path: Path,
+    controller: str,
+) -> None:
+    _publish(world, "1.0.0")
+    _publish(world, "1.1.0")
+    v1, v2 = world.commits["1.0.0"], world.commits["1.1.0"]
+    sysroot = FakeSysroot(v1, {v1: "1.0.0", v2: "1.1.0"})
+    updater, repo = _updater(world, tmp_path, controller, sysroot)
+    record = markers.Rollback(
+        v2, v1, "health: systemd: atoll-broken.service failed", "2026-11-23T10:00:00Z"
+    )
+    markers.write_json(updater.root / markers.ROLLBACK, record.as_dict())
+    with pytest.raises(UpdateError, match=rf"1.1.0 \({v2[:12]}\) was rolled back on this node"):
+        updater.stage("1.1.0")
+    assert sysroot.pending is None and not ostree.has_commit(repo, v2)
+    # Once the channel names another build for the version (a fix), it is staged as usual.
+    other = markers.Rollback("f" * 64, v1, "an older build", record.at)
+    markers.write_json(updater.root / markers.ROLLBACK, other.as_dict())
+    assert updater.stage("1.1.0") == v2
+    assert sysroot.pending == v2
 
 
 def test_config_comes_from_first_boot_and_settings(tmp_path: Path) -> None:

@@ -88,3 +88,32 @@ def test_check_kernel_refuses_non_bzimage() -> None:
         check_kernel(b"\0" * 1024, "x.img: entry")
     with pytest.raises(AtollError, match="not a Linux kernel"):
         check_kernel(b"", "empty")
+
+
+def test_a_guest_reboot_powers_the_machine_on_again(tmp_path: Path) -> None:
+    """qemu runs with -no-reboot: it ends when the guest restarts, and poll() starts it again."""
+    image = tmp_path / "d.img"
+    image.write_bytes(b"\0" * 512)
+    machine = Machine(BootSpec(image, state_dir=tmp_path / "vm"))
+    machine.state_dir.mkdir()
+    log, marker = machine.console_log, tmp_path / "booted-once"
+    # A stand-in for qemu: the first "boot" reboots (and exits 0), the second stays up.
+    script = (
+        f"if [ -e {marker} ]; then echo 'second boot' >> {log}; exec sleep 30; fi; "
+        f"touch {marker}; printf 'first boot\\n[ 9.1] reboot: Restarting system\\n' >> {log}"
+    )
+    machine._argv = ["sh", "-c", script]
+    with (tmp_path / "stderr").open("wb") as stderr:
+        machine._process = subprocess.Popen(machine._argv, stderr=stderr)
+    try:
+        seen: list[str] = []
+        deadline = time.monotonic() + 10
+        while "second boot" not in seen and time.monotonic() < deadline:
+            assert machine.running
+            seen += machine.poll()
+            time.sleep(0.05)
+        assert seen == ["first boot", "[ 9.1] reboot: Restarting system", "second boot"]
+        assert machine.reboots == 1 and machine.running
+    finally:
+        machine.stop(grace=0.0)
+    assert not machine.running

@@ -7,6 +7,7 @@ VMs boot with ``snapshot=True``: the disk stays pristine for the next boot.
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +17,12 @@ import pytest
 from atoll.boot.console import ConsoleState
 from atoll.boot.report import BootReport
 from atoll.boot.runner import BootSpec, Firmware, Machine
+from atoll.compose import compose
 from atoll.disk import build_disk, plan_disk
 from atoll.disk.layout import MIB
 from atoll.progress import PlainReporter
-from tests.conftest import ComposedImage
+from atoll.tools import ostree
+from tests.conftest import DEFAULT_MANIFEST, TEST_CACHE, TEST_EPOCH, ComposedImage
 
 READY_TIMEOUT = 240.0
 SELFTEST_TIMEOUT = 180.0
@@ -44,7 +47,8 @@ def default_disk(
     default_image: ComposedImage, tmp_path_factory: pytest.TempPathFactory
 ) -> DefaultDisk:
     image = tmp_path_factory.mktemp("vm-disk") / "default.img"
-    plan = plan_disk(default_image.repo, default_image.ref, image, size=2048 * MIB)
+    # The commit, not the ref: another session may move the shared repo's ref meanwhile.
+    plan = plan_disk(default_image.repo, default_image.commit, image, size=2048 * MIB)
     build_disk(plan, PlainReporter())
     return DefaultDisk(image, default_image)
 
@@ -65,3 +69,35 @@ def boot_with_selftest(disk: DefaultDisk, firmware: Firmware) -> SelftestBoot:
 @pytest.fixture(scope="session")
 def direct_boot(default_disk: DefaultDisk) -> Iterator[SelftestBoot]:
     yield boot_with_selftest(default_disk, Firmware.DIRECT)
+
+
+@dataclass(frozen=True)
+class TwoVersions:
+    """One repository holding the default image (old) and a site image on top of it (new)."""
+
+    repo: Path
+    old: ComposedImage
+    new_version: str
+    new_commit: str
+
+
+@pytest.fixture(scope="session")
+def two_versions(
+    default_image: ComposedImage, tmp_path_factory: pytest.TempPathFactory
+) -> TwoVersions:
+    work = tmp_path_factory.mktemp("two-versions")
+    repo = work / "repo"
+    ostree.init_repo(repo)
+    subprocess.run(
+        ["ostree", f"--repo={repo}", "pull-local", str(default_image.repo), default_image.commit],
+        check=True,
+        capture_output=True,
+    )
+    ostree.set_ref(repo, default_image.ref, default_image.commit)
+    site = work / "site.toml"
+    site.write_text(
+        f'extends = "{DEFAULT_MANIFEST}"\n[image]\nname = "minimal"\nversion = "1.0.1"\n'
+        '[[files]]\npath = "/usr/lib/atoll/site-marker"\ncontent = "1.0.1"\n'
+    )
+    new = compose(site, repo, PlainReporter(), cache=TEST_CACHE, source_date_epoch=TEST_EPOCH)
+    return TwoVersions(repo, default_image, new.version, new.commit)

@@ -294,25 +294,46 @@ def bless(esp: Path, cmdline: str) -> str | None:
     raise EntryError(f"{entries_dir}: no entry boots {booted}")
 
 
-def find_esp_device() -> str:
-    """The ESP's block device on the node, found by its GPT type with blkid."""
-    result = subprocess.run(
-        ["blkid", "-o", "device", "-t", f"PART_ENTRY_TYPE={ESP_TYPE}"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    devices = result.stdout.split()
-    if not devices:
-        raise EntryError("no EFI system partition found (blkid PART_ENTRY_TYPE)")
-    return devices[0]
+def find_esp_device(sys_block: Path = Path("/sys/class/block")) -> str:
+    """The ESP's block device on the node, found by its GPT partition type.
+
+    Each partition the kernel knows is probed with ``blkid -p`` (low-level,
+    no cache): the cached ``blkid -t PART_ENTRY_TYPE=...`` lookup never
+    matches, because the cache does not keep partition-table tags.
+    """
+    partitions = sorted(p.name for p in sys_block.iterdir() if (p / "partition").exists())
+    for name in partitions:
+        result = subprocess.run(
+            ["blkid", "-p", "-o", "value", "-s", "PART_ENTRY_TYPE", f"/dev/{name}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.stdout.strip().lower() == ESP_TYPE:
+            return f"/dev/{name}"
+    probed = ", ".join(partitions) or "no partitions"
+    raise EntryError(f"no EFI system partition (GPT type {ESP_TYPE}) among {probed}")
+
+
+def _vfat_mounts(mounts: Path = Path("/proc/self/mounts")) -> set[Path]:
+    found = set()
+    for line in mounts.read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[2] == "vfat":
+            found.add(Path(fields[1]))
+    return found
 
 
 @contextlib.contextmanager
 def mounted_esp() -> Iterator[Path]:
-    """The ESP mounted read-write: /efi, /boot or /boot/efi if mounted, else a private mount."""
+    """The ESP mounted read-write: /efi, /boot or /boot/efi if mounted, else a private mount.
+
+    Only a FAT mount counts: on atoll /boot is the physical root's /boot
+    (ostree's entries, bound there by prepare-root), never the ESP.
+    """
+    vfat = _vfat_mounts()
     for candidate in (Path("/efi"), Path("/boot"), Path("/boot/efi")):
-        if candidate.is_mount() and (candidate / "loader").is_dir():
+        if candidate in vfat and (candidate / "loader").is_dir():
             yield candidate
             return
     device = find_esp_device()

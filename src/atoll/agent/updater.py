@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from atoll.agent import pending as markers
 from atoll.agent.deployments import Deployment, Deployments
 from atoll.agent.fleet_client import Backoff, Desired, FleetClient, FleetError
 from atoll.agent.updates import Runner, check_channel, default_run, pull_verified
@@ -178,6 +179,14 @@ class Updater:
 
     def stage(self, version: str) -> str:
         commit = self.resolve(version)
+        rolled_back = markers.read_rollback(self.root / markers.ROLLBACK)
+        if rolled_back is not None and rolled_back.from_commit == commit:
+            # The health check already failed on this very build here; staging it
+            # again would only loop. A different build (a fix) is staged as usual.
+            raise UpdateError(
+                f"{version} ({commit[:12]}) was rolled back on this node at {rolled_back.at} "
+                f"({rolled_back.reason}); waiting for a different build"
+            )
         pull_verified(self.root / NODE_REPO, self.config.server, commit, self.keys, self.run)
         self.deployments.upgrade(commit)
         return commit
@@ -203,6 +212,9 @@ class Updater:
             self.log(f"staged {desired.version} ({commit[:12]}); the running system is unchanged")
             booted, pending = self._state()
         if desired.may_reboot and _matches(pending, desired.version):
+            # Mirror the entries onto the ESP again first (idempotent): a sync that
+            # failed after the deploy must not send the node into its old entry.
+            self.deployments.sync()
             self.log(f"rebooting into {desired.version} (granted by {self.config.controller})")
             self.deployments.reboot()
         return desired
@@ -213,6 +225,9 @@ class Updater:
                 self.step()
             except (FleetError, UpdateError, VerificationError, OSError, RuntimeError) as e:
                 self.log(f"update round failed: {e}")
+            except Exception as e:
+                # A bug in one round must not end the loop: say what it was, go on.
+                self.log(f"update round failed: {type(e).__name__}: {e}")
             stop.wait(self.config.interval)
 
 

@@ -58,6 +58,10 @@ USER_DATA_FW_CFG = "opt/atoll/user-data"
 SERIAL_CONSOLE = "console=ttyS0,115200"
 
 
+# What Linux prints last when the machine restarts (kernel/reboot.c).
+REBOOT_LINE = "reboot: Restarting system"
+
+
 class Firmware(StrEnum):
     UEFI = "uefi"
     DIRECT = "direct"
@@ -102,7 +106,12 @@ class BootSpec:
     cpus: int = 1
     accel: qemu.AccelChoice | None = None
     kernel_override: KernelOverride | None = None
+    # Services on the host the guest may reach (qemu.HOST_SERVICES_ADDRESS:guest).
+    host_services: tuple[qemu.HostService, ...] = ()
     extra_append: tuple[str, ...] = ()
+    # When the guest reboots, qemu ends and the runner starts it again on the
+    # same disk and EFI variables (a cold reset; see Machine.poll).
+    cold_reboot: bool = True
 
 
 class StateFile(TypedDict):
@@ -186,6 +195,10 @@ class Machine:
         self._stderr_path = self.state_dir / "qemu.stderr"
         self._follower = _Follower(self.console_log)
         self._accel = qemu.Accel.TCG
+        self._argv: list[str] = []
+        self._rebooting = False  # the guest kernel said it restarts
+        self._unread: list[str] = []  # read by `running`, not yet returned by poll()
+        self.reboots = 0  # guest reboots so far (each a fresh qemu process)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -234,8 +247,10 @@ class Machine:
             memory_mib=spec.memory_mib,
             cpus=spec.cpus,
             forwards=tuple(qemu.Forward(h, g) for g, h in self._ports.items()),
+            host_services=spec.host_services,
             fw_cfg_files=fw_cfg_files,
             fw_cfg_strings=((SELFTEST_FW_CFG, "1"),) if spec.selftest else (),
+            no_reboot=spec.cold_reboot,
         )
         return qemu.machine_argv(machine)
 
@@ -261,10 +276,25 @@ class Machine:
         return qemu.DirectKernel(kernel, _append(entry.options, spec.extra_append))
 
     def start(self) -> None:
-        argv = self.plan()
+        self._argv = self.plan()
         with self._stderr_path.open("wb") as stderr:
             self._started = self.clock.monotonic()
-            self._process = qemu.spawn(argv, stderr)
+            self._process = qemu.spawn(self._argv, stderr)
+        self._write_state()
+
+    def _restart_after_reboot(self) -> None:
+        """The guest rebooted and qemu ended (``-no-reboot``): power it on again.
+
+        Same disk, same EFI variables, same forwards; the console log goes on.
+        Why not qemu's own reset: OVMF hangs in its DXE phase after a warm
+        reset under TCG on this machine (qemu 7.2, OVMF 2022.11).
+        """
+        assert self._process is not None
+        self._process.wait()
+        self._rebooting = False
+        self.reboots += 1
+        with self._stderr_path.open("ab") as stderr:
+            self._process = qemu.spawn(self._argv, stderr)
         self._write_state()
 
     def _write_state(self) -> None:
@@ -304,10 +334,25 @@ class Machine:
 
     def poll(self) -> list[str]:
         """Feed the console lines written since the last call; return them."""
+        lines = self._unread + self._read_console()
+        self._unread = []
+        if (
+            self.spec.cold_reboot
+            and self._rebooting
+            and self._process is not None
+            and self._process.poll() == 0
+        ):
+            lines += self._read_console(rest=True)
+            self._restart_after_reboot()
+        return lines
+
+    def _read_console(self, rest: bool = False) -> list[str]:
         now = self.clock.monotonic()
-        lines = self._follower.new_lines()
+        lines = self._follower.rest() if rest else self._follower.new_lines()
         for line in lines:
             self._state.feed(line, now)
+            if REBOOT_LINE in line:
+                self._rebooting = True
         return lines
 
     def wait_for(self, text: str, timeout: float) -> str | None:
@@ -398,7 +443,16 @@ class Machine:
 
     @property
     def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        """qemu runs, or it ended for a guest reboot that the next poll() restarts."""
+        if self._process is None:
+            return False
+        code = self._process.poll()
+        if code is None:
+            return True
+        if code == 0 and self.spec.cold_reboot and not self._rebooting:
+            # qemu may have ended before poll() read the kernel's last words.
+            self._unread += self._read_console(rest=True)
+        return code == 0 and self._rebooting and self.spec.cold_reboot
 
     # -- stopping ------------------------------------------------------------
 

@@ -12,7 +12,8 @@
  *   1. mount /proc on the physical root, read ostree= from the command line
  *      and resolve it to the deployment directory;
  *   2. bind-mount the deployment onto itself, the physical root onto its
- *      /sysroot and the stateroot's var onto its /var;
+ *      /sysroot, the stateroot's var onto its /var and the physical /boot
+ *      onto its /boot (where ostree keeps the boot entries);
  *   3. bind /usr onto itself read-only;
  *   4. mount a tmpfs on /run holding /run/ostree-booted (ostree's marker that
  *      this system was booted from a deployment; systemd keeps an existing
@@ -129,6 +130,15 @@ int main(int argc, char *argv[]) {
   /* /var is per stateroot, shared by every deployment: ../../var. */
   if (mount("../../var", "var", NULL, MS_BIND | MS_SILENT, NULL) < 0)
     fail("bind ../../var onto", "var");
+
+  /* /boot on the physical root (no separate /boot partition): ostree's
+   * loader symlink lives there. Bind it onto the deployment's /boot, as
+   * ostree's own prepare-root does, so that `ostree admin` on the node
+   * writes its boot entries where the boot loader sync reads them. */
+  if (lstat("/boot/loader", &st) == 0 && S_ISLNK(st.st_mode) &&
+      stat("boot", &st) == 0 && S_ISDIR(st.st_mode) &&
+      mount("/boot", "boot", NULL, MS_BIND | MS_SILENT, NULL) < 0)
+    fail("bind the physical /boot onto", "boot");
 
   /* /usr is the image: read-only. */
   if (mount("usr", "usr", NULL, MS_BIND | MS_SILENT, NULL) < 0)

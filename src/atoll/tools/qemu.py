@@ -31,6 +31,7 @@ import logging
 import os
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -78,6 +79,19 @@ class Forward:
     guest: int
 
 
+# The address on the guest's user network where host services appear
+# (qemu's own services are 10.0.2.2 and .3; .100 is free).
+HOST_SERVICES_ADDRESS = "10.0.2.100"
+
+
+@dataclass(frozen=True)
+class HostService:
+    """Guest connections to HOST_SERVICES_ADDRESS:guest reach 127.0.0.1:host on the host."""
+
+    guest: int
+    host: int
+
+
 @dataclass(frozen=True)
 class DirectKernel:
     """``-kernel``/``-append`` boot: the firmware's job done by qemu itself."""
@@ -106,11 +120,15 @@ class MachineSpec:
     memory_mib: int = 1024
     cpus: int = 1
     forwards: tuple[Forward, ...] = ()
+    host_services: tuple[HostService, ...] = ()
     # fw_cfg blobs: name (e.g. "opt/atoll/user-data") -> file on the host.
     fw_cfg_files: tuple[tuple[str, Path], ...] = ()
     fw_cfg_strings: tuple[tuple[str, str], ...] = ()
     # Writes go to a throw-away overlay: the image stays as it was (tests).
     snapshot: bool = False
+    # A guest reboot ends qemu instead of resetting the machine; the caller
+    # starts it again (a cold reset: OVMF hangs on a warm reset under TCG here).
+    no_reboot: bool = False
     extra: tuple[str, ...] = field(default=())
 
 
@@ -133,7 +151,8 @@ def machine_argv(spec: MachineSpec, qemu: str = QEMU) -> list[str]:
         "none",
         "-no-user-config",
         "-chardev",
-        f"file,id=serial0,path={spec.console_log}",
+        # append: a restarted VM (cold reboot) continues the same console log.
+        f"file,id=serial0,path={spec.console_log},append=on",
         "-serial",
         "chardev:serial0",
         "-qmp",
@@ -160,11 +179,18 @@ def machine_argv(spec: MachineSpec, qemu: str = QEMU) -> list[str]:
     nic = "user,model=virtio-net-pci,restrict=on"
     for fwd in spec.forwards:
         nic += f",hostfwd=tcp:127.0.0.1:{fwd.host}-:{fwd.guest}"
+    for service in spec.host_services:
+        # One relay process per guest connection (atoll.tools.relay), to
+        # 127.0.0.1 only; restrict=on still blocks everything else.
+        relay = f"{sys.executable} -m atoll.tools.relay {service.host}"
+        nic += f",guestfwd=tcp:{HOST_SERVICES_ADDRESS}:{service.guest}-cmd:{relay}"
     argv += ["-nic", nic]
     for name, path in spec.fw_cfg_files:
         argv += ["-fw_cfg", f"name={name},file={path}"]
     for name, value in spec.fw_cfg_strings:
         argv += ["-fw_cfg", f"name={name},string={value}"]
+    if spec.no_reboot:
+        argv.append("-no-reboot")
     argv += list(spec.extra)
     return argv
 
