@@ -123,6 +123,23 @@ def test_a_stopping_leader_resigns_at_once(
     assert time.monotonic() - stopped < TTL  # no lease expiry to wait for
 
 
+def test_no_campaign_during_a_plan(replicas: tuple[FleetService, FleetService]) -> None:
+    """The election waits for a plan in flight (see FleetService.campaign)."""
+    _, b = replicas
+    done = threading.Event()
+
+    def campaign() -> None:
+        b.campaign()
+        done.set()
+
+    with b.controller.plan_lock:  # a plan in flight
+        thread = threading.Thread(target=campaign)
+        thread.start()
+        assert not done.wait(0.5)
+    assert done.wait(10)
+    thread.join()
+
+
 def test_serve_rejects_bad_etcd_settings(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["fleet", "serve", "--store", "etcd://", "--listen", "127.0.0.1:0"]) == 2
     assert "etcd://host:port" in capsys.readouterr().err

@@ -26,6 +26,8 @@ Design:
   that lost its lease mid-plan writes nothing (:class:`NotLeader`). The
   election runs in its own thread every quarter of the lease TTL; a leader
   that stops resigns at once, one that dies is replaced within about one TTL.
+  A replica never campaigns during one of its own plans (the plan lock), so a
+  plan that passes the fence was read while this replica led throughout.
 
 * **watching** (``atoll fleet status POOL --watch``): a pool view carries an
   ``etag`` (a digest of the view); ``GET /v1/pools/NAME?wait=ETAG&timeout=S``
@@ -94,7 +96,8 @@ class Controller:
         self.leader: str | None = replica if leading else None
         self.persisted = 0
         """Plans with decisions this replica wrote (a follower's stays 0)."""
-        self._lock = threading.Lock()
+        self.plan_lock = threading.Lock()
+        """Held for a whole plan (read, decide, persist); the election takes it too."""
         self._plans: dict[str, Plan] = {}
         self._changed = threading.Condition()
 
@@ -107,7 +110,7 @@ class Controller:
 
     def reconcile(self) -> dict[str, Plan]:
         """Plan every pool and persist the decisions; returns the plans."""
-        with self._lock:
+        with self.plan_lock:
             now = self.clock()
             pools = self.store.pools()
             members: dict[str, list[NodeFacts]] = {spec.name: [] for spec, _ in pools}
@@ -140,7 +143,7 @@ class Controller:
         return plans
 
     def plans(self) -> dict[str, Plan]:
-        with self._lock:
+        with self.plan_lock:
             cached = dict(self._plans)
         return cached or self.reconcile()
 
@@ -447,8 +450,14 @@ class FleetService:
         assert self.election is not None
         ctl = self.controller
         try:
-            leading = self.election.campaign()
-            leader = self.election.identity if leading else self.election.leader()
+            # Never campaign while a plan is in flight: a plan whose facts were
+            # read before this replica lost its lease, another replica decided,
+            # and this one won again, would otherwise pass the store's fence
+            # (the leader key holds our name again) with stale facts. Holding
+            # the plan lock, the key can only come back to us between plans.
+            with ctl.plan_lock:
+                leading = self.election.campaign()
+                leader = self.election.identity if leading else self.election.leader()
         except EtcdError as e:
             # Not knowing is not leading; the store's fence covers a lease
             # that is still valid meanwhile.
