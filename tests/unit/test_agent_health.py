@@ -368,6 +368,13 @@ def test_a_rollback_cut_short_is_done_again_at_the_next_boot(node: Node) -> None
     ]
 
 
+def test_a_reboot_cut_short_by_the_shutdown_still_counts_as_rolled_back(node: Node) -> None:
+    staged(node)
+    node.rounds, node.fail = [BROKEN], "systemctl reboot"
+    assert node.monitor().settle() is Outcome.ROLLED_BACK
+    assert node.changes()[-1] == ["systemctl", "reboot"]
+
+
 def test_a_failed_rollback_does_not_reboot(node: Node) -> None:
     staged(node)
     node.rounds, node.fail = [BROKEN], "ostree admin deploy --retain " + OLD

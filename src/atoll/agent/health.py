@@ -502,7 +502,12 @@ class Monitor:
         self._audit("rollback", "rolled-back", **params)
         self.round(booted, marker)
         self.log("rebooting into the previous deployment")
-        self.deployments.reboot()
+        try:
+            self.deployments.reboot()
+        except DeploymentError as e:
+            # Usually the shutdown it started has already killed systemctl; if
+            # not, the next boot (whenever) still lands on the previous commit.
+            self.log(f"reboot: {e}")
         return Outcome.ROLLED_BACK
 
     # -- the daemon's loop ---------------------------------------------------
