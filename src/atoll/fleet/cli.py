@@ -124,12 +124,16 @@ def _apply(args: argparse.Namespace) -> int:
 
 
 def rollout_phase(status: dict[str, Any]) -> str:
-    """``complete``, ``failed``/``paused`` (with the reason) or ``rolling``."""
+    """``complete``, ``failed``, ``paused`` or ``rolling``.
+
+    ``failed``: the failure budget paused the pool, or nothing is left to do but
+    some nodes failed (within the budget: they are not retried until a resume)."""
     total = int(status.get("total") or 0)
-    done = int(status.get("updated") or 0) + int(status.get("held") or 0)
+    failed = int(status.get("failed") or 0)
+    settled = int(status.get("updated") or 0) + int(status.get("held") or 0) + failed
     reason = status.get("paused_reason")
-    if total and done == total and not status.get("updating") and not status.get("failed"):
-        return "complete"
+    if total and settled == total and not status.get("updating"):
+        return "failed" if failed else "complete"
     if reason and str(reason).startswith("failure budget"):
         return "failed"
     if reason:
@@ -193,7 +197,9 @@ def _watch(args: argparse.Namespace) -> int:
         if args.until_done and phase == "complete":
             return 0
         if args.until_done and phase == "failed":
-            raise AtollError(f"pool {args.pool}: {view['status']['paused_reason']}")
+            status = view["status"]
+            why = status["paused_reason"] or f"{status['failed']} node(s) failed"
+            raise AtollError(f"pool {args.pool}: {why}")
         etag = view.get("etag")
         if etag is None:
             time.sleep(args.interval)  # a controller without long polls: poll
