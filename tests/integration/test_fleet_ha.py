@@ -2,8 +2,9 @@
 
 Both answer the API; only the elected one persists plans. The simulated agents
 (the real protocol, :func:`tests.integration.test_fleet_rollout.agent`) all talk
-to the *follower*; the leader is then "crashed" (stopped without resigning, so
-its lease must expire) mid-rollout: the follower takes over within about one
+to the *follower* (in the process test: to both replicas, failing over); the
+leader is then "crashed" (stopped without resigning, so its lease must expire,
+or SIGKILLed) mid-rollout: the follower takes over within about one
 lease TTL and finishes the rollout, never exceeding maxUnavailable.
 """
 
@@ -182,7 +183,10 @@ def test_sigkilled_leader_process_is_replaced_and_the_rollout_continues(etcd_url
         request_json("PUT", b.url + "/v1/pools/web", POOL1)
         for i in range(6):
             labels = {"role": "web", "zone": "abc"[i % 3]}
-            args = (f"p{i}", labels, b.url, tracker, stop, False)
+            # Agents know both replicas (half of them try the leader first) and
+            # fail over to the survivor by themselves.
+            urls = f"{a.url},{b.url}" if i % 2 else f"{b.url},{a.url}"
+            args = (f"p{i}", labels, urls, tracker, stop, False)
             threads.append(threading.Thread(target=agent, args=args, daemon=True))
             threads[-1].start()
         follower = b

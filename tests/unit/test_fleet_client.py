@@ -94,3 +94,17 @@ def test_gives_up_naming_the_url() -> None:
 def test_rejects_other_schemes() -> None:
     with pytest.raises(FleetError, match="file:///etc/passwd"):
         request_json("GET", "file:///etc/passwd")
+
+
+def test_replicas_fail_over_and_stick(server: tuple[str, type[_Scripted]]) -> None:
+    url, handler = server
+    handler.script += [(200, {}, DESIRED), (200, {}, DESIRED)]
+    slept: list[float] = []
+    dead = "http://127.0.0.1:9"  # nothing listens on the discard port
+    client = FleetClient(f"{dead}, {url}/", backoff=Backoff(sleep=slept.append, rand=lambda: 0))
+    assert client.desired("a").version == "v2"  # the dead replica, then the live one
+    assert client.base_url == url and len(slept) == 1
+    assert client.desired("a").version == "v2"  # straight to the replica that answered
+    assert len(slept) == 1 and len(handler.seen) == 2
+    with pytest.raises(FleetError, match="empty"):
+        FleetClient(" , ")

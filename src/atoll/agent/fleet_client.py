@@ -13,6 +13,10 @@ Protocol (JSON over HTTP, documented in ``docs/fleet.md``):
   switch to it and reboot only when ``may_reboot`` is true (the controller has
   then already counted this node as unavailable).
 
+Controller replicas: ``FleetClient("http://a:9443,http://b:9443")`` knows
+several replicas (``docs/fleet.md``: any replica answers); each retry goes to
+the next one, and the client stays with the replica that answered last.
+
 Overload protection: a 429 or 503 answer, a 5xx or a connection error is
 retried with exponential backoff and full jitter (``uniform(0, min(cap,
 base * 2**attempt))``), never sooner than the server's ``Retry-After``; other
@@ -28,7 +32,7 @@ import random
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -95,18 +99,35 @@ def request_json(
     backoff: Backoff | None = None,
 ) -> Any:
     """One JSON request with retries per the module docstring; returns the decoded body."""
-    if not url.startswith(("http://", "https://")):
-        raise FleetError(f"{url}: only http:// and https:// controller URLs are supported")
+    return _request(method, [url], body, timeout=timeout, backoff=backoff)[0]
+
+
+def _request(
+    method: str,
+    urls: Sequence[str],
+    body: Mapping[str, Any] | None,
+    *,
+    timeout: float,
+    backoff: Backoff | None,
+) -> tuple[Any, int]:
+    """:func:`request_json` over replicas: attempt N goes to ``urls[N % len(urls)]``.
+
+    Returns the body and the index of the URL that answered."""
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise FleetError(f"{url}: only http:// and https:// controller URLs are supported")
     policy = backoff or Backoff()
     data = None if body is None else json.dumps(body).encode()
     last = ""
     for attempt in range(policy.attempts):
+        index = attempt % len(urls)
+        url = urls[index]
         req = urllib.request.Request(url, data=data, method=method)  # noqa: S310 - scheme checked
         req.add_header("Content-Type", "application/json")
         retry_after: float | None = None
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - http(s) URL from config
-                return json.loads(resp.read() or b"null")
+                return json.loads(resp.read() or b"null"), index
         except urllib.error.HTTPError as e:
             text = e.read().decode(errors="replace")
             try:
@@ -121,7 +142,9 @@ def request_json(
             last = str(getattr(e, "reason", e))
         if attempt + 1 < policy.attempts:
             policy.wait(attempt, retry_after)
-    raise FleetError(f"{method} {url}: gave up after {policy.attempts} attempts: {last}")
+    raise FleetError(
+        f"{method} {', '.join(urls)}: gave up after {policy.attempts} attempts: {last}"
+    )
 
 
 def _desired(raw: Any, url: str) -> Desired:
@@ -138,17 +161,29 @@ def _desired(raw: Any, url: str) -> Desired:
 
 
 class FleetClient:
-    """What the agent daemon uses; ``base_url`` like ``http://127.0.0.1:9443``."""
+    """What the agent daemon uses; ``base_url`` like ``http://127.0.0.1:9443``, or
+    several controller replicas separated by commas."""
 
     def __init__(self, base_url: str, *, backoff: Backoff | None = None, timeout: float = 10.0):
-        self.base_url = base_url.rstrip("/")
+        self.base_urls = [u.strip().rstrip("/") for u in base_url.split(",") if u.strip()]
+        if not self.base_urls:
+            raise FleetError(f"controller URL {base_url!r}: empty")
+        self.base_url = self.base_urls[0]
         self.backoff = backoff or Backoff()
         self.timeout = timeout
 
     def _call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
-        return request_json(
-            method, self.base_url + path, body, timeout=self.timeout, backoff=self.backoff
+        answer, index = _request(
+            method,
+            [u + path for u in self.base_urls],
+            body,
+            timeout=self.timeout,
+            backoff=self.backoff,
         )
+        if index:  # stay with the replica that answered
+            self.base_urls = self.base_urls[index:] + self.base_urls[:index]
+            self.base_url = self.base_urls[0]
+        return answer
 
     def register(
         self, name: str, labels: Mapping[str, str], version: str, *, healthy: bool = True
