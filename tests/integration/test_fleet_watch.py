@@ -83,10 +83,10 @@ def test_watch_until_done_prints_each_change_once(
     service: FleetService, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["fleet", "status", "web", "--watch", "--until-done", "--wait", "5"]
+    # Two "replicas", the first one dead: the watch fails over and stays on the live one.
+    argv += ["--server", f"http://127.0.0.1:9,{_url(service)}"]
     codes: list[int] = []
-    watcher = threading.Thread(
-        target=lambda: codes.append(main([*argv, "--server", _url(service)]))
-    )
+    watcher = threading.Thread(target=lambda: codes.append(main(argv)))
     watcher.start()
     out = ""
     deadline = time.monotonic() + 30

@@ -99,10 +99,10 @@ def request_json(
     backoff: Backoff | None = None,
 ) -> Any:
     """One JSON request with retries per the module docstring; returns the decoded body."""
-    return _request(method, [url], body, timeout=timeout, backoff=backoff)[0]
+    return request_replicas(method, [url], body, timeout=timeout, backoff=backoff)[0]
 
 
-def _request(
+def request_replicas(
     method: str,
     urls: Sequence[str],
     body: Mapping[str, Any] | None,
@@ -113,6 +113,8 @@ def _request(
     """:func:`request_json` over replicas: attempt N goes to ``urls[N % len(urls)]``.
 
     Returns the body and the index of the URL that answered."""
+    if not urls:
+        raise FleetError("no controller URL given")
     for url in urls:
         if not url.startswith(("http://", "https://")):
             raise FleetError(f"{url}: only http:// and https:// controller URLs are supported")
@@ -173,7 +175,7 @@ class FleetClient:
         self.timeout = timeout
 
     def _call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
-        answer, index = _request(
+        answer, index = request_replicas(
             method,
             [u + path for u in self.base_urls],
             body,

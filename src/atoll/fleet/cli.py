@@ -32,7 +32,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from atoll.agent.fleet_client import Backoff, FleetError, request_json
+from atoll.agent.fleet_client import Backoff, FleetError, request_replicas
 from atoll.errors import AtollError, InputError
 from atoll.fleet.etcd import LeaderElection
 from atoll.fleet.etcd_store import open_replica
@@ -54,14 +54,20 @@ def _listen(raw: str) -> tuple[str, int]:
 def _call(
     args: argparse.Namespace, method: str, path: str, body: Any = None, *, timeout: float = 10.0
 ) -> Any:
+    servers = [u.strip().rstrip("/") for u in args.server.split(",") if u.strip()]
+    if not servers:
+        raise InputError(f"--server {args.server!r}: expected a controller URL")
     try:
-        return request_json(
+        answer, index = request_replicas(
             method,
-            args.server.rstrip("/") + path,
+            [server + path for server in servers],
             body,
             timeout=timeout,
-            backoff=Backoff(attempts=3),
+            backoff=Backoff(attempts=max(3, len(servers) + 1)),
         )
+        if index:  # --watch: stay with the replica that answered
+            args.server = ",".join(servers[index:] + servers[:index])
+        return answer
     except FleetError as e:
         if e.status is not None and 400 <= e.status < 500:
             raise InputError(str(e)) from e
@@ -261,7 +267,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     def client(name: str, help_text: str) -> argparse.ArgumentParser:
         v = verbs.add_parser(name, help=help_text)
-        v.add_argument("--server", default=DEFAULT_SERVER, help="controller URL")
+        v.add_argument(
+            "--server",
+            default=DEFAULT_SERVER,
+            help="controller URL (several replicas: comma-separated)",
+        )
         v.add_argument("--json", action="store_true", help="print JSON")
         return v
 
