@@ -14,7 +14,7 @@
 ``serve`` prints one JSON line ``{"listen": "127.0.0.1:PORT", "store": ...,
 "replica": ...}`` once it accepts connections (``--listen 127.0.0.1:0`` picks a
 free port) and runs until SIGTERM/SIGINT. The other verbs are thin clients of the HTTP API
-(:func:`atoll.agent.fleet_client.request_json`); ``apply`` validates
+(:func:`atoll.agent.fleet_client.request_replicas`); ``apply`` validates
 ``pool.toml`` locally first so errors name the file and key.
 """
 
