@@ -17,7 +17,6 @@ healthy.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import signal
@@ -66,6 +65,22 @@ def _notify(message: str) -> None:
         address = "\0" + address[1:]
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
         s.sendto(message.encode(), address)
+
+
+def counting_sync(commands: CommandRunner) -> SyncHook:
+    """The ESP sync after a deploy: a default that has not booted yet gets a boot counter.
+
+    After a pending deployment is removed the default is the running one,
+    known to boot: no counter (the agent could not bless it in this boot, its
+    ``ostree=`` path changes with the new boot version).
+    """
+
+    def sync() -> object:
+        first = next(iter(Deployments(commands, lambda: None).status()), None)
+        counted = first is not None and not first.booted
+        return bootentries.sync_node(tries=BOOT_TRIES if counted else None)
+
+    return sync
 
 
 def bless_if_counted() -> str | None:
@@ -121,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     runner: Runner = run_command
     commands: CommandRunner = subprocess_runner
-    sync: SyncHook = functools.partial(bootentries.sync_node, tries=BOOT_TRIES)
+    sync: SyncHook = counting_sync(commands)
     if args.record_commands is not None:
         record: Path = args.record_commands
 

@@ -421,6 +421,7 @@ class Monitor:
         self.log(f"{reason}: making {_short(booted.checksum)} the default again")
         try:
             self._make_default(current)
+            self.log(f"{_short(marker.new)} removed; {_short(booted.checksum)} is the default")
         except DeploymentError as e:
             self.log(f"could not make the booted deployment the default: {e}")
         self._remember_rollback(marker, reason)
