@@ -176,15 +176,23 @@ def _rollout(
             while not stop.is_set():
                 try:
                     desired = client.report(name, version=current, staged=staged, healthy=True)
-                except FleetError as e:
+                except FleetError as e:  # a real agent logs it and tries again next interval
                     with lock:
                         failures.append(str(e))
-                    return
+                    time.sleep(poll)
+                    continue
                 if desired.may_reboot and desired.version != current:
                     began = time.perf_counter()
                     time.sleep(reboot_seconds)
                     current, staged = desired.version, None
-                    client.report(name, version=current, staged=None, healthy=True)
+                    while not stop.is_set():  # back on v2 once the controller heard it
+                        try:
+                            client.report(name, version=current, staged=None, healthy=True)
+                            break
+                        except FleetError as e:
+                            with lock:
+                                failures.append(str(e))
+                            time.sleep(poll)
                     with lock:
                         spans.append((began, time.perf_counter()))
                         if len(spans) == nodes:
@@ -203,7 +211,7 @@ def _rollout(
         start = time.perf_counter()
         request_json("PUT", ctl.url + "/v1/pools/bench", pool)
         waves = math.ceil(nodes / max_unavailable)
-        everyone_done.wait(timeout=3 * waves * (reboot_seconds + poll) + 60)
+        everyone_done.wait(timeout=2 * waves * (reboot_seconds + poll) + 60)
         end = max((done for _, done in spans), default=time.perf_counter())
         controller_cpu = cpu_seconds(ctl.pid) - cpu_before
         status = request_json("GET", ctl.url + "/v1/pools/bench")["status"]
@@ -221,7 +229,8 @@ def _rollout(
         "agent poll interval (s)": poll,
         "updated (agents)": len(spans),
         "updated (controller)": status["updated"],
-        "agent errors": len(failures),
+        "agent request failures (retried)": len(failures),
+        "first failure": failures[0] if failures else None,
         "ideal wave time (s)": round(ideal, 2),
         "ideal plus one poll per wave (s)": round(with_poll, 2),
         "measured (s)": round(elapsed, 2),
@@ -303,6 +312,7 @@ def run_benchmark(
     with reporter.stage("fleet scale", f"{scale_nodes} nodes"):
         scale = _scale(workdir, scale_nodes)
     overhead = float(str(rollout["overhead"]))
+    complete = rollout["updated (controller)"] == rollout_nodes
     beyond = float(str(rollout["overhead beyond the poll interval"]))
     return {
         "figures": {"registration burst": burst, "rollout": rollout, "scale": scale},
@@ -317,15 +327,16 @@ def run_benchmark(
             {
                 "name": f"rollout of {rollout_nodes} nodes over ideal wave time "
                 "(maxUnavailable 10%)",
-                "value": f"{overhead:.1%}",
+                "value": f"{overhead:.1%}"
+                + ("" if complete else f" (INCOMPLETE: {rollout['updated (controller)']} updated)"),
                 "target": f"< {TARGET_OVERHEAD:.0%}",
-                "met": overhead < TARGET_OVERHEAD and rollout["agent errors"] == 0,
+                "met": overhead < TARGET_OVERHEAD and complete,
             },
             {
                 "name": "same, beyond one agent poll interval per wave",
                 "value": f"{beyond:.1%}",
                 "target": f"< {TARGET_OVERHEAD:.0%}",
-                "met": beyond < TARGET_OVERHEAD,
+                "met": beyond < TARGET_OVERHEAD and complete,
             },
             {
                 "name": f"controller memory at {scale_nodes} nodes (reported)",
