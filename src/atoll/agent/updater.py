@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from atoll.agent import pending as markers
-from atoll.agent.deployments import Deployment, Deployments
+from atoll.agent.deployments import Deployment, DeploymentError, Deployments
 from atoll.agent.fleet_client import Backoff, Desired, FleetClient, FleetError
 from atoll.agent.updates import Runner, check_channel, default_run, pull_verified
 from atoll.agent.verify import TrustedKey, VerificationError, load_trusted_keys
@@ -114,15 +114,28 @@ def load_config(root: Path = Path("/")) -> UpdaterConfig | None:
     )
 
 
-def read_health(root: Path = Path("/")) -> tuple[bool, bool]:
-    """(healthy, failed) from the health record; healthy when there is none (the agent runs)."""
+def read_health(root: Path = Path("/"), booted: str | None = None) -> tuple[bool, bool]:
+    """(healthy, failed) from the health record, as the fleet controller should hear it.
+
+    No record yet: healthy (the agent runs). A record about another deployment
+    (the one before a reboot; ``/var`` outlives it) or one written during a
+    health trial says nothing yet about ``booted``: not healthy, not failed,
+    so the controller keeps the node's reboot slot until the trial ends.
+    Failed: the node rolled itself back, or it is unhealthy outside a trial.
+    """
     path = root / HEALTH
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         return True, False
+    if not isinstance(record, dict):
+        return True, False
+    rolled_back = bool(record.get("rolled_back", False))
+    about = record.get("booted")
+    if record.get("trial") or (booted is not None and about is not None and about != booted):
+        return False, rolled_back
     healthy = bool(record.get("healthy", True))
-    return healthy, bool(record.get("rolled_back", False)) or not healthy
+    return healthy, rolled_back or not healthy
 
 
 def _identity(deployment: Deployment) -> str:
@@ -193,7 +206,7 @@ class Updater:
 
     def step(self) -> Desired:
         booted, pending = self._state()
-        healthy, failed = self.health() if self.health else read_health(self.root)
+        healthy, failed = self.health() if self.health else read_health(self.root, booted.checksum)
         staged = _identity(pending) if pending else None
         if not self.registered:
             self.client.register(
@@ -216,7 +229,12 @@ class Updater:
             # failed after the deploy must not send the node into its old entry.
             self.deployments.sync()
             self.log(f"rebooting into {desired.version} (granted by {self.config.controller})")
-            self.deployments.reboot()
+            try:
+                self.deployments.reboot()
+            except DeploymentError as e:
+                # Usually the shutdown it started has already killed systemctl;
+                # if the reboot really did not start, the next round asks again.
+                self.log(f"reboot requested; systemctl: {e}")
         return desired
 
     def run_forever(self, stop: threading.Event) -> None:
