@@ -135,7 +135,7 @@ def latency_distribution(series: Mapping[str, Any], out: Path) -> Path:
     ax.set_ylabel("percentile")
     ax.axhline(99, color="grey", lw=0.6, ls=":")
     ax.set_title("Agent API latency over mutual TLS on loopback")
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="upper left", fontsize="small")
     ax.grid(alpha=0.3, which="both")
     return _save(fig, out)
 
