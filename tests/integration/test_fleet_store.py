@@ -93,7 +93,8 @@ N = NodeFacts("a", {}, "v1", "v2", True, Phase.REBOOTING, 0)
     [
         (N, ("v1", "v2", True, False), Phase.REBOOTING),  # not rebooted yet
         (N, ("v2", None, True, False), Phase.IDLE),  # landed
-        (N, ("v2", None, False, False), Phase.FAILED),  # health gate failed
+        (N, ("v2", None, False, False), Phase.REBOOTING),  # back, its trial still running
+        (N, ("v2", None, False, True), Phase.FAILED),  # unhealthy outside a trial
         (N, ("v1", None, True, True), Phase.FAILED),  # agent rolled back itself
         (
             NodeFacts("a", {}, "v1", None, True, Phase.STAGING, 0),

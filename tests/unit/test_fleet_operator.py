@@ -340,8 +340,8 @@ def test_unhealthy_node_pauses_the_pool_until_resumed() -> None:
             return notes((await c.nodes())["n1"]).get(op.A_MAY_REBOOT) == "true"
 
         await c.until("may-reboot on n1", allowed)
-        # n1 reboots into 2.0 and its health checks fail.
-        await c.report("n1", current="2.0", healthy="false")
+        # n1 reboots into 2.0 and its health trial fails (the agent's verdict).
+        await c.report("n1", current="2.0", healthy="false", failed="true")
 
         async def paused() -> dict[str, Any] | None:
             status = await c.pool_status("web")
@@ -649,9 +649,15 @@ P, G, D = op.A_PHASE, op.A_GRANTED, op.A_DESIRED
         ),
         pytest.param(
             _node({C: "2", H: "false", P: "rebooting", G: "2", D: "2"}),
+            Phase.REBOOTING,
+            False,
+            id="agent not healthy yet on the granted version (its trial): still rebooting",
+        ),
+        pytest.param(
+            _node({C: "2", H: "false", F: "true", P: "rebooting", G: "2", D: "2"}),
             Phase.FAILED,
             False,
-            id="agent unhealthy on the granted version: failed",
+            id="agent unhealthy outside a trial on the granted version: failed",
         ),
         pytest.param(
             _node({C: "1", F: "true", P: "rebooting", G: "2", D: "2"}),

@@ -214,17 +214,9 @@ def facts_of(node: Mapping[str, Any], now: float) -> NodeFacts | None:
         phase,
         since,
     )
-    if (
-        phase is Phase.REBOOTING
-        and current == remembered.staged_version
-        and agent_healthy
-        and not healthy
-        and not failed
-    ):
-        # Back on the granted version, the agent is happy, but the kubelet is not
-        # Ready yet: the gate stays closed and the node stays rebooting (the
-        # reboot timeout bounds how long).
-        return replace(remembered, healthy=False)
+    # Back on the granted version but not healthy yet (the kubelet is not Ready,
+    # or the agent's trial runs): after_report keeps the node rebooting, bounded
+    # by the reboot timeout, until it is healthy or its agent says it failed.
     return after_report(
         remembered,
         current=current,

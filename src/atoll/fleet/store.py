@@ -145,12 +145,15 @@ def after_report(
 ) -> NodeFacts:
     """The node's new facts after its agent reported (pure).
 
-    * ``failed`` (the agent's health checks failed after a switch and it rolled
-      back) or an unhealthy report after a granted reboot landed on the new
-      version -> ``failed``; a failed node stays failed until the pool is resumed;
+    * ``failed`` (the agent's verdict: its health trial failed and it rolled
+      back, or it is unhealthy outside a trial) -> ``failed``; a failed node
+      stays failed until the pool is resumed;
     * ``rebooting`` and now running the granted version, healthy -> ``idle``
       (``last_transition`` = now: minReadySeconds counts from here);
-    * otherwise ``rebooting`` stays (the reboot has not happened yet);
+    * otherwise ``rebooting`` stays: the reboot has not happened yet, or the
+      node is back on the granted version but not healthy *yet* (its agent's
+      trial is still running; the agent says ``failed`` when the trial fails,
+      and the pool's reboot timeout bounds a node that never says either);
     * ``staged`` equal to the desired version -> ``staged``; a node told to
       stage stays ``staging`` until then; on the desired version -> ``idle``.
     """
@@ -162,9 +165,8 @@ def after_report(
         granted = old.staged_version
         if current == granted and healthy:
             return NodeFacts(old.name, old.labels, current, staged, True, Phase.IDLE, now)
-        if current == granted and not healthy:
-            return NodeFacts(old.name, old.labels, current, staged, False, Phase.FAILED, now)
-        # Not rebooted yet: keep the grant (and its version) as persisted.
+        # Not rebooted yet, or back but still in its trial: keep the grant (and
+        # its version, and the time it was granted: the reboot timeout) as persisted.
         return replace(old, healthy=healthy)
     if desired is not None and current == desired:
         phase = Phase.IDLE
