@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -107,3 +108,27 @@ def test_bad_input_writes_nothing(tmp_path: Path) -> None:
     with pytest.raises(SettingsError):
         store.set({"hostname": "ok", "kernel.args": ["bad arg"]})
     assert not (tmp_path / "etc").exists()
+
+
+def test_concurrent_changes_are_applied_one_at_a_time(tmp_path: Path) -> None:
+    """The API's worker threads change settings at once: no error, no lost change."""
+    store = SettingsStore(tmp_path, Recorder())
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def change(i: int) -> None:
+        start.wait()
+        try:
+            for j in range(25):
+                store.set({"hostname": f"node-{i}-{j}"})
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=change, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert store.current()["hostname"].startswith("node-")
+    assert not list(tmp_path.rglob("*.atoll-tmp"))

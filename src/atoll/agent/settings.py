@@ -27,6 +27,7 @@ import ipaddress
 import json
 import os
 import re
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -280,6 +281,9 @@ class SettingsStore:
         self.root = root
         self.runner = runner
         self.path = root / "etc/atoll/settings.json"
+        # The API serves requests in threads: one change at a time, so two
+        # changes neither lose each other's values nor share a temporary file.
+        self._lock = threading.Lock()
 
     def current(self) -> dict[str, Any]:
         try:
@@ -290,6 +294,10 @@ class SettingsStore:
 
     def set(self, change: Mapping[str, Any]) -> dict[str, Any]:
         """Validate, write and restart; on any failure restore the old files. Returns new values."""
+        with self._lock:
+            return self._set(change)
+
+    def _set(self, change: Mapping[str, Any]) -> dict[str, Any]:
         old = self.current()
         new = merge(old, change)
         before, after = render(old), render(new)
