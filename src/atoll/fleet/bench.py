@@ -185,7 +185,12 @@ def _rollout(
                     began = time.perf_counter()
                     time.sleep(reboot_seconds)
                     current, staged = desired.version, None
+                    back = time.perf_counter()
                     while not stop.is_set():  # back on v2 once the controller heard it
+                        # The span ends when the report that got through was sent:
+                        # the controller frees the slot on it and may grant the
+                        # next node before this call returns.
+                        back = time.perf_counter()
                         try:
                             client.report(name, version=current, staged=None, healthy=True)
                             break
@@ -194,7 +199,7 @@ def _rollout(
                                 failures.append(str(e))
                             time.sleep(poll)
                     with lock:
-                        spans.append((began, time.perf_counter()))
+                        spans.append((began, back))
                         if len(spans) == nodes:
                             everyone_done.set()
                     continue
