@@ -43,6 +43,7 @@ class Recorder:
         ({"containers.registry_mirrors": {"docker.io": ["ftp://x"]}}, "docker.io[0]"),
         ({"updates.maintenance_window": "sunday 2am"}, "updates.maintenance_window:"),
         ({"fleet.controller": "controller:8080"}, "fleet.controller: 'controller:8080'"),
+        ({"fleet.controller": "http://a:1,b:2"}, "fleet.controller: 'http://a:1,b:2'"),
         ({"no.such": 1}, "no.such: unknown setting"),
         ({}, "expected a non-empty object"),
     ],
@@ -132,3 +133,8 @@ def test_concurrent_changes_are_applied_one_at_a_time(tmp_path: Path) -> None:
     assert errors == []
     assert store.current()["hostname"].startswith("node-")
     assert not list(tmp_path.rglob("*.atoll-tmp"))
+
+
+def test_controller_replicas_are_accepted() -> None:
+    replicas = "https://10.0.2.100:9443,https://10.0.2.101:9443"
+    assert merge(defaults(), {"fleet.controller": replicas})["fleet.controller"] == replicas

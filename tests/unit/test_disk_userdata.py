@@ -66,6 +66,8 @@ def test_valid_user_data_becomes_a_plan() -> None:
         (b'hostname = "x"\n', "node.toml: hostname: unknown key"),
         (b'[time]\nntp = "pool"\n', "node.toml: [time].ntp:"),
         (b'[fleet]\ncontroller = "ftp://x"\n', "node.toml: [fleet].controller:"),
+        (b'[fleet]\ncontroller = "http://a:1,ftp://b"\n', "node.toml: [fleet].controller:"),
+        (b'[fleet]\ncontroller = "http://a:1,"\n', "node.toml: [fleet].controller:"),
         (b"[fleet]\ninterval = 0\n", "node.toml: [fleet].interval: 0 must be"),
         (b'[fleet]\nlabels = { zone = "a b" }\n', "node.toml: [fleet].labels.zone:"),
         (b'[updates]\nserver = "x"\n', "node.toml: [updates].server: 'x'"),
@@ -128,3 +130,12 @@ def test_rejected_user_data_applies_nothing(tmp_path: Path) -> None:
     root = tmp_path / "root"
     assert main(["--root", str(root), "--fw-cfg", str(fw_cfg)]) == 2
     assert not (root / "etc/hostname").exists() and not (root / RECORD_PATH).exists()
+
+
+def test_several_controller_replicas_are_one_comma_separated_value() -> None:
+    text = GOOD.replace(
+        b'"https://10.0.2.2:8443"', b'"https://10.0.2.2:8443,https://10.0.2.3:8443"'
+    )
+    writes = {w.path: w for w in plan(parse_user_data(text, "node.toml"))}
+    fleet = tomllib.loads(writes["etc/atoll/fleet.toml"].content.decode())
+    assert fleet["controller"] == "https://10.0.2.2:8443,https://10.0.2.3:8443"

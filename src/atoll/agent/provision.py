@@ -247,8 +247,13 @@ def _controller(section: dict[str, Any], problems: _Problems) -> str | None:
     value = section.get("controller")
     if value is None:
         return None
-    if not isinstance(value, str) or not _CONTROLLER.match(value):
-        problems.add("[fleet].controller", f"{value!r} must be an http:// or https:// URL")
+    # Several controller replicas, comma-separated: the agent's client tries the
+    # next one when one does not answer (atoll.agent.fleet_client).
+    if not isinstance(value, str) or not all(_CONTROLLER.match(u) for u in value.split(",")):
+        problems.add(
+            "[fleet].controller",
+            f"{value!r} must be an http:// or https:// URL, or several separated by commas",
+        )
         return None
     return value
 

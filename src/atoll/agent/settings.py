@@ -186,8 +186,11 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "fleet.controller",
         "",
-        lambda k, v: _check_str(k, v, lambda s: s == "" or _url(s), "an http(s) URL"),
-        "the fleet controller's URL (empty: not managed by a fleet)",
+        lambda k, v: _check_str(
+            k, v, lambda s: s == "" or all(_url(u) for u in s.split(",")), "an http(s) URL"
+        ),
+        "the fleet controller's URL, or its replicas' separated by commas "
+        "(empty: not managed by a fleet)",
     ),
 )
 _BY_KEY = {f.key: f for f in FIELDS}
