@@ -5,7 +5,7 @@ No kube-apiserver can be installed on this machine, so the real kopf operator
 emulator on a loopback port. The rollout decisions themselves are the shared
 planner's, tested in test_fleet_rollout.py; these tests check the wiring: the
 planner's decisions land on the right Node objects, maxUnavailable and
-partition hold across ticks, and an unhealthy report pauses the pool in its
+partition hold across ticks, and a failed report pauses the pool in its
 status. Not tested against a real cluster.
 """
 
@@ -314,7 +314,7 @@ def test_pool_rolls_nodes_within_max_unavailable_and_partition() -> None:
     run(scenario)
 
 
-def test_unhealthy_node_pauses_the_pool_until_resumed() -> None:
+def test_failed_node_pauses_the_pool_until_resumed() -> None:
     async def scenario(c: Cluster) -> None:
         for i in range(1, 4):
             await c.add_node(f"n{i}", "1.0", role="web")

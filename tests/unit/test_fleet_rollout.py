@@ -223,7 +223,7 @@ CASES = [
         spec(reboot_timeout_seconds=60, max_unavailable=Quantity(2), failure_budget=Quantity(0)),
         [node("a", staged="v2", phase=Phase.REBOOTING, since=NOW - 100), staged("b")],
         set(),
-        waiting={"a": "silent for more than 60s", "b": "failure budget"},
+        waiting={"a": "more than 60s ago and not back healthy", "b": "failure budget"},
     ),
     Case(
         "staging-in-progress-is-not-restaged",

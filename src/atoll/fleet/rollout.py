@@ -28,8 +28,9 @@ update" is an atomic OS switch (stage a deployment, then reboot into it):
   (``Plan.pause_reason``); failed nodes are never retried by the planner.
   With ``failure_window_seconds > 0`` only failures newer than the window
   count towards the budget (old failures are still reported and not retried).
-* **reboot timeout** (``reboot_timeout_seconds``, 0 = none): a node granted a
-  reboot that stays silent longer counts as failed (and stays unavailable).
+* **reboot timeout** (``reboot_timeout_seconds``, 0 = none): a node still
+  ``rebooting`` longer after its grant (silent, or back but not healthy yet)
+  counts as failed (and stays unavailable).
 * **paused** (by the spec or by the state): no new action; nodes already
   rebooting finish.
 * **maintenance window** (days, start ``HH:MM``, length in minutes, IANA time
@@ -345,8 +346,9 @@ def plan(spec: PoolSpec, state: PoolState, nodes: Sequence[NodeFacts], now: floa
             continue
         if timed_out(node):
             waiting[node.name] = (
-                f"granted a reboot into {node.staged_version or want} but silent for more "
-                f"than {spec.reboot_timeout_seconds:g}s: counted as failed and unavailable"
+                f"granted a reboot into {node.staged_version or want} more than "
+                f"{spec.reboot_timeout_seconds:g}s ago and not back healthy: "
+                "counted as failed and unavailable"
             )
             continue
         if node.phase is Phase.REBOOTING:
