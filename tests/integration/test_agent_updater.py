@@ -12,16 +12,20 @@ import json
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from atoll.agent import pending as markers
 from atoll.agent.deployments import Deployments
 from atoll.agent.fleet_client import request_json
-from atoll.agent.updater import UpdateError, Updater, UpdaterConfig, load_config
+from atoll.agent.updater import HEALTH, UpdateError, Updater, UpdaterConfig, load_config
 from atoll.agent.verify import VerificationError
 from atoll.fleet.server import FleetService
 from atoll.fleet.store import Store
+from atoll.progress import PlainReporter
+from atoll.publish.keys import load_private_key
+from atoll.publish.publish import publish
 from atoll.tools import ostree
 from tests.integration.test_publish import World, _node, _publish, world  # noqa: F401
 
@@ -182,3 +186,62 @@ def test_config_comes_from_first_boot_and_settings(tmp_path: Path) -> None:
     (tmp_path / "etc/atoll/fleet.toml").write_text('controller = "x"\ninterval = 0\n')
     with pytest.raises(UpdateError, match=r"fleet.toml: interval 0"):
         load_config(tmp_path)
+
+
+def test_a_rollback_fails_the_node_until_a_fix_is_published_then_the_fix_is_staged(
+    world: World,  # noqa: F811
+    tmp_path: Path,
+    controller: str,
+) -> None:
+    """The demo's story on one node: broken 1.1.0 rolled back here, the fix is another build."""
+    _publish(world, "1.0.0")
+    _publish(world, "1.1.0")
+    v1, broken = world.commits["1.0.0"], world.commits["1.1.0"]
+    sysroot = FakeSysroot(v1, {v1: "1.0.0", broken: "1.1.0"})
+    updater, _ = _updater(world, tmp_path, controller, sysroot)
+    rollback = markers.Rollback(broken, v1, "health: demo-broken.service failed", "2026-11-23")
+    markers.write_json(updater.root / markers.ROLLBACK, rollback.as_dict())
+    markers.write_json(
+        updater.root / HEALTH,
+        {"healthy": True, "booted": v1, "trial": None, "rolled_back": True},
+    )
+    updater.step()  # registers
+    pool = {
+        "pool": {"name": "web", "version": "1.1.0", "previous_version": "1.0.0"},
+        "strategy": {"max_unavailable": 1, "failure_budget": 0},
+    }
+    request_json("PUT", f"{controller}/v1/pools/web", pool)
+
+    def status() -> dict[str, Any]:
+        return dict(request_json("GET", f"{controller}/v1/pools/web")["status"])
+
+    deadline = time.monotonic() + 30
+    while not status().get("paused_reason") and time.monotonic() < deadline:
+        updater.step()  # the channel still names the build that rolled back here
+        time.sleep(0.05)
+    assert "node-1" in str(status().get("paused_reason")), status()
+    assert sysroot.pending is None
+
+    # The fix: another build of 1.1.0 on the channel; the operator resumes.
+    tree = tmp_path / "fix"
+    (tree / "usr/lib").mkdir(parents=True)
+    (tree / "usr/lib/os-release").write_text("IMAGE_VERSION=1.1.0\n")
+    fix = ostree.commit(
+        world.source, tree, branch=None, subject="fix", metadata={"version": "1.1.0"}, timestamp=0
+    )
+    sysroot.versions[fix] = "1.1.0"
+    key = load_private_key(world.keys / "atoll-ed25519.key")
+    publish(world.source, fix, world.updates, "stable", key, PlainReporter())
+    request_json("POST", f"{controller}/v1/pools/web/resume", {})
+    while sysroot.booted != fix and time.monotonic() < deadline:
+        updater.step()  # reports the node well: the rollback is about another build
+        assert not status().get("paused_reason"), status()
+        time.sleep(0.05)
+    assert sysroot.booted == fix
+    markers.write_json(
+        updater.root / HEALTH, {"healthy": True, "booted": fix, "trial": None, "rolled_back": False}
+    )
+    while status()["updated"] != 1 and time.monotonic() < deadline:
+        updater.step()
+        time.sleep(0.05)
+    assert (status()["updated"], status()["failed"]) == (1, 0), status()

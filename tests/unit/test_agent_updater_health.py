@@ -1,4 +1,4 @@
-"""What the update loop tells the fleet controller about health (updater.read_health)."""
+"""What the update loop tells the fleet controller about health (updater.health_facts)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from atoll.agent.updater import HEALTH, read_health
+from atoll.agent import pending as markers
+from atoll.agent.updater import HEALTH, HealthFacts, health_facts, read_health
 
 OLD, NEW = "a" * 64, "b" * 64
 
@@ -38,7 +39,26 @@ def test_health_as_the_controller_hears_it(
 ) -> None:
     if record is not None:
         _write(tmp_path, **record)
+        if record.get("rolled_back"):
+            rollback = markers.Rollback("c" * 64, OLD, "health: x failed", "2026-11-23T10:00:00Z")
+            markers.write_json(tmp_path / markers.ROLLBACK, rollback.as_dict())
     assert read_health(tmp_path, NEW) == expected
+
+
+def test_a_rollback_is_reported_with_the_commit_it_left_until_the_next_upgrade(
+    tmp_path: Path,
+) -> None:
+    _write(tmp_path, healthy=True, booted=NEW, trial=None, rolled_back=True)
+    rollback = markers.Rollback("c" * 64, NEW, "health: x failed", "2026-11-23T10:00:00Z")
+    markers.write_json(tmp_path / markers.ROLLBACK, rollback.as_dict())
+    assert health_facts(tmp_path, NEW) == HealthFacts(True, False, "c" * 64)
+    # Staging the next upgrade removes rollback.json: the rollback is history.
+    markers.clear(tmp_path / markers.ROLLBACK)
+    assert health_facts(tmp_path, NEW) == HealthFacts(True, False, None)
+    # A rollback.json the monitor has not recorded in a round yet is not reported either.
+    markers.write_json(tmp_path / markers.ROLLBACK, rollback.as_dict())
+    _write(tmp_path, healthy=True, booted=NEW, trial=None, rolled_back=False)
+    assert not health_facts(tmp_path, NEW).failed
 
 
 def test_an_unreadable_record_counts_as_none(tmp_path: Path) -> None:

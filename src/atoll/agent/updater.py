@@ -114,28 +114,51 @@ def load_config(root: Path = Path("/")) -> UpdaterConfig | None:
     )
 
 
-def read_health(root: Path = Path("/"), booted: str | None = None) -> tuple[bool, bool]:
-    """(healthy, failed) from the health record, as the fleet controller should hear it.
+@dataclass(frozen=True)
+class HealthFacts:
+    """What the health record says, split by cause (see :func:`health_facts`)."""
+
+    healthy: bool
+    unhealthy: bool  # unhealthy outside a trial: a failure whatever the controller wants
+    rolled_back_from: str | None  # the commit this node's last automatic rollback left
+
+    @property
+    def failed(self) -> bool:
+        return self.unhealthy or self.rolled_back_from is not None
+
+
+def health_facts(root: Path = Path("/"), booted: str | None = None) -> HealthFacts:
+    """The health record, as the fleet controller should hear it.
 
     No record yet: healthy (the agent runs). A record about another deployment
     (the one before a reboot; ``/var`` outlives it) or one written during a
-    health trial says nothing yet about ``booted``: not healthy, not failed,
-    so the controller keeps the node's reboot slot until the trial ends.
-    Failed: the node rolled itself back, or it is unhealthy outside a trial.
+    health trial says nothing yet about ``booted``: not healthy, not unhealthy,
+    so the controller keeps the node's reboot slot until the trial ends. A
+    rollback is reported with the commit it left (``rollback.json``, kept until
+    the next upgrade is staged).
     """
     path = root / HEALTH
+    rollback = markers.read_rollback(root / markers.ROLLBACK)
+    rolled_from = rollback.from_commit if rollback is not None else None
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
-        return True, False
+        return HealthFacts(True, False, rolled_from)
     if not isinstance(record, dict):
-        return True, False
-    rolled_back = bool(record.get("rolled_back", False))
+        return HealthFacts(True, False, rolled_from)
+    if not record.get("rolled_back", False):
+        rolled_from = None  # the record is the health monitor's word on it
     about = record.get("booted")
     if record.get("trial") or (booted is not None and about is not None and about != booted):
-        return False, rolled_back
+        return HealthFacts(False, False, rolled_from)
     healthy = bool(record.get("healthy", True))
-    return healthy, rolled_back or not healthy
+    return HealthFacts(healthy, not healthy, rolled_from)
+
+
+def read_health(root: Path = Path("/"), booted: str | None = None) -> tuple[bool, bool]:
+    """(healthy, failed): failed = rolled back, or unhealthy outside a trial."""
+    facts = health_facts(root, booted)
+    return facts.healthy, facts.failed
 
 
 def _identity(deployment: Deployment) -> str:
@@ -204,9 +227,38 @@ class Updater:
         self.deployments.upgrade(commit)
         return commit
 
+    def _failed(self, facts: HealthFacts) -> bool:
+        """Whether to report ``failed``.
+
+        Unhealthy outside a trial: always. A rollback: only while the version
+        the controller wants is still the build that rolled back here. Once a
+        different build is published for it (the fix), or the pool wants
+        another version, the rollback is history: reporting it would fail the
+        node again right after the operator resumed the pool, before it could
+        stage the fix.
+        """
+        if facts.unhealthy:
+            return True
+        if facts.rolled_back_from is None:
+            return False
+        try:
+            wanted = self.client.desired(self.config.node)
+            if wanted.pool is None or not wanted.version:
+                return True  # in no pool: nothing supersedes the rollback
+            return self.resolve(wanted.version) == facts.rolled_back_from
+        except (FleetError, UpdateError, VerificationError, OSError) as e:
+            # Unsure: report the failure (the conservative answer) and say why.
+            self.log(f"reporting the rollback of {facts.rolled_back_from[:12]}: {e}")
+            return True
+
     def step(self) -> Desired:
         booted, pending = self._state()
-        healthy, failed = self.health() if self.health else read_health(self.root, booted.checksum)
+        if self.health:
+            healthy, failed = self.health()
+        else:
+            facts = health_facts(self.root, booted.checksum)
+            healthy = facts.healthy
+            failed = self._failed(facts)
         staged = _identity(pending) if pending else None
         if not self.registered:
             self.client.register(
