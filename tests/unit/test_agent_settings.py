@@ -138,3 +138,17 @@ def test_concurrent_changes_are_applied_one_at_a_time(tmp_path: Path) -> None:
 def test_controller_replicas_are_accepted() -> None:
     replicas = "https://10.0.2.100:9443,https://10.0.2.101:9443"
     assert merge(defaults(), {"fleet.controller": replicas})["fleet.controller"] == replicas
+
+
+def test_the_first_change_keeps_the_provisioned_host_name(tmp_path: Path) -> None:
+    """No settings.json yet: a sysctl change must not rename the node to the default."""
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/hostname").write_text("node-1\n")
+    store = SettingsStore(tmp_path, Recorder())
+    assert store.current()["hostname"] == "node-1"
+    store.set({"kernel.sysctls": {"vm.swappiness": "10"}})
+    assert (tmp_path / "etc/hostname").read_text() == "node-1\n"
+    # An unusable /etc/hostname falls back to the default rather than failing.
+    (tmp_path / "etc/atoll/settings.json").unlink()
+    (tmp_path / "etc/hostname").write_text("Not A Host Name\n")
+    assert store.current()["hostname"] == defaults()["hostname"]

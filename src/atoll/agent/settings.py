@@ -292,8 +292,22 @@ class SettingsStore:
         try:
             raw = json.loads(self.path.read_text())
         except FileNotFoundError:
-            return defaults()
+            return self._as_provisioned()
         return validate({**defaults(), **raw})
+
+    def _as_provisioned(self) -> dict[str, Any]:
+        """The defaults, but with the host name first boot gave the node.
+
+        Before the first change there is no settings.json; a change renders
+        /etc/hostname from these values, and must not rename the node (its name
+        is how the fleet controller knows it).
+        """
+        values = defaults()
+        try:
+            hostname = (self.root / "etc/hostname").read_text().strip()
+            return validate({**values, "hostname": hostname})
+        except (OSError, UnicodeDecodeError, SettingsError):
+            return values
 
     def set(self, change: Mapping[str, Any]) -> dict[str, Any]:
         """Validate, write and restart; on any failure restore the old files. Returns new values."""
