@@ -3,7 +3,7 @@
 Only ``ostree admin`` and ``systemctl reboot`` are emulated (a node's
 sysroot cannot be changed on the build machine); the pull and its signature
 check run for real into a node-side repository. The VM test
-``tests/vm/test_fleet_node.py`` runs the same loop on a booted node.
+``tests/vm/test_fleet_rollout_vms.py`` runs the same loop on three booted nodes.
 """
 
 from __future__ import annotations
