@@ -13,7 +13,7 @@ from atoll.errors import InputError
 from atoll.fleet.etcd import EtcdClient, parse_endpoints
 from atoll.fleet.etcd_store import EtcdStore, NotLeader
 from atoll.fleet.rollout import Phase, PoolSpec, PoolState, Quantity, plan
-from atoll.fleet.store import FleetStore, Store
+from atoll.fleet.store import EVENTS_KEPT, FleetStore, Store
 
 _prefixes = itertools.count()
 
@@ -27,10 +27,11 @@ class Opener:
         self.url = etcd_url
         self.prefix = f"/test/{next(_prefixes)}"
 
-    def __call__(self) -> FleetStore:
+    def __call__(self, events_kept: int = EVENTS_KEPT) -> FleetStore:
         if self.kind == "sqlite":
-            return Store(self.db)
-        return EtcdStore(EtcdClient(parse_endpoints(self.url)), prefix=self.prefix)
+            return Store(self.db, events_kept=events_kept)
+        client = EtcdClient(parse_endpoints(self.url))
+        return EtcdStore(client, prefix=self.prefix, events_kept=events_kept, trim_every=0)
 
 
 @pytest.fixture(params=["sqlite", "etcd"])
@@ -158,3 +159,15 @@ def test_plans_are_fenced_by_the_leader_key(etcd_url: str) -> None:
     client.put(f"{prefix}/leader", "replica-a")
     store.apply_plan("web", grant, now=3)
     assert store.nodes()[0].phase is Phase.REBOOTING
+
+
+def test_only_the_newest_events_are_kept(opener: Opener) -> None:
+    store = opener(events_kept=5)
+    store.put_pool(_spec(), now=0)
+    for i in range(12):
+        store.register(f"n{i:02}", {}, "v1", True, now=i)
+    events = store.events(limit=100)
+    assert [e.message for e in events] == ["version v1"] * 5
+    assert [e.node for e in events] == [f"n{i:02}" for i in range(7, 12)]
+    assert [e.id for e in events] == sorted(e.id for e in events)
+    store.close()

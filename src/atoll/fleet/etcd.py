@@ -138,17 +138,30 @@ class EtcdClient:
         return _unb64(kvs[0].get("value", "")) if kvs else None
 
     def range(
-        self, key: str, *, prefix: bool = False, limit: int = 0, newest_first: bool = False
+        self,
+        key: str,
+        *,
+        prefix: bool = False,
+        limit: int = 0,
+        newest_first: bool = False,
+        oldest_first: bool = False,
+        keys_only: bool = False,
+        max_create_revision: int = 0,
     ) -> list[KeyValue]:
-        """The key, or every key under ``prefix``; ``newest_first`` sorts by creation."""
+        """The key, or every key under ``prefix``; ``newest_first``/``oldest_first``
+        sort by creation; ``max_create_revision`` keeps keys created at or before it."""
         body: dict[str, Any] = {"key": _b64(key)}
         if prefix:
             body["range_end"] = _b64(prefix_end(key))
         if limit:
             body["limit"] = str(limit)
-        if newest_first:
-            body["sort_order"] = "DESCEND"
+        if newest_first or oldest_first:
+            body["sort_order"] = "DESCEND" if newest_first else "ASCEND"
             body["sort_target"] = "CREATE"
+        if keys_only:
+            body["keys_only"] = True
+        if max_create_revision:
+            body["max_create_revision"] = str(max_create_revision)
         answer = self._call("/v3/kv/range", body)
         return [
             KeyValue(
@@ -172,6 +185,23 @@ class EtcdClient:
             },
         )
         return bool(answer.get("succeeded", False))
+
+    def count(self, key: str, *, prefix: bool = False) -> int:
+        """How many keys ``key`` (or the prefix) names, without reading them."""
+        body: dict[str, Any] = {"key": _b64(key), "count_only": True}
+        if prefix:
+            body["range_end"] = _b64(prefix_end(key))
+        return int(self._call("/v3/kv/range", body).get("count", 0))
+
+    def delete(self, keys: Sequence[str]) -> None:
+        """Delete these keys (in transactions of at most 100 operations, etcd's default cap
+        is 128)."""
+        for start in range(0, len(keys), 100):
+            chunk = keys[start : start + 100]
+            self._call(
+                "/v3/kv/txn",
+                {"success": [{"request_delete_range": {"key": _b64(k)}} for k in chunk]},
+            )
 
     def put_if_absent(self, key: str, value: str, *, lease: int | None = None) -> bool:
         """Create ``key`` only if it does not exist (one transaction); True if created."""

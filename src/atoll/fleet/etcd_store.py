@@ -25,7 +25,9 @@ Design:
   Registrations, reports and operator verbs are facts, not decisions: any
   replica writes them;
 * event ids are ``create_revision * 1000 + position in the transaction``, so
-  they grow in the order etcd committed them, like SQLite's AUTOINCREMENT.
+  they grow in the order etcd committed them, like SQLite's AUTOINCREMENT;
+* only the newest ``events_kept`` events are kept: after a write with events,
+  at most once a minute, the count is checked and older ones are deleted.
 
 Time is not read here: callers pass ``now`` as with SQLite.
 """
@@ -33,7 +35,9 @@ Time is not read here: callers pass ``now`` as with SQLite.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -49,9 +53,10 @@ from atoll.fleet.etcd import (
 )
 from atoll.fleet.pool import spec_from_dict, spec_to_dict
 from atoll.fleet.rollout import ActionKind, NodeFacts, Phase, Plan, PoolSpec, PoolState
-from atoll.fleet.store import Event, after_report, matches
+from atoll.fleet.store import EVENTS_KEPT, Event, after_report, matches
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 ATTEMPTS = 20
 """Conflicting transactions retried before giving up (each retry re-reads)."""
@@ -98,9 +103,21 @@ def _node_doc(n: NodeFacts, now: float) -> dict[str, Any]:
 class EtcdStore:
     """etcd-backed state; see the module docstring."""
 
-    def __init__(self, client: EtcdClient, *, prefix: str = "/atoll/fleet") -> None:
+    def __init__(
+        self,
+        client: EtcdClient,
+        *,
+        prefix: str = "/atoll/fleet",
+        events_kept: int = EVENTS_KEPT,
+        trim_every: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._client = client
         self.prefix = prefix.rstrip("/")
+        self.events_kept = events_kept
+        self._trim_every = trim_every  # seconds between checks of the event count
+        self._clock = clock
+        self._last_trim: float | None = None
         self.fence: tuple[str, str] | None = None
         """``(leader key, identity)``: when set, plans are written only while we lead."""
 
@@ -181,6 +198,8 @@ class EtcdStore:
                 for i, event in enumerate(changes.events)
             ]
             if self._client.txn(compares, puts):
+                if changes.events:
+                    self._maybe_trim()
                 return result
             if fenced and self.fence is not None:
                 holder = self._client.get(self.fence[0])
@@ -193,6 +212,33 @@ class EtcdStore:
             f"etcd {self.prefix}: gave up after {ATTEMPTS} conflicting transactions on "
             f"{sorted(keys) + sorted(prefixes)}"
         )
+
+    def _maybe_trim(self) -> None:
+        now = self._clock()
+        if self._last_trim is not None and now - self._last_trim < self._trim_every:
+            return
+        self._last_trim = now
+        try:
+            self.trim_events()
+        except EtcdError as e:  # the write succeeded; trimming is tried again later
+            log.warning("etcd %s: trimming events: %s", self.prefix, e)
+
+    def trim_events(self) -> int:
+        """Delete all but the newest ``events_kept`` events; returns how many went."""
+        events = f"{self.prefix}/events/"
+        if self._client.count(events, prefix=True) <= self.events_kept:
+            return 0
+        newest = self._client.range(
+            events, prefix=True, limit=self.events_kept + 1, newest_first=True, keys_only=True
+        )
+        # The oldest event to keep was created after this revision.
+        cutoff = newest[-1].create_revision
+        old = self._client.range(
+            events, prefix=True, oldest_first=True, keys_only=True, max_create_revision=cutoff
+        )
+        keys = [kv.key for kv in old]
+        self._client.delete(keys)
+        return len(keys)
 
     # pools ---------------------------------------------------------------
     def put_pool(self, spec: PoolSpec, now: float) -> PoolSpec:

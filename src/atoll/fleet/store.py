@@ -64,6 +64,11 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 
+# The newest events a store keeps; older ones are deleted as new ones arrive
+# (a rollout of N nodes writes about 5 N of them).
+EVENTS_KEPT = 10_000
+
+
 @dataclass(frozen=True)
 class Event:
     id: int
@@ -195,8 +200,9 @@ def matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
 class Store:
     """SQLite-backed state; see the module docstring."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, events_kept: int = EVENTS_KEPT) -> None:
         self.path = path
+        self.events_kept = events_kept
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(
@@ -230,13 +236,22 @@ class Store:
                 raise
             self._db.execute("COMMIT")
 
-    @staticmethod
     def _event(
-        db: sqlite3.Connection, now: float, pool: str | None, node: str | None, kind: str, msg: str
+        self,
+        db: sqlite3.Connection,
+        now: float,
+        pool: str | None,
+        node: str | None,
+        kind: str,
+        msg: str,
     ) -> None:
-        db.execute(
+        cursor = db.execute(
             "INSERT INTO events(at, pool, node, kind, message) VALUES (?,?,?,?,?)",
             (now, pool, node, kind, msg),
+        )
+        # Keep the newest events only (a range delete on the primary key: usually one row).
+        db.execute(
+            "DELETE FROM events WHERE id <= ?", (int(cursor.lastrowid or 0) - self.events_kept,)
         )
 
     # pools ---------------------------------------------------------------
