@@ -227,6 +227,9 @@ class Leftovers:
     def leftovers(self) -> list[SessionId]:
         return [SessionId(s) for s in self.left]
 
+    def running(self, session: SessionId) -> bool:
+        return True
+
 
 def test_containers_left_by_an_earlier_agent_are_reaped_and_audited(tmp_path: Path) -> None:
     runtime = Leftovers(["old1", "old2"], [])

@@ -90,6 +90,7 @@ class StandIn:
 
     command: tuple[str, ...] = ("/bin/sh",)
     stopped: list[str] = field(default_factory=list)
+    started: threading.Event | None = None  # None: runs at once; else when it is set
 
     def argv(self, session: SessionId, tty: bool) -> list[str]:
         # ctr run without --tty hands the container pipes: no prompts; +i does that here.
@@ -101,6 +102,9 @@ class StandIn:
 
     def leftovers(self) -> list[SessionId]:
         return []
+
+    def running(self, session: SessionId) -> bool:
+        return self.started is None or self.started.is_set()
 
 
 class Clock:
@@ -202,6 +206,20 @@ def test_end_of_stdin_ends_a_script_without_exit(start: Any) -> None:
     assert shell.output == b"one\ntwo\n" and end is not None and end["exit_status"] == 0
 
 
+def test_the_end_of_stdin_waits_until_the_container_runs(start: Any) -> None:
+    """ctr loses an end of input that arrives while its task is being created."""
+    started = threading.Event()
+    shell = start(ShellRequest("x", ttl=60, tty=False), StandIn(started=started))
+    shell.send(Frame.DATA, b"echo one\n")
+    shell.send(Frame.EOF)
+    assert shell.until(b"one\n") is None
+    time.sleep(1.2)  # several checks: the end of input is held back
+    assert shell.thread.is_alive()
+    started.set()
+    end = shell.until(None)
+    assert end is not None and end["end"] == "exit" and end["exit_status"] == 0
+
+
 def test_a_terminal_session_echoes_and_resizes(start: Any) -> None:
     shell = start(ShellRequest("x", ttl=60, tty=True, rows=30, cols=100), StandIn())
     shell.send(Frame.DATA, b"stty size\n")
@@ -247,7 +265,9 @@ def test_containerd_stop_and_leftovers_run_ctr(tmp_path: Path) -> None:
     ctr.write_text(
         f'#!/bin/sh\necho "$*" >> {log}\n'
         'case "$*" in *"containers list"*) printf "atoll-shell-a1\\nweb\\natoll-shell-b2\\n";; '
-        '*"tasks kill"*) echo "no such task" >&2; exit 1;; esac\n'
+        '*"tasks kill"*) echo "no such task" >&2; exit 1;; '
+        '*"tasks list"*) printf "TASK PID STATUS\\natoll-shell-a1 42 RUNNING\\n'
+        'atoll-shell-b2 0 CREATED\\n";; esac\n'
     )
     ctr.chmod(0o755)
     runtime = ContainerdRuntime(ctr=str(ctr))
@@ -260,3 +280,5 @@ def test_containerd_stop_and_leftovers_run_ctr(tmp_path: Path) -> None:
         "-n default containers delete atoll-shell-a1",
         "-n default containers list --quiet",
     ]
+    # A session's end of input waits for its task to be listed RUNNING.
+    assert runtime.running(SessionId("a1")) and not runtime.running(SessionId("b2"))

@@ -153,6 +153,10 @@ class Runtime(Protocol):
         """Sessions whose container outlived its agent (stopped or crashed mid-session)."""
         ...
 
+    def running(self, session: SessionId) -> bool:
+        """Whether the session's process runs (the end of stdin can reach it)."""
+        ...
+
 
 @dataclass(frozen=True)
 class ContainerdRuntime:
@@ -186,6 +190,16 @@ class ContainerdRuntime:
             for name in listed.split()
             if name.startswith(CONTAINER_PREFIX)
         ]
+
+    def running(self, session: SessionId) -> bool:
+        """The task is listed RUNNING. ``ctr run`` turns the end of its stdin into a
+        CloseIO of the task; one that arrives while the task is still being created is
+        lost and the container's stdin never ends (containerd/nerdctl#5042), so the
+        session holds a script's end of input back until then."""
+        listed = self._run([self.ctr, "-n", self.namespace, "tasks", "list"], [], quiet=True)
+        name = self.container(session)
+        return any(line.split()[:1] == [name] and "RUNNING" in line.split()
+                   for line in listed.splitlines())  # fmt: skip
 
     def argv(self, session: SessionId, tty: bool) -> list[str]:
         return [
@@ -238,6 +252,9 @@ class CommandRuntime:
 
     def leftovers(self) -> list[SessionId]:
         return []  # nothing outlives the agent's own process groups
+
+    def running(self, session: SessionId) -> bool:
+        return True  # a plain process reads its stdin from the start
 
 
 @dataclass(frozen=True)
@@ -409,7 +426,9 @@ class ShellSession:
             self.clock,
         )
         pid, master = _spawn(argv, self.request, self.id)
-        relay = _Relay(conn, master, pid, transcript)
+        relay = _Relay(
+            conn, master, pid, transcript, lambda: self.runtime.running(self.id), self.clock
+        )
         problems: list[str] = []
         try:
             end = relay.loop(lambda: deadline - self.clock())
@@ -444,7 +463,15 @@ class ShellSession:
 
 
 class _Relay:
-    def __init__(self, conn: socket.socket, master: int, pid: int, transcript: Transcript) -> None:
+    def __init__(
+        self,
+        conn: socket.socket,
+        master: int,
+        pid: int,
+        transcript: Transcript,
+        running: Callable[[], bool],
+        clock: Clock,
+    ) -> None:
         self.conn = conn
         self.master = master
         self.pid = pid
@@ -453,6 +480,27 @@ class _Relay:
         self.bytes_in = 0
         self.bytes_out = 0
         self._last_input = b"\n"
+        self._running = running
+        self._clock = clock
+        self._started = False  # the runtime said its process runs
+        self._eof_pending = False  # the client's stdin ended before that
+        self._next_check = 0.0
+
+    def _flush_eof(self) -> None:
+        """Pass a held-back end of input on once the process runs (checked twice a second)."""
+        if not self._eof_pending or self._clock() < self._next_check:
+            return
+        self._next_check = self._clock() + 0.5
+        if self._started or self._running():
+            self._started = True
+            self._eof_pending = False
+            self._write_eof()
+
+    def _write_eof(self) -> None:
+        # VEOF reads as end of file only at the start of a line: end a pending one first.
+        eof = termios.tcgetattr(self.master)[6][termios.VEOF]
+        eof_byte = eof if isinstance(eof, bytes) else bytes([eof])
+        _write_all(self.master, (b"" if self._last_input == b"\n" else b"\n") + eof_byte)
 
     def loop(self, remaining: Callable[[], float]) -> End:
         while True:
@@ -474,6 +522,7 @@ class _Relay:
                     return End.DISCONNECT
                 for kind, payload in self.frames.feed(data):
                     self._input(kind, payload)
+            self._flush_eof()
             if not ready and _exited(self.pid):
                 # The command is gone but something still holds the pty open.
                 self._drain()
@@ -506,10 +555,8 @@ class _Relay:
             fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
             self.transcript.event("r", f"{cols}x{rows}")
         elif kind is Frame.EOF:
-            # VEOF reads as end of file only at the start of a line: end a pending one first.
-            eof = termios.tcgetattr(self.master)[6][termios.VEOF]
-            eof_byte = eof if isinstance(eof, bytes) else bytes([eof])
-            _write_all(self.master, (b"" if self._last_input == b"\n" else b"\n") + eof_byte)
+            self._eof_pending = True
+            self._next_check = 0.0
         elif kind is Frame.EXIT:
             raise ValueError("the client sent an EXIT frame")
 
