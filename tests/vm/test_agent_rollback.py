@@ -1,5 +1,7 @@
 """A broken new deployment rolls back by itself: the node comes back on the old commit.
 
+Two failures, each on its own disk:
+
 Real everything, one VM (UEFI, systemd-boot, cold reboots): the disk holds the
 default image 1.0.0 (the fallback) and, as the default deployment, a site image
 1.0.2 that ships a unit which always fails. First-boot user data puts the
@@ -9,6 +11,13 @@ trial sees systemd finish ``degraded`` with ``atoll-broken.service`` failed,
 makes 1.0.0 the default again (``ostree admin deploy`` + the ESP sync with a
 boot counter), and reboots; 1.0.0 comes up, the agent records that the
 rollback is complete and blesses the counted boot entry.
+
+The second release (1.0.3) never reaches the agent: its PID 1 exits, the
+kernel panics and reboots (``panic=5``). The disk counts boots on its default
+entry (``+2``), so systemd-boot tries it twice, then boots the previous entry;
+that boot's agent sees the previous commit booted after the upgrade was staged
+and removes the pending deployment. qemu ends at each panic reboot (it runs
+with ``-no-reboot``), so the test powers the same disk on again itself.
 """
 
 from __future__ import annotations
@@ -23,12 +32,15 @@ import pytest
 
 from atoll.boot.runner import BootSpec, Firmware, Machine
 from atoll.compose import compose
-from atoll.disk import build_disk, plan_disk
+from atoll.disk import boot_entries, build_disk, plan_disk
 from atoll.disk.layout import MIB
 from atoll.progress import PlainReporter
 from atoll.tools import ostree
 from tests.conftest import DEFAULT_MANIFEST, TEST_CACHE, TEST_EPOCH, ComposedImage
 from tests.vm.conftest import READY_TIMEOUT
+
+# Composing the releases and several boots on the shared cores: beyond the default 600 s.
+pytestmark = pytest.mark.timeout(1800)
 
 BROKEN_UNIT = """[Unit]
 Description=atoll test: a unit that always fails (the broken release)
@@ -45,6 +57,12 @@ WantedBy=multi-user.target
 ROLLBACK_TIMEOUT = 420.0
 # The second boot up to the agent saying the rollback is complete.
 RECOVERY_TIMEOUT = 420.0
+
+
+# PID 1 of the unbootable release: exits at once, so the kernel panics.
+BROKEN_INIT = "#!/bin/sh\necho atoll-test: this init always fails\nexit 1\n"
+PANIC_BOOT_TIMEOUT = 180.0
+MAX_POWER_ONS = 4
 
 
 @dataclass(frozen=True)
@@ -78,6 +96,39 @@ def broken_release(
     return BrokenRelease(repo, default_image, new.version, new.commit)
 
 
+@pytest.fixture(scope="module")
+def unbootable_release(broken_release: BrokenRelease) -> BrokenRelease:
+    """1.0.3 in the same repository: an init that exits, and ``panic=5`` to reboot."""
+    site = broken_release.repo.parent / "unbootable.toml"
+    site.write_text(
+        f'extends = "{DEFAULT_MANIFEST}"\n[image]\nname = "minimal"\nversion = "1.0.3"\n'
+        '[kernel]\narguments = ["panic=5"]\n'
+        '[[files]]\npath = "/usr/lib/systemd/systemd"\nmode = "0755"\n'
+        f"content = {json.dumps(BROKEN_INIT)}\n"
+    )
+    new = compose(
+        site, broken_release.repo, PlainReporter(), cache=TEST_CACHE, source_date_epoch=TEST_EPOCH
+    )
+    return BrokenRelease(broken_release.repo, broken_release.old, new.version, new.commit)
+
+
+def _marker_user_data(path: Path, release: BrokenRelease) -> Path:
+    """First-boot user data that puts the agent's pending-upgrade marker in place."""
+    marker = {
+        "new": release.commit,
+        "previous": release.old.commit,
+        "new_version": release.version,
+        "previous_version": release.old.version,
+        "state": "staged",
+    }
+    path.write_text(
+        '[node]\nhostname = "node-rb"\n'
+        '[[files]]\npath = "/var/lib/atoll/pending.json"\n'
+        f"content = {json.dumps(json.dumps(marker))}\n"
+    )
+    return path
+
+
 def test_a_broken_release_rolls_back_to_the_previous_commit_by_itself(
     broken_release: BrokenRelease, tmp_path: Path
 ) -> None:
@@ -87,19 +138,7 @@ def test_a_broken_release_rolls_back_to_the_previous_commit_by_itself(
         broken_release.repo, broken_release.commit, disk, size=2048 * MIB, previous=old.commit
     )
     build_disk(plan, PlainReporter())
-    marker = {
-        "new": broken_release.commit,
-        "previous": old.commit,
-        "new_version": broken_release.version,
-        "previous_version": old.version,
-        "state": "staged",
-    }
-    user_data = tmp_path / "node.toml"
-    user_data.write_text(
-        '[node]\nhostname = "node-rb"\n'
-        '[[files]]\npath = "/var/lib/atoll/pending.json"\n'
-        f"content = {json.dumps(json.dumps(marker))}\n"
-    )
+    user_data = _marker_user_data(tmp_path / "node.toml", broken_release)
     spec = BootSpec(disk, Firmware.UEFI, user_data=user_data, snapshot=True)
     with Machine(spec) as vm:
         start = time.monotonic()
@@ -129,3 +168,42 @@ def test_a_broken_release_rolls_back_to_the_previous_commit_by_itself(
     assert broken_release.commit in boots[0]
     assert old.commit in boots[1]
     assert reboots == 1
+
+
+def test_a_release_that_never_reaches_the_agent_falls_back_by_boot_counting(
+    unbootable_release: BrokenRelease, tmp_path: Path
+) -> None:
+    release, old = unbootable_release, unbootable_release.old
+    disk = tmp_path / "node.img"
+    plan = plan_disk(
+        release.repo, release.commit, disk, size=2048 * MIB, previous=old.commit, boot_tries=2
+    )
+    build_disk(plan, PlainReporter())
+    user_data = _marker_user_data(tmp_path / "node.toml", release)
+    # Not a snapshot: systemd-boot's counting renames entries on the disk's ESP,
+    # and every power-on must see what the previous one left.
+    spec = BootSpec(disk, Firmware.UEFI, user_data=user_data)
+    consoles: list[str] = []
+    fell_back: str | None = None
+    for _ in range(MAX_POWER_ONS):
+        with Machine(spec) as vm:
+            fell_back = vm.wait_for("did not reach the agent", PANIC_BOOT_TIMEOUT + READY_TIMEOUT)
+            if fell_back is not None:
+                # The undeploy and the ESP sync are done before the power-off.
+                vm.wait_for("is the default", 300.0)
+            consoles.append(vm.console_log.read_text(errors="replace"))
+        if fell_back is not None:
+            break
+    (tmp_path / "consoles.log").write_text("\n=== power on ===\n".join(consoles))
+    panics = sum("Kernel panic" in console for console in consoles)
+    assert fell_back is not None, f"{len(consoles)} power-ons, {panics} panics; last console:\n" + (
+        "\n".join(consoles[-1].splitlines()[-30:])
+    )
+    assert panics == 2 and len(consoles) == 3, [c.splitlines()[-5:] for c in consoles]
+    booted = [
+        line for c in consoles for line in c.splitlines() if "atoll-prepare-root: booting" in line
+    ]
+    assert [release.commit in line for line in booted] == [True, True, False]
+    assert old.commit in booted[-1]
+    # The agent removed the pending deployment: only the old one is left to boot.
+    assert len(boot_entries(disk)) == 1
