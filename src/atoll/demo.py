@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atoll.agent.fleet_client import request_json
+from atoll.agent.fleet_client import FleetError, request_json
 from atoll.agent.updates import pull_verified
 from atoll.agent.verify import load_trusted_keys
 from atoll.boot.runner import BootFailed, BootSpec, Firmware, Machine
@@ -551,6 +551,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         reporter.close()
         print(f"atoll demo: {e}")
         return e.exit_code
+    except FleetError as e:  # the agent's client (stdlib only) has its own error type
+        reporter.close()
+        print(f"atoll demo: fleet controller: {e}")
+        return 1
     reporter.close()
     print(outcome.summary.render())
     return 0
