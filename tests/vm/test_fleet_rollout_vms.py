@@ -69,10 +69,10 @@ def test_three_nodes_roll_to_v2_and_the_broken_one_rolls_back_and_pauses_the_poo
 
     # node-2's own account, through its API: the trial, the rollback, the confirmed fix.
     seen = [(r.get("what"), r.get("result")) for r in outcome.audit]
-    assert ("rollback", "rolled-back") in seen, seen
-    assert ("rollback complete", "ok") in seen, seen
-    assert ("confirmed", "ok") in seen, seen
-    rolled = next(r for r in outcome.audit if r.get("what") == "rollback")
+    assert ("health: rollback", "rolled-back") in seen, seen
+    assert ("health: rollback complete", "ok") in seen, seen
+    assert ("health: confirmed", "ok") in seen, seen
+    rolled = next(r for r in outcome.audit if r.get("what") == "health: rollback")
     assert rolled["params"]["from"] == broken.commit
     assert "demo-broken.service" in rolled["params"]["reason"], rolled
     assert outcome.audit_verdict.get("ok") is True, outcome.audit_verdict
