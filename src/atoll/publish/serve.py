@@ -53,6 +53,7 @@ class UpdateServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: UpdateServer
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are separate writes
 
     def log_message(self, format: str, *args: object) -> None:
         pass  # counters instead of a line per object
