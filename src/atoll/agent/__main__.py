@@ -71,8 +71,7 @@ def counting_sync(commands: CommandRunner) -> SyncHook:
     """The ESP sync after a deploy: a default that has not booted yet gets a boot counter.
 
     After a pending deployment is removed the default is the running one,
-    known to boot: no counter (the agent could not bless it in this boot, its
-    ``ostree=`` path changes with the new boot version).
+    known to boot: no counter.
     """
 
     def sync() -> object:

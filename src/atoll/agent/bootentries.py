@@ -11,8 +11,9 @@ time, the agent after an upgrade or a rollback) :func:`sync` mirrors them:
 
 * ``/boot/ostree/...`` kernels are copied to the same relative path on the ESP
   (their directories are content-addressed: a file already there is kept);
-* each entry is written to ``loader/entries/<id>.conf`` unchanged except for
-  the boot counter: with ``tries=N`` the *default* (newest) entry is named
+* each entry is written to ``loader/entries/<id>.conf`` with its deployment
+  pinned (:func:`pin_deployment`: ostree's bootlinks do not survive the next
+  deploy) and the boot counter: with ``tries=N`` the *default* (newest) entry is named
   ``<id>+N.conf``; systemd-boot counts the attempts down, and
   ``systemd-bless-boot`` removes the counter once the boot is good, so a new
   deployment that never becomes good falls back to the previous one;
@@ -40,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
@@ -50,6 +51,7 @@ ESP_TYPE = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
 # binds the physical root at /sysroot).
 NODE_BOOT_DIR = Path("/sysroot/boot")
 LOADER_CONF = "loader/loader.conf"
+_BOOTLINK = re.compile(r"^/ostree/boot\.\d+(\.\d+)?/")
 _COUNTER = re.compile(r"^(?P<id>.+?)(\+(?P<left>\d+)(-(?P<done>\d+))?)?$")
 
 
@@ -160,9 +162,49 @@ def loader_conf(default: str | None = None, timeout: int = 0) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pin_deployment(entry: BootEntry, sysroot: Path) -> BootEntry:
+    """The entry with ostree's bootlink (``/ostree/boot.N/...``) replaced by the deployment.
+
+    ostree's entries name a deployment through ``/ostree/boot.N/OS/BOOTCSUM/SERIAL``
+    (in ``init=`` and ``ostree=``), a symlink of the current boot version. A
+    deploy switches the boot version and deletes the old bootlinks, so between
+    that deploy and the next ESP sync an unchanged copy of the *old* entries on
+    the ESP points at nothing and the node cannot boot (found by the power-cut
+    test). The ESP's copy names the deployment directory itself
+    (``/ostree/deploy/OS/deploy/CHECKSUM.SERIAL``), which lives as long as the
+    deployment, whatever the boot version.
+    """
+    argument = _ostree_argument(entry.options)
+    if argument is None:
+        return entry
+    link = argument.removeprefix("ostree=")
+    if not _BOOTLINK.match(link):
+        return entry
+    resolved = Path(os.path.realpath(sysroot / link.lstrip("/")))
+    try:
+        pinned = "/" + str(resolved.relative_to(sysroot.resolve()))
+    except ValueError:
+        raise EntryError(f"{entry.id}: ostree={link} leads out of {sysroot}") from None
+    if not resolved.is_dir():
+        raise EntryError(f"{entry.id}: ostree={link}: no deployment at {resolved}")
+    words = []
+    for word in entry.options.split():
+        key, eq, value = word.partition("=")
+        if eq and (value == link or value.startswith(link + "/")):
+            words.append(f"{key}={pinned}{value[len(link) :]}")
+        else:
+            words.append(word)
+    return replace(entry, options=" ".join(words))
+
+
 def plan_sync(boot_dir: Path, esp: Path, tries: int | None = None) -> list[Action]:
-    """What to do on ``esp`` so it boots the entries of ``boot_dir``, newest first."""
-    entries = read_entries(boot_dir / ENTRIES_DIR)
+    """What to do on ``esp`` so it boots the entries of ``boot_dir``, newest first.
+
+    ``boot_dir`` is the sysroot's ``/boot``; the entries are copied with their
+    deployment pinned (:func:`pin_deployment`).
+    """
+    sysroot = boot_dir.parent
+    entries = [pin_deployment(e, sysroot) for e in read_entries(boot_dir / ENTRIES_DIR)]
     copies: list[Action] = []
     writes: list[Action] = []
     removals: list[Action] = []
@@ -257,9 +299,16 @@ def apply_plan(actions: Sequence[Action], boot_dir: Path, esp: Path) -> None:
 
 
 def sync(boot_dir: Path, esp: Path, tries: int | None = None) -> list[Action]:
-    """Make ``esp`` boot the entries in ``boot_dir``; return what was done."""
+    """Make ``esp`` boot the entries in ``boot_dir``; return what was done.
+
+    Ends with a sync(2): FAT has no journal and the renames live in its
+    directories, so only after that does a power cut keep what was written
+    (the caller marks the upgrade ``staged`` next).
+    """
     actions = plan_sync(boot_dir, esp, tries)
     apply_plan(actions, boot_dir, esp)
+    if actions:
+        os.sync()
     return actions
 
 
