@@ -6,6 +6,7 @@ import datetime
 import http.client
 import json
 import ssl
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -131,11 +132,18 @@ def test_refused_credentials_are_audited(node: Node, tmp_path: Path) -> None:
     for client in (None, "mallory", "expired", "gone"):
         with pytest.raises((ssl.SSLError, ConnectionError, http.client.HTTPException)):
             node.call(client, "GET", "/v1/status")
+    # The server's thread audits a refusal after the client has seen its error.
+    deadline = time.monotonic() + 10
+    while True:
+        records = node.call("ada", "GET", "/v1/audit?limit=1000")[1]["records"]
+        refusals = [r for r in records if r["what"] == "TLS handshake"]
+        if len(refusals) >= 4 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert len(refusals) == 4, refusals
     status, verdict = node.call("ada", "GET", "/v1/audit/verify")
     assert status == 200 and verdict["ok"], verdict
     records = node.call("ada", "GET", "/v1/audit?limit=1000")[1]["records"]
-    refusals = [r for r in records if r["what"] == "TLS handshake"]
-    assert len(refusals) == 4
     reasons = " ".join(r["reason"] for r in refusals).lower()
     assert "expired" in reasons and "revoked" in reasons
     assert records[-1]["what"] == "GET /v1/audit/verify" and records[-1]["who"] == "ada"
