@@ -124,7 +124,8 @@ def test_recorded_upgrade_touches_nothing_on_the_host(daemon: tuple[Path, Path, 
     assert response.status == 200, answer
     commands = [json.loads(c) for c in (sock.parent.parent / "commands").read_text().splitlines()]
     assert commands == [
-        ["ostree", "admin", "deploy", "--retain", "atoll/x86_64/minimal"],
-        ["atoll.agent.bootentries", "sync_node"],
         ["ostree", "admin", "status"],
+        ["ostree", "admin", "deploy", "--retain", "atoll/x86_64/minimal"],
+        ["ostree", "admin", "status"],
+        ["atoll.agent.bootentries", "sync_node"],
     ]

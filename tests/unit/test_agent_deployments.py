@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
+from atoll.agent import pending as markers
 from atoll.agent.deployments import DeploymentError, Deployments, parse_status
 
 OLD = "c462f77e059e6caec7c945196c77782e2ecea4cee96c561524552714f10e507a"
@@ -60,14 +62,89 @@ def test_parse_status() -> None:
     assert parse_status("") == []
 
 
+class Deploying(Fake):
+    """Booted on OLD; a deploy makes NEW the pending default. Records the marker at each sync."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        super().__init__(BOOTED_ONLY)
+        self.root = root
+        self.at_sync: list[str | None] = []
+
+    def run(self, argv: Sequence[str]) -> str:
+        out = super().run(argv)
+        if argv[:2] == ["ostree", "admin"] and argv[2] in ("deploy", "upgrade"):
+            self.status = PENDING
+        return out
+
+    def sync(self) -> None:
+        super().sync()
+        if self.root is not None:
+            marker = markers.read_pending(self.root / markers.PENDING)
+            self.at_sync.append(None if marker is None else str(marker.state))
+
+    def deployments(self) -> Deployments:
+        return Deployments(self.run, self.sync, root=self.root, boot_id=lambda: "boot-1")
+
+
 def test_upgrade_runs_ostree_then_syncs_boot_entries() -> None:
-    fake = Fake(PENDING)
+    fake = Deploying()
     result = fake.deployments().upgrade()
-    assert fake.calls[0] == ["ostree", "admin", "upgrade"]
+    assert fake.calls == [
+        ["ostree", "admin", "status"],
+        ["ostree", "admin", "upgrade"],
+        ["ostree", "admin", "status"],
+    ]
     assert fake.synced == 1
     assert result["deployments"][0]["pending"]
+    fake = Deploying()
+    assert fake.deployments().upgrade(NEW)["ran"] == ["ostree", "admin", "deploy", "--retain", NEW]
+
+
+def test_the_marker_exists_before_the_esp_can_boot_the_new_commit(tmp_path: Path) -> None:
+    fake = Deploying(tmp_path)
     fake.deployments().upgrade(NEW)
-    assert ["ostree", "admin", "deploy", "--retain", NEW] in fake.calls
+    # Written as "deploying" before the ESP sync, "staged" once it is done.
+    assert fake.at_sync == ["deploying"]
+    marker = markers.read_pending(tmp_path / markers.PENDING)
+    assert marker is not None
+    assert (marker.new, marker.previous, marker.state) == (NEW, OLD, markers.TrialState.STAGED)
+    assert marker.staged_boot == "boot-1"
+
+
+def test_upgrading_to_the_pending_default_again_finishes_it_without_a_second_deploy(
+    tmp_path: Path,
+) -> None:
+    fake = Deploying(tmp_path)
+    fake.status = PENDING  # deployed in an earlier attempt, cut short before the ESP sync
+    markers.write_pending(
+        tmp_path / markers.PENDING,
+        markers.Pending(NEW, OLD, staged_boot="boot-1", state=markers.TrialState.DEPLOYING),
+    )
+    result = fake.deployments().upgrade(NEW)
+    assert result["ran"] == []
+    assert not any(c[2] == "deploy" for c in fake.calls)
+    assert fake.synced == 1
+    marker = markers.read_pending(tmp_path / markers.PENDING)
+    assert marker is not None and marker.state is markers.TrialState.STAGED
+    # A ref is resolved by ostree (it may have moved on): deployed as asked.
+    fake.calls.clear()
+    fake.deployments().upgrade("atoll/x86_64/minimal")
+    assert ["ostree", "admin", "deploy", "--retain", "atoll/x86_64/minimal"] in fake.calls
+
+
+def test_finish_staging_syncs_and_marks_a_deploying_upgrade_staged(tmp_path: Path) -> None:
+    fake = Deploying(tmp_path)
+    deployments = fake.deployments()
+    deployments.finish_staging()  # no marker: only the sync
+    assert fake.synced == 1 and not (tmp_path / markers.PENDING).exists()
+    markers.write_pending(
+        tmp_path / markers.PENDING,
+        markers.Pending(NEW, OLD, staged_boot="boot-0", state=markers.TrialState.DEPLOYING),
+    )
+    deployments.finish_staging()
+    marker = markers.read_pending(tmp_path / markers.PENDING)
+    assert marker is not None
+    assert (marker.state, marker.staged_boot) == (markers.TrialState.STAGED, "boot-0")
 
 
 def test_upgrade_refuses_a_bad_target_before_running_anything() -> None:

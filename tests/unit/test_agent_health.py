@@ -407,6 +407,52 @@ def test_a_new_deployment_that_never_reached_the_agent_is_undone(node: Node) -> 
     assert read_health(node.root) == (True, False)
 
 
+def cut_short(node: Node, boot: str = "boot-1") -> None:
+    """An upgrade deployed in ``boot`` whose ESP sync never happened (power cut)."""
+    node.status, node.boot = BOOTED_ONLY, boot
+    node.deployments().run(["ostree", "admin", "deploy", "--retain", NEW])
+    markers.write_pending(
+        node.root / markers.PENDING,
+        Pending(NEW, OLD, "1.1.0", "1.0.0", staged_boot=boot, state=TrialState.DEPLOYING),
+    )
+    node.boot = "boot-2"  # the ESP still boots OLD
+
+
+def test_an_upgrade_cut_short_before_the_esp_sync_is_undone_and_not_held_against_it(
+    node: Node,
+) -> None:
+    cut_short(node)
+    node.rounds = [GOOD]
+    monitor = node.monitor()
+    assert monitor.settle() is Outcome.INTERRUPTED
+    assert monitor.decided.is_set()
+    assert node.changes()[-1] == ["ostree", "admin", "undeploy", "0"]
+    assert node.marker() is None
+    # No rollback on record: the update loop may stage the same build again.
+    assert not (node.root / markers.ROLLBACK).exists()
+    assert node.health()["healthy"] and not node.health()["rolled_back"]
+    assert node.what() == ["health: upgrade interrupted"]
+    assert node.audit[-1]["result"] == "undone"
+
+
+def test_a_deploying_marker_in_the_boot_that_wrote_it_waits(node: Node) -> None:
+    cut_short(node, boot="boot-2")  # the agent restarted mid-upgrade, no reboot
+    node.rounds = [GOOD]
+    assert node.monitor().settle() is Outcome.WAITING
+    marker = node.marker()
+    assert marker is not None and marker.state is TrialState.DEPLOYING
+
+
+def test_a_new_deployment_booted_before_its_marker_said_staged_is_on_trial(node: Node) -> None:
+    cut_short(node)
+    node.status = AFTER_REBOOT  # the ESP sync finished, the power went before "staged"
+    node.rounds = [GOOD]
+    monitor = node.monitor()
+    assert monitor.settle() is Outcome.CONFIRMED
+    assert monitor.decided.is_set()
+    assert node.what() == ["health: trial started", "health: confirmed"]
+
+
 def test_stale_and_unreadable_markers_are_removed(node: Node) -> None:
     node.rounds = [GOOD]
     markers.write_pending(node.root / markers.PENDING, Pending("ab" * 32, "cd" * 32))

@@ -94,7 +94,12 @@ def bless_if_counted() -> str | None:
 
 
 def start_monitor(
-    root: Path, deployments: Deployments, agent: Agent, socket_path: Path, stop: threading.Event
+    root: Path,
+    deployments: Deployments,
+    agent: Agent,
+    socket_path: Path,
+    stop: threading.Event,
+    decided: threading.Event,
 ) -> threading.Thread | None:
     try:
         config = health.load_config(root)
@@ -110,6 +115,7 @@ def start_monitor(
         record=agent.audit.append,
         bless=bless_if_counted,
         stop=stop,
+        decided=decided,
     )
     thread = threading.Thread(target=monitor.run_forever, name="atoll-health", daemon=True)
     thread.start()
@@ -183,8 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Never in a dry run: the health monitor (may roll back and reboot) and
         # the fleet/update loop (atoll.agent.updater, only when configured).
         deployments = Deployments(commands, sync, root=args.root)
-        start_monitor(args.root, deployments, agent, args.socket, stop)
-        updater.start(deployments, stop, args.root)
+        # The update loop starts once the monitor has settled this boot's marker.
+        decided = threading.Event()
+        start_monitor(args.root, deployments, agent, args.socket, stop, decided)
+        updater.start(deployments, stop, args.root, after=decided)
     print(f"atoll-agent: serving on {args.socket} and port {args.port}", file=sys.stderr)
     stop.wait()
     _notify("STOPPING=1")

@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from atoll.agent import failpoints
 from atoll.agent import pending as markers
 
 CommandRunner = Callable[[Sequence[str]], str]
@@ -153,28 +154,74 @@ class Deployments:
             argv = ["ostree", "admin", "deploy", "--retain", to]
         else:
             raise ValueError(f"to: {to!r} is neither a 64-hex commit nor a ref")
-        self.run(argv)
-        self.sync()
         current = self.status()
+        first = current[0] if current else None
+        if to is not None and first is not None and not first.booted and to == first.checksum:
+            # Already the pending default (an upgrade cut short, asked for again):
+            # finish it rather than deploy a second copy.
+            ran: list[str] = []
+        else:
+            self.run(argv)
+            current = self.status()
+            ran = argv
         self._record_pending(current)
-        return {"ran": argv, "deployments": [d.as_dict() for d in current]}
+        if self.root is not None:
+            failpoints.hit("upgrade:deployed", self.root)
+        self.finish_staging()
+        return {"ran": ran, "deployments": [d.as_dict() for d in current]}
+
+    def finish_staging(self) -> None:
+        """Mirror the boot entries onto the ESP, then mark the upgrade ``staged``.
+
+        Until the ESP holds the new entry the marker says ``deploying``: a boot
+        into the previous commit then means the upgrade was cut short, not that
+        the new commit failed to boot (see :meth:`atoll.agent.health.Monitor.settle`).
+        Idempotent: the update loop calls it again before it reboots.
+        """
+        self.sync()
+        if self.root is None:
+            return
+        failpoints.hit("upgrade:synced", self.root)
+        path = self.root / markers.PENDING
+        try:
+            marker = markers.read_pending(path)
+        except markers.MarkerError:
+            return  # the monitor reports and removes it at the next start
+        if marker is not None and marker.state is markers.TrialState.DEPLOYING:
+            markers.write_pending(path, marker.advance(state=markers.TrialState.STAGED))
 
     def _record_pending(self, current: list[Deployment]) -> None:
-        """Mark a new default (not the booted commit) as pending its trial boot."""
+        """Mark a new default (not the booted commit) as pending its trial boot.
+
+        Written before the ESP sync, in state ``deploying``: the firmware cannot
+        boot the new commit before the marker that puts it on trial exists.
+        """
         if self.root is None or not current or current[0].booted:
             return
         new = current[0]
         booted = next((d for d in current if d.booted), None)
         if booted is None or booted.checksum == new.checksum:
             return
+        path = self.root / markers.PENDING
+        try:
+            existing = markers.read_pending(path)
+        except markers.MarkerError:
+            existing = None  # replaced by the marker of this upgrade
+        if (
+            existing is not None
+            and (existing.new, existing.previous) == (new.checksum, booted.checksum)
+            and existing.state in (markers.TrialState.DEPLOYING, markers.TrialState.STAGED)
+        ):
+            return  # the same upgrade, staged again: keep its state and staging boot
         marker = markers.Pending(
             new=new.checksum,
             previous=booted.checksum,
             new_version=new.version,
             previous_version=booted.version,
             staged_boot=self.boot_id(),
+            state=markers.TrialState.DEPLOYING,
         )
-        markers.write_pending(self.root / markers.PENDING, marker)
+        markers.write_pending(path, marker)
         # A new upgrade supersedes the last rollback's report.
         markers.clear(self.root / markers.ROLLBACK)
 

@@ -35,7 +35,11 @@ deployment was staged says which commit is new and which is the fallback:
 * booted into the previous commit in a later boot than the one that staged
   the new one, without a rollback: the new deployment never reached the agent
   (systemd-boot's boot counting fell back, or someone picked the old entry):
-  the booted deployment is made the default again and the rollback recorded.
+  the booted deployment is made the default again and the rollback recorded;
+* the same, but the marker still says ``deploying``: the power went before the
+  new boot entry reached the ESP, so the new commit never had its chance to
+  boot. Nothing is recorded against it: the half-staged deployment is removed
+  and the update loop stages it again.
 
 Boot counting covers boots that never reach the agent: the daemon syncs a new
 default entry onto the ESP as ``<id>+3.conf``; systemd-boot counts each try
@@ -66,6 +70,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
+from atoll.agent import failpoints
 from atoll.agent import pending as markers
 from atoll.agent.deployments import Deployment, DeploymentError, Deployments
 from atoll.agent.pending import MarkerError, Pending, TrialState
@@ -292,6 +297,7 @@ class Outcome(StrEnum):
     RECOVERED = "recovered"  # booted the previous commit after our rollback
     FELL_BACK = "fell-back"  # booted the previous commit without our rollback (boot counting)
     STALE = "stale"  # a marker for commits that are not booted (removed)
+    INTERRUPTED = "interrupted"  # power lost before the new entry reached the ESP: undone
     STOPPED = "stopped"  # the agent stopped during the trial
 
 
@@ -320,6 +326,7 @@ class Monitor:
         default=lambda m: print(f"atoll-agent: health: {m}", file=sys.stderr, flush=True)
     )
     stop: threading.Event = field(default_factory=threading.Event)
+    decided: threading.Event = field(default_factory=threading.Event)  # see settle()
     was_healthy: bool = False  # a round outside a trial passed in this boot (and blessed)
     last: dict[str, Any] = field(default_factory=dict)
 
@@ -372,7 +379,18 @@ class Monitor:
         return next((d for d in current if d.booted), None), current
 
     def settle(self) -> Outcome:
-        """Decide what this boot means for a pending upgrade; run its trial if any."""
+        """Decide what this boot means for a pending upgrade; run its trial if any.
+
+        ``decided`` is set once the decision is made (before a trial's checks
+        start): the update loop waits for it, so it never stages or reboots
+        against a marker this boot has not settled yet.
+        """
+        try:
+            return self._settle()
+        finally:
+            self.decided.set()
+
+    def _settle(self) -> Outcome:
         try:
             marker = markers.read_pending(self.marker_path)
         except MarkerError as e:
@@ -390,6 +408,7 @@ class Monitor:
             self.round(booted)
             return Outcome.NO_TRIAL
         if booted.checksum == marker.new:
+            self.decided.set()  # the update loop reports while the trial runs
             return self._trial(marker, booted)
         if booted.checksum == marker.previous:
             return self._on_previous(marker, booted, current)
@@ -408,9 +427,12 @@ class Monitor:
             self._audit("rollback complete", "ok", booted=booted.checksum, failed=marker.new)
             self.round(booted)
             return Outcome.RECOVERED
-        if marker.state is TrialState.STAGED and marker.staged_boot == self.boot_id():
+        waiting = (TrialState.DEPLOYING, TrialState.STAGED)
+        if marker.state in waiting and marker.staged_boot == self.boot_id():
             self.round(booted)
             return Outcome.WAITING
+        if marker.state is TrialState.DEPLOYING:
+            return self._interrupted(marker, booted, current)
         # Rebooted after staging, yet the previous commit runs: the new one never
         # reached (or never finished) its trial; systemd-boot fell back.
         reason = (
@@ -434,6 +456,27 @@ class Monitor:
         self.round(booted)
         return Outcome.FELL_BACK
 
+    def _interrupted(
+        self, marker: Pending, booted: Deployment, current: list[Deployment]
+    ) -> Outcome:
+        """The power went before the new boot entry reached the ESP: undo, not a failure.
+
+        The new commit never had its chance to boot, so nothing is recorded
+        against it: the half-staged deployment is removed and the update loop
+        stages it again from the start.
+        """
+        label = marker.new_version or _short(marker.new)
+        self.log(f"the upgrade to {label} was cut short before its boot entry was written")
+        try:
+            self._make_default(current)
+            self.log(f"{_short(marker.new)} removed; {_short(booted.checksum)} is the default")
+        except DeploymentError as e:
+            self.log(f"could not remove the interrupted deployment: {e}")
+        markers.clear(self.marker_path)
+        self._audit("upgrade interrupted", "undone", commit=marker.new, booted=booted.checksum)
+        self.round(booted)
+        return Outcome.INTERRUPTED
+
     def _make_default(self, current: list[Deployment]) -> None:
         """Remove a pending default so the booted deployment is the default again."""
         if current and not current[0].booted and current[0].pending:
@@ -454,6 +497,7 @@ class Monitor:
         boots = marker.boots + (0 if marker.last_boot == boot else 1)
         marker = marker.advance(state=TrialState.TRIAL, boots=boots, last_boot=boot)
         markers.write_pending(self.marker_path, marker)
+        failpoints.hit("trial:started", self.root)
         if boots > self.config.max_boots:
             return self._roll_back(
                 marker,

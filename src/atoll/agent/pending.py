@@ -7,9 +7,10 @@ When the agent deploys a new default deployment beside the running one
 :class:`atoll.agent.health.Monitor` reads it at every start of the agent and
 moves it along (see ``docs/agent.md``, "Health and automatic rollback")::
 
-    staged --(boot into new)--> trial --(checks pass)--> removed (confirmed)
-                                      \\--(checks fail)--> rolled-back
+    deploying --(ESP synced)--> staged --(boot into new)--> trial --(checks pass)--> removed
+                                                                 \\--(checks fail)--> rolled-back
     rolled-back --(boot into previous)--> removed (the rollback is kept in rollback.json)
+    deploying --(a later boot into previous: the upgrade was cut short)--> removed, undeployed
 
 The marker lives on ``/var``: it survives the reboot and is shared by every
 deployment. Writes are atomic (temporary file, fsync, rename, fsync of the
@@ -41,6 +42,7 @@ class MarkerError(ValueError):
 
 
 class TrialState(StrEnum):
+    DEPLOYING = "deploying"  # deployed; the ESP may not hold its boot entry yet
     STAGED = "staged"  # deployed as the default; the node has not booted it yet
     TRIAL = "trial"  # booted; health not confirmed yet
     ROLLED_BACK = "rolled-back"  # health failed; the previous commit is the default again

@@ -40,12 +40,14 @@ import re
 import socket
 import sys
 import threading
+import time
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from atoll.agent import failpoints
 from atoll.agent import pending as markers
 from atoll.agent.deployments import Deployment, DeploymentError, Deployments
 from atoll.agent.fleet_client import Backoff, Desired, FleetClient, FleetError
@@ -59,6 +61,7 @@ HEALTH = Path("var/lib/atoll/health.json")
 CHANNEL_STATE = Path("var/lib/atoll/channels.json")
 NODE_REPO = Path("ostree/repo")  # the sysroot's repository, seen from the booted root
 DEFAULT_INTERVAL = 10.0
+SETTLE_WAIT = 600.0  # at most this long for the health monitor's first decision
 
 
 class UpdateError(Exception):
@@ -224,6 +227,7 @@ class Updater:
                 f"({rolled_back.reason}); waiting for a different build"
             )
         pull_verified(self.root / NODE_REPO, self.config.server, commit, self.keys, self.run)
+        failpoints.hit("update:pulled", self.root)
         self.deployments.upgrade(commit)
         return commit
 
@@ -279,7 +283,7 @@ class Updater:
         if desired.may_reboot and _matches(pending, desired.version):
             # Mirror the entries onto the ESP again first (idempotent): a sync that
             # failed after the deploy must not send the node into its old entry.
-            self.deployments.sync()
+            self.deployments.finish_staging()
             self.log(f"rebooting into {desired.version} (granted by {self.config.controller})")
             try:
                 self.deployments.reboot()
@@ -289,7 +293,17 @@ class Updater:
                 self.log(f"reboot requested; systemctl: {e}")
         return desired
 
-    def run_forever(self, stop: threading.Event) -> None:
+    def run_forever(self, stop: threading.Event, after: threading.Event | None = None) -> None:
+        """Run rounds every ``interval`` s until ``stop``; the first once ``after`` is set
+        (the health monitor has settled this boot's marker), or after ``SETTLE_WAIT`` s."""
+        if after is not None:
+            deadline = time.monotonic() + SETTLE_WAIT
+            while not after.wait(1.0):
+                if stop.is_set():
+                    return
+                if time.monotonic() >= deadline:
+                    self.log(f"the health monitor has not settled in {SETTLE_WAIT:g} s: going on")
+                    break
         while not stop.is_set():
             try:
                 self.step()
@@ -302,7 +316,10 @@ class Updater:
 
 
 def start(
-    deployments: Deployments, stop: threading.Event, root: Path = Path("/")
+    deployments: Deployments,
+    stop: threading.Event,
+    root: Path = Path("/"),
+    after: threading.Event | None = None,
 ) -> threading.Thread | None:
     """Start the loop in a daemon thread when the node is configured for it."""
     try:
@@ -313,6 +330,6 @@ def start(
     if config is None:
         return None
     updater = Updater(config, deployments, load_trusted_keys(), root=root)
-    thread = threading.Thread(target=updater.run_forever, args=(stop,), daemon=True)
+    thread = threading.Thread(target=updater.run_forever, args=(stop, after), daemon=True)
     thread.start()
     return thread
