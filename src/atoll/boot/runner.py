@@ -456,6 +456,15 @@ class Machine:
 
     # -- stopping ------------------------------------------------------------
 
+    def power_cut(self) -> None:
+        """Pull the plug: SIGKILL qemu, no shutdown; what the guest had not written is lost."""
+        if self._process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
+            self._process.wait()
+            self._unread += self._read_console(rest=True)
+        self.stop()
+
     def stop(self, grace: float = 20.0) -> None:
         """Power off in order (ACPI), then quit qemu, then kill it; idempotent."""
         if self._process is not None:
