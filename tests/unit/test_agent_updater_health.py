@@ -1,15 +1,27 @@
-"""What the update loop tells the fleet controller about health (updater.health_facts)."""
+"""What the update loop tells the fleet controller about health (updater.health_facts),
+and when its first round may run."""
 
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from atoll.agent import pending as markers
-from atoll.agent.updater import HEALTH, HealthFacts, health_facts, read_health
+from atoll.agent.deployments import Deployments
+from atoll.agent.fleet_client import Desired
+from atoll.agent.updater import (
+    HEALTH,
+    HealthFacts,
+    Updater,
+    UpdaterConfig,
+    health_facts,
+    read_health,
+)
 
 OLD, NEW = "a" * 64, "b" * 64
 
@@ -67,3 +79,35 @@ def test_an_unreadable_record_counts_as_none(tmp_path: Path) -> None:
     assert read_health(tmp_path, NEW) == (True, False)
     (tmp_path / HEALTH).write_text("[1, 2]")
     assert read_health(tmp_path, NEW) == (True, False)
+
+
+def test_the_update_loop_waits_for_the_monitor_to_settle_this_boot(tmp_path: Path) -> None:
+    """No round (no report, no staging, no reboot) before the health monitor decided."""
+    rounds: list[float] = []
+
+    class Counting(Updater):
+        def step(self) -> Desired:
+            rounds.append(time.monotonic())
+            stop.set()
+            return Desired("", False, False, "", None)
+
+    config = UpdaterConfig("http://127.0.0.1:9", "http://127.0.0.1:9", "stable", "n1", interval=0)
+    deployments = Deployments(lambda _: "", lambda: None)
+    updater = Counting(config, deployments, [], root=tmp_path, log=lambda _: None)
+    stop, decided = threading.Event(), threading.Event()
+    loop = threading.Thread(target=updater.run_forever, args=(stop, decided))
+    loop.start()
+    loop.join(1.5)
+    assert loop.is_alive() and rounds == []
+    settled_at = time.monotonic()
+    decided.set()
+    loop.join(5)
+    assert not loop.is_alive() and len(rounds) == 1 and rounds[0] >= settled_at
+    # Stopped while waiting: no round at all.
+    rounds.clear()
+    stop, decided = threading.Event(), threading.Event()
+    loop = threading.Thread(target=updater.run_forever, args=(stop, decided))
+    loop.start()
+    stop.set()
+    loop.join(5)
+    assert not loop.is_alive() and rounds == []
