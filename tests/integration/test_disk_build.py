@@ -127,7 +127,17 @@ def test_disk_has_gpt_esp_and_a_bootable_default_entry(tiny: TinyRepo, tmp_path:
     assert f"/boot{direct.entry.linux}" not in files and direct.entry.linux in files
     assert read_esp_file(image, direct.entry.linux) == KERNEL
     esp_entry = read_esp_file(image, "/loader/entries/ostree-1-atoll.conf").decode()
-    assert f"options {direct.options}" in esp_entry
+    # The ESP's copy names the deployment directory instead of ostree's bootlink
+    # (which the next deploy deletes); every other argument is ostree's.
+    esp_options = next(x for x in esp_entry.splitlines() if x.startswith("options "))
+    esp_words = esp_options.removeprefix("options ").split()
+    deployment = f"/ostree/deploy/atoll/deploy/{result.commit}.0"
+    assert f"ostree={deployment}" in esp_words
+    assert f"init={deployment}/usr/lib/ostree/ostree-prepare-root" in esp_words
+    pinned = ("ostree=", "init=")
+    assert [w for w in esp_words if not w.startswith(pinned)] == [
+        w for w in options if not w.startswith(pinned)
+    ]
 
     embedded = subprocess.run(
         [
