@@ -48,6 +48,7 @@ import secrets
 import select
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import termios
@@ -503,6 +504,13 @@ class _Relay:
         _write_all(self.master, (b"" if self._last_input == b"\n" else b"\n") + eof_byte)
 
     def loop(self, remaining: Callable[[], float]) -> End:
+        try:
+            return self._loop(remaining)
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLEOFError):
+            # The client went away while output was being sent to it.
+            return End.DISCONNECT
+
+    def _loop(self, remaining: Callable[[], float]) -> End:
         while True:
             left = remaining()
             if left <= 0:
