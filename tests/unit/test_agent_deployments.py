@@ -172,3 +172,43 @@ def test_rollback_with_nothing_to_go_back_to_fails_without_running() -> None:
     with pytest.raises(DeploymentError, match="no pending or rollback"):
         fake.deployments().rollback()
     assert fake.calls == [["ostree", "admin", "status"]] and fake.synced == 0
+
+
+def test_a_pending_deployment_left_without_a_marker_gets_one_before_the_esp_sync(
+    tmp_path: Path,
+) -> None:
+    fake = Deploying(tmp_path)
+    fake.status = PENDING  # an agent died between the deploy and the marker
+    fake.deployments().finish_staging()  # the update loop, before it reboots
+    assert fake.at_sync == ["deploying"]
+    marker = markers.read_pending(tmp_path / markers.PENDING)
+    assert marker is not None
+    assert (marker.new, marker.previous, marker.state) == (NEW, OLD, markers.TrialState.STAGED)
+
+
+def test_a_marker_an_earlier_boot_left_is_renewed_for_this_boot(tmp_path: Path) -> None:
+    fake = Deploying(tmp_path)
+    fake.status = PENDING
+    markers.write_pending(
+        tmp_path / markers.PENDING,
+        markers.Pending(NEW, OLD, staged_boot="boot-0", state=markers.TrialState.STAGED),
+    )
+    fake.deployments().upgrade(NEW)  # an operator, early in boot-1
+    marker = markers.read_pending(tmp_path / markers.PENDING)
+    assert marker is not None
+    # Staged in this boot: the monitor waits for the reboot instead of seeing a fall back.
+    assert (marker.staged_boot, marker.state) == ("boot-1", markers.TrialState.STAGED)
+
+
+@pytest.mark.parametrize("state", [markers.TrialState.TRIAL, markers.TrialState.ROLLED_BACK])
+def test_no_upgrade_while_a_trial_decides(tmp_path: Path, state: markers.TrialState) -> None:
+    fake = Deploying(tmp_path)
+    fake.status = AFTER_REBOOT
+    trial = markers.Pending(NEW, OLD, "1.1.0", staged_boot="boot-0", state=state)
+    markers.write_pending(tmp_path / markers.PENDING, trial)
+    deployments = fake.deployments()
+    assert deployments.trial() == trial
+    with pytest.raises(DeploymentError, match=f"pending.json: 1.1.0 is {state}"):
+        deployments.upgrade("2f" * 32)
+    assert fake.calls == [] and fake.synced == 0
+    assert markers.read_pending(tmp_path / markers.PENDING) == trial

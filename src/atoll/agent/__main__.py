@@ -188,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.record_commands is None:
         # Never in a dry run: the health monitor (may roll back and reboot) and
         # the fleet/update loop (atoll.agent.updater, only when configured).
-        deployments = Deployments(commands, sync, root=args.root)
+        deployments = agent.deployments  # one lock for the API, the monitor and the loop
         # The update loop starts once the monitor has settled this boot's marker.
         decided = threading.Event()
         start_monitor(args.root, deployments, agent, args.socket, stop, decided)

@@ -271,7 +271,12 @@ def _entry_file_names(entries_dir: Path) -> dict[str, str]:
 
 
 def apply_plan(actions: Sequence[Action], boot_dir: Path, esp: Path) -> None:
-    """Perform ``actions`` (from :func:`plan_sync`) in order; each write is atomic."""
+    """Perform ``actions`` (from :func:`plan_sync`) in order; each write is atomic.
+
+    Ends with sync(2): FAT has no journal and its renames live in directories,
+    so only then does a power cut keep what was written (the agent marks an
+    upgrade ``staged`` right after).
+    """
     for action in actions:
         target = esp / action.target
         if action.kind is ActionKind.REMOVE:
@@ -296,19 +301,17 @@ def apply_plan(actions: Sequence[Action], boot_dir: Path, esp: Path) -> None:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+    os.sync()
 
 
 def sync(boot_dir: Path, esp: Path, tries: int | None = None) -> list[Action]:
     """Make ``esp`` boot the entries in ``boot_dir``; return what was done.
 
-    Ends with a sync(2): FAT has no journal and the renames live in its
-    directories, so only after that does a power cut keep what was written
-    (the caller marks the upgrade ``staged`` next).
+    :func:`apply_plan` ends with a sync(2), also when there was nothing to do
+    (an earlier sync may have written everything and died before flushing).
     """
     actions = plan_sync(boot_dir, esp, tries)
     apply_plan(actions, boot_dir, esp)
-    if actions:
-        os.sync()
     return actions
 
 
@@ -339,6 +342,7 @@ def bless(esp: Path, cmdline: str) -> str | None:
             return None
         blessed = entries_dir / f"{entry.id}.conf"
         os.replace(path, blessed)
+        os.sync()  # a bless lost to a power cut would go on counting down
         return blessed.name
     raise EntryError(f"{entries_dir}: no entry boots {booted}")
 

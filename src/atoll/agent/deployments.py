@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -142,53 +143,88 @@ class Deployments:
         self.sync = sync
         self.root = root  # where /var/lib/atoll lives; None: no pending-upgrade marker
         self.boot_id = boot_id
+        # One change at a time: the API's threads, the update loop and the health
+        # monitor's decision at the start of a boot all go through here.
+        self.lock = threading.RLock()
 
     def status(self) -> list[Deployment]:
         return parse_status(self.run(["ostree", "admin", "status"]))
 
     def upgrade(self, to: str | None = None) -> dict[str, Any]:
-        """Deploy ``to`` (a commit or ref) or the origin's newest commit; then sync boot entries."""
+        """Deploy ``to`` (a commit or ref) or the origin's newest commit; then sync boot entries.
+
+        Refused (:class:`DeploymentError`) while a new deployment is on trial or
+        being rolled back: the marker that decides it must not be replaced.
+        """
         if to is None:
             argv = ["ostree", "admin", "upgrade"]
         elif COMMIT.match(to) or REF.match(to):
             argv = ["ostree", "admin", "deploy", "--retain", to]
         else:
             raise ValueError(f"to: {to!r} is neither a 64-hex commit nor a ref")
-        current = self.status()
-        first = current[0] if current else None
-        if to is not None and first is not None and not first.booted and to == first.checksum:
-            # Already the pending default (an upgrade cut short, asked for again):
-            # finish it rather than deploy a second copy.
-            ran: list[str] = []
-        else:
-            self.run(argv)
+        with self.lock:
+            self._refuse_during_trial()
             current = self.status()
-            ran = argv
-        self._record_pending(current)
-        if self.root is not None:
-            failpoints.hit("upgrade:deployed", self.root)
-        self.finish_staging()
+            first = current[0] if current else None
+            if to is not None and first is not None and not first.booted and to == first.checksum:
+                # Already the pending default (an upgrade cut short, asked for again):
+                # finish it rather than deploy a second copy.
+                ran: list[str] = []
+            else:
+                self.run(argv)
+                current = self.status()
+                ran = argv
+            self._record_pending(current)
+            if self.root is not None:
+                failpoints.hit("upgrade:deployed", self.root)
+            self.finish_staging(current)
         return {"ran": ran, "deployments": [d.as_dict() for d in current]}
 
-    def finish_staging(self) -> None:
-        """Mirror the boot entries onto the ESP, then mark the upgrade ``staged``.
+    def trial(self) -> markers.Pending | None:
+        """The marker when a trial is running or a rollback decided, else None."""
+        if self.root is None:
+            return None
+        try:
+            marker = markers.read_pending(self.root / markers.PENDING)
+        except markers.MarkerError:
+            return None  # the monitor reports and removes it
+        busy = (markers.TrialState.TRIAL, markers.TrialState.ROLLED_BACK)
+        return marker if marker is not None and marker.state in busy else None
+
+    def _refuse_during_trial(self) -> None:
+        marker = self.trial()
+        if marker is not None and self.root is not None:
+            label = marker.new_version or marker.new[:12]
+            raise DeploymentError(
+                f"{self.root / markers.PENDING}: {label} is {marker.state} "
+                "(its health trial decides it first); upgrade once it is confirmed or rolled back"
+            )
+
+    def finish_staging(self, current: list[Deployment] | None = None) -> None:
+        """Make sure a pending default has its marker, mirror the boot entries onto the
+        ESP, then mark the upgrade ``staged``.
 
         Until the ESP holds the new entry the marker says ``deploying``: a boot
         into the previous commit then means the upgrade was cut short, not that
         the new commit failed to boot (see :meth:`atoll.agent.health.Monitor.settle`).
-        Idempotent: the update loop calls it again before it reboots.
+        Idempotent: the update loop calls it again before it reboots (a pending
+        deployment left without a marker, by an agent that died between the
+        deploy and the marker, gets one here before the ESP can boot it).
         """
-        self.sync()
-        if self.root is None:
-            return
-        failpoints.hit("upgrade:synced", self.root)
-        path = self.root / markers.PENDING
-        try:
-            marker = markers.read_pending(path)
-        except markers.MarkerError:
-            return  # the monitor reports and removes it at the next start
-        if marker is not None and marker.state is markers.TrialState.DEPLOYING:
-            markers.write_pending(path, marker.advance(state=markers.TrialState.STAGED))
+        with self.lock:
+            if self.root is not None:
+                self._record_pending(self.status() if current is None else current)
+            self.sync()
+            if self.root is None:
+                return
+            failpoints.hit("upgrade:synced", self.root)
+            path = self.root / markers.PENDING
+            try:
+                marker = markers.read_pending(path)
+            except markers.MarkerError:
+                return  # the monitor reports and removes it at the next start
+            if marker is not None and marker.state is markers.TrialState.DEPLOYING:
+                markers.write_pending(path, marker.advance(state=markers.TrialState.STAGED))
 
     def _record_pending(self, current: list[Deployment]) -> None:
         """Mark a new default (not the booted commit) as pending its trial boot.
@@ -207,18 +243,22 @@ class Deployments:
             existing = markers.read_pending(path)
         except markers.MarkerError:
             existing = None  # replaced by the marker of this upgrade
+        boot = self.boot_id()
         if (
             existing is not None
             and (existing.new, existing.previous) == (new.checksum, booted.checksum)
             and existing.state in (markers.TrialState.DEPLOYING, markers.TrialState.STAGED)
+            and existing.staged_boot == boot
         ):
-            return  # the same upgrade, staged again: keep its state and staging boot
+            return  # the same upgrade, staged again in this boot: keep its state
+        # Staged in this boot (also an upgrade an earlier boot left half done: a
+        # marker from that boot would make the monitor take it for a failed boot).
         marker = markers.Pending(
             new=new.checksum,
             previous=booted.checksum,
             new_version=new.version,
             previous_version=booted.version,
-            staged_boot=self.boot_id(),
+            staged_boot=boot,
             state=markers.TrialState.DEPLOYING,
         )
         markers.write_pending(path, marker)
@@ -231,21 +271,22 @@ class Deployments:
         An operator's rollback ends a trial (the marker is removed); the health
         monitor keeps its own ``rolled-back`` marker (``keep_marker``).
         """
-        current = self.status()
-        if current and current[0].pending and not current[0].booted:
-            argv = ["ostree", "admin", "undeploy", "0"]
-        else:
-            previous = next((d for d in current if d.rollback), None)
-            if previous is None:
-                raise DeploymentError(
-                    "ostree admin status: no pending or rollback deployment to roll back to"
-                )
-            argv = ["ostree", "admin", "deploy", "--retain", previous.checksum]
-        self.run(argv)
-        self.sync()
-        if self.root is not None and not keep_marker:
-            markers.clear(self.root / markers.PENDING)
-        return {"ran": argv, "deployments": [d.as_dict() for d in self.status()]}
+        with self.lock:
+            current = self.status()
+            if current and current[0].pending and not current[0].booted:
+                argv = ["ostree", "admin", "undeploy", "0"]
+            else:
+                previous = next((d for d in current if d.rollback), None)
+                if previous is None:
+                    raise DeploymentError(
+                        "ostree admin status: no pending or rollback deployment to roll back to"
+                    )
+                argv = ["ostree", "admin", "deploy", "--retain", previous.checksum]
+            self.run(argv)
+            self.sync()
+            if self.root is not None and not keep_marker:
+                markers.clear(self.root / markers.PENDING)
+            return {"ran": argv, "deployments": [d.as_dict() for d in self.status()]}
 
     def reboot(self) -> list[str]:
         argv = ["systemctl", "reboot"]

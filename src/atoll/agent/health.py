@@ -391,31 +391,38 @@ class Monitor:
             self.decided.set()
 
     def _settle(self) -> Outcome:
-        try:
-            marker = markers.read_pending(self.marker_path)
-        except MarkerError as e:
-            self.log(f"{e}: ignored and removed")
-            self._audit("marker unusable", "removed", error=str(e))
-            markers.clear(self.marker_path)
-            marker = None
-        try:
-            booted, current = self._booted()
-        except DeploymentError as e:
-            self.log(f"no deployment status: {e}")
-            self.round()
-            return Outcome.NO_TRIAL
-        if marker is None or booted is None:
-            self.round(booted)
-            return Outcome.NO_TRIAL
-        if booted.checksum == marker.new:
-            self.decided.set()  # the update loop reports while the trial runs
-            return self._trial(marker, booted)
-        if booted.checksum == marker.previous:
-            return self._on_previous(marker, booted, current)
-        self.log(f"marker for {_short(marker.new)} but {_short(booted.checksum)} booted: removed")
-        markers.clear(self.marker_path)
-        self.round(booted)
-        return Outcome.STALE
+        # The decision holds the deployments' lock: an API upgrade or the update
+        # loop cannot write a marker between reading this one and acting on it.
+        with self.deployments.lock:
+            try:
+                marker = markers.read_pending(self.marker_path)
+            except MarkerError as e:
+                self.log(f"{e}: ignored and removed")
+                self._audit("marker unusable", "removed", error=str(e))
+                markers.clear(self.marker_path)
+                marker = None
+            try:
+                booted, current = self._booted()
+            except DeploymentError as e:
+                self.log(f"no deployment status: {e}")
+                self.round()
+                return Outcome.NO_TRIAL
+            if marker is None or booted is None:
+                self.round(booted)
+                return Outcome.NO_TRIAL
+            if booted.checksum == marker.previous:
+                return self._on_previous(marker, booted, current)
+            if booted.checksum != marker.new:
+                self.log(
+                    f"marker for {_short(marker.new)} but {_short(booted.checksum)} booted: removed"
+                )
+                markers.clear(self.marker_path)
+                self.round(booted)
+                return Outcome.STALE
+        # The trial runs for minutes: outside the lock. The update loop reports
+        # meanwhile; upgrades are refused until it is decided (Deployments.upgrade).
+        self.decided.set()
+        return self._trial(marker, booted)
 
     def _on_previous(
         self, marker: Pending, booted: Deployment, current: list[Deployment]
@@ -470,7 +477,8 @@ class Monitor:
         try:
             self._make_default(current)
             self.log(f"{_short(marker.new)} removed; {_short(booted.checksum)} is the default")
-        except DeploymentError as e:
+        except (DeploymentError, OSError, ValueError, subprocess.CalledProcessError) as e:
+            # The marker goes anyway: staging again in this boot writes a fresh one.
             self.log(f"could not remove the interrupted deployment: {e}")
         markers.clear(self.marker_path)
         self._audit("upgrade interrupted", "undone", commit=marker.new, booted=booted.checksum)

@@ -186,6 +186,7 @@ class Updater:
         default=lambda m: print(f"atoll-agent: {m}", file=sys.stderr)
     )
     registered: bool = False
+    _last_note: str = ""  # said once, not every round
 
     def __post_init__(self) -> None:
         self.client = FleetClient(
@@ -276,6 +277,16 @@ class Updater:
         if _matches(booted, desired.version):
             return desired
         if desired.stage and not _matches(pending, desired.version):
+            trial = self.deployments.trial()
+            if trial is not None:
+                # The marker of the deployment on trial decides it; a new upgrade
+                # would replace it. Staged after the verdict (next rounds).
+                label = trial.new_version or trial.new[:12]
+                note = f"{desired.version} waits: {label} is {trial.state}"
+                if note != self._last_note:
+                    self.log(note)
+                    self._last_note = note
+                return desired
             self.log(f"staging {desired.version} from {self.config.server}")
             commit = self.stage(desired.version)
             self.log(f"staged {desired.version} ({commit[:12]}); the running system is unchanged")
