@@ -31,8 +31,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 # Tests build with their own cache (apt archives, root filesystems) and a fixed
 # SOURCE_DATE_EPOCH, so every cached root filesystem in it was built the same
-# way and reproducibility can be checked against it.
-TEST_CACHE = ROOT / "build" / "test-cache"
+# way and reproducibility can be checked against it. It lives outside the
+# checkout (entries are keyed by content), so a fresh clone starts warm.
+TEST_CACHE = Path.home() / ".cache" / "atoll" / "test"
 TEST_EPOCH = 1_700_000_000
 DEFAULT_MANIFEST = ROOT / "examples" / "minimal.toml"
 BUSYBOX_ARCHIVE = ROOT / "build" / "images" / "busybox.oci.tar"

@@ -92,7 +92,13 @@ class ComposeResult:
 
 
 def default_cache() -> Path:
-    return Path(os.environ.get("ATOLL_CACHE", "build/cache")).resolve()
+    """``$ATOLL_CACHE``, else ``~/.cache/atoll``: outside any checkout, so a fresh
+    clone on a machine that has built before starts warm (entries are keyed by
+    content)."""
+    configured = os.environ.get("ATOLL_CACHE")
+    if configured:
+        return Path(configured).resolve()
+    return Path.home() / ".cache" / "atoll"
 
 
 def compose(
