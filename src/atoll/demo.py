@@ -44,8 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from atoll.agent.fetch import pull_verified
 from atoll.agent.fleet_client import FleetError, request_json
-from atoll.agent.updates import pull_verified
 from atoll.agent.verify import load_trusted_keys
 from atoll.boot.runner import BootFailed, BootSpec, Firmware, Machine
 from atoll.cli import main as atoll_main

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from atoll.fleet.bench import run_benchmark
+from atoll.bench.fleet import run_benchmark
 from atoll.progress import PlainReporter
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from atoll.agent.updates import check_channel, pull_verified
+from atoll.agent.fetch import check_channel, pull_verified
 from atoll.agent.verify import TrustedKey, VerificationError, load_trusted_keys
 from atoll.errors import InputError
 from atoll.progress import PlainReporter

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from atoll.agent import pending as markers
+from atoll.agent import markers
 from atoll.agent.deployments import DeploymentError, Deployments, parse_status
 
 OLD = "c462f77e059e6caec7c945196c77782e2ecea4cee96c561524552714f10e507a"

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from atoll.agent import pending as markers
+from atoll.agent import markers
 from atoll.agent.deployments import DeploymentError, Deployments
 from atoll.agent.health import (
     HEALTH,
@@ -31,9 +31,9 @@ from atoll.agent.health import (
     subprocess_probe,
     user_checks,
 )
-from atoll.agent.pending import Pending, TrialState
+from atoll.agent.markers import Pending, TrialState
 from atoll.agent.server import Agent, AgentConfig, ApiError, Identity, Role
-from atoll.agent.updater import read_health
+from atoll.agent.update_loop import read_health
 from tests.unit.test_agent_deployments import AFTER_REBOOT, BOOTED_ONLY, NEW, OLD, PENDING
 
 # -- the checks ----------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from atoll.bench import render, run_all
+from atoll.bench.page import render, run_all
 from atoll.progress import PlainReporter
 
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from atoll.bench import render
-from atoll.benchplots import attach, boot_phases
+from atoll.bench.page import render
+from atoll.bench.plots import attach, boot_phases
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -27,7 +27,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from atoll.agent import bootentries, health, updater
+from atoll.agent import bootentries, health, update_loop
 from atoll.agent.deployments import CommandRunner, Deployments, SyncHook, subprocess_runner
 from atoll.agent.server import Agent, AgentConfig, AgentServer, UnixAgentServer, serve_in_thread
 from atoll.agent.settings import Runner
@@ -187,12 +187,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     _notify("READY=1")
     if args.record_commands is None:
         # Never in a dry run: the health monitor (may roll back and reboot) and
-        # the fleet/update loop (atoll.agent.updater, only when configured).
+        # the fleet/update loop (atoll.agent.update_loop, only when configured).
         deployments = agent.deployments  # one lock for the API, the monitor and the loop
         # The update loop starts once the monitor has settled this boot's marker.
         decided = threading.Event()
         start_monitor(args.root, deployments, agent, args.socket, stop, decided)
-        updater.start(deployments, stop, args.root, after=decided)
+        update_loop.start(deployments, stop, args.root, after=decided)
     print(f"atoll-agent: serving on {args.socket} and port {args.port}", file=sys.stderr)
     stop.wait()
     _notify("STOPPING=1")

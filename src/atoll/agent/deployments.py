@@ -26,7 +26,7 @@ fallback. With neither, there is nothing to roll back to.
 
 With ``root`` given (the daemon), an upgrade that leaves a new default beside
 the booted deployment records the pending-upgrade marker
-(:mod:`atoll.agent.pending`: new and previous commit, the staging boot), which
+(:mod:`atoll.agent.markers`: new and previous commit, the staging boot), which
 :class:`atoll.agent.health.Monitor` turns into a trial at the next boot; a
 rollback asked for through the API cancels that trial.
 Standard library only.
@@ -42,8 +42,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from atoll.agent import failpoints
-from atoll.agent import pending as markers
+from atoll.agent import failpoints, markers
 
 CommandRunner = Callable[[Sequence[str]], str]
 """Runs argv, returns its stdout; raises :class:`DeploymentError` on failure."""

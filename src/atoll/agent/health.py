@@ -17,10 +17,10 @@
 Every round's result is written atomically to ``/var/lib/atoll/health.json``
 (``healthy``, ``checks``, ``booted``, ``trial``, ``rolled_back``, ``rollback``),
 which the update loop reports to the fleet controller
-(:func:`atoll.agent.updater.read_health`) and ``GET /v1/health`` serves.
+(:func:`atoll.agent.update_loop.read_health`) and ``GET /v1/health`` serves.
 
 **Trial and automatic rollback** (:class:`Monitor`, run by the daemon at each
-start). The pending-upgrade marker (:mod:`atoll.agent.pending`) written when a
+start). The pending-upgrade marker (:mod:`atoll.agent.markers`) written when a
 deployment was staged says which commit is new and which is the fallback:
 
 * booted into the *new* commit: a trial. The boot is counted in the marker;
@@ -70,10 +70,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from atoll.agent import failpoints
-from atoll.agent import pending as markers
+from atoll.agent import failpoints, markers
 from atoll.agent.deployments import Deployment, DeploymentError, Deployments
-from atoll.agent.pending import MarkerError, Pending, TrialState
+from atoll.agent.markers import MarkerError, Pending, TrialState
 
 HEALTH = Path("var/lib/atoll/health.json")
 CONFIG = Path("etc/atoll/health.toml")

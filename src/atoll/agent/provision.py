@@ -325,7 +325,7 @@ def plan(data: UserData) -> list[FileWrite]:
         body = "# Written once at first boot from user data.\n[Time]\nNTP=" + " ".join(data.ntp)
         writes.append(FileWrite(TIMESYNCD_DROPIN, (body + "\n").encode(), 0o644, "ntp"))
     if data.controller or data.update_server:
-        # Read by the agent's update loop (atoll.agent.updater.load_config).
+        # Read by the agent's update loop (atoll.agent.update_loop.load_config).
         body = "# Written once at first boot from user data.\n"
         for key, value in (
             ("controller", data.controller),

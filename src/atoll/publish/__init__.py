@@ -2,5 +2,5 @@
 
 See :mod:`atoll.publish.publish` for the flow and docs/updates.md for the
 served layout; the node's half is :mod:`atoll.agent.verify` and
-:mod:`atoll.agent.updates` (standard library only).
+:mod:`atoll.agent.fetch` (standard library only).
 """

@@ -23,7 +23,7 @@ Measured (all bounded in count; the run stops by itself):
   upper bound of the agent's own latency.
 
 The bench lives outside :mod:`atoll.agent` (which must stay standard-library
-only and small on the node); ``atoll.bench`` runs it as the ``agent`` stage.
+only and small on the node); ``atoll.bench.page`` runs it as the ``agent`` stage.
 """
 
 from __future__ import annotations

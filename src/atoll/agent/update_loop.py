@@ -9,8 +9,8 @@ Standard library only (runs in the agent daemon on the node). One
    back (:class:`atoll.agent.fleet_client.FleetClient`);
 3. if the controller says *stage* and the desired version is neither booted
    nor pending: resolve it to a commit through the signed channel
-   (:func:`atoll.agent.updates.check_channel`; a 64-hex version is a commit
-   already), pull it with :func:`atoll.agent.updates.pull_verified` (objects
+   (:func:`atoll.agent.fetch.check_channel`; a 64-hex version is a commit
+   already), pull it with :func:`atoll.agent.fetch.pull_verified` (objects
    checked by ostree, the commit's signature by atoll, an unverifiable commit
    removed again) and deploy it beside the running one
    (:meth:`atoll.agent.deployments.Deployments.upgrade`; the running system is
@@ -47,11 +47,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atoll.agent import failpoints
-from atoll.agent import pending as markers
+from atoll.agent import failpoints, markers
 from atoll.agent.deployments import Deployment, DeploymentError, Deployments
+from atoll.agent.fetch import Runner, check_channel, default_run, pull_verified
 from atoll.agent.fleet_client import Backoff, Desired, FleetClient, FleetError
-from atoll.agent.updates import Runner, check_channel, default_run, pull_verified
 from atoll.agent.verify import TrustedKey, VerificationError, load_trusted_keys
 
 COMMIT = re.compile(r"^[0-9a-f]{64}$")

@@ -19,7 +19,7 @@ exactly what a node's agent calls.
   agents, not the controller: the overhead beyond ``waves * (reboot + poll)``
   is reported beside it. The timeline (nodes per version and nodes
   unavailable over time) comes from the agents' own clocks and is plotted by
-  :mod:`atoll.benchplots`.
+  :mod:`atoll.bench.plots`.
 * **scale**: ``scale_nodes`` nodes registered (a few client threads), then a
   pool over all of them applied: the controller's resident memory empty and at
   that size, the time to plan the pool, a pool status and node reports at

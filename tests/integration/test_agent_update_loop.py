@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from atoll.agent import pending as markers
+from atoll.agent import markers
 from atoll.agent.deployments import Deployments
 from atoll.agent.fleet_client import request_json
-from atoll.agent.updater import HEALTH, UpdateError, Updater, UpdaterConfig, load_config
+from atoll.agent.update_loop import HEALTH, UpdateError, Updater, UpdaterConfig, load_config
 from atoll.agent.verify import VerificationError
 from atoll.fleet.server import FleetService
 from atoll.fleet.store import Store

@@ -4,7 +4,7 @@
   and booted in direct mode (``-kernel`` with the default entry, no initramfs)
   to ``ATOLL-READY``.
 * **baseline**: the conventional host from
-  :func:`atoll.compose.baseline.build_baseline_rootfs` (initramfs, full default
+  :func:`atoll.bench.baseline.build_baseline_rootfs` (initramfs, full default
   target, sshd, cloud-init) unpacked onto a plain ext4 disk and booted with its
   own kernel and initramfs (``-kernel``/``-initrd``) to the same marker, printed
   when its default target's work is done (``multi-user.target``: sshd,
@@ -24,9 +24,9 @@ import statistics
 import time
 from pathlib import Path
 
+from atoll.bench.baseline import build_baseline_rootfs
 from atoll.boot.report import BootReport
 from atoll.boot.runner import BootSpec, Firmware, KernelOverride, Machine
-from atoll.compose.baseline import build_baseline_rootfs
 from atoll.compose.oci import write_busybox_archive
 from atoll.compose.pipeline import compose
 from atoll.disk import build_disk, plan_disk

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from atoll.agent import pending as markers
+from atoll.agent import markers
 from atoll.agent.deployments import Deployments
 from atoll.agent.fleet_client import Desired
-from atoll.agent.updater import (
+from atoll.agent.update_loop import (
     HEALTH,
     HealthFacts,
     Updater,

@@ -1,6 +1,7 @@
 """``make bench``: run every stage's benchmark and write docs/benchmarks.md.
 
-Each stage that has targets exposes ``atoll.<stage>.bench.run_benchmark(workdir,
+Each stage that has targets has a module here, ``atoll.bench.<stage>``, exposing
+``run_benchmark(workdir,
 reporter) -> dict``, measuring its figures *and their baselines in the same
 run* (these machines are noisy; only ratios within one run are comparable).
 The dict may hold:
@@ -9,7 +10,7 @@ The dict may hold:
 * ``"targets"``: a list of ``{"name", "value", "target", "met"}``;
 * ``"plots"``: paths of PNG files (relative to ``docs/``) to embed;
 * ``"series"``: raw data for plots (not shown as a table): after the run,
-  :func:`atoll.benchplots.attach` draws every stage's plots from the stored
+  :func:`atoll.bench.plots.attach` draws every stage's plots from the stored
   results (so ``--only`` redraws the others' from their last figures).
 
 A stage whose benchmark fails is reported as failed on the page (with the
@@ -33,14 +34,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, cast
 
-from atoll.benchplots import attach
+from atoll.bench.plots import attach
 from atoll.progress import Reporter, reporter_for
 
 STAGES = ("compose", "boot", "publish", "agent", "fleet")
-# Where a stage's benchmark lives when not in ``atoll.<stage>.bench``: the
-# agent's must stay out of the node's standard-library-only package.
-MODULES = {"agent": "atoll.ops.bench"}
-CHECKOUT = Path(__file__).resolve().parents[2]
+CHECKOUT = Path(__file__).resolve().parents[3]
 
 
 class _Bench(Protocol):
@@ -85,7 +83,7 @@ def machine() -> dict[str, str]:
 def run_all(stages: Sequence[str], workdir: Path, reporter: Reporter) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for stage in stages:
-        name = MODULES.get(stage, f"atoll.{stage}.bench")
+        name = f"atoll.bench.{stage}"
         package = name.rpartition(".")[0]
         if importlib.util.find_spec(package) is None or importlib.util.find_spec(name) is None:
             results[stage] = {"missing": "no benchmark in this tree yet"}
@@ -175,7 +173,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw.write_text(json.dumps({"machine": about, "results": results}, indent=1, default=str))
     print(f"wrote {args.output}")
     return 1 if any("error" in r for r in results.values()) else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

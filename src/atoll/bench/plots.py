@@ -1,6 +1,6 @@
 """PNG plots for docs/benchmarks.md, drawn from the benchmarks' stored results.
 
-Plots are made from the results dict that ``atoll.bench`` keeps in
+Plots are made from the results dict that ``atoll.bench.page`` keeps in
 docs/benchmarks.json, not inside the benchmarks, so a partial run
 (``--only agent``) still redraws every stage's plot from its last results
 (the boot benchmark takes ten minutes of both CPUs; its plot must not need a

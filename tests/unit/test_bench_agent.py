@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from atoll.ops.bench import QUANTILES, percentile
+from atoll.bench.agent import QUANTILES, percentile
 from atoll.tools.procfs import cpu_seconds, cpu_ticks, memory_kib
 
 STATUS = """\

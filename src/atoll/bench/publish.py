@@ -6,7 +6,7 @@ Measured in one run on loopback:
   alone (v0) and with bookworm-security/-updates (v1, the default): the
   packages fixed since the point release differ, the kernel among them. A
   node on v0 pulls v1 (the static delta) and a fresh node pulls v1 in full,
-  through :func:`atoll.agent.updates.pull_verified` against ``atoll serve``;
+  through :func:`atoll.agent.fetch.pull_verified` against ``atoll serve``;
   the server counts the bytes each sends;
 * a feature change: v2 (``minimal-v2.toml``) adds a few packages; same
   measurement;
@@ -26,7 +26,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from atoll.agent.updates import pull_verified
+from atoll.agent.fetch import pull_verified
 from atoll.agent.verify import load_trusted_keys
 from atoll.compose.oci import write_busybox_archive
 from atoll.compose.pipeline import compose

@@ -6,7 +6,7 @@ Everything is measured in one run on this machine:
 * the same manifest again from warm caches: a **no-op** (same inputs, same
   commit) and a **warm rebuild** into a fresh repository (the cached root
   filesystem is customized, slimmed and committed again);
-* the **conventional Debian host** (:mod:`atoll.compose.baseline`) from the
+* the **conventional Debian host** (:mod:`atoll.bench.baseline`) from the
   same mirror, index and apt cache.
 
 Targets (issue "atoll compose"): packages <= 40% and installed size <= 30% of
@@ -19,7 +19,7 @@ import shutil
 import time
 from pathlib import Path
 
-from atoll.compose.baseline import build_baseline_rootfs
+from atoll.bench.baseline import build_baseline_rootfs
 from atoll.compose.oci import write_busybox_archive
 from atoll.compose.pipeline import compose
 from atoll.manifest import load_index, load_manifest
