@@ -1,5 +1,7 @@
 """Table-driven tests of the rollout planner (facts -> actions), one rule per case,
-plus a randomized simulation that checks the invariants over many steps."""
+then one table per step of ``plan`` (desired versions, gates, the decision per
+node, slots), plus a randomized simulation that checks the invariants over many
+steps."""
 
 from __future__ import annotations
 
@@ -8,15 +10,33 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
+from atoll.fleet.pool import spec_from_dict, spec_to_dict
 from atoll.fleet.rollout import (
     Action,
     ActionKind,
+    Bucket,
+    CanaryGate,
+    Decision,
+    Gates,
+    MaintenanceWindow,
     NodeFacts,
+    NodeTarget,
     Phase,
     PoolSpec,
     PoolState,
+    PoolStatus,
     Quantity,
+    Slots,
+    canary_gate,
+    decide,
+    desired_versions,
+    gates,
+    grant_slots,
+    is_unavailable,
+    max_unavailable_of,
     plan,
+    ranked,
+    slots,
 )
 
 NOW = 1000.0
@@ -48,6 +68,22 @@ S = ActionKind.STAGE
 R = ActionKind.REBOOT
 B = ActionKind.ROLLBACK
 
+SOAK = PoolSpec("p", "v2", "v1", max_unavailable=Quantity(3), canary=1, canary_soak_seconds=600)
+WINDOWED = PoolSpec("p", "v2", "v1", failure_budget=Quantity(0), failure_window_seconds=3600)
+TIMED_OUT = PoolSpec("p", "v2", "v1", reboot_timeout_seconds=600, failure_window_seconds=3600)
+
+
+def canary_fleet(since: float) -> list[NodeFacts]:
+    return [node("a", "v2", staged="v2", since=since), staged("b"), staged("c")]
+
+
+def failed_fleet(failed_at: float) -> list[NodeFacts]:
+    return [node("a", staged="v2", phase=Phase.FAILED, since=failed_at), staged("b")]
+
+
+def timed_out_fleet() -> list[NodeFacts]:
+    return [node("a", staged="v2", phase=Phase.REBOOTING), staged("b")]
+
 
 @dataclass(frozen=True)
 class Case:
@@ -57,6 +93,9 @@ class Case:
     actions: set[tuple[ActionKind, str]]
     state: PoolState = field(default_factory=PoolState)
     waiting: dict[str, str] | None = None  # node -> substring of its reason
+    now: float = NOW
+    pause: str | None = None  # substring of the pause this plan announces; None: no pause
+    failed: int | None = None  # status.failed, when given
 
 
 CASES = [
@@ -210,6 +249,7 @@ CASES = [
         [node("a", phase=Phase.FAILED, healthy=True), staged("b")],
         set(),
         waiting={"a": "failed", "b": "failure budget"},
+        pause="failure budget exceeded: 1 failed node(s) (a) > budget 0 (= 0 of 2)",
     ),
     Case(
         "silent-reboot-within-timeout-still-updating",
@@ -224,6 +264,8 @@ CASES = [
         [node("a", staged="v2", phase=Phase.REBOOTING, since=NOW - 100), staged("b")],
         set(),
         waiting={"a": "more than 60s ago and not back healthy", "b": "failure budget"},
+        pause="failure budget exceeded: 1 failed node(s) (a)",
+        failed=1,
     ),
     Case(
         "staging-in-progress-is-not-restaged",
@@ -232,15 +274,98 @@ CASES = [
         set(),
         waiting={"a": "staging v2"},
     ),
+    # Canary soak: the canary "a" updated at `since`, "b" and "c" staged behind it.
+    Case(
+        "canary-soaking-holds-the-rest",
+        SOAK,
+        canary_fleet(since=1000.0),
+        set(),
+        now=1300.0,
+        waiting={"b": "soaking 300s of 600s"},
+    ),
+    Case(
+        "canary-soaked-releases-without-resume",
+        SOAK,
+        canary_fleet(since=1000.0),
+        {(R, "b"), (R, "c")},
+        now=1600.0,
+    ),
+    Case(
+        "unhealthy-canary-never-soaks",
+        SOAK,
+        [node("a", "v2", staged="v2", healthy=False), *canary_fleet(since=0.0)[1:]],
+        set(),
+        now=10_000.0,
+        waiting={"b": "canary"},
+    ),
+    Case(
+        "without-soak-the-canary-waits-for-resume-forever",
+        replace(SOAK, canary_soak_seconds=0.0),
+        canary_fleet(since=0.0),
+        set(),
+        now=1e9,
+        waiting={"b": "explicit resume"},
+    ),
+    # Failure window: "a" failed at `failed_at`, "b" is staged.
+    Case(
+        "recent-failure-counts-towards-budget",
+        WINDOWED,
+        failed_fleet(failed_at=5000.0),
+        set(),
+        now=6000.0,
+        pause="within 3600s (a)",
+    ),
+    Case(
+        "old-failure-is-outside-the-window",
+        WINDOWED,
+        failed_fleet(failed_at=1000.0),
+        {(R, "b")},
+        now=9000.0,
+        waiting={"a": "failed"},  # and not retried
+        failed=1,  # still reported
+    ),
+    Case(
+        "without-window-every-failure-counts",
+        replace(WINDOWED, failure_window_seconds=0.0),
+        failed_fleet(failed_at=0.0),
+        set(),
+        now=1e9,
+        pause="failure budget exceeded",
+    ),
+    # A reboot granted at 0 times out at 600, which is when it failed.
+    Case(
+        "timed-out-reboot-fails-when-the-timeout-expires",
+        TIMED_OUT,
+        timed_out_fleet(),
+        set(),
+        now=4000.0,  # 3400 s after the timeout: inside the window
+        pause="failure budget exceeded",
+        failed=1,
+    ),
+    Case(
+        "timed-out-reboot-outside-the-window-from-its-timeout",
+        TIMED_OUT,
+        timed_out_fleet(),
+        set(),
+        now=4300.0,  # 3700 s after the timeout: outside (4300 s after the grant alone)
+        waiting={"a": "more than 600s ago", "b": "reboot slot"},
+        failed=1,
+    ),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_rule(case: Case) -> None:
-    result = plan(case.spec, case.state, case.nodes, NOW)
+    result = plan(case.spec, case.state, case.nodes, case.now)
     assert {(a.kind, a.node) for a in result.actions} == case.actions
     for name, fragment in (case.waiting or {}).items():
         assert fragment in result.waiting[name], result.waiting
+    if case.pause is None:
+        assert result.pause_reason is None
+    else:
+        assert result.pause_reason is not None and case.pause in result.pause_reason
+    if case.failed is not None:
+        assert result.status.failed == case.failed
 
 
 def test_failure_budget_sets_pause_reason_once() -> None:
@@ -260,6 +385,39 @@ def test_failure_budget_percent() -> None:
     nodes[1] = node("n0", phase=Phase.FAILED)
     paused = plan(spec(failure_budget=Quantity(10, percent=True)), PoolState(), nodes, NOW)
     assert paused.pause_reason is not None
+
+
+def test_plan_puts_every_node_in_one_bucket() -> None:
+    nodes = [
+        node("a", "v2"),  # updated
+        node("a0"),  # told to stage: pending
+        staged("b", prio="1"),  # granted the slot: updating
+        staged("c"),  # no slot left: pending
+        node("d", staged="v2", phase=Phase.FAILED),  # failed
+        node("e", phase=Phase.STAGING),  # updating
+        node("f"),  # held by the partition
+    ]
+    pool = spec(partition=Quantity(1), failure_budget=Quantity(1), priority_label="prio")
+    result = plan(pool, PoolState(), nodes, NOW)
+    assert result.actions == (Action(S, "a0", "v2"), Action(R, "b", "v2"))
+    assert result.status == PoolStatus(
+        total=7,
+        updated=1,
+        updating=2,
+        pending=2,
+        failed=1,
+        held=1,
+        unavailable=0,
+        max_unavailable=1,
+        paused_reason=None,
+    )
+    assert result.waiting == {
+        "a0": "told to stage v2",
+        "d": "failed while moving to v2 (on v1); not retried until the pool is resumed",
+        "e": "staging v2",
+        "c": "staged v2; waiting for a reboot slot (0 of maxUnavailable 1 unavailable)",
+    }
+    assert result.pause_reason is None
 
 
 def test_desired_versions_follow_partition() -> None:
@@ -286,6 +444,571 @@ def test_quantity_parse(raw: object, expected: Quantity) -> None:
 def test_quantity_parse_rejects(raw: object) -> None:
     with pytest.raises(ValueError, match=r"pool\.toml: x"):
         Quantity.parse(raw, source="pool.toml: x")
+
+
+def test_soak_and_window_round_trip_through_pool_dict() -> None:
+    raw = {
+        "pool": {"name": "p", "version": "v2"},
+        "strategy": {"canary": 2, "canary_soak_seconds": 900, "failure_window_seconds": 3600},
+    }
+    pool = spec_from_dict(raw, "pool.toml")
+    assert (pool.canary_soak_seconds, pool.failure_window_seconds) == (900.0, 3600.0)
+    assert spec_from_dict(spec_to_dict(pool), "again") == pool
+
+
+# Step 1: desired versions (partition, canary, rollback of held nodes) -------
+
+
+def target(
+    version: str = "v2", *, held: bool = False, canary: bool = False, back: bool = False
+) -> NodeTarget:
+    return NodeTarget(version, not held, canary=canary, rolls_back=back)
+
+
+DESIRED = [
+    pytest.param(spec(), [node("a"), node("b")], {"a": target(), "b": target()}, id="all-update"),
+    pytest.param(
+        spec(partition=Quantity(1)),
+        [node("a"), node("b"), node("c")],
+        {"a": target(), "b": target(), "c": target("v1", held=True)},
+        id="partition-holds-the-last",
+    ),
+    pytest.param(
+        spec(partition=Quantity(50, percent=True)),
+        [node("a"), node("b"), node("c")],
+        {"a": target(), "b": target("v1", held=True), "c": target("v1", held=True)},
+        id="partition-percent-rounds-up",
+    ),
+    pytest.param(
+        spec(partition=Quantity(9)),
+        [node("a"), node("b")],
+        {"a": target("v1", held=True), "b": target("v1", held=True)},
+        id="partition-above-the-pool-holds-all",
+    ),
+    pytest.param(
+        spec(partition=Quantity(1), priority_label="prio"),
+        [node("a"), node("b", prio="5")],
+        {"b": target(), "a": target("v1", held=True)},
+        id="priority-decides-who-is-held",
+    ),
+    pytest.param(
+        spec(partition=Quantity(1), previous_version=None),
+        [node("a"), node("b", "v0")],
+        {"a": target(), "b": target("v0", held=True)},
+        id="no-previous-version-keeps-the-current",
+    ),
+    pytest.param(
+        spec(partition=Quantity(2)),
+        [node("a", "v2"), node("b", "v2"), node("c", "v1")],
+        {"a": target(), "b": target("v1", held=True, back=True), "c": target("v1", held=True)},
+        id="held-node-on-the-target-rolls-back",
+    ),
+    pytest.param(
+        spec(canary=2),
+        [node("a"), node("b"), node("c")],
+        {"a": target(canary=True), "b": target(canary=True), "c": target()},
+        id="canary-is-the-first-n",
+    ),
+    pytest.param(
+        spec(canary=3, partition=Quantity(1)),
+        [node("a"), node("b"), node("c")],
+        {"a": target(canary=True), "b": target(canary=True), "c": target("v1", held=True)},
+        id="canary-only-within-the-update-set",
+    ),
+]
+
+
+@pytest.mark.parametrize(("pool", "nodes", "expected"), DESIRED)
+def test_desired_versions(
+    pool: PoolSpec, nodes: list[NodeFacts], expected: dict[str, NodeTarget]
+) -> None:
+    targets = desired_versions(pool, ranked(nodes, pool))
+    assert targets == expected
+    assert list(targets) == list(expected)  # rank order
+
+
+# Step 2: gates (persisted pause, failure budget, paused, canary soak) --------
+
+BUDGET_1_OF_2 = "failure budget exceeded: 1 failed node(s) (a) > budget 0 (= 0 of 2)"
+CANARY_DONE = "canary: the first 1 node(s) are updated"
+
+GATES = [
+    pytest.param(spec(), PoolState(), [staged("a")], NOW, Gates(None, None), id="open"),
+    pytest.param(
+        spec(paused=True),
+        PoolState(pause_reason="operator"),
+        [node("a", phase=Phase.FAILED), staged("b")],
+        NOW,
+        Gates("operator", None),
+        id="persisted-pause-comes-first-and-is-not-re-announced",
+    ),
+    pytest.param(
+        spec(paused=True),
+        PoolState(),
+        [node("a", phase=Phase.FAILED), staged("b")],
+        NOW,
+        Gates(BUDGET_1_OF_2, BUDGET_1_OF_2),
+        id="failure-budget-announces-a-pause",
+    ),
+    pytest.param(
+        spec(failure_budget=Quantity(1)),
+        PoolState(),
+        [node("a", phase=Phase.FAILED), staged("b")],
+        NOW,
+        Gates(None, None),
+        id="failures-within-the-budget",
+    ),
+    pytest.param(
+        spec(failure_budget=Quantity(50, percent=True)),
+        PoolState(),
+        [node("a", phase=Phase.FAILED), node("b", phase=Phase.FAILED), staged("c")],
+        NOW,
+        Gates(
+            "failure budget exceeded: 2 failed node(s) (a, b) > budget 50% (= 1 of 3)",
+            "failure budget exceeded: 2 failed node(s) (a, b) > budget 50% (= 1 of 3)",
+        ),
+        id="failure-budget-percent-rounds-down",
+    ),
+    pytest.param(
+        spec(reboot_timeout_seconds=60),
+        PoolState(),
+        [node("a", staged="v2", phase=Phase.REBOOTING, since=NOW - 61), staged("b")],
+        NOW,
+        Gates(BUDGET_1_OF_2, BUDGET_1_OF_2),
+        id="timed-out-reboot-counts-as-failed",
+    ),
+    pytest.param(
+        spec(reboot_timeout_seconds=60),
+        PoolState(),
+        [node("a", staged="v2", phase=Phase.REBOOTING, since=NOW - 60), staged("b")],
+        NOW,
+        Gates(None, None),
+        id="reboot-at-its-timeout-has-not-failed",
+    ),
+    pytest.param(
+        spec(failure_window_seconds=100),
+        PoolState(),
+        [node("a", phase=Phase.FAILED, since=NOW - 101), staged("b")],
+        NOW,
+        Gates(None, None),
+        id="failure-older-than-the-window",
+    ),
+    pytest.param(
+        spec(failure_window_seconds=100),
+        PoolState(),
+        [node("a", phase=Phase.FAILED, since=NOW - 100), staged("b")],
+        NOW,
+        Gates(
+            "failure budget exceeded: 1 failed node(s) within 100s (a) > budget 0 (= 0 of 2)",
+            "failure budget exceeded: 1 failed node(s) within 100s (a) > budget 0 (= 0 of 2)",
+        ),
+        id="failure-at-the-edge-of-the-window",
+    ),
+    pytest.param(
+        spec(paused=True),
+        PoolState(),
+        [staged("a")],
+        NOW,
+        Gates("paused by the pool spec (paused = true)", None),
+        id="paused-spec",
+    ),
+    pytest.param(
+        spec(canary=1),
+        PoolState(),
+        [staged("a"), staged("b")],
+        NOW,
+        Gates(None, None, 1),
+        id="canary-moving-holds-the-rest",
+    ),
+    pytest.param(
+        spec(canary=1),
+        PoolState(canary_released=True),
+        [staged("a"), staged("b")],
+        NOW,
+        Gates(None, None),
+        id="canary-released",
+    ),
+    pytest.param(
+        spec(canary=1),
+        PoolState(),
+        [node("a", "v2"), staged("b")],
+        NOW,
+        Gates(f"{CANARY_DONE}; waiting for an explicit resume", None, 1),
+        id="canary-done-waits-for-resume",
+    ),
+    pytest.param(
+        spec(canary=1, canary_soak_seconds=600),
+        PoolState(),
+        [node("a", "v2", since=NOW - 300), staged("b")],
+        NOW,
+        Gates(f"{CANARY_DONE}; soaking 300s of 600s (or resume)", None, 1),
+        id="canary-soaking",
+    ),
+    pytest.param(
+        spec(canary=1, canary_soak_seconds=600),
+        PoolState(),
+        [node("a", "v2", since=NOW - 600), staged("b")],
+        NOW,
+        Gates(None, None),
+        id="canary-soaked",
+    ),
+    pytest.param(
+        spec(canary=1, canary_soak_seconds=600),
+        PoolState(),
+        [node("a", "v2", healthy=False, since=0.0), staged("b")],
+        NOW,
+        Gates(None, None, 1),
+        id="unhealthy-canary-never-soaks",
+    ),
+]
+
+
+@pytest.mark.parametrize(("pool", "state", "nodes", "now", "expected"), GATES)
+def test_gates(
+    pool: PoolSpec, state: PoolState, nodes: list[NodeFacts], now: float, expected: Gates
+) -> None:
+    order = ranked(nodes, pool)
+    assert gates(pool, state, order, desired_versions(pool, order), now) == expected
+
+
+@pytest.mark.parametrize(
+    ("canaries", "state", "expected"),
+    [
+        pytest.param([], PoolState(), CanaryGate(holds=False), id="no-canary"),
+        pytest.param(
+            [node("a", "v2"), node("b")], PoolState(), CanaryGate(holds=True), id="one-not-done"
+        ),
+        pytest.param(
+            [node("a", "v2", phase=Phase.STAGED)],
+            PoolState(),
+            CanaryGate(holds=True),
+            id="not-idle-is-not-done",
+        ),
+        pytest.param(
+            [node("a", "v2", since=NOW - 100), node("b", "v2", since=NOW - 10)],
+            PoolState(),
+            CanaryGate(
+                True, "canary: the first 2 node(s) are updated; soaking 10s of 60s (or resume)"
+            ),
+            id="soak-counts-from-the-last-canary",
+        ),
+        pytest.param(
+            [node("a", "v2"), node("b")],
+            PoolState(canary_released=True),
+            CanaryGate(holds=False),
+            id="resume-releases",
+        ),
+    ],
+)
+def test_canary_gate(canaries: list[NodeFacts], state: PoolState, expected: CanaryGate) -> None:
+    assert canary_gate(spec(canary_soak_seconds=60), state, canaries, NOW) == expected
+
+
+# Step 3: the decision per node ------------------------------------------------
+
+OPEN = Gates(None, None)
+CLOSED_WINDOW = MaintenanceWindow(("mon",), 0, 1)  # NOW (Thursday 1970-01-01) is outside
+
+DECISIONS = [
+    pytest.param(
+        node("a", staged="v2", phase=Phase.FAILED),
+        target(),
+        Gates("operator", None),
+        spec(),
+        Decision(
+            Bucket.FAILED,
+            "failed while moving to v2 (on v1); not retried until the pool is resumed",
+        ),
+        id="failed-is-not-retried",
+    ),
+    pytest.param(node("a", "v2"), target(), OPEN, spec(), Decision(Bucket.UPDATED), id="updated"),
+    pytest.param(
+        node("a"),
+        target("v1", held=True),
+        Gates("x", None),
+        spec(),
+        Decision(Bucket.HELD),
+        id="held",
+    ),
+    pytest.param(
+        node("a", "v2", healthy=False),
+        target(),
+        OPEN,
+        spec(),
+        Decision(Bucket.UPDATED, "on v2 but unhealthy: counts as unavailable"),
+        id="updated-but-unhealthy",
+    ),
+    pytest.param(
+        node("a", "v2", staged="v3", phase=Phase.REBOOTING, since=NOW - 61),
+        target(),
+        OPEN,
+        spec(reboot_timeout_seconds=60),
+        Decision(
+            Bucket.FAILED,
+            "granted a reboot into v3 more than 60s ago and not back healthy: "
+            "counted as failed and unavailable",
+        ),
+        id="reboot-timed-out",
+    ),
+    pytest.param(
+        node("a", phase=Phase.REBOOTING),
+        target(),
+        Gates("operator", None),
+        spec(),
+        Decision(Bucket.UPDATING, "rebooting into v2"),
+        id="rebooting-finishes-while-paused",
+    ),
+    pytest.param(
+        staged("a"),
+        target(),
+        Gates("operator", None),
+        spec(),
+        Decision(Bucket.PENDING, "pool paused: operator"),
+        id="paused",
+    ),
+    pytest.param(
+        staged("a"),
+        target(),
+        Gates(None, None, 2),
+        spec(),
+        Decision(
+            Bucket.PENDING,
+            "canary: waits until the first 2 node(s) are updated and the pool is resumed",
+        ),
+        id="behind-the-canaries",
+    ),
+    pytest.param(
+        staged("a"),
+        target(canary=True),
+        Gates(None, None, 2),
+        spec(),
+        Decision(Bucket.PENDING, action=R),
+        id="canary-moves",
+    ),
+    pytest.param(
+        node("a", "v2"),
+        target("v1", held=True, back=True),
+        Gates(None, None, 2),
+        spec(),
+        Decision(Bucket.PENDING, action=B),
+        id="held-node-is-not-behind-the-canaries",
+    ),
+    pytest.param(
+        node("a"),
+        target(),
+        OPEN,
+        spec(),
+        Decision(Bucket.PENDING, "told to stage v2", S),
+        id="stage",
+    ),
+    pytest.param(
+        node("a", staged="v3"),
+        target(),
+        OPEN,
+        spec(),
+        Decision(Bucket.PENDING, "told to stage v2", S),
+        id="restage-a-different-version",
+    ),
+    pytest.param(
+        node("a", phase=Phase.STAGING),
+        target(),
+        OPEN,
+        spec(),
+        Decision(Bucket.UPDATING, "staging v2"),
+        id="staging",
+    ),
+    pytest.param(
+        node("a", "v2"),
+        target("v1", held=True, back=True),
+        OPEN,
+        spec(),
+        Decision(Bucket.PENDING, action=B),
+        id="rollback-needs-no-staging",
+    ),
+    pytest.param(
+        node("a", staged="v2", phase=Phase.STAGED, healthy=False),
+        target(),
+        OPEN,
+        spec(),
+        Decision(Bucket.PENDING, "unhealthy: will not be rebooted until healthy"),
+        id="unhealthy-is-not-rebooted",
+    ),
+    pytest.param(
+        staged("a"),
+        target(),
+        OPEN,
+        spec(maintenance_window=CLOSED_WINDOW),
+        Decision(Bucket.PENDING, f"staged v2; outside the maintenance window ({CLOSED_WINDOW})"),
+        id="outside-the-maintenance-window",
+    ),
+    pytest.param(
+        node("a"),
+        target(),
+        OPEN,
+        spec(maintenance_window=CLOSED_WINDOW),
+        Decision(Bucket.PENDING, "told to stage v2", S),
+        id="staging-ignores-the-maintenance-window",
+    ),
+    pytest.param(
+        staged("a"), target(), OPEN, spec(), Decision(Bucket.PENDING, action=R), id="reboot"
+    ),
+]
+
+
+@pytest.mark.parametrize(("facts", "where", "gate", "pool", "expected"), DECISIONS)
+def test_decide(
+    facts: NodeFacts, where: NodeTarget, gate: Gates, pool: PoolSpec, expected: Decision
+) -> None:
+    assert decide(facts, where, gate, pool, NOW) == expected
+
+
+# Step 4: slots (maxUnavailable as a count or percent; other unavailable nodes) --
+
+
+@pytest.mark.parametrize(
+    ("quantity", "total", "expected"),
+    [
+        (Quantity(2), 10, 2),
+        (Quantity(0), 10, 1),
+        (Quantity(25, percent=True), 10, 2),
+        (Quantity(10, percent=True), 5, 1),
+        (Quantity(100, percent=True), 7, 7),
+        (Quantity(50, percent=True), 0, 1),
+    ],
+)
+def test_max_unavailable_of(quantity: Quantity, total: int, expected: int) -> None:
+    assert max_unavailable_of(spec(max_unavailable=quantity), total) == expected
+
+
+@pytest.mark.parametrize(
+    ("facts", "expected"),
+    [
+        pytest.param(staged("a"), False, id="staged"),
+        pytest.param(node("a", phase=Phase.STAGING), False, id="staging-is-free"),
+        pytest.param(node("a", healthy=False), True, id="unhealthy"),
+        pytest.param(node("a", "v2", phase=Phase.REBOOTING), True, id="rebooting"),
+        pytest.param(node("a", "v2", since=NOW - 59), True, id="updated-within-min-ready"),
+        pytest.param(node("a", "v2", since=NOW - 60), False, id="updated-and-ready"),
+        pytest.param(node("a", "v1", since=NOW), False, id="not-on-desired-is-not-pacing"),
+    ],
+)
+def test_is_unavailable(facts: NodeFacts, expected: bool) -> None:
+    assert is_unavailable(facts, "v2", spec(min_ready_seconds=60), NOW) is expected
+
+
+@pytest.mark.parametrize(
+    ("candidates", "down", "free", "labels", "expected"),
+    [
+        pytest.param([staged("a"), staged("b")], [], 0, {}, [], id="no-slot"),
+        pytest.param([staged("a"), staged("b")], [], -1, {}, [], id="over-the-limit"),
+        pytest.param([staged("b"), staged("a")], [], 1, {}, ["a"], id="by-name"),
+        pytest.param(
+            [staged("a", prio="1"), staged("b", prio="2")],
+            [],
+            2,
+            {"priority_label": "prio"},
+            ["b", "a"],
+            id="priority-first",
+        ),
+        pytest.param(
+            [staged("a", zone="x"), staged("b", zone="x"), staged("c", zone="y")],
+            [],
+            2,
+            {"scatter_label": "zone"},
+            ["a", "c"],
+            id="scatter-across-zones",
+        ),
+        pytest.param(
+            [staged("a", zone="y"), staged("b", zone="x")],
+            [node("d", healthy=False, zone="y")],
+            2,
+            {"scatter_label": "zone"},
+            ["b", "a"],
+            id="zones-already-down-count",
+        ),
+        pytest.param(
+            [staged("a", zone="x", prio="2"), staged("b", zone="y", prio="1")],
+            [node("d", healthy=False, zone="x")],
+            1,
+            {"scatter_label": "zone", "priority_label": "prio"},
+            ["a"],
+            id="priority-before-scatter",
+        ),
+    ],
+)
+def test_grant_slots(
+    candidates: list[NodeFacts],
+    down: list[NodeFacts],
+    free: int,
+    labels: dict[str, str],
+    expected: list[str],
+) -> None:
+    assert grant_slots(candidates, down, free, spec(**labels)) == expected
+
+
+def _slots(pool: PoolSpec, nodes: list[NodeFacts], candidates: list[str]) -> Slots:
+    order = ranked(nodes, pool)
+    targets = desired_versions(pool, order)
+    wanted = [Action(R, name, targets[name].version) for name in candidates]
+    return slots(pool, order, targets, wanted, NOW)
+
+
+SLOT_WAIT = "staged v2; waiting for a reboot slot"
+
+SLOTS = [
+    pytest.param(
+        spec(max_unavailable=Quantity(2)),
+        [staged("a"), staged("b"), staged("c")],
+        ["a", "b", "c"],
+        Slots(
+            2,
+            0,
+            (Action(R, "a", "v2"), Action(R, "b", "v2")),
+            {"c": f"{SLOT_WAIT} (0 of maxUnavailable 2 unavailable)"},
+        ),
+        id="count",
+    ),
+    pytest.param(
+        spec(max_unavailable=Quantity(50, percent=True)),
+        [staged("a"), staged("b"), staged("c"), staged("d"), staged("e")],
+        ["a", "b", "c", "d", "e"],
+        Slots(
+            2,
+            0,
+            (Action(R, "a", "v2"), Action(R, "b", "v2")),
+            {name: f"{SLOT_WAIT} (0 of maxUnavailable 2 unavailable)" for name in "cde"},
+        ),
+        id="percent-rounds-down",
+    ),
+    pytest.param(
+        spec(max_unavailable=Quantity(2), min_ready_seconds=60),
+        [node("x", "v2", since=NOW - 1), node("y", "v2", healthy=False), staged("a")],
+        ["a"],
+        Slots(2, 2, (), {"a": f"{SLOT_WAIT} (2 of maxUnavailable 2 unavailable)"}),
+        id="unavailable-for-other-reasons-take-the-slots",
+    ),
+    pytest.param(
+        spec(max_unavailable=Quantity(1)),
+        [node("x", "v2", healthy=False), node("y", "v2", healthy=False), staged("a")],
+        ["a"],
+        Slots(1, 2, (), {"a": f"{SLOT_WAIT} (2 of maxUnavailable 1 unavailable)"}),
+        id="already-over-the-limit",
+    ),
+    pytest.param(
+        spec(max_unavailable=Quantity(3)),
+        [node("x", phase=Phase.REBOOTING), staged("a"), staged("b")],
+        ["a", "b"],
+        Slots(3, 1, (Action(R, "a", "v2"), Action(R, "b", "v2")), {}),
+        id="room-for-all",
+    ),
+]
+
+
+@pytest.mark.parametrize(("pool", "nodes", "candidates", "expected"), SLOTS)
+def test_slots(
+    pool: PoolSpec, nodes: list[NodeFacts], candidates: list[str], expected: Slots
+) -> None:
+    assert _slots(pool, nodes, candidates) == expected
 
 
 def _simulate(seed: int) -> dict[ActionKind, int]:

@@ -38,6 +38,17 @@ update" is an atomic OS switch (stage a deployment, then reboot into it):
   it costs no availability. A window may cross midnight (it belongs to the day
   it starts on).
 
+``plan`` reads as four steps, each a pure function with its own test table:
+
+1. ``desired_versions``: each node's target (partition, canary, rollback of a
+   held node that is on the target);
+2. ``gates``: what holds the pool (a persisted pause, the failure budget,
+   ``paused``, the canary gate and its soak);
+3. ``decide``: one node's bucket, reason and action, given its target and the
+   gates;
+4. ``slots``: which reboot/rollback candidates get a slot under
+   maxUnavailable, counting the nodes unavailable for any other reason.
+
 Every node ends up in exactly one status bucket and every node without an
 action that is not done gets a human-readable reason. The caller (the server)
 persists the decisions; a reboot grant is persisted as phase ``rebooting`` so a
@@ -49,6 +60,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -231,6 +243,244 @@ def ranked(nodes: Sequence[NodeFacts], spec: PoolSpec) -> list[NodeFacts]:
     return sorted(nodes, key=lambda n: (-priority_of(n, spec.priority_label), n.name))
 
 
+# Step 1: desired versions ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeTarget:
+    """Where one node should be, as the partition and the canary count place it."""
+
+    version: str
+    in_update_set: bool
+    """False: the partition holds the node on the previous version."""
+    canary: bool = False
+    """One of the first ``canary`` nodes of the update set."""
+    rolls_back: bool = False
+    """Held by the partition but on the target: it goes back without staging
+    (the previous deployment is still on disk)."""
+
+
+def desired_versions(spec: PoolSpec, order: Sequence[NodeFacts]) -> dict[str, NodeTarget]:
+    """Each node's target, keyed by name in rank order (``order`` is already ranked)."""
+    total = len(order)
+    update_count = total - min(total, spec.partition.resolve(total, round_up=True))
+    canaries = min(spec.canary, update_count) if spec.canary > 0 else 0
+    targets: dict[str, NodeTarget] = {}
+    for index, node in enumerate(order):
+        if index < update_count:
+            targets[node.name] = NodeTarget(spec.target_version, True, canary=index < canaries)
+        else:
+            targets[node.name] = NodeTarget(
+                spec.previous_version or node.current_version,
+                False,
+                rolls_back=node.current_version == spec.target_version,
+            )
+    return targets
+
+
+# Step 2: gates (pause, failure budget, canary soak) -------------------------
+
+
+def timed_out(node: NodeFacts, spec: PoolSpec, now: float) -> bool:
+    """Still rebooting longer than ``reboot_timeout_seconds`` after the grant."""
+    return (
+        node.phase is Phase.REBOOTING
+        and spec.reboot_timeout_seconds > 0
+        and now - node.last_transition > spec.reboot_timeout_seconds
+    )
+
+
+def _within_failure_window(node: NodeFacts, spec: PoolSpec, now: float) -> bool:
+    if spec.failure_window_seconds <= 0:
+        return True
+    # A timed-out node failed when its timeout expired, not when it was granted.
+    timeout = spec.reboot_timeout_seconds if timed_out(node, spec, now) else 0.0
+    return now - (node.last_transition + timeout) <= spec.failure_window_seconds
+
+
+def budget_pause(spec: PoolSpec, order: Sequence[NodeFacts], now: float) -> str | None:
+    """Why the failure budget pauses the pool, or None while failures fit in it."""
+    total = len(order)
+    budget = spec.failure_budget.resolve(total, round_up=False)
+    counted = [
+        n.name
+        for n in order
+        if (n.phase is Phase.FAILED or timed_out(n, spec, now))
+        and _within_failure_window(n, spec, now)
+    ]
+    if len(counted) <= budget:
+        return None
+    window = spec.failure_window_seconds
+    within = f" within {window:g}s" if window > 0 else ""
+    return (
+        f"failure budget exceeded: {len(counted)} failed node(s){within} ({', '.join(counted)}) "
+        f"> budget {spec.failure_budget} (= {budget} of {total})"
+    )
+
+
+@dataclass(frozen=True)
+class CanaryGate:
+    holds: bool
+    """The nodes of the update set after the canaries wait."""
+    pause_reason: str | None = None
+    """Set once the canaries are updated: the pool waits for a resume or the soak."""
+
+
+def canary_gate(
+    spec: PoolSpec, state: PoolState, canaries: Sequence[NodeFacts], now: float
+) -> CanaryGate:
+    """The canary gate, given the canary nodes (none: no canary configured)."""
+    if not canaries or state.canary_released:
+        return CanaryGate(holds=False)
+    done = all(
+        n.current_version == spec.target_version and n.phase is Phase.IDLE and n.healthy
+        for n in canaries
+    )
+    if not done:
+        return CanaryGate(holds=True)
+    updated = f"canary: the first {len(canaries)} node(s) are updated"
+    if spec.canary_soak_seconds <= 0:
+        return CanaryGate(True, f"{updated}; waiting for an explicit resume")
+    soaked_for = now - max(n.last_transition for n in canaries)
+    if soaked_for >= spec.canary_soak_seconds:
+        return CanaryGate(holds=False)  # soaked long enough: released without a resume
+    return CanaryGate(
+        True,
+        f"{updated}; soaking {soaked_for:.0f}s of {spec.canary_soak_seconds:g}s (or resume)",
+    )
+
+
+@dataclass(frozen=True)
+class Gates:
+    """What holds the pool back in this plan."""
+
+    pause_reason: str | None
+    """No new action while set (persisted pause, failure budget, spec, canary)."""
+    new_pause: str | None
+    """The failure budget paused the pool in this plan (the caller persists it)."""
+    canary_hold: int = 0
+    """N > 0: only the first N nodes of the update set may move."""
+
+
+def gates(
+    spec: PoolSpec,
+    state: PoolState,
+    order: Sequence[NodeFacts],
+    targets: Mapping[str, NodeTarget],
+    now: float,
+) -> Gates:
+    """The gates in order of precedence: a persisted pause, the failure budget,
+    ``paused = true``, then the canary gate."""
+    if state.pause_reason is not None:
+        return Gates(state.pause_reason, None)
+    new_pause = budget_pause(spec, order, now)
+    if new_pause is not None:
+        return Gates(new_pause, new_pause)
+    if spec.paused:
+        return Gates("paused by the pool spec (paused = true)", None)
+    canaries = [n for n in order if targets[n.name].canary]
+    canary = canary_gate(spec, state, canaries, now)
+    return Gates(canary.pause_reason, None, len(canaries) if canary.holds else 0)
+
+
+# Step 3: the decision per node ----------------------------------------------
+
+
+class Bucket(StrEnum):
+    """The status bucket a node is counted in (``PoolStatus``)."""
+
+    UPDATED = "updated"
+    HELD = "held"
+    UPDATING = "updating"
+    PENDING = "pending"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One node's decision: its bucket, why it waits, and what it is told to do."""
+
+    bucket: Bucket
+    reason: str | None = None
+    action: ActionKind | None = None
+    """STAGE is planned as is; REBOOT and ROLLBACK wait for a slot (step 4)."""
+
+
+def decide(
+    node: NodeFacts, target: NodeTarget, gate: Gates, spec: PoolSpec, now: float
+) -> Decision:
+    """The first that applies: settled or moving already, held by a gate, next move."""
+    return (
+        _settled(node, target, spec, now)
+        or _gated(node, target, gate)
+        or _next_move(node, target, spec, now)
+    )
+
+
+def _settled(node: NodeFacts, target: NodeTarget, spec: PoolSpec, now: float) -> Decision | None:
+    """Failed, on its desired version, or rebooting: no gate changes that."""
+    want = target.version
+    if node.phase is Phase.FAILED:
+        return Decision(
+            Bucket.FAILED,
+            f"failed while moving to {want} (on {node.current_version}); "
+            "not retried until the pool is resumed",
+        )
+    if node.current_version == want and node.phase is not Phase.REBOOTING:
+        bucket = Bucket.UPDATED if target.in_update_set else Bucket.HELD
+        reason = None if node.healthy else f"on {want} but unhealthy: counts as unavailable"
+        return Decision(bucket, reason)
+    if timed_out(node, spec, now):
+        return Decision(
+            Bucket.FAILED,
+            f"granted a reboot into {node.staged_version or want} more than "
+            f"{spec.reboot_timeout_seconds:g}s ago and not back healthy: "
+            "counted as failed and unavailable",
+        )
+    if node.phase is Phase.REBOOTING:
+        return Decision(Bucket.UPDATING, f"rebooting into {node.staged_version or want}")
+    return None
+
+
+def _gated(node: NodeFacts, target: NodeTarget, gate: Gates) -> Decision | None:
+    if gate.pause_reason is not None:
+        return Decision(Bucket.PENDING, f"pool paused: {gate.pause_reason}")
+    if gate.canary_hold and target.in_update_set and not target.canary:
+        return Decision(
+            Bucket.PENDING,
+            f"canary: waits until the first {gate.canary_hold} node(s) are "
+            "updated and the pool is resumed",
+        )
+    return None
+
+
+def _next_move(node: NodeFacts, target: NodeTarget, spec: PoolSpec, now: float) -> Decision:
+    """Stage first (free), then a reboot or rollback candidate for a slot."""
+    want = target.version
+    # Rolling back needs no staging; everything else stages first, which costs
+    # no availability.
+    if not target.rolls_back and node.staged_version != want:
+        if node.phase is Phase.STAGING:
+            return Decision(Bucket.UPDATING, f"staging {want}")
+        return Decision(Bucket.PENDING, f"told to stage {want}", ActionKind.STAGE)
+    if not node.healthy:
+        return Decision(Bucket.PENDING, "unhealthy: will not be rebooted until healthy")
+    window = spec.maintenance_window
+    if window is not None and not window.is_open(now):
+        return Decision(Bucket.PENDING, f"staged {want}; outside the maintenance window ({window})")
+    return Decision(
+        Bucket.PENDING, action=ActionKind.ROLLBACK if target.rolls_back else ActionKind.REBOOT
+    )
+
+
+# Step 4: slots (maxUnavailable) ---------------------------------------------
+
+
+def max_unavailable_of(spec: PoolSpec, total: int) -> int:
+    """``maxUnavailable`` as a count: ``N%`` rounds down, and at least 1."""
+    return max(1, spec.max_unavailable.resolve(total, round_up=False))
+
+
 def is_unavailable(node: NodeFacts, desired: str, spec: PoolSpec, now: float) -> bool:
     if not node.healthy or node.phase is Phase.REBOOTING:
         return True
@@ -243,196 +493,114 @@ def is_unavailable(node: NodeFacts, desired: str, spec: PoolSpec, now: float) ->
     )
 
 
+def grant_slots(
+    candidates: Sequence[NodeFacts], down: Sequence[NodeFacts], free: int, spec: PoolSpec
+) -> list[str]:
+    """The candidates that get one of ``free`` slots, by name in the order picked.
+
+    One slot at a time: the highest priority, then (with ``scatter_label``) the
+    zone with the fewest nodes down or picked so far, then the name.
+    """
+    label = spec.scatter_label
+    load: dict[str, int] = {}
+    if label:
+        for node in down:
+            zone = node.labels.get(label, "")
+            load[zone] = load.get(zone, 0) + 1
+
+    def rank(node: NodeFacts) -> tuple[int, int, str]:
+        zone_load = load.get(node.labels.get(label, ""), 0) if label else 0
+        return (-priority_of(node, spec.priority_label), zone_load, node.name)
+
+    remaining = list(candidates)
+    picked: list[str] = []
+    while remaining and len(picked) < free:
+        best = min(remaining, key=rank)
+        remaining.remove(best)
+        picked.append(best.name)
+        if label:
+            zone = best.labels.get(label, "")
+            load[zone] = load.get(zone, 0) + 1
+    return picked
+
+
+@dataclass(frozen=True)
+class Slots:
+    """The reboot slots of one plan."""
+
+    limit: int
+    """maxUnavailable as a count."""
+    unavailable: int
+    """Nodes unavailable before this plan's grants, for any reason."""
+    granted: tuple[Action, ...]
+    """Reboots and rollbacks granted, in the order the slots were given."""
+    waiting: Mapping[str, str]
+    """Candidates left without a slot, with their reason."""
+
+
+def slots(
+    spec: PoolSpec,
+    order: Sequence[NodeFacts],
+    targets: Mapping[str, NodeTarget],
+    candidates: Sequence[Action],
+    now: float,
+) -> Slots:
+    """Grant reboot/rollback ``candidates`` (in rank order) while the nodes that
+    are unavailable, already or by this plan's grants, stay within maxUnavailable."""
+    limit = max_unavailable_of(spec, len(order))
+    down = [n for n in order if is_unavailable(n, targets[n.name].version, spec, now)]
+    by_name = {n.name: n for n in order}
+    wanted = {c.node: c for c in candidates}
+    picked = grant_slots([by_name[c.node] for c in candidates], down, limit - len(down), spec)
+    chosen = set(picked)
+    left = f"waiting for a reboot slot ({len(down)} of maxUnavailable {limit} unavailable)"
+    return Slots(
+        limit=limit,
+        unavailable=len(down),
+        granted=tuple(wanted[name] for name in picked),
+        waiting={c.node: f"staged {c.version}; {left}" for c in candidates if c.node not in chosen},
+    )
+
+
+# The plan: the four steps, then the counts ----------------------------------
+
+
 def plan(spec: PoolSpec, state: PoolState, nodes: Sequence[NodeFacts], now: float) -> Plan:
     """Decide the next actions for one pool; see the module docstring for the rules."""
     order = ranked(nodes, spec)
-    total = len(order)
-    partition = min(total, spec.partition.resolve(total, round_up=True))
-    update_count = total - partition
-    max_unavailable = max(1, spec.max_unavailable.resolve(total, round_up=False))
-    budget = spec.failure_budget.resolve(total, round_up=False)
-
-    desired: dict[str, str] = {}
-    in_update_set: dict[str, bool] = {}
-    for index, node in enumerate(order):
-        in_set = index < update_count
-        in_update_set[node.name] = in_set
-        if in_set:
-            desired[node.name] = spec.target_version
-        else:
-            desired[node.name] = spec.previous_version or node.current_version
-    canary_names = {n.name for n in order[: min(spec.canary, update_count)] if spec.canary > 0}
-
-    def timed_out(n: NodeFacts) -> bool:
-        return (
-            n.phase is Phase.REBOOTING
-            and spec.reboot_timeout_seconds > 0
-            and now - n.last_transition > spec.reboot_timeout_seconds
-        )
-
-    def recent(n: NodeFacts) -> bool:
-        if spec.failure_window_seconds <= 0:
-            return True
-        # A timed-out node failed when its timeout expired, not when it was granted.
-        failed_at = n.last_transition + (spec.reboot_timeout_seconds if timed_out(n) else 0.0)
-        return now - failed_at <= spec.failure_window_seconds
-
-    failed = [n for n in order if n.phase is Phase.FAILED or timed_out(n)]
-    counted = [n for n in failed if recent(n)]
-    pause_reason = state.pause_reason
-    new_pause: str | None = None
-    if pause_reason is None and len(counted) > budget:
-        names = ", ".join(n.name for n in counted)
-        within = (
-            f" within {spec.failure_window_seconds:g}s" if spec.failure_window_seconds > 0 else ""
-        )
-        new_pause = (
-            f"failure budget exceeded: {len(counted)} failed node(s){within} ({names}) "
-            f"> budget {spec.failure_budget} (= {budget} of {total})"
-        )
-        pause_reason = new_pause
-    if pause_reason is None and spec.paused:
-        pause_reason = "paused by the pool spec (paused = true)"
-    canary_gate = bool(canary_names) and not state.canary_released
-    if pause_reason is None and canary_gate:
-        canaries = [n for n in order if n.name in canary_names]
-        done = all(
-            n.current_version == spec.target_version and n.phase is Phase.IDLE and n.healthy
-            for n in canaries
-        )
-        soaked_for = now - max(n.last_transition for n in canaries)
-        if done and spec.canary_soak_seconds > 0:
-            if soaked_for >= spec.canary_soak_seconds:
-                canary_gate = False  # soaked long enough: released without a resume
-            else:
-                pause_reason = (
-                    f"canary: the first {len(canary_names)} node(s) are updated; soaking "
-                    f"{soaked_for:.0f}s of {spec.canary_soak_seconds:g}s (or resume)"
-                )
-        elif done:
-            pause_reason = (
-                f"canary: the first {len(canary_names)} node(s) are updated; "
-                "waiting for an explicit resume"
-            )
-
-    unavailable = {n.name for n in order if is_unavailable(n, desired[n.name], spec, now)}
-    zone_load: dict[str, int] = {}
-    if spec.scatter_label is not None:
-        for n in order:
-            if n.name in unavailable:
-                zone = n.labels.get(spec.scatter_label, "")
-                zone_load[zone] = zone_load.get(zone, 0) + 1
-
-    actions: list[Action] = []
-    waiting: dict[str, str] = {}
-    reboot_candidates: list[tuple[NodeFacts, ActionKind]] = []
-    updated = updating = pending = held = 0
-    for node in order:
-        want = desired[node.name]
-        on_want = node.current_version == want
-        if node.phase is Phase.FAILED:
-            waiting[node.name] = (
-                f"failed while moving to {want} (on {node.current_version}); "
-                "not retried until the pool is resumed"
-            )
-            continue
-        if on_want and node.phase is not Phase.REBOOTING:
-            if in_update_set[node.name]:
-                updated += 1
-            else:
-                held += 1
-            if not node.healthy:
-                waiting[node.name] = f"on {want} but unhealthy: counts as unavailable"
-            continue
-        if timed_out(node):
-            waiting[node.name] = (
-                f"granted a reboot into {node.staged_version or want} more than "
-                f"{spec.reboot_timeout_seconds:g}s ago and not back healthy: "
-                "counted as failed and unavailable"
-            )
-            continue
-        if node.phase is Phase.REBOOTING:
-            updating += 1
-            waiting[node.name] = f"rebooting into {node.staged_version or want}"
-            continue
-        if pause_reason is not None:
-            pending += 1
-            waiting[node.name] = f"pool paused: {pause_reason}"
-            continue
-        if canary_gate and in_update_set[node.name] and node.name not in canary_names:
-            pending += 1
-            waiting[node.name] = (
-                f"canary: waits until the first {len(canary_names)} node(s) are "
-                "updated and the pool is resumed"
-            )
-            continue
-        # Rolling back to the previous deployment needs no staging: it is still
-        # on disk. Everything else stages first, which costs no availability.
-        rolling_back = not in_update_set[node.name] and node.current_version == spec.target_version
-        if not rolling_back and node.staged_version != want:
-            if node.phase is Phase.STAGING:
-                updating += 1
-                waiting[node.name] = f"staging {want}"
-            else:
-                pending += 1
-                actions.append(Action(ActionKind.STAGE, node.name, want))
-                waiting[node.name] = f"told to stage {want}"
-            continue
-        if not node.healthy:
-            pending += 1
-            waiting[node.name] = "unhealthy: will not be rebooted until healthy"
-            continue
-        if spec.maintenance_window is not None and not spec.maintenance_window.is_open(now):
-            pending += 1
-            waiting[node.name] = (
-                f"staged {want}; outside the maintenance window ({spec.maintenance_window})"
-            )
-            continue
-        reboot_candidates.append((node, ActionKind.ROLLBACK if rolling_back else ActionKind.REBOOT))
-
-    slots = max_unavailable - len(unavailable)
-    remaining = list(reboot_candidates)
-    while remaining and slots > 0:
-        best = min(
-            remaining,
-            key=lambda c: (
-                -priority_of(c[0], spec.priority_label),
-                zone_load.get(c[0].labels.get(spec.scatter_label, ""), 0)
-                if spec.scatter_label
-                else 0,
-                c[0].name,
-            ),
-        )
-        remaining.remove(best)
-        node, kind = best
-        actions.append(Action(kind, node.name, desired[node.name]))
-        updating += 1
-        slots -= 1
-        if spec.scatter_label is not None:
-            zone = node.labels.get(spec.scatter_label, "")
-            zone_load[zone] = zone_load.get(zone, 0) + 1
-    for node, _kind in remaining:
-        pending += 1
-        waiting[node.name] = (
-            f"staged {desired[node.name]}; waiting for a reboot slot "
-            f"({len(unavailable)} of maxUnavailable {max_unavailable} unavailable)"
-        )
-
-    status = PoolStatus(
-        total=total,
-        updated=updated,
-        updating=updating,
-        pending=pending,
-        failed=len(failed),
-        held=held,
-        unavailable=len(unavailable),
-        max_unavailable=max_unavailable,
-        paused_reason=pause_reason,
+    targets = desired_versions(spec, order)
+    gate = gates(spec, state, order, targets, now)
+    decisions = {n.name: decide(n, targets[n.name], gate, spec, now) for n in order}
+    candidates = [
+        Action(d.action, name, targets[name].version)
+        for name, d in decisions.items()
+        if d.action is not None and d.action is not ActionKind.STAGE
+    ]
+    slot = slots(spec, order, targets, candidates, now)
+    granted = {a.node for a in slot.granted}
+    buckets = Counter(
+        Bucket.UPDATING if name in granted else d.bucket for name, d in decisions.items()
     )
+    staging = [
+        Action(ActionKind.STAGE, name, targets[name].version)
+        for name, d in decisions.items()
+        if d.action is ActionKind.STAGE
+    ]
+    reasons = {name: d.reason for name, d in decisions.items() if d.reason is not None}
     return Plan(
-        actions=tuple(actions),
-        desired=desired,
-        waiting=waiting,
-        status=status,
-        pause_reason=new_pause,
+        actions=(*staging, *slot.granted),
+        desired={name: t.version for name, t in targets.items()},
+        waiting=reasons | dict(slot.waiting),
+        status=PoolStatus(
+            total=len(order),
+            updated=buckets[Bucket.UPDATED],
+            updating=buckets[Bucket.UPDATING],
+            pending=buckets[Bucket.PENDING],
+            failed=buckets[Bucket.FAILED],
+            held=buckets[Bucket.HELD],
+            unavailable=slot.unavailable,
+            max_unavailable=slot.limit,
+            paused_reason=gate.pause_reason,
+        ),
+        pause_reason=gate.new_pause,
     )
