@@ -1,9 +1,11 @@
 """Shared test configuration: tiers are marked by directory.
 
-``tests/unit`` runs in seconds with no external tools, ``tests/integration``
-uses real mmdebstrap/ostree/sqlite/etcd, ``tests/vm`` boots real images under
-qemu. Built images are shared between tests through session fixtures in the
-tier's own conftest, so each is built once per run.
+``tests/unit`` runs in seconds with no external tools, subprocess, daemon, pty
+or network, each test under a short timeout (``UNIT_TIMEOUT``);
+``tests/integration`` uses real mmdebstrap/ostree/sqlite/etcd (and servers on
+loopback), ``tests/vm`` boots real images under qemu. Built images are shared
+between tests through session fixtures in the tier's own conftest, so each is
+built once per run.
 """
 
 from __future__ import annotations
@@ -20,11 +22,18 @@ from atoll.progress import PlainReporter
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# Seconds a unit test may take (pytest-timeout). The other tiers keep the global
+# timeout of pyproject.toml (600 s) unless a test or module sets its own.
+UNIT_TIMEOUT = 20
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         tier = Path(str(item.fspath)).relative_to(ROOT / "tests").parts[0]
         if tier in {"integration", "vm"}:
             item.add_marker(getattr(pytest.mark, tier))
+        elif tier == "unit" and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(UNIT_TIMEOUT))
 
 
 # --- The default image, composed once per run -------------------------------

@@ -4,6 +4,11 @@ Each stage owns its verbs in ``atoll/<stage>/cli.py``, which exposes
 ``register(subparsers)``. A verb's handler takes the parsed arguments and
 returns an exit code. This module only wires them up and is the one place
 where errors become exit codes (0 ok, 1 failed, 2 bad input, 130 interrupted).
+
+A reader of stdout that goes away (``atoll ... | head``) ends the command
+quietly with 1: no traceback, and no "Exception ignored" from the
+interpreter's last flush of stdout. Modules wrap their own sockets' errors, so
+a :class:`BrokenPipeError` that reaches :func:`main` is stdout's.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from atoll.errors import EXIT_FAILED, EXIT_INTERRUPTED, AtollError
 # The stages that contribute verbs, in the order of the data's journey. Each
 # has ``atoll/<stage>/cli.py``; ``demo`` and ``bench`` string them together.
 # ``pki`` (the fleet CA) and ``ops`` (the ``atoll node`` client) are host-side tooling.
-STAGES: tuple[str, ...] = ("compose", "publish", "disk", "boot", "agent", "fleet", "pki", "ops")
+# The agent has no verbs (it runs on the node) and the host never imports it.
+STAGES: tuple[str, ...] = ("compose", "publish", "disk", "boot", "fleet", "pki", "ops")
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -54,6 +60,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one verb; its exit code, or the exit code of the error it raised.
+
+    argparse exits by itself (:class:`SystemExit`) for ``--help``, ``--version``
+    and usage errors (2). Errors that are not :class:`AtollError` are bugs and
+    keep their traceback.
+    """
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+    except SystemExit:
+        _flush_stdout()  # --help or --version into a closed pipe: quiet too
+        raise
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_FAILED
+    return code
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = bool(args.debug) or os.environ.get("ATOLL_DEBUG") == "1"
@@ -71,8 +96,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AtollError as e:
         print(f"atoll {args.verb}: {e}", file=sys.stderr)
         return e.exit_code
+
+
+def _flush_stdout() -> None:
+    try:
+        sys.stdout.flush()
     except BrokenPipeError:
-        return EXIT_FAILED
+        _discard_stdout()
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null: its reader has gone.
+
+    What is still buffered would fail again, with an "Exception ignored"
+    message, when the interpreter flushes stdout at exit.
+    """
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a file (a test's capture): the interpreter flushes nothing at exit
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from typing import Any
 import aiohttp
 import kopf
 
+from atoll.durable import write_atomic
+
 GROUP = "atoll.dev"
 VERSION = "v1alpha1"
 PLURAL = "nodepools"
@@ -60,13 +62,14 @@ class KubeApi:
         )
         cert, key = info.certificate_path, info.private_key_path
         tmp = Path(self._tmp.name)
+        # ssl loads a client certificate and key from files only: they go to a
+        # private directory that close() removes; the key is never readable by others.
         if info.certificate_data is not None:
             cert = tmp / "client.crt"
-            cert.write_bytes(_decode(info.certificate_data))
+            write_atomic(cert, _decode(info.certificate_data), mode=0o644)
         if info.private_key_data is not None:
             key = tmp / "client.key"
-            key.write_bytes(_decode(info.private_key_data))
-            key.chmod(0o600)
+            write_atomic(key, _decode(info.private_key_data), mode=0o600)
         if cert is not None:
             context.load_cert_chain(str(cert), str(key) if key is not None else None)
         return context
