@@ -1,21 +1,42 @@
-"""The single helper through which atoll runs every external program.
+"""The one way atoll runs an external program on the host.
 
-Rules (after mkosi's ``run.py``):
+Two shapes, one set of rules (after mkosi's ``run.py``):
 
-* argv lists only, never ``shell=True``; paths go through ``os.fspath``;
-* a clean, predictable environment (``LANG=C.UTF-8``, a fixed ``PATH``) plus
-  whatever the caller adds explicitly;
-* stdin closed unless the caller passes input;
+* :func:`run` starts a program and waits for it: a tool that does one job
+  (``ostree``, ``sfdisk``, ``mmdebstrap``) and whose output is the answer.
+* :func:`start` starts a program and returns at once with a :class:`Child`:
+  something that runs until we stop it (a VM, a controller, the agent under a
+  benchmark, a client under test). The caller waits for it, signals it, stops
+  it with a grace period (:meth:`Child.stop`: SIGTERM, wait, then SIGKILL) or
+  kills it. A ``with`` block stops it on the way out, whatever happened.
+
+The rules both follow:
+
+* argv lists only, never ``shell=True``; paths go through ``os.fspath``; a
+  bare program name is looked up on a fixed ``PATH``;
+* a clean, predictable environment (:func:`clean_environment`: ``LANG=C.UTF-8``,
+  a fixed ``PATH``, a few variables passed through) plus whatever the caller
+  adds explicitly;
+* stdin closed unless the caller passes input (or a pipe, for :func:`start`);
 * with ``ATOLL_DEBUG=1`` every argv is logged as a copy-pasteable shell line;
-* on failure a :class:`~atoll.errors.ToolError` naming the program, its exit
-  code and the tail of its stderr; a missing program is a
+* on failure a :class:`~atoll.errors.ToolError` naming the program, its argv,
+  its exit code and the tail of its stderr; a missing program is a
   :class:`~atoll.errors.ToolMissing` that says which package provides it.
 
-Thin typed wrappers per tool (:mod:`atoll.tools`) sit on top of this.
+A child started with ``session=True`` leads its own session and process group:
+a Ctrl-C on our terminal does not reach it (we stop it in order instead), and
+its signals go to the whole group, so what it started (qemu's relays) ends with
+it. Signals are only ever sent to children of this process, never to a name.
+
+This module and :mod:`atoll.agent.command` (its standard-library twin on the
+node) are the only modules that import :mod:`subprocess`; ruff's banned-api
+rule (TID251) keeps it so. Thin typed wrappers per tool (:mod:`atoll.tools`)
+sit on top.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -24,7 +45,8 @@ import signal
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from types import TracebackType
+from typing import IO, Final
 
 from atoll.errors import ToolError, ToolMissing
 
@@ -49,12 +71,29 @@ PROVIDERS: dict[str, str] = {
     "gcc": "gcc",
     "depmod": "kmod",
     "systemctl": "systemd",
+    "chattr": "e2fsprogs",
+    "debugfs": "e2fsprogs",
+    "git": "git",
 }
 
+# Where a started child's standard streams go, besides an open binary file or
+# a file descriptor. None (the default for stdout and stderr) shares ours.
+PIPE: Final = subprocess.PIPE  # a pipe we read (Child.stdout) or write (Child.stdin)
+DEVNULL: Final = subprocess.DEVNULL  # nothing in, output thrown away
+STDOUT: Final = subprocess.STDOUT  # for stderr: into the same place as stdout
+
 StrPath = str | os.PathLike[str]
+Stream = int | IO[bytes]
+
+# A finished program (run()'s result): Completed[bytes], or Completed[str] after as_text().
+Completed = subprocess.CompletedProcess
+
+# How long Child.stop() and leaving a `with` block give a program to end after SIGTERM.
+STOP_GRACE = 10.0
 
 
-def _environment(extra: Mapping[str, str] | None) -> dict[str, str]:
+def clean_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment every program gets: C.UTF-8, a fixed PATH, a few pass-throughs, ``extra``."""
     env = {"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PATH": CLEAN_PATH}
     for name in ("HOME", "TMPDIR", "SOURCE_DATE_EPOCH", "http_proxy", "https_proxy", "no_proxy"):
         if name in os.environ:
@@ -79,6 +118,48 @@ def command_line(argv: Sequence[StrPath]) -> str:
     return shlex.join(os.fspath(a) for a in argv)
 
 
+def as_text(result: Completed[bytes]) -> Completed[str]:
+    """``result`` with its output decoded (UTF-8, bad bytes replaced): for comparing text."""
+    return subprocess.CompletedProcess(
+        result.args,
+        result.returncode,
+        stdout=_decode(result.stdout),
+        stderr=_decode(result.stderr),
+    )
+
+
+def _decode(data: bytes | None) -> str:
+    return "" if data is None else data.decode("utf-8", errors="replace")
+
+
+def _argv(argv: Sequence[StrPath], what: str) -> list[str]:
+    """argv as strings, the program resolved on the clean PATH; logged in debug mode."""
+    args = [os.fspath(a) for a in argv]
+    if not args:
+        raise ValueError(f"{what}() needs a program")
+    if "/" not in args[0]:
+        args[0] = which(args[0])
+    log.debug("+ %s", command_line(args))
+    return args
+
+
+def _cwd(cwd: StrPath | None) -> str | None:
+    return os.fspath(cwd) if cwd is not None else None
+
+
+def _not_startable(args: list[str], error: OSError) -> ToolMissing | ToolError:
+    if isinstance(error, FileNotFoundError):
+        return ToolMissing(f"{args[0]}: not found ({error.strerror})")
+    return ToolError(
+        f"{args[0]}: cannot start ({error.strerror}): {command_line(args)}",
+        argv=args,
+        returncode=-1,
+    )
+
+
+# -- programs we wait for ------------------------------------------------------
+
+
 def run(
     argv: Sequence[StrPath],
     *,
@@ -90,7 +171,7 @@ def run(
     timeout: float | None = None,
     stdout: IO[bytes] | None = None,
     on_line: Callable[[str], None] | None = None,
-) -> subprocess.CompletedProcess[bytes]:
+) -> Completed[bytes]:
     """Run an external program; raise :class:`ToolError` if it fails.
 
     ``capture=True`` collects stdout and stderr (bytes) on the result;
@@ -98,14 +179,11 @@ def run(
     long-running tools). ``stdout=`` streams stdout to an open file instead.
     ``on_line`` receives each line the program writes to stdout or stderr
     (merged) as it appears, for progress; the output is still collected on
-    the result and its tail still goes into a failure's message.
+    the result and its tail still goes into a failure's message. A program
+    still running after ``timeout`` seconds is killed and is a failure even
+    with ``check=False``.
     """
-    args = [os.fspath(a) for a in argv]
-    if not args:
-        raise ValueError("run() needs a program")
-    if "/" not in args[0]:
-        args[0] = which(args[0])
-    log.debug("+ %s", command_line(args))
+    args = _argv(argv, "run")
     if on_line is not None:
         result = _run_streaming(args, cwd=cwd, env=env, timeout=timeout, on_line=on_line)
     else:
@@ -132,12 +210,12 @@ def _run_collected(
     capture: bool,
     timeout: float | None,
     stdout: IO[bytes] | None,
-) -> subprocess.CompletedProcess[bytes]:
+) -> Completed[bytes]:
     try:
         return subprocess.run(
             args,
-            cwd=os.fspath(cwd) if cwd is not None else None,
-            env=_environment(env),
+            cwd=_cwd(cwd),
+            env=clean_environment(env),
             input=input,
             stdin=None if input is not None else subprocess.DEVNULL,
             stdout=stdout if stdout is not None else (subprocess.PIPE if capture else None),
@@ -145,13 +223,14 @@ def _run_collected(
             timeout=timeout,
             check=False,
         )
-    except FileNotFoundError as e:
-        raise ToolMissing(f"{args[0]}: not found ({e.strerror})") from e
+    except OSError as e:
+        raise _not_startable(args, e) from e
     except subprocess.TimeoutExpired as e:
         raise ToolError(
-            f"{Path(args[0]).name}: timed out after {timeout:.0f}s: {command_line(args)}",
+            f"{Path(args[0]).name}: timed out after {timeout:g} s: {command_line(args)}",
             argv=args,
             returncode=-1,
+            stderr_tail=_tail(e.stderr),
         ) from e
 
 
@@ -162,40 +241,30 @@ def _run_streaming(
     env: Mapping[str, str] | None,
     timeout: float | None,
     on_line: Callable[[str], None],
-) -> subprocess.CompletedProcess[bytes]:
+) -> Completed[bytes]:
     collected: list[bytes] = []
+    child = _spawn(args, cwd=cwd, env=env, stdin=DEVNULL, stdout=PIPE, stderr=STDOUT)
+    stream = child.stdout
+    assert stream is not None
     try:
-        proc = subprocess.Popen(
-            args,
-            cwd=os.fspath(cwd) if cwd is not None else None,
-            env=_environment(env),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-    except FileNotFoundError as e:
-        raise ToolMissing(f"{args[0]}: not found ({e.strerror})") from e
-    with proc:
-        assert proc.stdout is not None
-        try:
-            for raw in proc.stdout:
-                collected.append(raw)
-                on_line(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
-            returncode = proc.wait(timeout=timeout)
-        except BaseException as e:
-            # Ctrl-C or a failing callback: the child must not outlive us. On
-            # Ctrl-C it gets SIGINT, as from a terminal, so it cleans up the
-            # way it does for a user; then TERM and KILL if it lingers.
-            if isinstance(e, KeyboardInterrupt):
-                proc.send_signal(signal.SIGINT)
-            else:
-                proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            raise
+        for raw in stream:
+            collected.append(raw)
+            on_line(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+        returncode = child.wait(timeout)
+    except BaseException as e:
+        # Ctrl-C or a failing callback: the child must not outlive us. On
+        # Ctrl-C it gets SIGINT, as from a terminal, so it cleans up the way
+        # it does for a user (else SIGTERM); SIGKILL if it lingers past a minute.
+        if isinstance(e, KeyboardInterrupt):
+            child.send_signal(signal.SIGINT)
+            with contextlib.suppress(ToolError):
+                child.wait(60.0)
+            child.kill()
+        else:
+            child.stop(60.0)
+        raise
+    finally:
+        child.close()
     output = b"".join(collected)
     return subprocess.CompletedProcess(args, returncode, stdout=output, stderr=output)
 
@@ -205,3 +274,160 @@ def _tail(data: bytes | None, lines: int = 15) -> str:
         return ""
     text = data.decode("utf-8", errors="replace").rstrip()
     return "\n".join(text.splitlines()[-lines:])
+
+
+# -- programs that run until we stop them --------------------------------------
+
+
+def start(
+    argv: Sequence[StrPath],
+    *,
+    cwd: StrPath | None = None,
+    env: Mapping[str, str] | None = None,
+    stdin: Stream = DEVNULL,
+    stdout: Stream | None = None,
+    stderr: Stream | None = None,
+    session: bool = False,
+) -> Child:
+    """Start a program that keeps running, and return at once.
+
+    Each stream is :data:`PIPE`, :data:`DEVNULL`, an open binary file or a
+    file descriptor (a pseudo-terminal); stdin is closed unless given, stdout
+    and stderr are ours unless given (``stderr=STDOUT`` merges it into stdout).
+    ``session=True`` gives the child its own session and process group (see
+    the module's docstring). Raises :class:`ToolMissing` or :class:`ToolError`
+    if it cannot start; once started, how it ends is the caller's to read.
+    """
+    args = _argv(argv, "start")
+    return _spawn(
+        args, cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr, session=session
+    )
+
+
+def _spawn(
+    args: list[str],
+    *,
+    cwd: StrPath | None,
+    env: Mapping[str, str] | None,
+    stdin: Stream,
+    stdout: Stream | None,
+    stderr: Stream | None,
+    session: bool = False,
+) -> Child:
+    try:
+        popen = subprocess.Popen(
+            args,
+            cwd=_cwd(cwd),
+            env=clean_environment(env),
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=session,
+        )
+    except OSError as e:
+        raise _not_startable(args, e) from e
+    return Child(popen, args, group=session)
+
+
+class Child:
+    """A program started by :func:`start`; a context manager that stops it on the way out.
+
+    Exit statuses are as :mod:`subprocess` reports them: the program's exit
+    code, or minus the number of the signal that ended it.
+    """
+
+    def __init__(self, popen: subprocess.Popen[bytes], argv: list[str], *, group: bool) -> None:
+        self._popen = popen
+        self._group = group
+        self.argv = argv
+        self.pid = popen.pid
+        # Our ends of the pipes asked for with PIPE (None otherwise).
+        self.stdin: IO[bytes] | None = popen.stdin
+        self.stdout: IO[bytes] | None = popen.stdout
+        self.stderr: IO[bytes] | None = popen.stderr
+
+    def __repr__(self) -> str:
+        return f"Child(pid={self.pid}, {command_line(self.argv)!r}, returncode={self.returncode})"
+
+    @property
+    def name(self) -> str:
+        return Path(self.argv[0]).name
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once the program has ended and was waited for, else None."""
+        return self._popen.returncode
+
+    def poll(self) -> int | None:
+        """The exit status if the program has ended, None while it runs."""
+        return self._popen.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the program to end and return its exit status.
+
+        Raises :class:`ToolError` if it still runs after ``timeout`` seconds;
+        it is left running (stop it, or wait again).
+        """
+        try:
+            return self._popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise ToolError(
+                f"{self.name} (pid {self.pid}): still running after {timeout:g} s: "
+                f"{command_line(self.argv)}",
+                argv=self.argv,
+                returncode=-1,
+            ) from None
+
+    def send_signal(self, sig: int) -> None:
+        """Send ``sig`` (to its whole group when it leads one); nothing once it has ended.
+
+        Checking first is what makes this safe: until we wait for it, an ended
+        child keeps its pid, so the signal cannot reach a stranger.
+        """
+        if self._popen.poll() is not None:
+            return
+        if self._group:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, sig)
+        else:
+            self._popen.send_signal(sig)
+
+    def kill(self) -> int:
+        """SIGKILL: no chance to clean up; wait for the end and return the exit status."""
+        self.send_signal(signal.SIGKILL)
+        return self._popen.wait()
+
+    def stop(self, grace: float = STOP_GRACE) -> int:
+        """SIGTERM, up to ``grace`` seconds to end by itself, then SIGKILL; the exit status.
+
+        Idempotent: a program that has already ended is only waited for.
+        """
+        if self._popen.poll() is None:
+            self.send_signal(signal.SIGTERM)
+            try:
+                return self._popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                log.debug("%s (pid %d): still running %g s after SIGTERM: killed",
+                          self.name, self.pid, grace)  # fmt: skip
+        return self.kill()
+
+    def close(self) -> None:
+        """Close our ends of its pipes (the program keeps running)."""
+        for stream in (self.stdin, self.stdout, self.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):  # a closed pipe: it is not reading
+                    stream.close()
+
+    def __enter__(self) -> Child:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.stop()
+        finally:
+            self.close()

@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from atoll.process import run
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "etcd-cluster.sh"
 
@@ -18,8 +19,8 @@ def etcd_cluster(directory: Path) -> Iterator[str]:
     """Start the cluster in ``directory``; yields its ``etcd://`` store URL."""
     if not Path("/usr/bin/etcd").exists():
         pytest.skip("etcd-server is not installed")
-    subprocess.run([str(SCRIPT), "start", str(directory)], check=True, capture_output=True)
+    run([SCRIPT, "start", directory])
     try:
         yield "etcd://" + (directory / "endpoints").read_text().strip()
     finally:
-        subprocess.run([str(SCRIPT), "stop", str(directory)], check=True)
+        run([SCRIPT, "stop", directory], capture=False)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from atoll.compose import compose, inspect
+from atoll.process import PIPE, as_text, run, start
 from atoll.progress import PlainReporter
 from atoll.tools import ostree
 from tests.conftest import DEFAULT_MANIFEST, ROOT, TEST_CACHE, TEST_EPOCH, ComposedImage
@@ -145,9 +145,9 @@ def test_inspect_reports_what_changed_since_the_parent(
 ) -> None:
     repo = tmp_path / "repo"
     ostree.init_repo(repo)
-    subprocess.run(
+    run(
         ["ostree", f"--repo={repo}", "pull-local", str(default_image.repo), default_image.ref],
-        check=True,
+        capture=False,
     )
     site = tmp_path / "site.toml"
     site.write_text(
@@ -161,11 +161,8 @@ def test_inspect_reports_what_changed_since_the_parent(
     assert found.parent == default_image.commit
     assert found.metadata["version"] == "1.0.1"
     assert found.files_added >= 1 and found.package_changes == []
-    out = subprocess.run(
-        [sys.executable, "-m", "atoll", "inspect", str(repo), "atoll/x86_64/minimal", "--json"],
-        check=True,
-        capture_output=True,
-        text=True,
+    out = run(
+        [sys.executable, "-m", "atoll", "inspect", str(repo), "atoll/x86_64/minimal", "--json"]
     )
     assert json.loads(out.stdout)["changes"]["files_added"] == found.files_added
 
@@ -174,11 +171,11 @@ def test_bad_manifest_fails_fast_with_exit_2_and_no_repo(tmp_path: Path) -> None
     bad = tmp_path / "bad.toml"
     bad.write_text(f'extends = "{DEFAULT_MANIFEST}"\n[image]\nname = "x"\nversoin = "1"\n')
     started = time.monotonic()
-    out = subprocess.run(
-        [sys.executable, "-m", "atoll", "compose", str(bad), "--repo", str(tmp_path / "repo")],
-        capture_output=True,
-        text=True,
-        check=False,
+    out = as_text(
+        run(
+            [sys.executable, "-m", "atoll", "compose", str(bad), "--repo", str(tmp_path / "repo")],
+            check=False,
+        )
     )
     assert out.returncode == 2
     assert "bad.toml" in out.stderr and "versoin" in out.stderr and "version" in out.stderr
@@ -193,17 +190,11 @@ def test_ctrl_c_leaves_the_repo_and_cache_as_they_were(
     env = {**os.environ, "SOURCE_DATE_EPOCH": str(TEST_EPOCH), "PYTHONUNBUFFERED": "1"}
     argv = [sys.executable, "-m", "atoll", "compose", str(DEFAULT_MANIFEST), "--repo", str(repo)]
     cache = ["--cache", str(TEST_CACHE)]
-    with subprocess.Popen(
-        [*argv, *cache, "--no-cache"],
-        cwd=ROOT,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as proc:
+    with start([*argv, *cache, "--no-cache"], cwd=ROOT, env=env, stderr=PIPE) as proc:
         assert proc.stderr is not None
         deadline = time.monotonic() + 120
         for line in proc.stderr:
-            if "rootfs" in line and "set up" in line:
+            if b"rootfs" in line and b"set up" in line:
                 break  # mmdebstrap is installing packages
             assert time.monotonic() < deadline, "mmdebstrap never got going"
         proc.send_signal(signal.SIGINT)
@@ -214,7 +205,7 @@ def test_ctrl_c_leaves_the_repo_and_cache_as_they_were(
     assert not list((TEST_CACHE / "work").iterdir())
     assert not list((TEST_CACHE / "tmp").iterdir())
     # The next run continues from the caches and completes.
-    subprocess.run([*argv, *cache], cwd=ROOT, env=env, check=True, capture_output=True)
+    run([*argv, *cache], cwd=ROOT, env=env)
     commit = ostree.rev_parse(repo, default_image.ref)
     assert commit is not None
     content = ostree.commit_info(repo, commit)["contentchecksum"]

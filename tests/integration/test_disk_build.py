@@ -7,7 +7,6 @@ whole disk builds in seconds; the real image is booted by the vm tier.
 from __future__ import annotations
 
 import json
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from atoll.disk import (
 from atoll.disk import build as disk_build
 from atoll.disk.layout import ESP_TYPE, MIB, ROOT_TYPE_X86_64
 from atoll.errors import InputError
+from atoll.process import run
 from atoll.progress import PlainReporter
 from atoll.tools import ostree
 
@@ -101,9 +101,7 @@ def test_disk_has_gpt_esp_and_a_bootable_default_entry(tiny: TinyRepo, tmp_path:
 
     assert image.stat().st_size == 512 * MIB
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no work dir left
-    table = json.loads(
-        subprocess.run(["sfdisk", "--json", image], capture_output=True, check=True).stdout
-    )
+    table = json.loads(run(["sfdisk", "--json", image]).stdout)
     parts = table["partitiontable"]["partitions"]
     assert [(p["name"], p["type"]) for p in parts] == [
         ("ESP", ESP_TYPE),
@@ -139,15 +137,13 @@ def test_disk_has_gpt_esp_and_a_bootable_default_entry(tiny: TinyRepo, tmp_path:
         w for w in options if not w.startswith(pinned)
     ]
 
-    embedded = subprocess.run(
+    embedded = run(
         [
             "debugfs",
             "-R",
             "cat /ostree/deploy/atoll/var/lib/atoll/user-data.toml",
             f"{image}?offset={plan.layout.root.start}",
-        ],
-        capture_output=True,
-        check=True,
+        ]
     ).stdout
     assert embedded == user_data.read_bytes()
 
@@ -163,11 +159,7 @@ def test_qcow2_output_is_readable_for_direct_boot(tiny: TinyRepo, tmp_path: Path
         ["disk", str(tiny.repo), REF, "-o", str(image), "--size", "1G", "--format", "qcow2"]
     )
     assert code == 0
-    info = json.loads(
-        subprocess.run(
-            ["qemu-img", "info", "--output=json", image], capture_output=True, check=True
-        ).stdout
-    )
+    info = json.loads(run(["qemu-img", "info", "--output=json", image]).stdout)
     assert info["format"] == "qcow2" and info["virtual-size"] == 1024 * MIB
     assert read_default_entry(image).kernel == KERNEL
     assert [e.id for e in boot_entries(image)] == ["ostree-1-atoll"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from atoll.fleet.etcd import EtcdClient, EtcdError, LeaderElection, parse_endpoints
+from atoll.process import run
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "etcd-cluster.sh"
 
@@ -21,11 +21,11 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "etcd-cluster.sh"
 def cluster(tmp_path: Path) -> Iterator[Path]:
     if not Path("/usr/bin/etcd").exists():
         pytest.skip("etcd-server is not installed")
-    subprocess.run([str(SCRIPT), "start", str(tmp_path)], check=True, capture_output=True)
+    run([SCRIPT, "start", tmp_path])
     try:
         yield tmp_path
     finally:
-        subprocess.run([str(SCRIPT), "stop", str(tmp_path)], check=True)
+        run([SCRIPT, "stop", tmp_path], capture=False)
 
 
 def _client(cluster: Path) -> EtcdClient:

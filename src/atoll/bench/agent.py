@@ -2,12 +2,13 @@
 
 The agent is started the way the image starts it (``atoll-agent.service``):
 ``/usr/bin/python3 -m atoll.agent`` with ``PYTHONPATH`` pointing at a copy of
-exactly what compose ships (``atoll/__init__.py`` + ``atoll/agent/**``,
-byte-compiled), so the measured memory is the node's and no host-side package
-can leak in. It serves a temporary root on 127.0.0.1 with credentials made
-here by :mod:`atoll.pki`; ``--record-commands`` makes it record systemctl and
-``ostree admin`` instead of running them (nothing on the host is touched), so
-on a node ``GET /v1/status`` additionally pays one ``ostree admin status``.
+exactly what compose ships (``atoll/__init__.py``, ``durable.py``,
+``agent/**``, ``wire/**``, byte-compiled), so the measured memory is the
+node's and no host-side package can leak in. It serves a temporary root on
+127.0.0.1 with credentials made here by :mod:`atoll.pki`;
+``--record-commands`` makes it record systemctl and ``ostree admin`` instead
+of running them (nothing on the host is touched), so on a node
+``GET /v1/status`` additionally pays one ``ostree admin status``.
 
 Measured (all bounded in count; the run stops by itself):
 
@@ -31,11 +32,9 @@ from __future__ import annotations
 import http.client
 import json
 import math
-import os
 import shutil
 import socket
 import ssl
-import subprocess
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -43,14 +42,14 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from atoll.compose.customize import copy_agent_package
 from atoll.errors import AtollError
 from atoll.pki import Kind, Role, init, issue
-from atoll.process import run
+from atoll.process import PIPE, STDOUT, Child, run, start
 from atoll.progress import Reporter
 from atoll.tools.procfs import cpu_seconds, mb, process_memory
 
 SYSTEM_PYTHON = Path("/usr/bin/python3")
-SRC = Path(__file__).resolve().parents[1]  # src/atoll
 MEMORY_TARGET_MB = 40.0
 STATUS_P99_TARGET_MS = 50.0
 STATUS_CLIENTS = 50
@@ -218,12 +217,10 @@ def _free_port() -> int:
 
 
 def _ship_agent(python_dir: Path) -> None:
-    """The agent as compose installs it: atoll/__init__.py + atoll/agent/**, byte-compiled."""
+    """The agent as compose installs it (:func:`atoll.compose.customize.copy_agent_package`:
+    the agent and what it imports), byte-compiled."""
     shutil.rmtree(python_dir, ignore_errors=True)
-    package = python_dir / "atoll"
-    package.mkdir(parents=True)
-    shutil.copyfile(SRC / "__init__.py", package / "__init__.py")
-    shutil.copytree(SRC / "agent", package / "agent", ignore=shutil.ignore_patterns("__pycache__"))
+    copy_agent_package(python_dir / "atoll")
     run([SYSTEM_PYTHON, "-m", "compileall", "-q", python_dir])
 
 
@@ -254,7 +251,7 @@ def _credentials(workdir: Path) -> tuple[Path, Endpoint]:
     return tls, client
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], endpoint: Endpoint, log: Path) -> None:
+def _wait_ready(proc: Child, endpoint: Endpoint, log: Path) -> None:
     ctx = endpoint.context()
     deadline = time.monotonic() + READY_TIMEOUT
     last = ""
@@ -280,18 +277,13 @@ def _wait_ready(proc: subprocess.Popen[bytes], endpoint: Endpoint, log: Path) ->
 
 def _interpreter_floor() -> int:
     """RSS (KiB) of Debian's python3 doing nothing: what any python3 daemon pays."""
-    proc = subprocess.Popen(
-        [SYSTEM_PYTHON, "-c", IDLE_PROGRAM],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        env={"PATH": "/usr/bin:/bin"},
-    )
-    try:
-        assert proc.stdout is not None
+    with start([SYSTEM_PYTHON, "-c", IDLE_PROGRAM], stdin=PIPE, stdout=PIPE) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
         proc.stdout.readline()
-        return process_memory(proc.pid)["VmRSS"]
-    finally:
-        proc.communicate(timeout=10)  # closes stdin: it exits by itself
+        rss = process_memory(proc.pid)["VmRSS"]
+        proc.stdin.close()  # it exits by itself
+        proc.wait(timeout=10)
+        return rss
 
 
 def run_benchmark(workdir: Path, reporter: Reporter) -> dict[str, object]:
@@ -318,9 +310,7 @@ def run_benchmark(workdir: Path, reporter: Reporter) -> dict[str, object]:
     }
     floor = _interpreter_floor()
     with log.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [os.fspath(a) for a in argv], stdout=log_file, stderr=subprocess.STDOUT, env=env
-        )
+        proc = start(argv, stdout=log_file, stderr=STDOUT, env=env)
     try:
         with reporter.stage("agent start", f"127.0.0.1:{endpoint.port}"):
             _wait_ready(proc, endpoint, log)
@@ -349,12 +339,7 @@ def run_benchmark(workdir: Path, reporter: Reporter) -> dict[str, object]:
         loaded = process_memory(proc.pid)
         cpu_load = cpu_seconds(proc.pid) - cpu_idle
     finally:
-        proc.terminate()  # our own child, by its pid
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        proc.stop(grace=10.0)
     version = run([SYSTEM_PYTHON, "--version"]).stdout.decode().strip()
     peak_mb = mb(loaded.get("VmHWM", loaded["VmRSS"]))
     status_new = results[runs[1][0]]

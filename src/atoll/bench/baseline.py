@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from atoll import durable
 from atoll.compose.rootfs import private_tmpdir
 from atoll.manifest.model import Distribution
 from atoll.process import run
@@ -83,7 +83,7 @@ def build_baseline_rootfs(
                 ],
                 env={"SOURCE_DATE_EPOCH": str(source_date_epoch), "TMPDIR": str(tmp)},
             )
-            os.replace(partial, target)
+            durable.replace(partial, target)
         finally:
             partial.unlink(missing_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)

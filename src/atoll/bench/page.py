@@ -26,7 +26,6 @@ import importlib.util
 import json
 import os
 import platform
-import subprocess
 import time
 import traceback
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 from atoll.bench.plots import attach
+from atoll.process import run
 from atoll.progress import Reporter, reporter_for
 
 STAGES = ("compose", "boot", "publish", "agent", "fleet")
@@ -58,18 +58,8 @@ def machine() -> dict[str, str]:
     if meminfo.exists():
         total_kib = int(meminfo.read_text().split()[1])
         memory = f"{total_kib / 2**20:.0f} GiB"
-    commit = subprocess.run(
-        ["git", "-C", str(CHECKOUT), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "-C", str(CHECKOUT), "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
+    commit = _git("rev-parse", "--short", "HEAD")
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
     return {
         "host": platform.node(),
         "kernel": platform.release(),
@@ -78,6 +68,11 @@ def machine() -> dict[str, str]:
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": commit + (" (with uncommitted changes)" if dirty else ""),
     }
+
+
+def _git(*args: str) -> str:
+    """What git prints about the checkout; empty when it fails (not a checkout)."""
+    return run(["git", "-C", CHECKOUT, *args], check=False).stdout.decode().strip()
 
 
 def run_all(stages: Sequence[str], workdir: Path, reporter: Reporter) -> dict[str, Any]:

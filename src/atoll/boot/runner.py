@@ -36,7 +36,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -49,11 +48,14 @@ from typing import IO, Protocol, TypedDict
 from atoll.boot.console import ConsoleState, Milestone
 from atoll.boot.report import BootReport, phases_from
 from atoll.disk import read_default_entry
+from atoll.durable import write_atomic
 from atoll.errors import AtollError, InputError
+from atoll.process import Child
 from atoll.tools import qemu
+from atoll.wire.userdata import FW_CFG_NAME
 
 SELFTEST_FW_CFG = "opt/atoll/selftest"
-USER_DATA_FW_CFG = "opt/atoll/user-data"
+USER_DATA_FW_CFG = FW_CFG_NAME  # where the node looks for its user data
 # The console goes to ttyS0 in both modes; direct mode adds it to the entry's line.
 SERIAL_CONSOLE = "console=ttyS0,115200"
 
@@ -184,7 +186,7 @@ class Machine:
     keep: bool = False  # leaving the context does not stop the VM
 
     def __post_init__(self) -> None:
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process: Child | None = None
         self._state = ConsoleState()
         self._started = 0.0
         self._ports: dict[int, int] = {}
@@ -307,7 +309,7 @@ class Machine:
             "console": str(self.console_log.resolve()),
             "ports": {str(g): h for g, h in self._ports.items()},
         }
-        (self.state_dir / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+        write_atomic(self.state_dir / "state.json", json.dumps(state, indent=2) + "\n")
 
     @property
     def pid(self) -> int | None:
@@ -459,9 +461,7 @@ class Machine:
     def power_cut(self) -> None:
         """Pull the plug: SIGKILL qemu, no shutdown; what the guest had not written is lost."""
         if self._process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                self._process.kill()
-            self._process.wait()
+            self._process.kill()
             self._unread += self._read_console(rest=True)
         self.stop()
 
@@ -499,10 +499,12 @@ def stop_qemu(
     qmp_socket: Path,
     grace: float,
     clock: Clock,
-    process: subprocess.Popen[bytes] | None = None,
+    process: Child | None = None,
 ) -> str:
     """Stop a qemu: ACPI power-down, up to ``grace`` s, then QMP quit, then SIGKILL.
 
+    ``process`` is the qemu this process started (then the kill reaches its
+    whole group); without it, ``pid`` is one a ``--keep`` run left behind.
     Returns how it ended: ``powered off``, ``quit`` or ``killed``.
     """
 
@@ -529,9 +531,12 @@ def stop_qemu(
         qmp.command("quit")
     if wait(5.0):
         return "quit"
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    wait(5.0)
+    if process is not None:
+        process.kill()
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        wait(5.0)
     return "killed"
 
 

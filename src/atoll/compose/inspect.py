@@ -15,7 +15,6 @@ from typing import Any
 from atoll.compose.pipeline import METADATA_KEYS
 from atoll.compose.slim import SBOM_PATH
 from atoll.errors import InputError
-from atoll.process import run
 from atoll.tools import ostree
 
 
@@ -90,13 +89,8 @@ def inspect(repo: Path, ref: str) -> Inspection:
         for name in sorted(old.keys() | new.keys()):
             if old.get(name) != new.get(name):
                 result.package_changes.append(PackageChange(name, old.get(name), new.get(name)))
-        diff = run(["ostree", "diff", f"--repo={repo}", result.parent, commit]).stdout.decode()
-        for line in diff.splitlines():
-            kind = line[:1]
-            if kind == "A":
-                result.files_added += 1
-            elif kind == "D":
-                result.files_removed += 1
-            elif kind == "M":
-                result.files_modified += 1
+        changes = ostree.diff(repo, result.parent, commit)
+        result.files_added = sum(1 for c in changes if c.kind == "A")
+        result.files_removed = sum(1 for c in changes if c.kind == "D")
+        result.files_modified = sum(1 for c in changes if c.kind == "M")
     return result

@@ -22,15 +22,12 @@ no channel history and no kept delta needs.
 from __future__ import annotations
 
 import base64
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from atoll.agent.verify import Channel
 from atoll.errors import AtollError, InputError
-from atoll.process import run
 from atoll.progress import Reporter
 from atoll.publish.channels import (
     ChannelUpdate,
@@ -43,6 +40,7 @@ from atoll.publish.channels import (
 from atoll.publish.keys import PUBLIC_NAME, public_bytes
 from atoll.publish.sign import sign_commit
 from atoll.tools import ostree
+from atoll.wire.channel import Channel
 
 DEFAULT_DELTAS = 3
 
@@ -100,7 +98,7 @@ def publish(
         ostree.set_ref(repo, f"history/{channel}/{serial}", commit)
         write_channel(updates, channel, document)
         ostree.set_ref(repo, f"channels/{channel}", commit)
-        run(["ostree", "summary", f"--repo={repo}", "-u"])
+        ostree.update_summary(repo)
     return PublishResult(channel, commit, version, serial, made)
 
 
@@ -117,16 +115,7 @@ def _deltas(
     made = []
     for old in sources:
         reporter.info(f"static delta {old[:12]} -> {commit[:12]}")
-        run(
-            [
-                "ostree",
-                "static-delta",
-                "generate",
-                f"--repo={repo}",
-                f"--from={old}",
-                f"--to={commit}",
-            ]
-        )
+        ostree.generate_static_delta(repo, old, commit)
         made.append(f"{old}->{commit}")
     return made
 
@@ -186,7 +175,7 @@ def _move(
         ostree.set_ref(repo, f"history/{channel}/{serial}", commit)
         write_channel(updates, channel, document)
         ostree.set_ref(repo, f"channels/{channel}", commit)
-        run(["ostree", "summary", f"--repo={repo}", "-u"])
+        ostree.update_summary(repo)
     return PublishResult(channel, commit, version, serial, made)
 
 
@@ -211,21 +200,15 @@ def prune(updates: Path, keep: int, key: Ed25519PrivateKey, reporter: Reporter) 
         if ref.startswith("history/"):
             target = ostree.rev_parse(repo, ref)
             if target not in kept:
-                run(["ostree", "refs", f"--repo={repo}", "--delete", ref])
+                ostree.delete_ref(repo, ref)
                 refs_removed += 1
     deltas_removed = 0
-    listing = run(["ostree", "static-delta", "list", f"--repo={repo}"]).stdout.decode()
-    for line in listing.splitlines():
-        name = line.strip()
-        # "FROM-TO" in hex ("TO" alone for a delta from nothing).
-        if not re.fullmatch(r"([0-9a-f]{64}-)?[0-9a-f]{64}", name):
-            continue
+    for name in ostree.static_deltas(repo):
         if not all(end in kept for end in name.split("-")):
-            run(["ostree", "static-delta", "delete", f"--repo={repo}", name])
+            ostree.delete_static_delta(repo, name)
             deltas_removed += 1
-    result = run(["ostree", "prune", f"--repo={repo}", "--refs-only", "--depth=0"])
-    reporter.info(result.stdout.decode().strip())
-    run(["ostree", "summary", f"--repo={repo}", "-u"])
+    reporter.info(ostree.prune_unreachable(repo))
+    ostree.update_summary(repo)
     return {
         "kept_commits": len(kept),
         "refs_removed": refs_removed,

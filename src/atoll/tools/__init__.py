@@ -1,1 +1,1 @@
-"""Thin typed wrappers, one module per external tool, on top of :func:`atoll.process.run`."""
+"""Thin typed wrappers, one module per external tool, on top of :mod:`atoll.process`."""

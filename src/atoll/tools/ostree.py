@@ -1,9 +1,12 @@
 """A thin typed wrapper around the ``ostree`` command line.
 
-Only what several stages share lives here: creating repositories, committing
-a tree, resolving refs, reading a commit's metadata, listing a tree. Stages
-add what they need; nobody forks it. Every call goes through
-:func:`atoll.process.run`, so a failure names the argv and ostree's stderr.
+Every ``ostree`` command line atoll runs on the host is written here, once:
+repositories (init, commit, refs, pull-local, summary, prune), reading commits
+(metadata, listings, files, diffs), static deltas, and the offline
+``ostree admin`` steps that make a disk's sysroot. Stages add what they need;
+nobody forks it. Every call goes through :func:`atoll.process.run`, so a
+failure names the argv and ostree's stderr. (The node runs its own ostree
+through :mod:`atoll.agent`, with the standard library only.)
 
 ostree prints GVariant text for metadata values (``'1.0.0'``, ``uint64 5``);
 :func:`commit_metadata` reads them through ``--print-metadata-key`` one key at
@@ -23,6 +26,16 @@ from atoll.errors import AtollError, ToolError
 from atoll.process import run
 
 _TYPED_INT = re.compile(r"^(?:u?int(?:16|32|64)|byte)\s+(-?\d+)$")
+# A static delta's name: "FROM-TO" in hex, or "TO" alone for a delta from nothing.
+_DELTA_NAME = re.compile(r"([0-9a-f]{64}-)?[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class TreeChange:
+    """One line of ``ostree diff``: ``kind`` is ``A`` (added), ``D`` (deleted) or ``M``."""
+
+    kind: str
+    path: str
 
 
 @dataclass(frozen=True)
@@ -186,6 +199,102 @@ def list_tree(repo: Path, checksum: str, path: str = "/") -> list[TreeEntry]:
 
 def cat(repo: Path, checksum: str, path: str) -> bytes:
     return run(["ostree", "cat", f"--repo={repo}", checksum, path]).stdout
+
+
+def cat_if_present(repo: Path, checksum: str, path: str) -> bytes | None:
+    """The file at ``path`` in a commit, or None when ostree cannot read it there."""
+    result = run(["ostree", "cat", f"--repo={repo}", checksum, path], check=False)
+    return result.stdout if result.returncode == 0 else None
+
+
+def diff(repo: Path, old: str, new: str) -> list[TreeChange]:
+    """What changed in the tree from commit ``old`` to commit ``new``."""
+    text = run(["ostree", "diff", f"--repo={repo}", old, new]).stdout.decode()
+    changes: list[TreeChange] = []
+    for line in text.splitlines():
+        kind, _, path = line.partition(" ")
+        if kind in {"A", "D", "M"}:
+            changes.append(TreeChange(kind, path.strip()))
+    return changes
+
+
+def delete_ref(repo: Path, ref: str) -> None:
+    run(["ostree", "refs", f"--repo={repo}", "--delete", ref])
+
+
+def update_summary(repo: Path) -> None:
+    """Rewrite the repository's summary file (what clients read to find refs and deltas)."""
+    run(["ostree", "summary", f"--repo={repo}", "-u"])
+
+
+def prune_unreachable(repo: Path) -> str:
+    """Delete every object no ref reaches (no history kept); ostree's report of what went."""
+    result = run(["ostree", "prune", f"--repo={repo}", "--refs-only", "--depth=0"])
+    return result.stdout.decode().strip()
+
+
+def generate_static_delta(repo: Path, old: str, new: str) -> None:
+    """A static delta from commit ``old`` to commit ``new`` (one download instead of objects)."""
+    run(["ostree", "static-delta", "generate", f"--repo={repo}", f"--from={old}", f"--to={new}"])
+
+
+def static_deltas(repo: Path) -> list[str]:
+    """The names of the repository's static deltas: ``FROM-TO`` (hex), or ``TO`` alone."""
+    listing = run(["ostree", "static-delta", "list", f"--repo={repo}"]).stdout.decode()
+    return [name for line in listing.splitlines() if _DELTA_NAME.fullmatch(name := line.strip())]
+
+
+def delete_static_delta(repo: Path, name: str) -> None:
+    run(["ostree", "static-delta", "delete", f"--repo={repo}", name])
+
+
+def set_config(repo: Path, key: str, value: str) -> None:
+    """Set ``key`` (``section.name``) in the repository's config file."""
+    run(["ostree", "config", f"--repo={repo}", "set", key, value])
+
+
+def pull(repo: Path, url: str, checksum: str, *, remote: str) -> None:
+    """Pull ``checksum`` from the archive repository at ``url`` over HTTP, as a node does.
+
+    The remote is (re)defined without GPG (atoll's signatures are checked by the
+    caller, :func:`atoll.wire.channel.verify_commit`); ostree checks every object
+    against its checksum and uses a static delta when the server has one."""
+    run(["ostree", f"--repo={repo}", "remote", "delete", "--if-exists", remote])
+    run(["ostree", f"--repo={repo}", "remote", "add", "--no-gpg-verify", remote, url])
+    run(["ostree", f"--repo={repo}", "pull", remote, checksum])
+
+
+# -- offline `ostree admin`: a sysroot in a directory, for a disk image ---------
+
+
+def admin_init_fs(sysroot: Path) -> None:
+    """Make ``sysroot`` an empty ostree root (modern layout)."""
+    run(["ostree", "admin", "init-fs", "--modern", sysroot])
+
+
+def admin_os_init(sysroot: Path, osname: str) -> None:
+    """Create the state directory (``/ostree/deploy/OSNAME``) of an operating system."""
+    run(["ostree", "admin", "os-init", osname, f"--sysroot={sysroot}"])
+
+
+def admin_deploy(
+    sysroot: Path,
+    osname: str,
+    target: str,
+    *,
+    kernel_arguments: Sequence[str] = (),
+    retain: bool = False,
+) -> None:
+    """Deploy ``target`` (a ref or a commit in the sysroot's repo) as the new default.
+
+    ``retain=True`` keeps every earlier deployment: offline there is no booted
+    one, which is what ostree keeps by default.
+    """
+    argv: list[str | Path] = ["ostree", "admin", "deploy", f"--sysroot={sysroot}", f"--os={osname}"]
+    argv += [f"--karg={arg}" for arg in kernel_arguments]
+    if retain:
+        argv.append("--retain")
+    run([*argv, target])
 
 
 def parse_gvariant_text(text: str) -> object:

@@ -12,11 +12,10 @@ console. The pieces:
   So ``auto`` means KVM only on a host that is not itself a guest
   (no ``hypervisor`` CPU flag) with a usable ``/dev/kvm``; ``ATOLL_ACCEL=kvm``
   or ``--accel kvm`` forces it where nested KVM is known to be good.
-* :func:`spawn` starts qemu in its own session (so a terminal's Ctrl-C reaches
-  atoll, which then shuts the VM down in order) with the serial console
-  written to a file. A long-lived VM cannot go through
-  :func:`atoll.process.run`, which waits for its program; this is the one
-  place that starts one, with the same clean environment and debug logging.
+* :func:`spawn` starts qemu through :func:`atoll.process.start` in its own
+  session (so a terminal's Ctrl-C reaches atoll, which then shuts the VM down
+  in order, and a kill reaches the relays qemu started), with qemu's output
+  going to a file of the caller's.
 * :class:`Qmp` speaks the QMP socket: ``system_powerdown`` for an orderly stop,
   ``quit`` to end the process.
 """
@@ -27,10 +26,8 @@ import contextlib
 import errno
 import fcntl
 import json
-import logging
 import os
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -38,10 +35,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any
 
-from atoll.errors import AtollError, InputError, ToolError
-from atoll.process import command_line, run, which
-
-log = logging.getLogger("atoll.tools.qemu")
+from atoll.errors import AtollError, InputError
+from atoll.process import Child, run, start
 
 QEMU = "qemu-system-x86_64"
 QEMU_IMG = "qemu-img"
@@ -283,28 +278,9 @@ def free_port() -> int:
         return port
 
 
-def spawn(argv: list[str], stderr: IO[bytes]) -> subprocess.Popen[bytes]:
-    """Start qemu detached from our terminal's process group; stderr to ``stderr``."""
-    args = list(argv)
-    if "/" not in args[0]:
-        args[0] = which(args[0])
-    log.debug("+ %s", command_line(args))
-    env = {"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-    try:
-        return subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=stderr,
-            stderr=stderr,
-            env=env,
-            start_new_session=True,
-        )
-    except OSError as e:
-        raise ToolError(
-            f"{args[0]}: cannot start ({e.strerror}): {command_line(args)}",
-            argv=args,
-            returncode=-1,
-        ) from e
+def spawn(argv: list[str], stderr: IO[bytes]) -> Child:
+    """Start qemu detached from our terminal's process group; its output to ``stderr``."""
+    return start(argv, stdout=stderr, stderr=stderr, session=True)
 
 
 def process_alive(pid: int) -> bool:

@@ -1,0 +1,57 @@
+"""The boot runner with real processes standing in for qemu: stopping, restarting.
+
+No VM: ``sleep`` and a shell script play qemu (its pid, its exit, its console
+file); the pure parts are in tests/unit/test_boot_runner.py.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from atoll.boot.runner import BootSpec, Machine, SystemClock, stop_qemu
+from atoll.process import start
+
+
+def test_stop_escalates_to_kill_when_there_is_no_qmp(tmp_path: Path) -> None:
+    process = start(["sleep", "60"])
+    started = time.monotonic()
+    how = stop_qemu(process.pid, tmp_path / "qmp.sock", 0.2, SystemClock(), process)
+    assert how == "killed"
+    assert process.poll() is not None
+    assert time.monotonic() - started < 10
+
+
+def test_stop_of_an_exited_process(tmp_path: Path) -> None:
+    process = start(["true"])
+    process.wait()
+    assert stop_qemu(process.pid, tmp_path / "q", 5.0, SystemClock(), process) == "powered off"
+
+
+def test_a_guest_reboot_powers_the_machine_on_again(tmp_path: Path) -> None:
+    """qemu runs with -no-reboot: it ends when the guest restarts, and poll() starts it again."""
+    image = tmp_path / "d.img"
+    image.write_bytes(b"\0" * 512)
+    machine = Machine(BootSpec(image, state_dir=tmp_path / "vm"))
+    machine.state_dir.mkdir()
+    log, marker = machine.console_log, tmp_path / "booted-once"
+    # A stand-in for qemu: the first "boot" reboots (and exits 0), the second stays up.
+    script = (
+        f"if [ -e {marker} ]; then echo 'second boot' >> {log}; exec sleep 30; fi; "
+        f"touch {marker}; printf 'first boot\\n[ 9.1] reboot: Restarting system\\n' >> {log}"
+    )
+    machine._argv = ["sh", "-c", script]
+    with (tmp_path / "stderr").open("wb") as stderr:
+        machine._process = start(machine._argv, stderr=stderr)
+    try:
+        seen: list[str] = []
+        deadline = time.monotonic() + 10
+        while "second boot" not in seen and time.monotonic() < deadline:
+            assert machine.running
+            seen += machine.poll()
+            time.sleep(0.05)
+        assert seen == ["first boot", "[ 9.1] reboot: Restarting system", "second boot"]
+        assert machine.reboots == 1 and machine.running
+    finally:
+        machine.stop(grace=0.0)
+    assert not machine.running
