@@ -19,7 +19,9 @@ def test_stop_escalates_to_kill_when_there_is_no_qmp(tmp_path: Path) -> None:
     how = stop_qemu(process.pid, tmp_path / "qmp.sock", 0.2, SystemClock(), process)
     assert how == "killed"
     assert process.poll() is not None
-    assert time.monotonic() - started < 10
+    # Killed, not waited for: far less than the 60 s the program would run
+    # (the bound is loose on purpose: QMP connection retries take seconds here).
+    assert time.monotonic() - started < 45
 
 
 def test_stop_of_an_exited_process(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ import kopf
 
 from atoll.fleet import operator as op
 from atoll.fleet.rollout import Phase
+from atoll.process import DEVNULL, Child, start
 
 POOLS = f"/apis/{op.GROUP}/{op.VERSION}/{op.PLURAL}"
 TIMEOUT = 20.0
@@ -430,21 +431,23 @@ def _kubeconfig(path: Path, url: str) -> Path:
     return path
 
 
-async def _start_cli(kubeconfig: Path) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "atoll.cli",
-        "fleet",
-        "operator",
-        "--kubeconfig",
-        str(kubeconfig),
-        "--interval",
-        "0.2",
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
+def _start_cli(kubeconfig: Path, log: Path) -> Child:
+    with log.open("ab") as stderr:
+        return start(
+            [
+                sys.executable,
+                "-m",
+                "atoll.cli",
+                "fleet",
+                "operator",
+                "--kubeconfig",
+                kubeconfig,
+                "--interval",
+                "0.2",
+            ],
+            stdout=DEVNULL,
+            stderr=stderr,
+        )
 
 
 def test_cli_operator_killed_mid_rollout_resumes_from_the_nodes(tmp_path: Path) -> None:
@@ -467,7 +470,7 @@ def test_cli_operator_killed_mid_rollout_resumes_from_the_nodes(tmp_path: Path) 
                     "strategy": {"maxUnavailable": 2},
                 },
             )
-            first = await _start_cli(kubeconfig)
+            first = _start_cli(kubeconfig, tmp_path / "first.log")
             try:
 
                 async def grants() -> set[str] | None:
@@ -476,12 +479,11 @@ def test_cli_operator_killed_mid_rollout_resumes_from_the_nodes(tmp_path: Path) 
 
                 wave: set[str] = await c.until("the first wave", grants)
             finally:
-                if first.returncode is None:  # (else it died by itself: the wait failed)
-                    first.kill()  # SIGKILL: no cleanup, no last patch
-                await first.wait()
+                first.kill()  # SIGKILL: no cleanup, no last patch (a no-op if it died)
             assert wave == {"n1", "n2"}
 
-            second = await _start_cli(kubeconfig)
+            log = tmp_path / "second.log"
+            second = _start_cli(kubeconfig, log)
             try:
 
                 async def planned_again() -> bool:
@@ -501,8 +503,8 @@ def test_cli_operator_killed_mid_rollout_resumes_from_the_nodes(tmp_path: Path) 
                 assert await c.until("the second wave", next_wave) == {"n3", "n4"}
             finally:
                 second.send_signal(signal.SIGTERM)
-                _, stderr = await asyncio.wait_for(second.communicate(), TIMEOUT)
-            assert second.returncode == 0, stderr.decode()[-2000:]
+                status = await asyncio.to_thread(second.wait, TIMEOUT)
+            assert status == 0, log.read_text()[-2000:]
 
     asyncio.run(asyncio.wait_for(main(), 4 * TIMEOUT))
 
