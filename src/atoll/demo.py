@@ -44,9 +44,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atoll.agent.fetch import pull_verified
-from atoll.agent.fleet_client import FleetError, request_json
-from atoll.agent.verify import load_trusted_keys
 from atoll.boot.runner import BootFailed, BootSpec, Firmware, Machine
 from atoll.cli import main as atoll_main
 from atoll.compose import ComposeResult, compose
@@ -55,7 +52,7 @@ from atoll.disk import build_disk, plan_disk
 from atoll.disk.layout import MIB
 from atoll.errors import AtollError, Interrupted
 from atoll.fleet.server import FleetService
-from atoll.fleet.store import Store
+from atoll.fleet.sqlite_store import SqliteStore
 from atoll.ops.client import NodeClient
 from atoll.pki import Kind, Role
 from atoll.pki import init as pki_init
@@ -66,6 +63,8 @@ from atoll.publish.publish import publish
 from atoll.publish.serve import UpdateServer, serve_in_thread, url_of
 from atoll.tools import ostree
 from atoll.tools.qemu import HOST_SERVICES_ADDRESS, HostService
+from atoll.wire.channel import TrustedKey, VerificationError, load_trusted_keys, verify_commit
+from atoll.wire.fleet import FleetError, NodeRecord, request_json
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 EXAMPLES = CHECKOUT / "examples"
@@ -210,6 +209,16 @@ def step_publish(reporter: Reporter, workdir: Path, builds: Builds) -> tuple[Pat
     return updates, trusted, keys
 
 
+def pull_verified(repo: Path, server: str, commit: str, keys: list[TrustedKey]) -> None:
+    """What a node does before it deploys: pull ``commit`` from the update server, check
+    its signature (the node's code does the same with its own runner)."""
+    ostree.pull(repo, f"{server.rstrip('/')}/repo", commit, remote="atoll-updates")
+    try:
+        verify_commit(repo, commit, keys)
+    except VerificationError as e:
+        raise AtollError(f"{server}: {e}") from e
+
+
 def step_download(
     reporter: Reporter,
     summary: Summary,
@@ -347,12 +356,12 @@ def _poll_nodes(nodes: Sequence[Node], note: Callable[[str], None]) -> None:
             raise AtollError(f"{node.name}: qemu ended ({node.vm.console_log}):\n{tail}")
 
 
-def _wait_registered(url: str, nodes: Sequence[Node], timeout: float) -> list[dict[str, Any]]:
+def _wait_registered(url: str, nodes: Sequence[Node], timeout: float) -> list[NodeRecord]:
     deadline = time.monotonic() + timeout
     while True:
-        registered = request_json("GET", f"{url}/v1/nodes")
-        if {n["name"] for n in registered} >= {n.name for n in nodes}:
-            return list(registered)
+        registered = [NodeRecord.from_json(n) for n in request_json("GET", f"{url}/v1/nodes")]
+        if {n.name for n in registered} >= {n.name for n in nodes}:
+            return registered
         if time.monotonic() > deadline:
             raise AtollError(f"{url}: nodes did not register in {timeout:g} s: {registered}")
         time.sleep(1.0)
@@ -505,7 +514,7 @@ def run_demo(
         db = workdir / "fleet.db"
         for suffix in ("", "-wal", "-shm"):
             Path(f"{db}{suffix}").unlink(missing_ok=True)
-        store = stack.enter_context(Store(db))
+        store = stack.enter_context(SqliteStore(db))
         fleet = FleetService(store, "127.0.0.1", 0, tick=0.5)
         fleet.start()
         stack.callback(fleet.stop)
@@ -523,7 +532,7 @@ def run_demo(
         nodes, pki = step_boot(reporter, summary, workdir, stack, builds, keys, services)
         with reporter.stage("register", "the nodes' agents register with the controller"):
             for n in _wait_registered(fleet_url, nodes, 300):
-                reporter.info(f"  {n['name']}: {n['current']} labels {n['labels']}")
+                reporter.info(f"  {n.name}: {n.current} labels {dict(n.labels)}")
         step_settings(reporter, nodes[0], pki)
         rollout = step_rollout(reporter, summary, fleet_url, nodes, builds, updates, keys)
         kept = step_settings_kept(reporter, summary, nodes[0], pki)
@@ -551,7 +560,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         reporter.close()
         print(f"atoll demo: {e}")
         return e.exit_code
-    except FleetError as e:  # the agent's client (stdlib only) has its own error type
+    except FleetError as e:  # the fleet client (atoll.wire, stdlib only) has its own error type
         reporter.close()
         print(f"atoll demo: fleet controller: {e}")
         return 1

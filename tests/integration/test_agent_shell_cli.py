@@ -12,7 +12,6 @@ import json
 import os
 import select
 import struct
-import subprocess
 import sys
 import termios
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from atoll import process
 from atoll.agent.server import Agent, AgentConfig, AgentServer, serve_in_thread
 from atoll.agent.shell import CommandRuntime
 from atoll.pki import Kind, Role, init, issue
@@ -49,7 +49,7 @@ def live(tmp_path: Path) -> Iterator[Live]:
         ca=pki / "ca.crt",
         crl=None,
         runner=lambda argv: None,
-        commands=lambda argv: "",
+        commands=lambda argv, *, timeout: "",
         sync=lambda: None,
         shell_runtime=CommandRuntime(("/bin/sh", "+i")),
     )
@@ -68,27 +68,13 @@ def live(tmp_path: Path) -> Iterator[Live]:
 
 
 def test_a_piped_script_gets_exact_output_and_the_exit_status(live: Live) -> None:
-    done = subprocess.run(
-        live.argv,
-        input="echo a-$((2+3))\nexit 4\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert (done.returncode, done.stdout, done.stderr) == (4, "a-5\n", "")
+    done = process.run(live.argv, input=b"echo a-$((2+3))\nexit 4\n", timeout=60, check=False)
+    assert (done.returncode, done.stdout, done.stderr) == (4, b"a-5\n", b"")
 
 
 def test_the_ttl_ends_a_session_with_a_message(live: Live) -> None:
-    done = subprocess.run(
-        [*live.argv, "--ttl", "2s"],
-        input="sleep 30\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 1 and "ended: ttl (TTL of 2 s)" in done.stderr
+    done = process.run([*live.argv, "--ttl", "2s"], input=b"sleep 30\n", timeout=60, check=False)
+    assert done.returncode == 1 and b"ended: ttl (TTL of 2 s)" in done.stderr
     end = live.server.agent.audit.records()[-1]
     assert end["what"] == "shell end" and end["end"] == "ttl" and end["ttl"] == 2
 
@@ -96,7 +82,7 @@ def test_the_ttl_ends_a_session_with_a_message(live: Live) -> None:
 def test_a_terminal_session_runs_in_raw_mode_with_the_window_size(live: Live) -> None:
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
-    client = subprocess.Popen(live.argv, stdin=slave, stdout=slave, stderr=slave)
+    client = process.start(live.argv, stdin=slave, stdout=slave, stderr=slave)
     try:
         deadline = time.monotonic() + 30
         # The client switches its terminal to raw mode once the session is open.
@@ -113,7 +99,6 @@ def test_a_terminal_session_runs_in_raw_mode_with_the_window_size(live: Live) ->
                 break
     finally:
         client.kill()
-        client.wait()
         os.close(master)
     # the agent's pty at the client's size; our input echoed by the agent's pty, not ours
     text = out.decode(errors="replace")

@@ -18,15 +18,15 @@ import pytest
 
 from atoll.agent import markers
 from atoll.agent.deployments import Deployments
-from atoll.agent.fleet_client import request_json
 from atoll.agent.update_loop import HEALTH, UpdateError, Updater, UpdaterConfig, load_config
-from atoll.agent.verify import VerificationError
 from atoll.fleet.server import FleetService
-from atoll.fleet.store import Store
+from atoll.fleet.sqlite_store import SqliteStore
 from atoll.progress import PlainReporter
 from atoll.publish.keys import load_private_key
 from atoll.publish.publish import publish
 from atoll.tools import ostree
+from atoll.wire.channel import VerificationError
+from atoll.wire.fleet import request_json
 from tests.integration.test_publish import World, _node, _publish, world  # noqa: F401
 
 
@@ -39,7 +39,7 @@ class FakeSysroot:
         self.pending: str | None = None
         self.commands: list[list[str]] = []
 
-    def run(self, argv: Sequence[str]) -> str:
+    def run(self, argv: Sequence[str], *, timeout: float) -> str:
         self.commands.append(list(argv))
         if list(argv[:3]) == ["ostree", "admin", "status"]:
             lines = []
@@ -62,7 +62,7 @@ class FakeSysroot:
 
 @pytest.fixture
 def controller(tmp_path: Path) -> Iterator[str]:
-    store = Store(tmp_path / "fleet.db")
+    store = SqliteStore(tmp_path / "fleet.db")
     service = FleetService(store, "127.0.0.1", 0, tick=0.05)
     service.start()
     try:

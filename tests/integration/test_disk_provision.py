@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import atoll
+from atoll.process import Completed, as_text, run
 
 AGENT_PATH = Path(atoll.__file__).resolve().parent.parent
 
 
-def _node_python(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+def _node_python(*args: str) -> Completed[str]:
+    done = run(
         ["/usr/bin/python3", "-m", "atoll.agent.provision", *args],
         env={"PYTHONPATH": str(AGENT_PATH), "PYTHONDONTWRITEBYTECODE": "1"},
-        capture_output=True,
-        text=True,
         check=False,
     )
+    return as_text(done)
 
 
 def test_provision_runs_on_the_node_python_once(tmp_path: Path) -> None:

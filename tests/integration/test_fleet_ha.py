@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import json
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -22,10 +21,11 @@ from typing import Any
 
 import pytest
 
-from atoll.agent.fleet_client import Backoff, request_json
 from atoll.cli import main
 from atoll.fleet.etcd_store import open_replica
 from atoll.fleet.server import FleetService
+from atoll.process import PIPE, start
+from atoll.wire.fleet import Backoff, request_json
 from tests.integration.test_fleet_rollout import POOL, Tracker, _wait, agent
 
 TTL = 2
@@ -155,7 +155,7 @@ class Replica:
     def __init__(self, url: str, name: str) -> None:
         argv = [sys.executable, "-m", "atoll", "fleet", "serve", "--store", url]
         argv += ["--listen", "127.0.0.1:0", "--replica", name, "--lease-ttl", str(TTL)]
-        self.proc = subprocess.Popen([*argv, "--tick", "0.2"], stdout=subprocess.PIPE, text=True)
+        self.proc = start([*argv, "--tick", "0.2"], stdout=PIPE)
         assert self.proc.stdout is not None
         ready = json.loads(self.proc.stdout.readline())  # printed once it serves
         assert ready["replica"] == name and ready["store"] == url, ready

@@ -1,5 +1,5 @@
 """A real controller process and 10 simulated agents (threads speaking the real
-protocol through :mod:`atoll.agent.fleet_client`) roll a pool from v1 to v2.
+protocol through :mod:`atoll.wire.fleet`) roll a pool from v1 to v2.
 
 * the controller is killed with SIGKILL mid-rollout and restarted on the same
   SQLite file: the rollout finishes and at no moment do more than
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -23,8 +22,9 @@ from typing import Any
 
 import pytest
 
-from atoll.agent.fleet_client import Backoff, FleetClient, FleetError, request_json
-from atoll.fleet.store import Store
+from atoll.fleet.sqlite_store import SqliteStore
+from atoll.process import PIPE, Child, run, start
+from atoll.wire.fleet import Backoff, FleetClient, FleetError, request_json
 
 POOL = {
     "pool": {"name": "web", "version": "v2", "previous_version": "v1", "selector": {"role": "web"}},
@@ -47,12 +47,12 @@ class Controller:
     def __init__(self, db: Path, port: int) -> None:
         self.db, self.port = db, port
         self.url = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen[str] | None = None
+        self.proc: Child | None = None
 
     def start(self) -> None:
         argv = [sys.executable, "-m", "atoll", "fleet", "serve", "--store", f"sqlite:///{self.db}"]
         argv += ["--listen", f"127.0.0.1:{self.port}", "--tick", "0.2"]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        self.proc = start(argv, stdout=PIPE)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()  # printed once it accepts connections
         assert json.loads(line)["listen"] == f"127.0.0.1:{self.port}", line
@@ -67,8 +67,7 @@ class Controller:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
+            self.proc.stop(grace=10)
             assert self.proc.stdout is not None
             self.proc.stdout.close()
             self.proc = None
@@ -80,8 +79,8 @@ class Controller:
         return view
 
 
-def ctl_db(ctl: Controller) -> Store:
-    return Store(ctl.db)
+def ctl_db(ctl: Controller) -> SqliteStore:
+    return SqliteStore(ctl.db)
 
 
 class Tracker:
@@ -217,11 +216,8 @@ def test_failure_budget_pauses_the_pool(
     assert tracker.peak <= 2
     by_name = {n["name"]: n for n in view["nodes"]}
     assert by_name["n04"]["current"] == "v1" and by_name["n04"]["phase"] == "failed"
-    out = subprocess.run(
+    out = run(
         [sys.executable, "-m", "atoll", "fleet", "status", "web", "--server", ctl.url],
-        capture_output=True,
-        text=True,
         timeout=30,
-        check=True,
-    ).stdout
+    ).stdout.decode()
     assert "paused: failure budget" in out

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from atoll.agent.fleet_client import Backoff, FleetError, request_json
 from atoll.cli import main
 from atoll.fleet.server import FleetService
-from atoll.fleet.store import Store
+from atoll.fleet.sqlite_store import SqliteStore
+from atoll.wire.fleet import Backoff, FleetError, request_json
 
 POOL_TOML = """
 [pool]
@@ -27,7 +27,7 @@ canary = 1
 
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[FleetService]:
-    store = Store(tmp_path / "fleet.db")
+    store = SqliteStore(tmp_path / "fleet.db")
     svc = FleetService(store, "127.0.0.1", 0, max_in_flight=1, tick=0.1)
     svc.start()
     yield svc

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from atoll.agent.fleet_client import Backoff, FleetError, request_json
 from atoll.cli import main
 from atoll.fleet.server import FleetService
-from atoll.fleet.store import Store
+from atoll.fleet.sqlite_store import SqliteStore
+from atoll.wire.fleet import Backoff, FleetError, request_json
 from tests.integration.test_fleet_rollout import POOL, Tracker, agent
 
 QUICK = Backoff(attempts=1)
@@ -24,7 +24,7 @@ QUICK = Backoff(attempts=1)
 
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[FleetService]:
-    store = Store(tmp_path / "fleet.db")
+    store = SqliteStore(tmp_path / "fleet.db")
     svc = FleetService(store, "127.0.0.1", 0, tick=0.1)
     svc.start()
     request_json("PUT", _url(svc) + "/v1/pools/web", POOL)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -13,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from atoll.agent.fetch import check_channel, pull_verified
-from atoll.agent.verify import TrustedKey, VerificationError, load_trusted_keys
 from atoll.errors import InputError
+from atoll.process import run
 from atoll.progress import PlainReporter
 from atoll.publish import publish as publish_module
 from atoll.publish.channels import channel_path
@@ -22,6 +21,7 @@ from atoll.publish.keys import init_keys, load_private_key
 from atoll.publish.publish import promote, prune, publish, rollback, served_repo
 from atoll.publish.serve import UpdateServer, serve_in_thread, url_of
 from atoll.tools import ostree
+from atoll.wire.channel import TrustedKey, VerificationError, load_trusted_keys
 
 REF = "atoll/x86_64/test"
 
@@ -90,12 +90,9 @@ def test_node_follows_a_channel_with_deltas(world: World, tmp_path: Path) -> Non
     assert (channel.version, channel.serial) == ("1.1.0", 2)
     assert channel.commit == world.commits["1.1.0"]
     pull_verified(repo, world.url, channel.commit, keys)
-    deltas = subprocess.run(
-        ["ostree", "static-delta", "list", f"--repo={served_repo(world.updates)}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    deltas = run(
+        ["ostree", "static-delta", "list", f"--repo={served_repo(world.updates)}"]
+    ).stdout.decode()
     assert f"{world.commits['1.0.0']}-{world.commits['1.1.0']}" in deltas
     # Plain ostree clients see the channel as a ref too.
     assert ostree.rev_parse(served_repo(world.updates), "channels/stable") == channel.commit
@@ -152,16 +149,7 @@ def test_tampered_or_truncated_object_is_refused(world: World, tmp_path: Path) -
     _publish(world, "1.1.0")
     # Corrupt every content object only 1.1.0 has, and drop the delta: a plain object pull.
     served = served_repo(world.updates)
-    subprocess.run(
-        [
-            "ostree",
-            "static-delta",
-            "delete",
-            f"--repo={served}",
-            f"{world.commits['1.0.0']}-{world.commits['1.1.0']}",
-        ],
-        check=True,
-    )
+    ostree.delete_static_delta(served, f"{world.commits['1.0.0']}-{world.commits['1.1.0']}")
     listing = ostree.list_tree(served, world.commits["1.1.0"], "/usr/lib/only-1.1.0")
     target = listing[0].checksum
     obj = served / "objects" / target[:2] / f"{target[2:]}.filez"
@@ -173,7 +161,7 @@ def test_tampered_or_truncated_object_is_refused(world: World, tmp_path: Path) -
     with pytest.raises(VerificationError, match="pull of"):
         pull_verified(repo, world.url, world.commits["1.1.0"], keys)
     # The node still has its current version, complete.
-    subprocess.run(["ostree", f"--repo={repo}", "fsck", "--quiet"], check=True)
+    run(["ostree", f"--repo={repo}", "fsck", "--quiet"])
 
 
 def test_replayed_channel_metadata_is_refused(world: World, tmp_path: Path) -> None:
@@ -230,14 +218,9 @@ def test_prune_keeps_what_channels_and_deltas_need(world: World) -> None:
     prune(world.updates, 2, key, PlainReporter())
     present = {v for v, c in world.commits.items() if ostree.has_commit(served, c)}
     assert present == {"1.1.0", "1.2.0", "1.3.0"}  # 1.1.0 kept by channel "old"
-    deltas = subprocess.run(
-        ["ostree", "static-delta", "list", f"--repo={served}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    deltas = run(["ostree", "static-delta", "list", f"--repo={served}"]).stdout.decode()
     assert world.commits["1.0.0"] not in deltas
-    subprocess.run(["ostree", f"--repo={served}", "fsck", "--quiet"], check=True)
+    run(["ostree", f"--repo={served}", "fsck", "--quiet"])
 
 
 def test_server_resumes_with_ranges(world: World) -> None:

@@ -8,7 +8,6 @@ import os
 import socket
 import ssl
 import stat
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from atoll.pki import Kind, Role, init, issue
+from atoll.process import start
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -48,7 +48,7 @@ def daemon(tmp_path: Path) -> Iterator[tuple[Path, Path, int]]:
     listener.settimeout(20)
     sock = tmp_path / "run/agent.sock"
     stderr = (tmp_path / "agent.log").open("wb")
-    proc = subprocess.Popen(
+    proc = start(
         [
             sys.executable,
             "-m",
@@ -69,15 +69,13 @@ def daemon(tmp_path: Path) -> Iterator[tuple[Path, Path, int]]:
             str(tmp_path / "commands"),
         ],
         env={**os.environ, "PYTHONPATH": str(SRC), "NOTIFY_SOCKET": str(notify)},
-        stdin=subprocess.DEVNULL,
         stderr=stderr,
     )
     try:
         assert listener.recv(100) == b"READY=1"
         yield sock, pki, port
     finally:
-        proc.terminate()
-        assert proc.wait(10) == 0
+        assert proc.stop(grace=10) == 0  # SIGTERM: a clean exit
         listener.close()
         stderr.close()
 

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
-from atoll.agent import markers
-from atoll.agent.deployments import DeploymentError, Deployments, parse_status
+from atoll.agent import command, markers
+from atoll.agent.deployments import (
+    DEPLOY_TIMEOUT,
+    REBOOT_TIMEOUT,
+    STATUS_TIMEOUT,
+    UPGRADE_TIMEOUT,
+    DeploymentError,
+    Deployments,
+    parse_status,
+)
 
 OLD = "c462f77e059e6caec7c945196c77782e2ecea4cee96c561524552714f10e507a"
 NEW = "1f" * 32
@@ -37,10 +47,12 @@ class Fake:
     def __init__(self, status: str) -> None:
         self.status = status
         self.calls: list[list[str]] = []
+        self.timeouts: list[float] = []
         self.synced = 0
 
-    def run(self, argv: Sequence[str]) -> str:
+    def run(self, argv: Sequence[str], *, timeout: float) -> str:
         self.calls.append(list(argv))
+        self.timeouts.append(timeout)
         return self.status if list(argv) == ["ostree", "admin", "status"] else ""
 
     def sync(self) -> None:
@@ -70,8 +82,8 @@ class Deploying(Fake):
         self.root = root
         self.at_sync: list[str | None] = []
 
-    def run(self, argv: Sequence[str]) -> str:
-        out = super().run(argv)
+    def run(self, argv: Sequence[str], *, timeout: float) -> str:
+        out = super().run(argv, timeout=timeout)
         if argv[:2] == ["ostree", "admin"] and argv[2] in ("deploy", "upgrade"):
             self.status = PENDING
         return out
@@ -212,3 +224,55 @@ def test_no_upgrade_while_a_trial_decides(tmp_path: Path, state: markers.TrialSt
         deployments.upgrade("2f" * 32)
     assert fake.calls == [] and fake.synced == 0
     assert markers.read_pending(tmp_path / markers.PENDING) == trial
+
+
+@pytest.mark.parametrize(
+    ("status", "operation", "expected"),
+    [
+        (BOOTED_ONLY, lambda d: d.upgrade(), ("ostree admin upgrade", UPGRADE_TIMEOUT)),
+        (BOOTED_ONLY, lambda d: d.upgrade(NEW), ("ostree admin deploy", DEPLOY_TIMEOUT)),
+        (PENDING, lambda d: d.rollback(), ("ostree admin undeploy", DEPLOY_TIMEOUT)),
+        (AFTER_REBOOT, lambda d: d.rollback(), ("ostree admin deploy", DEPLOY_TIMEOUT)),
+        (BOOTED_ONLY, lambda d: d.reboot(), ("systemctl reboot", REBOOT_TIMEOUT)),
+    ],
+)
+def test_every_command_has_a_finite_timeout_long_enough_for_its_work(
+    status: str, operation: Callable[[Deployments], object], expected: tuple[str, float]
+) -> None:
+    fake = Deploying()
+    fake.status = status
+    operation(fake.deployments())
+    ran = {(" ".join(c[:3]), t) for c, t in zip(fake.calls, fake.timeouts, strict=True)}
+    assert ran - {("ostree admin status", STATUS_TIMEOUT)} == {expected}
+    assert all(0 < t < math.inf for t in fake.timeouts)
+    # A deploy on a slow emulated node takes minutes: the limits leave room for that.
+    assert min(DEPLOY_TIMEOUT, UPGRADE_TIMEOUT) >= 15 * 60
+
+
+class Hanging(Deploying):
+    """The first ``ostree admin deploy`` never answers: the runner gives up at its timeout."""
+
+    hung = False
+
+    def run(self, argv: Sequence[str], *, timeout: float) -> str:
+        if argv[:3] == ["ostree", "admin", "deploy"] and not self.hung:
+            self.hung = True
+            raise command.CommandError(argv, timeout=timeout, stderr="pulling...\n")
+        return super().run(argv, timeout=timeout)
+
+
+def test_a_hung_deploy_fails_naming_the_timeout_and_frees_the_lock(tmp_path: Path) -> None:
+    fake = Hanging(tmp_path)
+    deployments = fake.deployments()
+    expected = rf"^ostree admin deploy --retain {NEW}: timed out after 1800 s \| pulling\.\.\.$"
+    with pytest.raises(DeploymentError, match=expected) as failed:
+        deployments.upgrade(NEW)
+    assert isinstance(failed.value.__cause__, command.CommandError)
+    assert fake.synced == 0 and not (tmp_path / markers.PENDING).exists()
+    # The lock is free: another thread's upgrade (the API's, the loop's next round) runs.
+    result: list[object] = []
+    other = threading.Thread(target=lambda: result.append(deployments.upgrade(NEW)))
+    other.start()
+    other.join(5)
+    assert not other.is_alive() and result, "the deployments' lock is still held"
+    assert fake.synced == 1

@@ -28,7 +28,6 @@ from atoll.agent.health import (
     check_var_space,
     load_config,
     main,
-    subprocess_probe,
     user_checks,
 )
 from atoll.agent.markers import Pending, TrialState
@@ -105,22 +104,30 @@ def test_agent_check_connects_to_the_socket(tmp_path: Path) -> None:
         assert check_agent(path).ok
 
 
-def test_user_checks_run_for_real_and_etc_overrides_usr(tmp_path: Path) -> None:
-    for directory, name, body in (
-        ("usr/lib/atoll/health.d", "10-disk", "echo vendor; exit 1"),
-        ("etc/atoll/health.d", "10-disk", "echo site ok"),  # overrides the vendor one
-        ("usr/lib/atoll/health.d", "20-app", "echo app down >&2; exit 3"),
-        ("etc/atoll/health.d", "30-notes", None),  # not executable: not a check
+def test_user_checks_etc_overrides_usr_and_only_executables_count(tmp_path: Path) -> None:
+    """The checks' answers come from a fake probe here (run for real in
+    tests/integration/test_agent_command.py)."""
+    for directory, name, mode in (
+        ("usr/lib/atoll/health.d", "10-disk", 0o755),
+        ("etc/atoll/health.d", "10-disk", 0o755),  # overrides the vendor one
+        ("usr/lib/atoll/health.d", "20-app", 0o755),
+        ("etc/atoll/health.d", "30-notes", 0o644),  # not executable: not a check
     ):
         path = tmp_path / directory / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"#!/bin/sh\n{body}\n" if body else "notes\n")
-        path.chmod(0o755 if body else 0o644)
-    checks = user_checks(tmp_path, subprocess_probe)
-    assert checks == [
+        path.write_text("#!/bin/sh\n")
+        path.chmod(mode)
+    ran: list[str] = []
+
+    def probe(argv: Sequence[str]) -> tuple[int, str]:
+        ran.append(str(Path(argv[0]).relative_to(tmp_path)))
+        return (0, "site ok\n") if "10-disk" in argv[0] else (3, "starting\napp down\n")
+
+    assert user_checks(tmp_path, probe) == [
         Check("user:10-disk", True, "site ok"),
         Check("user:20-app", False, "exit 3: app down"),
     ]
+    assert ran == ["etc/atoll/health.d/10-disk", "usr/lib/atoll/health.d/20-app"]
 
 
 def test_config_is_validated_naming_the_key(tmp_path: Path) -> None:
@@ -185,7 +192,7 @@ class Node:
     fail: str = ""  # argv prefix that fails
     clock: FakeClock = field(default_factory=FakeClock)
 
-    def run(self, argv: Sequence[str]) -> str:
+    def run(self, argv: Sequence[str], *, timeout: float) -> str:
         self.calls.append(list(argv))
         if self.fail and " ".join(argv).startswith(self.fail):
             raise DeploymentError(f"{' '.join(argv)} exited 1: boom")
@@ -410,7 +417,7 @@ def test_a_new_deployment_that_never_reached_the_agent_is_undone(node: Node) -> 
 def cut_short(node: Node, boot: str = "boot-1") -> None:
     """An upgrade deployed in ``boot`` whose ESP sync never happened (power cut)."""
     node.status, node.boot = BOOTED_ONLY, boot
-    node.deployments().run(["ostree", "admin", "deploy", "--retain", NEW])
+    node.deployments().run(["ostree", "admin", "deploy", "--retain", NEW], timeout=1)
     markers.write_pending(
         node.root / markers.PENDING,
         Pending(NEW, OLD, "1.1.0", "1.0.0", staged_boot=boot, state=TrialState.DEPLOYING),
@@ -506,15 +513,8 @@ def test_rounds_are_frequent_until_the_boot_is_healthy_then_seldom(node: Node) -
     assert stuck.next_delay(settle_until) == 60
 
 
-def test_the_console_command_prints_the_checks(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # No agent listens on that socket: unhealthy whatever the host's systemd says.
-    assert main(["--root", str(tmp_path), "--socket", str(tmp_path / "none.sock")]) == 1
-    printed = json.loads(capsys.readouterr().out)
-    assert printed["healthy"] is False
-    names = [c["name"] for c in printed["checks"]]
-    assert names == ["systemd", "containerd", "var-space", "agent"]
+def test_the_console_command_refuses_a_bad_config_before_any_check(tmp_path: Path) -> None:
+    """(The checks run for real in tests/integration/test_agent_command.py.)"""
     (tmp_path / "etc/atoll").mkdir(parents=True)
     (tmp_path / "etc/atoll/health.toml").write_text("nope = 1\n")
     assert main(["--root", str(tmp_path)]) == 2

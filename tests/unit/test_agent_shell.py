@@ -21,17 +21,14 @@ import pytest
 
 from atoll.agent.shell import (
     ContainerdRuntime,
-    End,
-    Frame,
-    FrameReader,
     SessionId,
     ShellInputError,
     ShellRequest,
     ShellResult,
     ShellSession,
-    encode_frame,
     parse_request,
 )
+from atoll.wire.shellframe import End, Frame, FrameReader, encode_frame
 
 
 @pytest.mark.parametrize(

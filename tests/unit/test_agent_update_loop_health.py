@@ -13,7 +13,6 @@ import pytest
 
 from atoll.agent import markers
 from atoll.agent.deployments import Deployments
-from atoll.agent.fleet_client import Desired
 from atoll.agent.update_loop import (
     HEALTH,
     HealthFacts,
@@ -22,6 +21,7 @@ from atoll.agent.update_loop import (
     health_facts,
     read_health,
 )
+from atoll.wire.fleet import Desired
 
 OLD, NEW = "a" * 64, "b" * 64
 
@@ -92,7 +92,7 @@ def test_the_update_loop_waits_for_the_monitor_to_settle_this_boot(tmp_path: Pat
             return Desired("", False, False, "", None)
 
     config = UpdaterConfig("http://127.0.0.1:9", "http://127.0.0.1:9", "stable", "n1", interval=0)
-    deployments = Deployments(lambda _: "", lambda: None)
+    deployments = Deployments(lambda _, *, timeout: "", lambda: None)
     updater = Counting(config, deployments, [], root=tmp_path, log=lambda _: None)
     stop, decided = threading.Event(), threading.Event()
     loop = threading.Thread(target=updater.run_forever, args=(stop, decided))

@@ -1,4 +1,5 @@
-"""Boot entry parsing, ordering and the ESP sync plan (atoll.agent.bootentries)."""
+"""Boot entry parsing, ordering and the ESP sync plan (atoll.wire.bootentry), and the
+node's bless (atoll.agent.bootentries)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from atoll.agent.bootentries import (
+from atoll.agent.bootentries import bless
+from atoll.wire.bootentry import (
     ActionKind,
     EntryError,
-    bless,
     parse_entry,
     plan_sync,
     read_entries,

@@ -8,14 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from atoll.agent.provision import (
-    RECORD_PATH,
-    UserDataError,
-    main,
-    parse_user_data,
-    plan,
-    provision,
-)
+from atoll.agent.provision import RECORD_PATH, main, plan, provision
+from atoll.wire.userdata import UserDataError, parse_user_data
 
 GOOD = b"""
 [node]

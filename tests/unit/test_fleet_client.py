@@ -1,4 +1,5 @@
-"""The agent's fleet client: backoff schedule, Retry-After, which answers are retried."""
+"""The fleet client (atoll.wire.fleet, the agent's and the CLI's): backoff schedule,
+Retry-After, which answers are retried."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from atoll.agent.fleet_client import Backoff, FleetClient, FleetError, request_json
+from atoll.wire.fleet import Backoff, FleetClient, FleetError, request_json
 
 
 def test_backoff_is_exponential_capped_and_jittered() -> None:

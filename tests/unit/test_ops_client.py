@@ -8,7 +8,8 @@ import pytest
 
 from atoll.cli import build_parser
 from atoll.errors import InputError
-from atoll.ops.client import NodeClient, parse_assignment
+from atoll.ops.cli import parse_assignment
+from atoll.ops.client import NodeClient
 
 
 def test_assignment_values_are_json_when_they_parse() -> None:

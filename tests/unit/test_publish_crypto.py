@@ -8,9 +8,11 @@ import hashlib
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from atoll.agent import ed25519
-from atoll.agent.gvariant import Variant, decode, encode
-from atoll.agent.verify import (
+from atoll.errors import InputError
+from atoll.publish.channels import ChannelUpdate, next_document
+from atoll.publish.keys import public_bytes
+from atoll.wire import ed25519
+from atoll.wire.channel import (
     Channel,
     VerificationError,
     compare_versions,
@@ -18,9 +20,7 @@ from atoll.agent.verify import (
     verify_channel,
     verify_commit_bytes,
 )
-from atoll.errors import InputError
-from atoll.publish.channels import ChannelUpdate, next_document
-from atoll.publish.keys import public_bytes
+from atoll.wire.gvariant import Variant, decode, encode
 
 # RFC 8032, section 7.1, tests 1 and 2.
 VECTORS = [

@@ -29,19 +29,19 @@ from pathlib import Path
 import pytest
 
 from atoll.agent.failpoints import NAMES
-from atoll.agent.fleet_client import request_json
 from atoll.boot.runner import BootSpec, Firmware, Machine
 from atoll.demo import CONTROLLER_PORT, UPDATES_PORT, user_data
 from atoll.disk import boot_entries, build_disk, plan_disk
 from atoll.disk.layout import MIB
 from atoll.fleet.server import FleetService
-from atoll.fleet.store import Store
+from atoll.fleet.sqlite_store import SqliteStore
 from atoll.pki import init as pki_init
 from atoll.progress import PlainReporter
 from atoll.publish.keys import init_keys, load_private_key
 from atoll.publish.publish import publish
 from atoll.publish.serve import serve_in_thread
 from atoll.tools.qemu import HostService
+from atoll.wire.fleet import request_json
 from tests.vm.conftest import READY_TIMEOUT, TwoVersions
 
 # Five UEFI boots of one node under TCG, with pulls and deploys between them.
@@ -82,7 +82,7 @@ def host(two_versions: TwoVersions, tmp_path: Path) -> Iterator[Host]:
         server = serve_in_thread(updates)
         stack.callback(server.server_close)
         stack.callback(server.shutdown)
-        store = stack.enter_context(Store(tmp_path / "fleet.db"))
+        store = stack.enter_context(SqliteStore(tmp_path / "fleet.db"))
         fleet = FleetService(store, "127.0.0.1", 0, tick=0.5)
         fleet.start()
         stack.callback(fleet.stop)

@@ -23,7 +23,6 @@ with ``-no-reboot``), so the test powers the same disk on again itself.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from atoll.boot.runner import BootSpec, Firmware, Machine
 from atoll.compose import compose
 from atoll.disk import boot_entries, build_disk, plan_disk
 from atoll.disk.layout import MIB
+from atoll.process import run
 from atoll.progress import PlainReporter
 from atoll.tools import ostree
 from tests.conftest import DEFAULT_MANIFEST, TEST_CACHE, TEST_EPOCH, ComposedImage
@@ -80,11 +80,7 @@ def broken_release(
     work = tmp_path_factory.mktemp("broken-release")
     repo = work / "repo"
     ostree.init_repo(repo)
-    subprocess.run(
-        ["ostree", f"--repo={repo}", "pull-local", str(default_image.repo), default_image.commit],
-        check=True,
-        capture_output=True,
-    )
+    run(["ostree", f"--repo={repo}", "pull-local", str(default_image.repo), default_image.commit])
     ostree.set_ref(repo, default_image.ref, default_image.commit)
     site = work / "broken.toml"
     site.write_text(

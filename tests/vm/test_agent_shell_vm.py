@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import pytest
 
 from atoll.boot.runner import BootSpec, Firmware, Machine
 from atoll.pki import Kind, Role, init, issue
+from atoll.process import Completed, as_text, run
 from tests.vm.conftest import READY_TIMEOUT, DefaultDisk
 
 # The boot (2-4 min on the shared cores) counts against pytest-timeout's default 600 s too.
@@ -36,14 +36,14 @@ class Node:
     endpoint: str
     pki: Path
 
-    def atoll(self, client: str, *argv: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    def atoll(self, client: str, *argv: str, stdin: str = "") -> Completed[str]:
         creds = self.pki / "clients"
-        return subprocess.run(
+        return as_text(run(
             [sys.executable, "-m", "atoll", "node", "--endpoint", self.endpoint,
              "--ca", str(self.pki / "ca.crt"), "--cert", str(creds / f"{client}.crt"),
              "--key", str(creds / f"{client}.key"), *argv],
-            input=stdin, capture_output=True, text=True, timeout=600, check=False,
-        )  # fmt: skip
+            input=stdin.encode(), timeout=600, check=False,
+        ))  # fmt: skip
 
     def audit(self) -> list[dict[str, Any]]:
         done = self.atoll("ada", "audit", "--limit", "1000")
@@ -89,7 +89,7 @@ def node(default_disk: DefaultDisk, tmp_path_factory: pytest.TempPathFactory) ->
         yield Node(f"https://127.0.0.1:{vm.host_port(AGENT_PORT)}", pki)
 
 
-def _shell(node: Node, script: str, *flags: str) -> subprocess.CompletedProcess[str]:
+def _shell(node: Node, script: str, *flags: str) -> Completed[str]:
     return node.atoll("ada", "shell", "--reason", "vm test", *flags, stdin=script)
 
 

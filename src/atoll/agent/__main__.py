@@ -12,6 +12,11 @@ After READY the daemon starts :class:`atoll.agent.health.Monitor` in a thread
 ``recheck_seconds``. New default boot entries are synced onto the ESP with a
 boot counter (``BOOT_TRIES``), which the monitor removes once a UEFI boot is
 healthy.
+
+Every program the daemon runs goes through :mod:`atoll.agent.command` with a
+timeout: ``systemctl try-restart`` for settings (``RESTART_TIMEOUT``), and the
+deployments' ``ostree admin`` and ``systemctl reboot`` with the timeouts of
+:mod:`atoll.agent.deployments`.
 """
 
 from __future__ import annotations
@@ -21,14 +26,13 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from atoll.agent import bootentries, health, update_loop
-from atoll.agent.deployments import CommandRunner, Deployments, SyncHook, subprocess_runner
+from atoll.agent import bootentries, command, health, update_loop
+from atoll.agent.deployments import CommandRunner, Deployments, SyncHook
 from atoll.agent.server import Agent, AgentConfig, AgentServer, UnixAgentServer, serve_in_thread
 from atoll.agent.settings import Runner
 
@@ -39,22 +43,13 @@ BOOT_TRIES = 3
 BOOT_COUNT_VAR = Path(
     "/sys/firmware/efi/efivars/LoaderBootCountPath-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
 )
+# Seconds a settings change's `systemctl try-restart UNIT` may take (it waits for the job).
+RESTART_TIMEOUT = 120.0
 
 
 def run_command(argv: Sequence[str]) -> None:
-    """The daemon's command runner: argv only, stdin closed, stderr tail in the error."""
-    done = subprocess.run(
-        list(argv),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
-    )
-    if done.returncode != 0:
-        tail = done.stderr.strip().splitlines()[-3:]
-        raise RuntimeError(f"{' '.join(argv)}: exit {done.returncode}: {' / '.join(tail)}")
+    """The settings' runner: raises :class:`atoll.agent.command.CommandError` on failure."""
+    command.run(argv, timeout=RESTART_TIMEOUT)
 
 
 def _notify(message: str) -> None:
@@ -109,7 +104,7 @@ def start_monitor(
     monitor = health.Monitor(
         root=root,
         deployments=deployments,
-        checks=health.Checker(root, health.subprocess_probe, config, socket_path),
+        checks=health.Checker(root, health.run_probe, config, socket_path),
         config=config,
         clock=health.EventClock(stop),
         record=agent.audit.append,
@@ -140,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     runner: Runner = run_command
-    commands: CommandRunner = subprocess_runner
+    commands: CommandRunner = command.output
     sync: SyncHook = counting_sync(commands)
     if args.record_commands is not None:
         record: Path = args.record_commands
@@ -149,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             with record.open("a") as f:
                 f.write(json.dumps(list(argv)) + "\n")
 
-        def commands(argv: Sequence[str]) -> str:
+        def commands(argv: Sequence[str], *, timeout: float) -> str:
             runner(argv)
             return ""  # `ostree admin status` with no deployments
 

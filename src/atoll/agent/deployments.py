@@ -1,9 +1,14 @@
 """Deployments: read ``ostree admin status``, upgrade, roll back, reboot (node side).
 
-Every command goes through an injected runner (argv -> stdout, raising
-:class:`DeploymentError` naming the argv on failure), so the API's logic is
-tested on the host with a fake that records argv; the real ``ostree`` path
-is exercised on a booted VM.
+Every command goes through an injected :class:`atoll.agent.command.Runner`
+(argv and a timeout -> stdout; :func:`atoll.agent.command.output` on the node),
+so the API's logic is tested on the host with a fake that records argv; the
+real ``ostree`` path is exercised on a booted VM. Each call has a finite
+timeout (the ``*_TIMEOUT`` constants below): a hung ``ostree`` is killed and
+its :class:`~atoll.agent.command.CommandError` becomes a
+:class:`DeploymentError` naming the argv and the timeout, so the lock that
+serialises upgrades, rollbacks and the update loop is released, never held
+for good.
 
 ``ostree admin status`` prints one block per deployment, newest (the default)
 first::
@@ -35,20 +40,26 @@ Standard library only.
 from __future__ import annotations
 
 import re
-import subprocess
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from atoll.agent import failpoints, markers
+from atoll.agent import command, failpoints, markers
 
-CommandRunner = Callable[[Sequence[str]], str]
-"""Runs argv, returns its stdout; raises :class:`DeploymentError` on failure."""
+CommandRunner = command.Runner
+"""Runs argv within a timeout, returns its stdout; raises CommandError (or DeploymentError)."""
 
 SyncHook = Callable[[], object]
 """Mirrors boot entries onto the ESP after a deploy (bootentries.sync_node)."""
+
+# Seconds each command may take. Generous, for a slow node (an emulated TCG guest
+# writes a deployment in minutes), but finite: the lock is held meanwhile.
+STATUS_TIMEOUT = 120.0  # ostree admin status: reads the sysroot
+DEPLOY_TIMEOUT = 1800.0  # ostree admin deploy/undeploy: checkout, /etc merge, boot entries
+UPGRADE_TIMEOUT = 3600.0  # ostree admin upgrade: a pull from the origin, then a deploy
+REBOOT_TIMEOUT = 60.0  # systemctl reboot: queues the job and returns
 
 _HEADER = re.compile(
     r"^(?P<booted>[* ]) (?P<os>\S+) (?P<checksum>[0-9a-f]{64})\.(?P<serial>\d+)"
@@ -81,18 +92,6 @@ class Deployment:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def subprocess_runner(argv: Sequence[str]) -> str:
-    """The node's runner: run argv, return stdout, raise with argv and stderr on failure."""
-    try:
-        done = subprocess.run(list(argv), capture_output=True, text=True, check=False)
-    except OSError as e:
-        raise DeploymentError(f"{' '.join(argv)}: {e}") from e
-    if done.returncode != 0:
-        tail = done.stderr.strip().splitlines()[-3:]
-        raise DeploymentError(f"{' '.join(argv)} exited {done.returncode}: {' | '.join(tail)}")
-    return done.stdout
 
 
 def parse_status(text: str) -> list[Deployment]:
@@ -146,8 +145,15 @@ class Deployments:
         # monitor's decision at the start of a boot all go through here.
         self.lock = threading.RLock()
 
+    def _run(self, argv: Sequence[str], timeout: float) -> str:
+        """``run``, with its failure (exit, timeout, no program) as a DeploymentError."""
+        try:
+            return self.run(argv, timeout=timeout)
+        except command.CommandError as e:
+            raise DeploymentError(str(e)) from e
+
     def status(self) -> list[Deployment]:
-        return parse_status(self.run(["ostree", "admin", "status"]))
+        return parse_status(self._run(["ostree", "admin", "status"], STATUS_TIMEOUT))
 
     def upgrade(self, to: str | None = None) -> dict[str, Any]:
         """Deploy ``to`` (a commit or ref) or the origin's newest commit; then sync boot entries.
@@ -156,9 +162,9 @@ class Deployments:
         being rolled back: the marker that decides it must not be replaced.
         """
         if to is None:
-            argv = ["ostree", "admin", "upgrade"]
+            argv, timeout = ["ostree", "admin", "upgrade"], UPGRADE_TIMEOUT
         elif COMMIT.match(to) or REF.match(to):
-            argv = ["ostree", "admin", "deploy", "--retain", to]
+            argv, timeout = ["ostree", "admin", "deploy", "--retain", to], DEPLOY_TIMEOUT
         else:
             raise ValueError(f"to: {to!r} is neither a 64-hex commit nor a ref")
         with self.lock:
@@ -170,7 +176,7 @@ class Deployments:
                 # finish it rather than deploy a second copy.
                 ran: list[str] = []
             else:
-                self.run(argv)
+                self._run(argv, timeout)
                 current = self.status()
                 ran = argv
             self._record_pending(current)
@@ -281,7 +287,7 @@ class Deployments:
                         "ostree admin status: no pending or rollback deployment to roll back to"
                     )
                 argv = ["ostree", "admin", "deploy", "--retain", previous.checksum]
-            self.run(argv)
+            self._run(argv, DEPLOY_TIMEOUT)
             self.sync()
             if self.root is not None and not keep_marker:
                 markers.clear(self.root / markers.PENDING)
@@ -289,5 +295,5 @@ class Deployments:
 
     def reboot(self) -> list[str]:
         argv = ["systemctl", "reboot"]
-        self.run(argv)
+        self._run(argv, REBOOT_TIMEOUT)
         return argv

@@ -12,28 +12,37 @@ Used by the agent's upgrade path (standard library only):
    verifies the commit's signature before anything deploys it. A refused
    commit is removed from the node's repository again.
 
-ostree is run through an injectable ``run`` callable, so the logic is tested
-on the build machine against a real ostree repository.
+ostree is run through an injectable ``run``
+(:class:`atoll.agent.command.Runner`, :func:`atoll.agent.command.output` by
+default), so the logic is tested on the build machine against a real ostree
+repository. Every call has a timeout (``*_TIMEOUT``): a pull that hangs fails
+the round instead of stalling the update loop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from atoll.agent.verify import Channel, TrustedKey, VerificationError, verify_channel, verify_commit
+from atoll.agent import command
+from atoll.wire.channel import (
+    Channel,
+    TrustedKey,
+    VerificationError,
+    verify_channel,
+    verify_commit,
+)
 
-Runner = Callable[[Sequence[str]], subprocess.CompletedProcess[bytes]]
+Runner = command.Runner
 REMOTE = "atoll-updates"
-
-
-def default_run(argv: Sequence[str]) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(list(argv), capture_output=True, check=False)
+# Seconds each ostree call may take: generous for a slow link or node, never endless.
+REMOTE_TIMEOUT = 60.0  # ostree remote add/delete: edits the repository's config
+PULL_TIMEOUT = 3600.0  # a whole commit over a slow link (an upgrade with a delta is smaller)
+PRUNE_TIMEOUT = 1800.0  # prune walks every object of the repository
 
 
 def _load_state(state: Path, name: str) -> Channel | None:
@@ -89,23 +98,26 @@ def check_channel(
 
 
 def pull_verified(
-    repo: Path, server: str, commit: str, keys: list[TrustedKey], run: Runner = default_run
+    repo: Path, server: str, commit: str, keys: list[TrustedKey], run: Runner = command.output
 ) -> None:
     """Pull ``commit`` from the update server into ``repo`` and verify its signature."""
     url = f"{server.rstrip('/')}/repo"
-    run(["ostree", f"--repo={repo}", "remote", "delete", "--if-exists", REMOTE])
-    added = run(["ostree", f"--repo={repo}", "remote", "add", "--no-gpg-verify", REMOTE, url])
-    if added.returncode != 0:
-        raise OSError(f"ostree remote add {url}: {added.stderr.decode(errors='replace')}")
-    pulled = run(["ostree", f"--repo={repo}", "pull", REMOTE, commit])
-    if pulled.returncode != 0:
-        detail = pulled.stderr.decode(errors="replace").strip().splitlines()
-        raise VerificationError(
-            f"pull of {commit[:12]} from {url} failed: {detail[-1] if detail else 'no detail'}"
-        )
+    ostree = ["ostree", f"--repo={repo}"]
+    with contextlib.suppress(command.CommandError):  # a failure shows in the add
+        run([*ostree, "remote", "delete", "--if-exists", REMOTE], timeout=REMOTE_TIMEOUT)
+    try:
+        run([*ostree, "remote", "add", "--no-gpg-verify", REMOTE, url], timeout=REMOTE_TIMEOUT)
+    except command.CommandError as e:
+        raise OSError(f"ostree remote add {url}: {e.detail}") from e
+    try:
+        run([*ostree, "pull", REMOTE, commit], timeout=PULL_TIMEOUT)
+    except command.CommandError as e:
+        detail = e.stderr_tail[-1] if e.stderr_tail and e.status is not None else e.what
+        raise VerificationError(f"pull of {commit[:12]} from {url} failed: {detail}") from e
     try:
         verify_commit(repo, commit, keys)
     except VerificationError:
         # Never leave an untrusted commit where a later deploy could pick it up.
-        run(["ostree", f"--repo={repo}", "prune", f"--delete-commit={commit}"])
+        with contextlib.suppress(command.CommandError):  # the VerificationError says more
+            run([*ostree, "prune", f"--delete-commit={commit}"], timeout=PRUNE_TIMEOUT)
         raise

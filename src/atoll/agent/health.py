@@ -14,6 +14,9 @@
 * user checks: every executable in ``/etc/atoll/health.d`` or
   ``/usr/lib/atoll/health.d`` (``/etc`` wins for one name) must exit 0.
 
+Every command a check runs gets ``PROBE_TIMEOUT`` seconds (:func:`run_probe`);
+one that does not answer by then is killed and its check fails.
+
 Every round's result is written atomically to ``/var/lib/atoll/health.json``
 (``healthy``, ``checks``, ``booted``, ``trial``, ``rolled_back``, ``rollback``),
 which the update loop reports to the fleet controller
@@ -59,7 +62,6 @@ import datetime
 import json
 import os
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -70,7 +72,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from atoll.agent import failpoints, markers
+from atoll.agent import command, failpoints, markers
 from atoll.agent.deployments import Deployment, DeploymentError, Deployments
 from atoll.agent.markers import MarkerError, Pending, TrialState
 
@@ -79,6 +81,7 @@ CONFIG = Path("etc/atoll/health.toml")
 USER_CHECK_DIRS = (Path("etc/atoll/health.d"), Path("usr/lib/atoll/health.d"))
 AGENT_SOCKET = Path("/run/atoll/agent.sock")
 MIB = 1024 * 1024
+PROBE_TIMEOUT = 30.0  # seconds a check's command may take (a hung one fails its check)
 
 Probe = Callable[[Sequence[str]], tuple[int, str]]
 """Runs argv; returns (exit status, stdout + stderr). Never raises for a failing command."""
@@ -164,25 +167,19 @@ class Check:
     definite: bool = False  # a failure waiting will not fix (systemd finished with failures)
 
 
-def subprocess_probe(argv: Sequence[str], timeout: float = 30.0) -> tuple[int, str]:
-    """The node's probe: argv only, stdin closed, a bounded wait."""
+def run_probe(argv: Sequence[str], timeout: float = PROBE_TIMEOUT) -> tuple[int, str]:
+    """The node's :data:`Probe` (:func:`atoll.agent.command.run`): a bounded wait, and
+    shell-like statuses for what did not run: 124 timed out, 127 not found, 126 not runnable."""
     try:
-        done = subprocess.run(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
-        )
-    except FileNotFoundError:
-        return 127, f"{argv[0]}: not found"
-    except subprocess.TimeoutExpired:
-        return 124, f"{' '.join(argv)}: no answer within {timeout:g} s"
-    except OSError as e:
-        return 126, f"{argv[0]}: {e.strerror}"
-    return done.returncode, (done.stdout + done.stderr).strip()
+        done = command.run(argv, timeout=timeout, check=False)
+    except command.CommandError as e:
+        if e.timed_out:
+            return 124, f"{' '.join(argv)}: no answer within {timeout:g} s"
+        if isinstance(e.start_error, FileNotFoundError):
+            return 127, f"{argv[0]}: not found"
+        reason = e.start_error.strerror if e.start_error is not None else e.what
+        return 126, f"{argv[0]}: {reason}"
+    return done.status, (done.stdout_text + done.stderr_text).strip()
 
 
 def _last_line(text: str) -> str:
@@ -365,7 +362,7 @@ class Monitor:
         self.was_healthy = True
         try:
             name = self.bless()
-        except (OSError, ValueError, subprocess.CalledProcessError) as e:
+        except (OSError, ValueError, command.CommandError) as e:
             self.log(f"could not bless the boot entry: {e}")
             return
         if name:
@@ -476,7 +473,7 @@ class Monitor:
         try:
             self._make_default(current)
             self.log(f"{_short(marker.new)} removed; {_short(booted.checksum)} is the default")
-        except (DeploymentError, OSError, ValueError, subprocess.CalledProcessError) as e:
+        except (DeploymentError, OSError, ValueError, command.CommandError) as e:
             # The marker goes anyway: staging again in this boot writes a fresh one.
             self.log(f"could not remove the interrupted deployment: {e}")
         markers.clear(self.marker_path)
@@ -614,7 +611,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HealthConfigError as e:
         print(f"atoll health: {e}", file=sys.stderr)
         return 2
-    checks = Checker(args.root, subprocess_probe, config, args.socket)()
+    checks = Checker(args.root, run_probe, config, args.socket)()
     print(
         json.dumps(
             {"healthy": all(c.ok for c in checks), "checks": [asdict(c) for c in checks]}, indent=2

@@ -5,7 +5,8 @@ The query is validated before anything runs: ``unit`` is a systemd unit name
 can never be read as an option or match several units), ``lines`` is 1..10000
 (default 100); any other parameter is refused. ``journalctl`` runs through the
 agent's command runner (argv only) and its JSON export is reduced to what an
-operator reads: time (UTC, ISO 8601), unit, identifier, pid, priority, message.
+operator reads (:class:`atoll.wire.logentry.Entry`, the answer's format): time
+(UTC, ISO 8601), unit, identifier, pid, priority, message.
 A message journald stored as bytes (not UTF-8) is decoded with replacement.
 Role: operator (logs may carry addresses, paths and command lines an observer
 with the viewer role is not meant to see). Standard library only.
@@ -18,7 +19,9 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any
+
+from atoll.wire.logentry import Entry
 
 DEFAULT_LINES = 100
 MAX_LINES = 10_000
@@ -27,15 +30,6 @@ UNIT = re.compile(r"[A-Za-z0-9@:_.\\][A-Za-z0-9@:_.\\-]{0,254}")
 
 class LogsInputError(ValueError):
     """A bad query; the message names the parameter."""
-
-
-class Entry(TypedDict):
-    time: str
-    unit: str | None
-    identifier: str | None
-    pid: int | None
-    priority: int | None
-    message: str
 
 
 @dataclass(frozen=True)
@@ -104,10 +98,3 @@ def parse_export(text: str) -> list[Entry]:
             )
         )
     return out
-
-
-def format_entry(entry: Mapping[str, Any]) -> str:
-    """One line in journalctl's short-iso style: ``TIME IDENT[PID]: MESSAGE``."""
-    ident = entry.get("identifier") or entry.get("unit") or "?"
-    pid = f"[{entry['pid']}]" if entry.get("pid") is not None else ""
-    return f"{entry.get('time', '')} {ident}{pid}: {entry.get('message', '')}"

@@ -3,24 +3,9 @@
 This is the part of cloud-init/Ignition a container host needs, and nothing
 more. It runs on the node (``atoll-firstboot.service`` runs
 ``python3 -m atoll.agent.provision`` early in boot) with the standard library
-only, and on the host (``atoll disk --user-data``) to validate a file before
-any image is built, so a typo costs a second, not a build.
-
-User data is TOML (documented in ``docs/boot.md``)::
-
-    [node]
-    hostname = "edge-1"
-    [time]
-    ntp = ["192.168.1.1", "pool.ntp.org"]
-    [fleet]
-    controller = "https://10.0.2.2:8443"
-    [credentials]                   # -> /etc/atoll/credentials/<name>, mode 0600
-    "node.key" = "-----BEGIN PRIVATE KEY-----..."
-    [[files]]                       # only under /etc or /var (/usr is read-only)
-    path = "/etc/motd"
-    content = "hello"
-    mode = "0644"                   # optional, default 0644
-    encoding = "utf-8"              # or "base64"
+only. The user data's format, and its validation (which the host also runs
+before any image is built, so a typo costs a second, not a build), are
+:mod:`atoll.wire.userdata`'s.
 
 Where it comes from, first found wins (:func:`find_user_data`):
 
@@ -41,72 +26,35 @@ node, exactly like cloud-init's per-instance semantics.
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
 import contextlib
-import hashlib
 import json
 import os
-import re
 import socket
-import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-FW_CFG_PATH = Path("/sys/firmware/qemu_fw_cfg/by_name/opt/atoll/user-data/raw")
-CONFIG_DRIVE_LABEL = "ATOLL-CONFIG"
-CONFIG_DRIVE_FILE = "user-data.toml"
-EMBEDDED_PATH = "var/lib/atoll/user-data.toml"
+from atoll.agent import command
+from atoll.wire.userdata import (
+    CONFIG_DRIVE_FILE,
+    CONFIG_DRIVE_LABEL,
+    EMBEDDED_PATH,
+    FW_CFG_NAME,
+    UserData,
+    UserDataError,
+    parse_user_data,
+)
+
+FW_CFG_PATH = Path("/sys/firmware/qemu_fw_cfg/by_name") / FW_CFG_NAME / "raw"
 RECORD_PATH = "var/lib/atoll/firstboot.json"
 CREDENTIALS_DIR = "etc/atoll/credentials"
 FLEET_CONFIG = "etc/atoll/fleet.toml"
 TIMESYNCD_DROPIN = "etc/systemd/timesyncd.conf.d/50-atoll.conf"
-
-_HOSTNAME_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_NTP_SERVER = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.:-]{0,252})$")
-_CONTROLLER = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+(:\d+)?(/\S*)?$")
-_WRITABLE_PREFIXES = ("/etc/", "/var/")
-_SECTIONS = {"node", "time", "fleet", "updates", "credentials", "files"}
-_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,62})$")
-_CHANNEL = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-
-
-class UserDataError(ValueError):
-    """User data that cannot be applied; every problem names the file and key."""
-
-    def __init__(self, source: str, problems: Sequence[str]) -> None:
-        self.source = source
-        self.problems = list(problems)
-        lines = [f"{source}: {p}" for p in self.problems]
-        super().__init__("\n".join(lines))
-
-
-@dataclass(frozen=True)
-class ExtraFile:
-    path: str  # absolute, under /etc or /var
-    content: bytes
-    mode: int = 0o644
-
-
-@dataclass(frozen=True)
-class UserData:
-    hostname: str | None = None
-    ntp: tuple[str, ...] = ()
-    controller: str | None = None
-    labels: tuple[tuple[str, str], ...] = ()
-    interval: float | None = None  # seconds between the agent's reports to the controller
-    update_server: str | None = None
-    channel: str | None = None
-    credentials: tuple[tuple[str, bytes], ...] = ()
-    files: tuple[ExtraFile, ...] = ()
-    digest: str = ""  # sha256 of the raw TOML, for the record
+MOUNT_TIMEOUT = 60.0  # seconds for mount/umount of the config drive (atoll.agent.command)
 
 
 @dataclass(frozen=True)
@@ -117,203 +65,6 @@ class FileWrite:
     content: bytes
     mode: int
     reason: str
-
-
-@dataclass
-class _Problems:
-    items: list[str] = field(default_factory=list)
-
-    def add(self, key: str, message: str) -> None:
-        self.items.append(f"{key}: {message}")
-
-
-def parse_user_data(raw: bytes, source: str) -> UserData:
-    """Parse and validate user data; raise :class:`UserDataError` listing every problem."""
-    try:
-        doc = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise UserDataError(source, [f"not UTF-8 text ({e.reason} at byte {e.start})"]) from e
-    except tomllib.TOMLDecodeError as e:
-        raise UserDataError(source, [f"not valid TOML: {e}"]) from e
-    problems = _Problems()
-    for key in sorted(set(doc) - _SECTIONS):
-        problems.add(key, f"unknown key (known: {', '.join(sorted(_SECTIONS))})")
-    hostname = _hostname(_table(doc, "node", problems, {"hostname"}), problems)
-    ntp = _ntp(_table(doc, "time", problems, {"ntp"}), problems)
-    fleet = _table(doc, "fleet", problems, {"controller", "labels", "interval"})
-    controller = _controller(fleet, problems)
-    labels, interval = _fleet_extras(fleet, problems)
-    update_server, channel = _updates(
-        _table(doc, "updates", problems, {"server", "channel"}), problems
-    )
-    credentials = _credentials(_table(doc, "credentials", problems, None), problems)
-    files = _files(doc.get("files", []), problems)
-    if problems.items:
-        raise UserDataError(source, problems.items)
-    return UserData(
-        hostname=hostname,
-        ntp=ntp,
-        controller=controller,
-        labels=labels,
-        interval=interval,
-        update_server=update_server,
-        channel=channel,
-        credentials=credentials,
-        files=files,
-        digest=hashlib.sha256(raw).hexdigest(),
-    )
-
-
-def _table(
-    doc: dict[str, Any], name: str, problems: _Problems, known: set[str] | None
-) -> dict[str, Any]:
-    value = doc.get(name, {})
-    if not isinstance(value, dict):
-        problems.add(name, f"must be a table, not {type(value).__name__}")
-        return {}
-    if known is not None:
-        for key in sorted(set(value) - known):
-            problems.add(f"[{name}].{key}", f"unknown key (known: {', '.join(sorted(known))})")
-    return value
-
-
-def _hostname(node: dict[str, Any], problems: _Problems) -> str | None:
-    value = node.get("hostname")
-    if value is None:
-        return None
-    if not isinstance(value, str) or len(value) > 253 or not value:
-        problems.add("[node].hostname", f"{value!r} must be a string of 1-253 characters")
-        return None
-    for label in value.split("."):
-        if not _HOSTNAME_LABEL.match(label):
-            problems.add(
-                "[node].hostname",
-                f"{value!r} is not a valid hostname (lowercase letters, digits, '-', '.')",
-            )
-            return None
-    return value
-
-
-def _ntp(section: dict[str, Any], problems: _Problems) -> tuple[str, ...]:
-    value = section.get("ntp", [])
-    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
-        problems.add("[time].ntp", f"{value!r} must be a list of server names")
-        return ()
-    for server in value:
-        if not _NTP_SERVER.match(server):
-            problems.add("[time].ntp", f"{server!r} is not a host name or address")
-    return tuple(value)
-
-
-def _fleet_extras(
-    section: dict[str, Any], problems: _Problems
-) -> tuple[tuple[tuple[str, str], ...], float | None]:
-    labels = section.get("labels", {})
-    found: list[tuple[str, str]] = []
-    if not isinstance(labels, dict):
-        problems.add("[fleet].labels", 'must be a table of name = "value"')
-    else:
-        for name, value in sorted(labels.items()):
-            if not _LABEL.match(name) or not isinstance(value, str) or not _LABEL.match(value):
-                problems.add(
-                    f"[fleet].labels.{name}",
-                    f"{value!r}: names and values are 1-63 of A-Z a-z 0-9 . _ / -",
-                )
-            else:
-                found.append((name, value))
-    interval = section.get("interval")
-    if interval is not None and (
-        isinstance(interval, bool)
-        or not isinstance(interval, int | float)
-        or not 0.1 <= interval <= 3600
-    ):
-        problems.add("[fleet].interval", f"{interval!r} must be a number of seconds, 0.1-3600")
-        interval = None
-    return tuple(found), None if interval is None else float(interval)
-
-
-def _updates(section: dict[str, Any], problems: _Problems) -> tuple[str | None, str | None]:
-    server, channel = section.get("server"), section.get("channel")
-    if server is not None and (not isinstance(server, str) or not _CONTROLLER.match(server)):
-        problems.add("[updates].server", f"{server!r} must be an http:// or https:// URL")
-        server = None
-    if channel is not None and (not isinstance(channel, str) or not _CHANNEL.match(channel)):
-        problems.add("[updates].channel", f"{channel!r} must be a channel name (a-z 0-9 . _ -)")
-        channel = None
-    return server, channel
-
-
-def _controller(section: dict[str, Any], problems: _Problems) -> str | None:
-    value = section.get("controller")
-    if value is None:
-        return None
-    # Several controller replicas, comma-separated: the agent's client tries the
-    # next one when one does not answer (atoll.agent.fleet_client).
-    if not isinstance(value, str) or not all(_CONTROLLER.match(u) for u in value.split(",")):
-        problems.add(
-            "[fleet].controller",
-            f"{value!r} must be an http:// or https:// URL, or several separated by commas",
-        )
-        return None
-    return value
-
-
-def _credentials(section: dict[str, Any], problems: _Problems) -> tuple[tuple[str, bytes], ...]:
-    found: list[tuple[str, bytes]] = []
-    for name, content in sorted(section.items()):
-        key = f"[credentials].{name}"
-        if not _CREDENTIAL_NAME.match(name):
-            problems.add(key, "name must be letters, digits, '.', '_' or '-'")
-        elif not isinstance(content, str):
-            problems.add(
-                key, f"must be a string (the file's content), not {type(content).__name__}"
-            )
-        else:
-            found.append((name, content.encode()))
-    return tuple(found)
-
-
-def _files(value: object, problems: _Problems) -> tuple[ExtraFile, ...]:
-    if not isinstance(value, list):
-        problems.add("files", "must be an array of tables ([[files]])")
-        return ()
-    found: list[ExtraFile] = []
-    for index, entry in enumerate(value):
-        key = f"[[files]][{index}]"
-        if not isinstance(entry, dict):
-            problems.add(key, "must be a table")
-            continue
-        for unknown in sorted(set(entry) - {"path", "content", "mode", "encoding"}):
-            problems.add(f"{key}.{unknown}", "unknown key (known: content, encoding, mode, path)")
-        path = entry.get("path")
-        if not isinstance(path, str) or not path.startswith(_WRITABLE_PREFIXES):
-            problems.add(f"{key}.path", f"{path!r} must be an absolute path under /etc or /var")
-            continue
-        if ".." in Path(path).parts or path.endswith("/"):
-            problems.add(f"{key}.path", f"{path!r} must name a file, without '..'")
-            continue
-        content = entry.get("content")
-        if not isinstance(content, str):
-            problems.add(f"{key}.content", "must be a string")
-            continue
-        encoding = entry.get("encoding", "utf-8")
-        if encoding == "base64":
-            try:
-                data = base64.b64decode(content, validate=True)
-            except binascii.Error as e:
-                problems.add(f"{key}.content", f"not valid base64 ({e})")
-                continue
-        elif encoding == "utf-8":
-            data = content.encode()
-        else:
-            problems.add(f"{key}.encoding", f"{encoding!r} must be 'utf-8' or 'base64'")
-            continue
-        mode_text = entry.get("mode", "0644")
-        if not isinstance(mode_text, str) or not re.fullmatch(r"0?[0-7]{3,4}", mode_text):
-            problems.add(f"{key}.mode", f"{mode_text!r} must be an octal string like '0644'")
-            continue
-        found.append(ExtraFile(path=path, content=data, mode=int(mode_text, 8)))
-    return tuple(found)
 
 
 def plan(data: UserData) -> list[FileWrite]:
@@ -393,12 +144,16 @@ def _read_config_drive(root: Path) -> tuple[str, bytes] | None:
 
 @contextlib.contextmanager
 def _mounted_read_only(device: Path) -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="atoll-config-") as tmp:
-        subprocess.run(["mount", "-o", "ro", os.fspath(device), tmp], check=True)
+    mountpoint = tempfile.mkdtemp(prefix="atoll-config-")
+    try:
+        command.run(["mount", "-o", "ro", device, mountpoint], timeout=MOUNT_TIMEOUT)
         try:
-            yield Path(tmp)
+            yield Path(mountpoint)
         finally:
-            subprocess.run(["umount", tmp], check=False)
+            command.run(["umount", mountpoint], timeout=MOUNT_TIMEOUT)
+    finally:
+        with contextlib.suppress(OSError):  # rmdir only: never into a mounted drive
+            os.rmdir(mountpoint)
 
 
 def provision(root: Path, fw_cfg: Path = FW_CFG_PATH, live: bool = False) -> dict[str, Any]:
@@ -444,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserDataError as e:
         print(f"atoll-firstboot: user data rejected, nothing applied:\n{e}", file=sys.stderr)
         return 2
-    except OSError as e:
+    except (OSError, command.CommandError) as e:
         print(f"atoll-firstboot: failed: {e}", file=sys.stderr)
         return 1
     applied = ", ".join(a["path"] for a in record.get("applied", [])) or "nothing"

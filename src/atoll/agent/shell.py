@@ -3,13 +3,16 @@
 ``POST /v1/shell`` (role admin) with ``{"reason": str, "ttl"?: seconds, "tty"?: bool,
 "rows"?: int, "cols"?: int}`` and the headers ``Connection: Upgrade`` +
 ``Upgrade: atoll-shell/1`` is answered ``101 Switching Protocols``; from then on
-the same mutual-TLS connection carries *frames* both ways (see :class:`Frame`):
+the same mutual-TLS connection carries *frames* both ways (their format,
+which ``atoll node shell`` speaks too, is :mod:`atoll.wire.shellframe`'s):
 a byte stream alone could not say "stdin closed", "the window changed" or
 "exited 3 because the TTL ran out". The client waits for the 101 before it
 sends a frame.
 
 On the node the session is a pseudo-terminal whose slave end is the stdin,
-stdout, stderr and controlling terminal of a :class:`Runtime`'s command; the
+stdout, stderr and controlling terminal of a :class:`Runtime`'s command
+(started by :func:`atoll.agent.command.spawn`; ``ctr`` itself runs through
+:func:`atoll.agent.command.run`, ``CTR_TIMEOUT`` per call); the
 agent relays pty <-> frames in the request's worker thread. The real runtime
 is containerd (:class:`ContainerdRuntime`, ``ctr run`` with the preloaded
 image); tests put a plain command on the pty instead (same relay, same
@@ -46,48 +49,38 @@ import os
 import re
 import secrets
 import select
-import signal
 import socket
 import ssl
 import struct
-import subprocess
 import termios
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Any, BinaryIO, NewType, Protocol
 
-PROTOCOL = "atoll-shell/1"
+from atoll.agent import command
+from atoll.wire.shellframe import (
+    MAX_FRAME,
+    WINSIZE,
+    End,
+    ExitFrame,
+    Frame,
+    FrameReader,
+    encode_frame,
+)
+
 DEFAULT_TTL = 15 * 60
 MAX_TTL = 4 * 60 * 60
 MAX_REASON = 500
-MAX_FRAME = 64 * 1024
-HEADER = struct.Struct(">BI")  # frame type, payload length
-WINSIZE = struct.Struct(">HH")  # rows, cols
 KILL_GRACE = 3.0  # seconds between SIGHUP and SIGKILL
+EXIT_GRACE = 10.0  # seconds for a command that exited to be reaped before SIGKILL
+CTR_TIMEOUT = 30.0  # seconds for one ctr call (list, kill, delete)
 TRANSCRIPT_DIR = "var/log/atoll/shell"
 CONTAINER_PREFIX = "atoll-shell-"
 
 SessionId = NewType("SessionId", str)
 Clock = Callable[[], float]  # monotonic seconds
-
-
-class Frame(IntEnum):
-    """Frame types: ``HEADER`` (type, length) then the payload."""
-
-    DATA = 1  # both ways: terminal bytes
-    RESIZE = 2  # client -> agent: WINSIZE (rows, cols)
-    EOF = 3  # client -> agent: stdin is closed (empty payload)
-    EXIT = 4  # agent -> client: JSON {"id", "end", "exit_status"}; the last frame
-
-
-class End(StrEnum):
-    EXIT = "exit"  # the command exited
-    TTL = "ttl"  # the TTL expired: killed
-    DISCONNECT = "disconnect"  # the client went away: killed
-    ERROR = "error"  # the relay failed (the message is in the audit record): killed
 
 
 class ShellInputError(ValueError):
@@ -230,13 +223,13 @@ class ContainerdRuntime:
 
     def _run(self, argv: list[str], problems: list[str], *, quiet: bool) -> str:
         try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            problems.append(f"{' '.join(argv)}: {e}")
+            done = command.run(argv, timeout=CTR_TIMEOUT, check=False)
+        except command.CommandError as e:  # timed out, or no ctr
+            problems.append(str(e))
             return ""
-        if done.returncode != 0 and not quiet:
-            problems.append(f"{' '.join(argv)}: exit {done.returncode}: {done.stderr.strip()}")
-        return done.stdout
+        if done.status != 0 and not quiet:
+            problems.append(f"{' '.join(argv)}: exit {done.status}: {done.stderr_text.strip()}")
+        return done.stdout_text
 
 
 @dataclass(frozen=True)
@@ -284,33 +277,6 @@ class ShellResult:
         }
 
 
-def encode_frame(kind: Frame, payload: bytes = b"") -> bytes:
-    return HEADER.pack(kind, len(payload)) + payload
-
-
-class FrameReader:
-    """Accumulates bytes and yields complete frames (bounded sizes, unknown types refused)."""
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-
-    def feed(self, data: bytes) -> list[tuple[Frame, bytes]]:
-        self._buffer += data
-        out: list[tuple[Frame, bytes]] = []
-        while len(self._buffer) >= HEADER.size:
-            kind, length = HEADER.unpack_from(self._buffer)
-            if length > MAX_FRAME:
-                raise ValueError(f"frame of {length} bytes (at most {MAX_FRAME})")
-            if kind not in Frame.__members__.values():
-                raise ValueError(f"unknown frame type {kind}")
-            if len(self._buffer) < HEADER.size + length:
-                break
-            payload = bytes(self._buffer[HEADER.size : HEADER.size + length])
-            del self._buffer[: HEADER.size + length]
-            out.append((Frame(kind), payload))
-        return out
-
-
 class Transcript:
     """An asciicast v2 recording, fsynced on close; ``sha256`` of the finished file."""
 
@@ -349,8 +315,8 @@ class Transcript:
         return digest.hexdigest()
 
 
-def _spawn(argv: list[str], request: ShellRequest, session: SessionId) -> tuple[int, int]:
-    """Fork ``argv`` on a new pty as its session leader; returns (pid, master fd)."""
+def _spawn(argv: list[str], request: ShellRequest, session: SessionId) -> tuple[command.Child, int]:
+    """Start ``argv`` on a new pty as its session leader; returns (the child, master fd)."""
     master, slave = os.openpty()
     fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", request.rows, request.cols, 0, 0))
     if not request.tty:
@@ -359,25 +325,18 @@ def _spawn(argv: list[str], request: ShellRequest, session: SessionId) -> tuple[
         attrs[3] &= ~(termios.ECHO | termios.ECHONL)  # a script's input is not echoed back
         termios.tcsetattr(slave, termios.TCSANOW, attrs)
     env = {
-        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
         "TERM": "xterm-256color" if request.tty else "dumb",
-        "LANG": "C.UTF-8",
         "HOME": "/root",
         "ATOLL_SHELL": session,
-    }
-    pid = os.fork()
-    if pid == 0:  # the child: only async-signal-safe work until exec
-        try:
-            os.setsid()
-            fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
-            for fd in (0, 1, 2):
-                os.dup2(slave, fd)
-            os.closerange(3, 65536)
-            os.execvpe(argv[0], argv, env)  # noqa: S606 (argv list, no shell involved)
-        finally:
-            os._exit(127)
-    os.close(slave)
-    return pid, master
+    }  # on top of command.environment(): PATH, LANG
+    try:
+        child = command.spawn(argv, terminal=slave, env=env)
+    except BaseException:
+        os.close(master)
+        raise
+    finally:
+        os.close(slave)
+    return child, master
 
 
 class ShellSession:
@@ -426,9 +385,9 @@ class ShellSession:
             },
             self.clock,
         )
-        pid, master = _spawn(argv, self.request, self.id)
+        child, master = _spawn(argv, self.request, self.id)
         relay = _Relay(
-            conn, master, pid, transcript, lambda: self.runtime.running(self.id), self.clock
+            conn, master, child, transcript, lambda: self.runtime.running(self.id), self.clock
         )
         problems: list[str] = []
         try:
@@ -439,7 +398,8 @@ class ShellSession:
         if end is not End.EXIT:
             # Kill the container first: ctr run then returns by itself (and --rm cleans up).
             self.runtime.stop(self.id)
-        status = _finish(pid, kill=end is not End.EXIT)
+        killed = end is not End.EXIT
+        status = child.end(hangup=killed, grace=KILL_GRACE if killed else EXIT_GRACE)
         os.close(master)
         problems += self.runtime.stop(self.id)  # and check that nothing is left
         marker = f"end={end} exit_status={status}"
@@ -457,9 +417,9 @@ class ShellSession:
         )
         if on_end is not None:
             on_end(result)
-        exit_frame = {"id": self.id, "end": str(end), "exit_status": status}
+        exit_frame = ExitFrame(self.id, str(end), status)
         with contextlib.suppress(OSError):  # the client gone: the audit record says the end
-            conn.sendall(encode_frame(Frame.EXIT, json.dumps(exit_frame).encode()))
+            conn.sendall(encode_frame(Frame.EXIT, exit_frame.to_json()))
         return result
 
 
@@ -468,14 +428,14 @@ class _Relay:
         self,
         conn: socket.socket,
         master: int,
-        pid: int,
+        child: command.Child,
         transcript: Transcript,
         running: Callable[[], bool],
         clock: Clock,
     ) -> None:
         self.conn = conn
         self.master = master
-        self.pid = pid
+        self.child = child
         self.transcript = transcript
         self.frames = FrameReader()
         self.bytes_in = 0
@@ -531,7 +491,7 @@ class _Relay:
                 for kind, payload in self.frames.feed(data):
                     self._input(kind, payload)
             self._flush_eof()
-            if not ready and _exited(self.pid):
+            if not ready and self.child.exited():
                 # The command is gone but something still holds the pty open.
                 self._drain()
                 return End.EXIT
@@ -573,33 +533,3 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
-
-
-def _exited(pid: int) -> bool:
-    try:
-        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:
-        return True
-
-
-def _finish(pid: int, *, kill: bool) -> int | None:
-    """Reap the command (after SIGHUP, then SIGKILL, to its process group when ``kill``)."""
-    if kill:
-        _signal_group(pid, signal.SIGHUP)
-    deadline = time.monotonic() + (KILL_GRACE if kill else 10.0)
-    while time.monotonic() < deadline:
-        try:
-            done, status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            return None
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.05)
-    _signal_group(pid, signal.SIGKILL)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, sig)  # the command is a session (and group) leader

@@ -6,7 +6,7 @@ Standard library only (runs in the agent daemon on the node). One
 1. read the node's deployments (``ostree admin status``): the booted commit
    and version, and a pending deployment if one is staged;
 2. report them, with health, to the controller and get the desired version
-   back (:class:`atoll.agent.fleet_client.FleetClient`);
+   back (:class:`atoll.wire.fleet.FleetClient`, the protocol's typed messages);
 3. if the controller says *stage* and the desired version is neither booted
    nor pending: resolve it to a commit through the signed channel
    (:func:`atoll.agent.fetch.check_channel`; a 64-hex version is a commit
@@ -24,7 +24,9 @@ Every external effect goes through injected callables, so a round is tested
 on the build machine against a real controller and a real ostree repository
 with the deployment commands recorded. Failures of one round are logged and
 the next round tries again: a controller or update server that is down
-never stops the agent.
+never stops the agent, and neither does a hung ``ostree`` (every command has
+a timeout, :mod:`atoll.agent.command`: the round fails naming it, and the
+deployments' lock is free for the next round, the API and the monitor).
 
 Configuration (:func:`load_config`): ``/etc/atoll/fleet.toml`` (written at
 first boot from the user data's ``[fleet]`` table: ``controller``, optional
@@ -47,11 +49,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atoll.agent import failpoints, markers
+from atoll.agent import command, failpoints, markers
 from atoll.agent.deployments import Deployment, DeploymentError, Deployments
-from atoll.agent.fetch import Runner, check_channel, default_run, pull_verified
-from atoll.agent.fleet_client import Backoff, Desired, FleetClient, FleetError
-from atoll.agent.verify import TrustedKey, VerificationError, load_trusted_keys
+from atoll.agent.fetch import Runner, check_channel, pull_verified
+from atoll.wire.channel import TrustedKey, VerificationError, load_trusted_keys
+from atoll.wire.fleet import Backoff, Desired, FleetClient, FleetError
 
 COMMIT = re.compile(r"^[0-9a-f]{64}$")
 FLEET_CONFIG = Path("etc/atoll/fleet.toml")
@@ -179,7 +181,7 @@ class Updater:
     deployments: Deployments
     keys: list[TrustedKey]
     root: Path = Path("/")
-    run: Runner = default_run
+    run: Runner = command.output  # ostree for the pull (atoll.agent.fetch)
     health: Callable[[], tuple[bool, bool]] | None = None  # default: read_health(root)
     log: Callable[[str], None] = field(
         default=lambda m: print(f"atoll-agent: {m}", file=sys.stderr)

@@ -4,8 +4,8 @@ Every measurement runs the controller as its own process (``atoll fleet
 serve`` on a fresh SQLite file under ``workdir``), so the simulation's threads
 never share its interpreter lock and its memory and CPU time can be read from
 ``/proc`` (:mod:`atoll.tools.procfs`). The agents are threads using
-:class:`~atoll.agent.fleet_client.FleetClient` (with its jittered backoff),
-exactly what a node's agent calls.
+:class:`~atoll.wire.fleet.FleetClient` (with its jittered backoff, and the
+protocol's typed messages), exactly what a node's agent calls.
 
 * **registration burst**: ``agents`` threads released by one barrier register
   once each. Reported: how many registered, errors, 429 answers (visible as
@@ -31,20 +31,20 @@ from __future__ import annotations
 import json
 import math
 import random
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atoll.agent.fleet_client import Backoff, FleetClient, FleetError, request_json
+from atoll.process import PIPE, start
 from atoll.progress import Reporter
 from atoll.tools.procfs import cpu_seconds, mb, process_memory
+from atoll.wire.fleet import Backoff, FleetClient, FleetError, request_json
 
 TARGET_OVERHEAD = 0.05
 TIMELINE_POINTS = 200
@@ -67,23 +67,17 @@ def _controller(db: Path, *, tick: float, max_in_flight: int) -> Iterator[Contro
     """``atoll fleet serve`` on an ephemeral loopback port; stopped (by its pid) on exit."""
     argv = [sys.executable, "-m", "atoll", "fleet", "serve", "--store", f"sqlite:///{db}"]
     argv += ["--listen", "127.0.0.1:0", "--tick", str(tick), "--max-in-flight", str(max_in_flight)]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    try:
-        line = proc.stdout.readline()
-        if not line:
-            raise FleetError(
-                f"{' '.join(argv)}: exited with {proc.wait(timeout=10)} before serving"
-            )
-        yield Controller("http://" + json.loads(line)["listen"], proc.pid)
-    finally:
-        proc.terminate()  # our own child, by its pid
+    with start(argv, stdout=PIPE) as proc:
+        assert proc.stdout is not None
         try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        proc.stdout.close()
+            line = proc.stdout.readline()
+            if not line:
+                raise FleetError(
+                    f"{' '.join(argv)}: exited with {proc.wait(timeout=10)} before serving"
+                )
+            yield Controller("http://" + json.loads(line)["listen"], proc.pid)
+        finally:
+            proc.stop(grace=30.0)
 
 
 def _quantile(ordered: list[float], q: float) -> float:
@@ -149,6 +143,80 @@ def _timeline(
     return {"t": t, "updated": updated, "unavailable": unavailable, "nodes": nodes}
 
 
+@dataclass
+class _RolloutRecord:
+    """What the simulated agents saw, from their own clocks (shared by their threads)."""
+
+    nodes: int
+    spans: list[tuple[float, float]] = field(default_factory=list)  # (reboot began, back on v2)
+    failures: list[str] = field(default_factory=list)
+    everyone_done: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def failed(self, error: FleetError) -> None:
+        with self.lock:
+            self.failures.append(str(error))
+
+    def rebooted(self, began: float, back: float) -> None:
+        with self.lock:
+            self.spans.append((began, back))
+            if len(self.spans) == self.nodes:
+                self.everyone_done.set()
+
+
+@dataclass
+class _SimulatedAgent:
+    """One node's side of the protocol as the agent's update loop speaks it: report, stage
+    when told (instantly), reboot when allowed (``reboot_seconds``), report back."""
+
+    name: str
+    client: FleetClient
+    poll: float
+    reboot_seconds: float
+    record: _RolloutRecord
+    current: str = "v1"
+    staged: str | None = None
+
+    def run(self, registered: threading.Barrier, stop: threading.Event) -> None:
+        self.client.register(self.name, {}, self.current)
+        registered.wait()  # everyone registered: the clock starts when the pool is applied
+        time.sleep(random.uniform(0, self.poll))  # noqa: S311 - a phase, not a secret
+        while not stop.is_set():
+            try:
+                desired = self.client.report(
+                    self.name, version=self.current, staged=self.staged, healthy=True
+                )
+            except FleetError as e:  # a real agent logs it and tries again next interval
+                self.record.failed(e)
+                time.sleep(self.poll)
+                continue
+            if desired.may_reboot and desired.version != self.current:
+                self._reboot(desired.version, stop)
+                continue
+            if desired.stage and self.staged != desired.version:
+                self.staged = desired.version  # staging does not count as unavailable
+                continue
+            time.sleep(self.poll)
+
+    def _reboot(self, version: str, stop: threading.Event) -> None:
+        began = time.perf_counter()
+        time.sleep(self.reboot_seconds)
+        self.current, self.staged = version, None
+        back = time.perf_counter()
+        while not stop.is_set():  # back on v2 once the controller heard it
+            # The span ends when the report that got through was sent: the
+            # controller frees the slot on it and may grant the next node
+            # before this call returns.
+            back = time.perf_counter()
+            try:
+                self.client.report(self.name, version=self.current, staged=None, healthy=True)
+                break
+            except FleetError as e:
+                self.record.failed(e)
+                time.sleep(self.poll)
+        self.record.rebooted(began, back)
+
+
 def _rollout(
     workdir: Path, nodes: int, reboot_seconds: float, poll: float
 ) -> tuple[dict[str, object], dict[str, Any]]:
@@ -160,53 +228,17 @@ def _rollout(
     db = _fresh_db(workdir / "rollout.db")
     with _controller(db, tick=0.05, max_in_flight=256) as ctl:
         stop = threading.Event()
-        everyone_done = threading.Event()
         registered = threading.Barrier(nodes + 1)
-        spans: list[tuple[float, float]] = []  # (reboot began, reported back on v2)
-        failures: list[str] = []
-        lock = threading.Lock()
+        record = _RolloutRecord(nodes)
 
         def agent(i: int) -> None:
-            name = f"node{i:05}"
-            client = FleetClient(ctl.url, backoff=Backoff(base=0.05, cap=1.0, attempts=20))
-            current, staged = "v1", None
-            client.register(name, {}, current)
-            registered.wait()  # everyone registered: the clock starts when the pool is applied
-            time.sleep(random.uniform(0, poll))  # noqa: S311 - a phase, not a secret
-            while not stop.is_set():
-                try:
-                    desired = client.report(name, version=current, staged=staged, healthy=True)
-                except FleetError as e:  # a real agent logs it and tries again next interval
-                    with lock:
-                        failures.append(str(e))
-                    time.sleep(poll)
-                    continue
-                if desired.may_reboot and desired.version != current:
-                    began = time.perf_counter()
-                    time.sleep(reboot_seconds)
-                    current, staged = desired.version, None
-                    back = time.perf_counter()
-                    while not stop.is_set():  # back on v2 once the controller heard it
-                        # The span ends when the report that got through was sent:
-                        # the controller frees the slot on it and may grant the
-                        # next node before this call returns.
-                        back = time.perf_counter()
-                        try:
-                            client.report(name, version=current, staged=None, healthy=True)
-                            break
-                        except FleetError as e:
-                            with lock:
-                                failures.append(str(e))
-                            time.sleep(poll)
-                    with lock:
-                        spans.append((began, back))
-                        if len(spans) == nodes:
-                            everyone_done.set()
-                    continue
-                if desired.stage and staged != desired.version:
-                    staged = desired.version  # staging does not count as unavailable
-                    continue
-                time.sleep(poll)
+            _SimulatedAgent(
+                f"node{i:05}",
+                FleetClient(ctl.url, backoff=Backoff(base=0.05, cap=1.0, attempts=20)),
+                poll,
+                reboot_seconds,
+                record,
+            ).run(registered, stop)
 
         threads = [threading.Thread(target=agent, args=(i,), daemon=True) for i in range(nodes)]
         for t in threads:
@@ -216,7 +248,8 @@ def _rollout(
         start = time.perf_counter()
         request_json("PUT", ctl.url + "/v1/pools/bench", pool)
         waves = math.ceil(nodes / max_unavailable)
-        everyone_done.wait(timeout=2 * waves * (reboot_seconds + poll) + 60)
+        record.everyone_done.wait(timeout=2 * waves * (reboot_seconds + poll) + 60)
+        spans, failures = record.spans, record.failures
         end = max((done for _, done in spans), default=time.perf_counter())
         controller_cpu = cpu_seconds(ctl.pid) - cpu_before
         status = request_json("GET", ctl.url + "/v1/pools/bench")["status"]

@@ -6,7 +6,8 @@ Measured in one run on loopback:
   alone (v0) and with bookworm-security/-updates (v1, the default): the
   packages fixed since the point release differ, the kernel among them. A
   node on v0 pulls v1 (the static delta) and a fresh node pulls v1 in full,
-  through :func:`atoll.agent.fetch.pull_verified` against ``atoll serve``;
+  through :func:`pull_verified` (ostree's pull, then the commit's signature
+  checked with :mod:`atoll.wire.channel`, as the node does) against ``atoll serve``;
   the server counts the bytes each sends;
 * a feature change: v2 (``minimal-v2.toml``) adds a few packages; same
   measurement;
@@ -24,20 +25,31 @@ import shutil
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
-from atoll.agent.fetch import pull_verified
-from atoll.agent.verify import load_trusted_keys
 from atoll.compose.oci import write_busybox_archive
-from atoll.compose.pipeline import compose
+from atoll.compose.pipeline import ComposeResult, compose
+from atoll.errors import AtollError
 from atoll.progress import Reporter
 from atoll.publish.keys import init_keys, load_private_key
 from atoll.publish.publish import publish, served_repo
-from atoll.publish.serve import serve_in_thread, url_of
+from atoll.publish.serve import UpdateServer, serve_in_thread, url_of
 from atoll.tools import ostree
+from atoll.wire.channel import TrustedKey, VerificationError, load_trusted_keys, verify_commit
 
 CHECKOUT = Path(__file__).resolve().parents[3]
 CONCURRENT = 200
+
+
+def pull_verified(repo: Path, server: str, commit: str, keys: list[TrustedKey]) -> None:
+    """What a node does before it deploys: pull ``commit`` from the update server, check
+    its signature (the node's code does the same with its own runner)."""
+    ostree.pull(repo, f"{server.rstrip('/')}/repo", commit, remote="atoll-updates")
+    try:
+        verify_commit(repo, commit, keys)
+    except VerificationError as e:
+        raise AtollError(f"{server}: {e}") from e
 
 
 def _fetch_all(urls: list[str]) -> int:
@@ -58,9 +70,16 @@ def _changed_packages(old: dict[str, object], new: dict[str, object]) -> list[st
     return sorted(name for name in a.keys() | b.keys() if a.get(name) != b.get(name))
 
 
-def run_benchmark(workdir: Path, reporter: Reporter) -> dict[str, object]:
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
+@dataclass(frozen=True)
+class _Versions:
+    """The composed builds: v0 (point release), v1 (with security updates), v2 (a feature)."""
+
+    v0: ComposeResult
+    v1: ComposeResult
+    v2: ComposeResult
+
+
+def _compose_versions(workdir: Path, reporter: Reporter) -> _Versions:
     write_busybox_archive(
         CHECKOUT / "build/images/busybox.oci.tar", "docker.io/library/busybox:atoll"
     )
@@ -76,91 +95,133 @@ def run_benchmark(workdir: Path, reporter: Reporter) -> dict[str, object]:
     )
     v0 = compose(point_release, build, reporter)
     v1 = compose(CHECKOUT / "examples/minimal.toml", build, reporter)
-    v1_commit = v1.commit
     # And a small feature change: v2 adds a few packages.
     v2 = compose(CHECKOUT / "examples/minimal-v2.toml", build, reporter)
-    changed = _changed_packages(v0.sbom, v1.sbom)
+    return _Versions(v0, v1, v2)
+
+
+@dataclass(frozen=True)
+class _Published:
+    updates: Path
+    keys: list[TrustedKey]  # what a node trusts
+    security_publish_s: float  # v1 over v0, with its delta
+    publish_s: float  # v2 over v1, with its delta
+
+
+def _publish_versions(workdir: Path, versions: _Versions, reporter: Reporter) -> _Published:
+    """Publish v0, v1, v2 to ``stable`` in turn, timing the last two."""
+    build = workdir / "build-repo"
     init_keys(workdir / "keys")
     key = load_private_key(workdir / "keys/atoll-ed25519.key")
     updates = workdir / "updates"
-    publish(build, v0.commit, updates, "stable", key, reporter)
+    publish(build, versions.v0.commit, updates, "stable", key, reporter)
     started = time.monotonic()
-    publish(build, v1_commit, updates, "stable", key, reporter)
+    publish(build, versions.v1.commit, updates, "stable", key, reporter)
     security_publish_s = time.monotonic() - started
     started = time.monotonic()
-    publish(build, v2.commit, updates, "stable", key, reporter)
+    publish(build, versions.v2.commit, updates, "stable", key, reporter)
     publish_s = time.monotonic() - started
     trusted = workdir / "trusted"
     trusted.mkdir()
     shutil.copy(workdir / "keys/atoll-ed25519.pub", trusted / "atoll.pub")
-    keys = load_trusted_keys((trusted,))
+    return _Published(updates, load_trusted_keys((trusted,)), security_publish_s, publish_s)
 
-    server = serve_in_thread(updates)
+
+def _measured_pull(
+    server: UpdateServer, repo: Path, commit: str, keys: list[TrustedKey]
+) -> tuple[int, float]:
+    """Bytes the server sent and seconds taken for one verified pull."""
+    before = server.counters.bytes_sent
+    started = time.monotonic()
+    pull_verified(repo, url_of(server), commit, keys)
+    return server.counters.bytes_sent - before, time.monotonic() - started
+
+
+def _pulls(
+    workdir: Path, server: UpdateServer, versions: _Versions, keys: list[TrustedKey]
+) -> dict[str, float]:
+    """A node on v0 pulls v1 (security delta) then v2 (feature delta); fresh nodes pull
+    v2 and v1 in full."""
+    node = workdir / "node-v1"
+    ostree.init_repo(node, mode="bare-user")
+    pull_verified(node, url_of(server), versions.v0.commit, keys)
+    security_bytes, _ = _measured_pull(server, node, versions.v1.commit, keys)
+    delta_bytes, delta_s = _measured_pull(server, node, versions.v2.commit, keys)
+    fresh = workdir / "node-fresh"
+    ostree.init_repo(fresh, mode="bare-user")
+    full_bytes, full_s = _measured_pull(server, fresh, versions.v2.commit, keys)
+    fresh_v1 = workdir / "node-fresh-v1"
+    ostree.init_repo(fresh_v1, mode="bare-user")
+    full_v1_bytes, _ = _measured_pull(server, fresh_v1, versions.v1.commit, keys)
+    return {
+        "security": security_bytes,
+        "delta": delta_bytes,
+        "delta_s": delta_s,
+        "full": full_bytes,
+        "full_s": full_s,
+        "full_v1": full_v1_bytes,
+    }
+
+
+def _concurrent_pulls(
+    server: UpdateServer, updates: Path, versions: _Versions
+) -> tuple[int, int, float]:
+    """``CONCURRENT`` nodes fetch what a delta upgrade fetches at once: (failures, server
+    errors, wall seconds)."""
+    v1, v2 = versions.v1.commit, versions.v2.commit
+    repo = served_repo(updates)
+    delta_dir = repo / "deltas" / v1[:2] / (v1[2:] + "-" + v2)
+    files = sorted(p for p in delta_dir.rglob("*") if p.is_file())
+    paths = ["channels/stable.json", *(f"repo/{p.relative_to(repo)}" for p in files)]
+    paths.append(f"repo/objects/{v2[:2]}/{v2[2:]}.commit")
+    urls = [f"{url_of(server)}/{p}" for p in paths]
+    errors_before = server.counters.errors
+    started = time.monotonic()
+    failures = 0
+    with ThreadPoolExecutor(max_workers=CONCURRENT) as pool:
+        futures = [pool.submit(_fetch_all, urls) for _ in range(CONCURRENT)]
+        for future in futures:
+            try:
+                future.result(timeout=300)
+            except Exception:  # every failure counts, whatever its kind
+                failures += 1
+    return failures, server.counters.errors - errors_before, time.monotonic() - started
+
+
+def run_benchmark(workdir: Path, reporter: Reporter) -> dict[str, object]:
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    versions = _compose_versions(workdir, reporter)
+    changed = _changed_packages(versions.v0.sbom, versions.v1.sbom)
+    published = _publish_versions(workdir, versions, reporter)
+    server = serve_in_thread(published.updates)
     try:
-        url = url_of(server)
-        node = workdir / "node-v1"
-        ostree.init_repo(node, mode="bare-user")
-        pull_verified(node, url, v0.commit, keys)
-        before = server.counters.bytes_sent
-        pull_verified(node, url, v1_commit, keys)
-        security_bytes = server.counters.bytes_sent - before
-        before = server.counters.bytes_sent
-        started = time.monotonic()
-        pull_verified(node, url, v2.commit, keys)
-        delta_s = time.monotonic() - started
-        delta_bytes = server.counters.bytes_sent - before
-
-        fresh = workdir / "node-fresh"
-        ostree.init_repo(fresh, mode="bare-user")
-        before = server.counters.bytes_sent
-        started = time.monotonic()
-        pull_verified(fresh, url, v2.commit, keys)
-        full_s = time.monotonic() - started
-        full_bytes = server.counters.bytes_sent - before
-        fresh_v1 = workdir / "node-fresh-v1"
-        ostree.init_repo(fresh_v1, mode="bare-user")
-        before = server.counters.bytes_sent
-        pull_verified(fresh_v1, url, v1_commit, keys)
-        full_v1_bytes = server.counters.bytes_sent - before
-
-        repo = served_repo(updates)
-        delta_dir = repo / "deltas" / v1_commit[:2] / (v1_commit[2:] + "-" + v2.commit)
-        files = sorted(p for p in delta_dir.rglob("*") if p.is_file())
-        paths = ["channels/stable.json", *(f"repo/{p.relative_to(repo)}" for p in files)]
-        paths.append(f"repo/objects/{v2.commit[:2]}/{v2.commit[2:]}.commit")
-        urls = [f"{url}/{p}" for p in paths]
-        errors_before = server.counters.errors
-        started = time.monotonic()
-        failures = 0
-        with ThreadPoolExecutor(max_workers=CONCURRENT) as pool:
-            futures = [pool.submit(_fetch_all, urls) for _ in range(CONCURRENT)]
-            for future in futures:
-                try:
-                    future.result(timeout=300)
-                except Exception:  # every failure counts, whatever its kind
-                    failures += 1
-        concurrent_s = time.monotonic() - started
-        server_errors = server.counters.errors - errors_before
+        pulled = _pulls(workdir, server, versions, published.keys)
+        failures, server_errors, concurrent_s = _concurrent_pulls(
+            server, published.updates, versions
+        )
     finally:
         server.shutdown()
         server.server_close()
 
-    ratio = delta_bytes / full_bytes
-    security_ratio = security_bytes / full_v1_bytes
+    ratio = pulled["delta"] / pulled["full"]
+    security_ratio = pulled["security"] / pulled["full_v1"]
     return {
         "figures": {
-            "image size (MB, uncompressed tree)": round(v2.size / 1e6, 1),
+            "image size (MB, uncompressed tree)": round(versions.v2.size / 1e6, 1),
             "security update: packages changed": len(changed),
             "security update: changed packages": ", ".join(changed),
-            "security update: full pull (MB downloaded)": round(full_v1_bytes / 1e6, 2),
-            "security update: delta (MB downloaded)": round(security_bytes / 1e6, 2),
-            "security update: publish with delta generation (s)": round(security_publish_s, 1),
-            "full pull of v2 (MB downloaded)": round(full_bytes / 1e6, 2),
-            "delta v1 -> v2, conntrack added (MB downloaded)": round(delta_bytes / 1e6, 2),
+            "security update: full pull (MB downloaded)": round(pulled["full_v1"] / 1e6, 2),
+            "security update: delta (MB downloaded)": round(pulled["security"] / 1e6, 2),
+            "security update: publish with delta generation (s)": round(
+                published.security_publish_s, 1
+            ),
+            "full pull of v2 (MB downloaded)": round(pulled["full"] / 1e6, 2),
+            "delta v1 -> v2, conntrack added (MB downloaded)": round(pulled["delta"] / 1e6, 2),
             "delta v1 -> v2 vs full pull": f"{ratio:.1%}",
-            "full pull (s)": round(full_s, 1),
-            "delta pull (s)": round(delta_s, 1),
-            "publish v2 with delta (s)": round(publish_s, 1),
+            "full pull (s)": round(pulled["full_s"], 1),
+            "delta pull (s)": round(pulled["delta_s"], 1),
+            "publish v2 with delta (s)": round(published.publish_s, 1),
             "concurrent delta pulls": CONCURRENT,
             "concurrent pulls wall time (s)": round(concurrent_s, 1),
             "concurrent pull failures": failures,

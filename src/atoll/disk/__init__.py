@@ -21,7 +21,7 @@ mounting it (:mod:`atoll.disk.image`):
 * ``write_config_drive(user_data, output)`` (``atoll config-drive``): user data
   on an ext4 disk labelled ``ATOLL-CONFIG``, for hypervisors without fw_cfg.
 
-The ESP is kept in step with ostree by :mod:`atoll.agent.bootentries`, which
+The ESP is kept in step with ostree by :mod:`atoll.wire.bootentry`, which
 the agent also runs on the node after each upgrade.
 """
 

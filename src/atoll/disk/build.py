@@ -14,7 +14,7 @@ valid, the size holds the layout, the tools and systemd-boot are installed.
 2. optional user data copied to the stateroot's ``/var/lib/atoll/user-data.toml``;
 3. the ESP contents in a staging directory: systemd-boot as
    ``EFI/BOOT/BOOTX64.EFI`` and the deployments' entries and kernels
-   (:func:`atoll.agent.bootentries.sync`, the same code the agent runs after
+   (:func:`atoll.wire.bootentry.sync`, the same code the agent runs after
    an upgrade);
 4. a sparse file partitioned with ``sfdisk``; ``mkfs.ext4 -d`` and
    ``mkfs.vfat`` write the filesystems straight into it at the partitions'
@@ -29,14 +29,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from atoll.agent import bootentries
-from atoll.agent.provision import EMBEDDED_PATH, UserDataError, parse_user_data
+from atoll import durable
 from atoll.disk.kernelcheck import KernelVerdict, check_config, config_candidates
 from atoll.disk.layout import (
     MIB,
@@ -49,6 +47,8 @@ from atoll.errors import AtollError, InputError, ToolMissing
 from atoll.process import run, which
 from atoll.progress import Reporter
 from atoll.tools import ostree
+from atoll.wire import bootentry
+from atoll.wire.userdata import EMBEDDED_PATH, UserDataError, parse_user_data
 
 OS_NAME = "atoll"
 SYSTEMD_BOOT_EFI = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
@@ -87,7 +87,7 @@ class DiskResult:
     commit: str
     version: str
     layout: DiskLayout
-    default_entry: bootentries.BootEntry
+    default_entry: bootentry.BootEntry
     root_bytes_used: int
 
 
@@ -182,9 +182,9 @@ def _find_kernel(repo: Path, commit: str) -> str:
 def _kernel_config(repo: Path, commit: str, kernel: str) -> tuple[str, str]:
     candidates = config_candidates(kernel)
     for path in candidates:
-        result = run(["ostree", "cat", f"--repo={repo}", commit, path], check=False)
-        if result.returncode == 0:
-            return result.stdout.decode(errors="replace"), path
+        content = ostree.cat_if_present(repo, commit, path)
+        if content is not None:
+            return content.decode(errors="replace"), path
     raise InputError(
         f"{repo}: commit {commit[:12]} has no kernel config ({', '.join(candidates)}): "
         "cannot verify that it boots without an initramfs"
@@ -200,7 +200,7 @@ def build_disk(plan: DiskPlan, reporter: Reporter) -> DiskResult:
         sysroot = work / "sysroot"
         with reporter.stage("sysroot", f"deploy {plan.ref} ({plan.commit[:12]})"):
             _deploy(plan, sysroot)
-        entries = bootentries.read_entries(sysroot / "boot" / bootentries.ENTRIES_DIR)
+        entries = bootentry.read_entries(sysroot / "boot" / bootentry.ENTRIES_DIR)
         if not entries:
             raise AtollError(f"{sysroot}/boot/loader/entries: ostree deploy wrote no boot entry")
         used = _tree_bytes(sysroot)
@@ -222,7 +222,7 @@ def build_disk(plan: DiskPlan, reporter: Reporter) -> DiskResult:
             with reporter.stage("qcow2", "qemu-img convert"):
                 final = work / "disk.qcow2"
                 run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", image, final])
-        os.replace(final, plan.output)
+        durable.replace(final, plan.output)
     finally:
         _remove_work(work)
     return DiskResult(
@@ -238,24 +238,15 @@ def build_disk(plan: DiskPlan, reporter: Reporter) -> DiskResult:
 
 def _deploy(plan: DiskPlan, sysroot: Path) -> None:
     sysroot.mkdir()
-    run(["ostree", "admin", "init-fs", "--modern", sysroot])
-    run(["ostree", "admin", "os-init", OS_NAME, f"--sysroot={sysroot}"])
+    ostree.admin_init_fs(sysroot)
+    ostree.admin_os_init(sysroot, OS_NAME)
     repo = sysroot / "ostree" / "repo"
     # No grub/syslinux integration on the node: atoll syncs the ESP itself.
-    run(["ostree", "config", f"--repo={repo}", "set", "sysroot.bootloader", "none"])
-    argv: list[str | Path] = [
-        "ostree",
-        "admin",
-        "deploy",
-        f"--sysroot={sysroot}",
-        f"--os={OS_NAME}",
-    ]
-    argv += [f"--karg={arg}" for arg in plan.kernel_arguments]
+    ostree.set_config(repo, "sysroot.bootloader", "none")
+    kargs = plan.kernel_arguments
     if plan.previous is not None:
         ostree.pull_local(repo, plan.repo, plan.previous)
-        run([*argv, plan.previous])
-        # Offline there is no booted deployment: keep the first one explicitly.
-        argv.append("--retain")
+        ostree.admin_deploy(sysroot, OS_NAME, plan.previous, kernel_arguments=kargs)
     # Pulled only now: each deploy prunes commits that no ref or deployment holds.
     ostree.pull_local(repo, plan.repo, plan.commit)
     deploy_target = plan.commit
@@ -263,7 +254,9 @@ def _deploy(plan: DiskPlan, sysroot: Path) -> None:
         # The deployment's origin names the ref, so the node can upgrade along it.
         ostree.set_ref(repo, plan.ref, plan.commit)
         deploy_target = plan.ref
-    run([*argv, deploy_target])
+    # Offline there is no booted deployment: keep the first one explicitly.
+    retain = plan.previous is not None
+    ostree.admin_deploy(sysroot, OS_NAME, deploy_target, kernel_arguments=kargs, retain=retain)
     if plan.user_data is not None:
         target = sysroot / "ostree" / "deploy" / OS_NAME / EMBEDDED_PATH
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -276,7 +269,7 @@ def _stage_esp(sysroot: Path, esp: Path, tries: int | None) -> None:
     loader.parent.mkdir(parents=True)
     shutil.copyfile(SYSTEMD_BOOT_EFI, loader)
     (esp / "EFI" / "systemd").mkdir()
-    bootentries.sync(sysroot / "boot", esp, tries)
+    bootentry.sync(sysroot / "boot", esp, tries)
 
 
 def _write_image(layout: DiskLayout, sysroot: Path, esp: Path, image: Path) -> None:
@@ -356,5 +349,5 @@ def _remove_work(work: Path) -> None:
     deploy_dirs = list(work.glob("sysroot/ostree/deploy/*/deploy/*.[0-9]*"))
     dirs = [d for d in deploy_dirs if d.is_dir()]
     if dirs:
-        subprocess.run(["chattr", "-i", *map(os.fspath, dirs)], check=False)
+        run(["chattr", "-i", *dirs], check=False)
     shutil.rmtree(work, ignore_errors=True)

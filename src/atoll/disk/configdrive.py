@@ -1,9 +1,10 @@
 """A config drive: first-boot user data on a small disk of its own.
 
 For hypervisors without qemu's fw_cfg: an ext4 filesystem labelled
-``ATOLL-CONFIG`` holding ``user-data.toml``, which ``atoll.agent.provision``
-mounts read-only at first boot. ext4 because the kernel has it built in and
-its labels may be 16 characters (FAT stops at 11, too short for the name).
+``ATOLL-CONFIG`` holding ``user-data.toml`` (names and format:
+:mod:`atoll.wire.userdata`), which the agent's first boot mounts read-only.
+ext4 because the kernel has it built in and its labels may be 16 characters
+(FAT stops at 11, too short for the name).
 Built with ``mkfs.ext4 -d``, so no mount is needed on the host. Attach it as
 any block device the kernel sees early (a second NVMe namespace or disk).
 """
@@ -15,14 +16,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from atoll.agent.provision import (
+from atoll.errors import InputError
+from atoll.process import run
+from atoll.wire.userdata import (
     CONFIG_DRIVE_FILE,
     CONFIG_DRIVE_LABEL,
     UserDataError,
     parse_user_data,
 )
-from atoll.errors import InputError
-from atoll.process import run
 
 SIZE = "4M"
 

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
 
-from atoll.agent import bootentries
 from atoll.disk.layout import ESP_TYPE, ROOT_LABEL
 from atoll.errors import AtollError, InputError
 from atoll.process import run
+from atoll.wire import bootentry
 
 
 class _SfdiskPartition(TypedDict, total=False):
@@ -52,7 +52,7 @@ class DiskPartition:
 class DirectBoot:
     """What qemu ``-kernel``/``-append`` needs to boot the default deployment."""
 
-    entry: bootentries.BootEntry
+    entry: bootentry.BootEntry
     kernel: bytes
 
     @property
@@ -125,17 +125,17 @@ def _entry_names(image: Path, offset: int) -> list[str]:
     return names
 
 
-def boot_entries(image: Path) -> list[bootentries.BootEntry]:
+def boot_entries(image: Path) -> list[bootentry.BootEntry]:
     """The deployments' entries on the root partition, default first."""
     with raw_image(image) as raw:
         root = _find(raw, name=ROOT_LABEL)
         found = [
-            bootentries.parse_entry(
+            bootentry.parse_entry(
                 _read_file(raw, root.start, f"/boot/loader/entries/{name}").decode(), name
             )
             for name in _entry_names(raw, root.start)
         ]
-    return sorted(found, key=bootentries.sort_key)
+    return sorted(found, key=bootentry.sort_key)
 
 
 def read_default_entry(image: Path) -> DirectBoot:
@@ -147,12 +147,12 @@ def read_default_entry(image: Path) -> DirectBoot:
             raise AtollError(f"{image}: {ROOT_LABEL}:/boot/loader/entries: no boot entry")
         entries = sorted(
             (
-                bootentries.parse_entry(
+                bootentry.parse_entry(
                     _read_file(raw, root.start, f"/boot/loader/entries/{n}").decode(), n
                 )
                 for n in names
             ),
-            key=bootentries.sort_key,
+            key=bootentry.sort_key,
         )
         entry = entries[0]
         kernel = _read_file(raw, root.start, f"/boot{entry.linux}")
@@ -188,7 +188,7 @@ def select_entry(image: Path, entry_id: str) -> None:
     with tempfile.TemporaryDirectory(prefix="atoll-esp-") as tmp:
         conf = Path(tmp) / "loader.conf"
         # The glob matches the entry with or without a boot counter suffix.
-        conf.write_text(bootentries.loader_conf(default=f"{entry_id}*"))
+        conf.write_text(bootentry.loader_conf(default=f"{entry_id}*"))
         run(
             [
                 "mcopy",

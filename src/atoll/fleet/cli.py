@@ -14,7 +14,8 @@
 ``serve`` prints one JSON line ``{"listen": "127.0.0.1:PORT", "store": ...,
 "replica": ...}`` once it accepts connections (``--listen 127.0.0.1:0`` picks a
 free port) and runs until SIGTERM/SIGINT. The other verbs are thin clients of the HTTP API
-(:func:`atoll.agent.fleet_client.request_replicas`); ``apply`` validates
+(:func:`atoll.wire.fleet.request_replicas`, the client the agents use too);
+``nodes`` reads the protocol's :class:`~atoll.wire.fleet.NodeRecord`; ``apply`` validates
 ``pool.toml`` locally first so errors name the file and key.
 """
 
@@ -32,14 +33,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from atoll.agent.fleet_client import Backoff, FleetError, request_replicas
 from atoll.errors import AtollError, InputError
-from atoll.fleet.etcd import LeaderElection
 from atoll.fleet.etcd_store import open_replica
 from atoll.fleet.operator_cli import register_operator
 from atoll.fleet.pool import load_pool_file, spec_to_dict
 from atoll.fleet.server import FleetService
-from atoll.fleet.store import FleetStore, Store, store_path
+from atoll.fleet.sqlite_store import SqliteStore, store_path
+from atoll.fleet.store import Election, FleetStore
+from atoll.wire.fleet import Backoff, FleetError, NodeRecord, ProtocolError, request_replicas
 
 DEFAULT_SERVER = "http://127.0.0.1:9443"
 
@@ -74,13 +75,14 @@ def _call(
         raise AtollError(str(e)) from e
 
 
-def _open_store(args: argparse.Namespace) -> tuple[FleetStore, LeaderElection | None]:
+def _open_store(args: argparse.Namespace) -> tuple[FleetStore, Election | None]:
+    """The store ``--store`` names (etcd: with this replica's side of the election)."""
     if args.store.startswith("etcd://"):
         if args.lease_ttl < 2:
             raise InputError(f"--lease-ttl {args.lease_ttl}: etcd grants leases of 2 s or more")
         replica = args.replica or f"{socket.gethostname()}-{os.getpid()}"
         return open_replica(args.store, replica, ttl=args.lease_ttl)
-    return Store(store_path(args.store)), None
+    return SqliteStore(store_path(args.store)), None
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -246,18 +248,18 @@ def _nodes(args: argparse.Namespace) -> int:
         if not sep or not key:
             raise InputError(f"--selector {item!r}: expected KEY=VALUE")
         selector[key] = value
-    nodes = [
-        n
-        for n in _call(args, "GET", "/v1/nodes")
-        if all(n["labels"].get(k) == v for k, v in selector.items())
-    ]
+    try:
+        records = [NodeRecord.from_json(raw) for raw in _call(args, "GET", "/v1/nodes")]
+    except ProtocolError as e:
+        raise AtollError(f"GET {args.server}/v1/nodes: unexpected answer: {e}") from e
+    nodes = [n for n in records if all(n.labels.get(k) == v for k, v in selector.items())]
     if args.json:
-        print(json.dumps(nodes, indent=2))
+        print(json.dumps([n.to_json() for n in nodes], indent=2))
     else:
         for n in nodes:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(n["labels"].items()))
-            health = "healthy" if n["healthy"] else "UNHEALTHY"
-            print(f"{n['name']:<24} {n['current']:<12} {n['phase']:<10} {health:<9} {labels}")
+            labels = ",".join(f"{k}={v}" for k, v in sorted(n.labels.items()))
+            health = "healthy" if n.healthy else "UNHEALTHY"
+            print(f"{n.name:<24} {n.current:<12} {n.phase:<10} {health:<9} {labels}")
     return 0
 
 

@@ -26,10 +26,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from atoll.errors import AtollError
+from atoll.fleet.store import StoreError
 
 
-class EtcdError(AtollError):
+class EtcdError(StoreError):
     """No endpoint answered, or etcd rejected a request; the message names the URL."""
 
 

@@ -7,23 +7,23 @@ Layout under a prefix (default ``/atoll/fleet``), one JSON document per key::
     PREFIX/nodes/NAME     {"labels", "current", "staged", "healthy", "phase", "last_transition",
                            "last_report"}
     PREFIX/events/TOKEN-I {"at", "pool", "node", "kind", "message"}
+    PREFIX/leader         the elected replica's name (attached to its lease)
 
 Design:
 
 * **optimistic transactions instead of SQLite's ``BEGIN IMMEDIATE``**: a
   mutation reads the keys it needs (noting each key's ``mod_revision``),
-  decides in Python with the same rules as :class:`atoll.fleet.store.Store`
-  (:func:`after_report` for reports, the same conditional updates for plans),
+  decides with :mod:`atoll.fleet.transitions` (the rules SQLite uses too),
   then writes every changed key *and its events* in one etcd transaction that
   succeeds only if none of the written keys changed since it was read. On a
   conflict (another replica or thread wrote first) it reads again and decides
   again, a bounded number of times;
-* **fencing**: with :attr:`EtcdStore.fence` set to ``(leader key, identity)``,
-  :meth:`apply_plan` (the only place decisions are written) also requires the
-  leader key to still hold this replica's identity, so a replica that lost its
-  lease while planning cannot grant a reboot: it gets :class:`NotLeader`.
-  Registrations, reports and operator verbs are facts, not decisions: any
-  replica writes them;
+* **fencing**: once :meth:`EtcdStore.election` made this store a candidate
+  (:attr:`EtcdStore.fence` = ``(leader key, identity)``), :meth:`apply_plan`
+  (the only place decisions are written) also requires the leader key to still
+  hold this replica's identity, so a replica that lost its lease while planning
+  cannot grant a reboot: it gets :class:`NotLeader`. Registrations, reports and
+  operator verbs are facts, not decisions: any replica writes them;
 * event ids are ``create_revision * 1000 + position in the transaction``, so
   they grow in the order etcd committed them, like SQLite's AUTOINCREMENT;
 * only the newest ``events_kept`` events are kept: after a write with events,
@@ -38,11 +38,12 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from atoll.errors import InputError
+from atoll.fleet import transitions
 from atoll.fleet.etcd import (
     EtcdClient,
     EtcdError,
@@ -52,18 +53,15 @@ from atoll.fleet.etcd import (
     value_is,
 )
 from atoll.fleet.pool import spec_from_dict, spec_to_dict
-from atoll.fleet.rollout import ActionKind, NodeFacts, Phase, Plan, PoolSpec, PoolState
-from atoll.fleet.store import EVENTS_KEPT, Event, after_report, matches
+from atoll.fleet.rollout import NodeFacts, Phase, Plan, PoolSpec, PoolState
+from atoll.fleet.store import EVENTS_KEPT, Event, NotLeader
+from atoll.fleet.transitions import NewEvent, NodeStep, PoolStep, Registration, Report
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 ATTEMPTS = 20
 """Conflicting transactions retried before giving up (each retry re-reads)."""
-
-
-class NotLeader(EtcdError):
-    """A fenced write was refused: this replica does not hold the leader key."""
 
 
 @dataclass
@@ -73,8 +71,11 @@ class _Changes:
     puts: dict[str, dict[str, Any]] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
 
-    def event(self, now: float, pool: str | None, node: str | None, kind: str, msg: str) -> None:
-        self.events.append({"at": now, "pool": pool, "node": node, "kind": kind, "message": msg})
+    def append(self, events: Iterable[NewEvent]) -> None:
+        self.events += [
+            {"at": e.at, "pool": e.pool, "node": e.node, "kind": e.kind, "message": e.message}
+            for e in events
+        ]
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ class _Read:
         return self.docs.get(key)
 
 
-def _node_doc(n: NodeFacts, now: float) -> dict[str, Any]:
+def _facts_doc(n: NodeFacts) -> dict[str, Any]:
     return {
         "labels": dict(sorted(n.labels.items())),
         "current": n.current_version,
@@ -96,7 +97,15 @@ def _node_doc(n: NodeFacts, now: float) -> dict[str, Any]:
         "healthy": n.healthy,
         "phase": n.phase.value,
         "last_transition": n.last_transition,
-        "last_report": now,
+    }
+
+
+def _pool_doc(step: PoolStep, now: float) -> dict[str, Any]:
+    return {
+        "spec": spec_to_dict(step.spec),
+        "pause_reason": step.state.pause_reason,
+        "canary_released": step.state.canary_released,
+        "updated_at": now,
     }
 
 
@@ -129,6 +138,13 @@ class EtcdStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def election(self, identity: str, *, ttl: int = 5) -> LeaderElection:
+        """This replica's side of the election on ``PREFIX/leader``; from now on the
+        store writes plans only while that key names ``identity`` (the fence)."""
+        key = f"{self.prefix}/leader"
+        self.fence = (key, identity)
+        return LeaderElection(self._client, key, identity, ttl=ttl)
 
     # keys and documents -------------------------------------------------
     def _pool_key(self, name: str) -> str:
@@ -174,6 +190,10 @@ class EtcdStore:
             revisions[kv.key] = kv.mod_revision
         return _Read(docs, revisions)
 
+    def _read_nodes(self, read: _Read) -> list[NodeFacts]:
+        nodes = f"{self.prefix}/nodes/"
+        return [self._node(k, doc) for k, doc in sorted(read.docs.items()) if k.startswith(nodes)]
+
     def _transact(
         self,
         decide: Callable[[_Read], tuple[_Changes, T]],
@@ -202,16 +222,21 @@ class EtcdStore:
                     self._maybe_trim()
                 return result
             if fenced and self.fence is not None:
-                holder = self._client.get(self.fence[0])
-                if holder != self.fence[1]:
-                    raise NotLeader(
-                        f"etcd key {self.fence[0]}: held by {holder!r}, not {self.fence[1]!r}: "
-                        "this replica is not the leader"
-                    )
+                self._check_fence()
         raise EtcdError(
             f"etcd {self.prefix}: gave up after {ATTEMPTS} conflicting transactions on "
             f"{sorted(keys) + sorted(prefixes)}"
         )
+
+    def _check_fence(self) -> None:
+        assert self.fence is not None
+        key, identity = self.fence
+        holder = self._client.get(key)
+        if holder != identity:
+            raise NotLeader(
+                f"etcd key {key}: held by {holder!r}, not {identity!r}: "
+                "this replica is not the leader"
+            )
 
     def _maybe_trim(self) -> None:
         now = self._clock()
@@ -240,29 +265,52 @@ class EtcdStore:
         self._client.delete(keys)
         return len(keys)
 
+    # writing decisions ----------------------------------------------------
+    def _put_nodes(self, changes: _Changes, read: _Read, nodes: Iterable[NodeFacts]) -> None:
+        """Nodes the controller moved (a plan, a resume): ``last_report`` stays."""
+        for n in nodes:
+            key = self._node_key(n.name)
+            changes.puts[key] = {**read.docs[key], **_facts_doc(n)}
+
+    def _put_reported(self, changes: _Changes, step: NodeStep, now: float) -> None:
+        """A node as its agent registered or reported it (``last_report`` = now)."""
+        changes.puts[self._node_key(step.after.name)] = {
+            **_facts_doc(step.after),
+            "last_report": now,
+        }
+        changes.append(step.events)
+
+    def _pool_change(
+        self, name: str, now: float, step: Callable[[tuple[PoolSpec, PoolState], _Read], PoolStep]
+    ) -> PoolStep | None:
+        """Apply an operator verb to an existing pool (and the nodes); None if there is none."""
+        key = self._pool_key(name)
+
+        def decide(read: _Read) -> tuple[_Changes, PoolStep | None]:
+            changes = _Changes()
+            doc = read.get(key)
+            if doc is None:
+                return changes, None
+            result = step(self._pool(key, doc), read)
+            changes.puts[key] = _pool_doc(result, now)
+            self._put_nodes(changes, read, result.nodes)
+            changes.append(result.events)
+            return changes, result
+
+        return self._transact(decide, keys=[key], prefixes=[f"{self.prefix}/nodes/"])
+
     # pools ---------------------------------------------------------------
     def put_pool(self, spec: PoolSpec, now: float) -> PoolSpec:
         """Create or replace a pool; a new target remembers the old one as previous."""
         key = self._pool_key(spec.name)
 
         def decide(read: _Read) -> tuple[_Changes, PoolSpec]:
-            new = spec
             doc = read.get(key)
-            if doc is not None and spec.previous_version is None:
-                old = self._pool(key, doc)[0]
-                if old.target_version != spec.target_version:
-                    new = replace(spec, previous_version=old.target_version)
-                else:
-                    new = replace(spec, previous_version=old.previous_version)
+            step = transitions.applied(None if doc is None else self._pool(key, doc), spec, now)
             changes = _Changes()
-            changes.puts[key] = {
-                "pause_reason": None if doc is None else doc.get("pause_reason"),
-                "canary_released": False if doc is None else doc.get("canary_released", False),
-                "spec": spec_to_dict(new),
-                "updated_at": now,
-            }
-            changes.event(now, spec.name, None, "apply", f"target {new.target_version}")
-            return changes, new
+            changes.puts[key] = _pool_doc(step, now)
+            changes.append(step.events)
+            return changes, step.spec
 
         return self._transact(decide, keys=[key])
 
@@ -283,61 +331,29 @@ class EtcdStore:
             doc = read.get(key)
             if doc is None:
                 return changes, False
-            changes.puts[key] = {**doc, "pause_reason": reason}
-            changes.event(now, name, None, "pause", reason)
+            step = transitions.paused(*self._pool(key, doc), reason, now)
+            changes.puts[key] = _pool_doc(step, now)
+            changes.append(step.events)
             return changes, True
 
         return self._transact(decide, keys=[key])
 
     def resume(self, name: str, now: float) -> bool:
         """Clear the pause, release the canary gate and retry the pool's failed nodes."""
-        key = self._pool_key(name)
 
-        def decide(read: _Read) -> tuple[_Changes, bool]:
-            changes = _Changes()
-            doc = read.get(key)
-            if doc is None:
-                return changes, False
-            spec = self._pool(key, doc)[0]
-            changes.puts[key] = {**doc, "pause_reason": None, "canary_released": True}
-            for node_key, node_doc in read.docs.items():
-                if node_key == key:
-                    continue
-                node = self._node(node_key, node_doc)
-                if node.phase is Phase.FAILED and matches(spec.selector, node.labels):
-                    changes.puts[node_key] = {
-                        **node_doc,
-                        "phase": Phase.IDLE.value,
-                        "last_transition": now,
-                    }
-            changes.event(now, name, None, "resume", "resumed by operator")
-            return changes, True
+        def step(pool: tuple[PoolSpec, PoolState], read: _Read) -> PoolStep:
+            return transitions.resumed(*pool, self._read_nodes(read), now)
 
-        return self._transact(decide, keys=[key], prefixes=[f"{self.prefix}/nodes/"])
+        return self._pool_change(name, now, step) is not None
 
     def rollback(self, name: str, now: float) -> PoolSpec | None:
-        """Swap target and previous version, then resume so nodes move back."""
-        key = self._pool_key(name)
+        """Swap target and previous version and resume, so nodes move back."""
 
-        def decide(read: _Read) -> tuple[_Changes, PoolSpec | None]:
-            changes = _Changes()
-            doc = read.get(key)
-            if doc is None:
-                return changes, None
-            spec = self._pool(key, doc)[0]
-            if spec.previous_version is None:
-                raise InputError(f"pool {name}: no previous version to roll back to")
-            back = replace(
-                spec, target_version=spec.previous_version, previous_version=spec.target_version
-            )
-            changes.puts[key] = {**doc, "spec": spec_to_dict(back), "updated_at": now}
-            changes.event(now, name, None, "rollback", f"target back to {back.target_version}")
-            return changes, back
+        def step(pool: tuple[PoolSpec, PoolState], read: _Read) -> PoolStep:
+            return transitions.rolled_back(*pool, self._read_nodes(read), now)
 
-        back = self._transact(decide, keys=[key])
-        if back is not None:
-            self.resume(name, now)
-        return back
+        result = self._pool_change(name, now, step)
+        return None if result is None else result.spec
 
     # nodes ---------------------------------------------------------------
     def nodes(self) -> list[NodeFacts]:
@@ -354,17 +370,15 @@ class EtcdStore:
     ) -> NodeFacts:
         """Register (or re-register) a node; a re-registration keeps its phase."""
         key = self._node_key(name)
+        registration = Registration(name, labels, version, healthy)
 
         def decide(read: _Read) -> tuple[_Changes, NodeFacts]:
-            changes = _Changes()
             doc = read.get(key)
-            if doc is None:
-                node = NodeFacts(name, dict(labels), version, None, healthy, Phase.IDLE, now)
-                changes.event(now, None, name, "register", f"version {version}")
-            else:
-                node = replace(self._node(key, doc), labels=dict(labels))
-            changes.puts[key] = _node_doc(node, now)
-            return changes, node
+            old = None if doc is None else self._node(key, doc)
+            step = transitions.registered(old, registration, now)
+            changes = _Changes()
+            self._put_reported(changes, step, now)
+            return changes, step.after
 
         return self._transact(decide, keys=[key])
 
@@ -381,28 +395,17 @@ class EtcdStore:
     ) -> tuple[NodeFacts, bool] | None:
         """Apply an agent's report; an unchanged report writes nothing."""
         key = self._node_key(name)
+        report = Report(current, staged, healthy, failed, desired)
 
         def decide(read: _Read) -> tuple[_Changes, tuple[NodeFacts, bool] | None]:
             changes = _Changes()
             doc = read.get(key)
             if doc is None:
                 return changes, None
-            old = self._node(key, doc)
-            new = after_report(
-                old,
-                current=current,
-                staged=staged,
-                healthy=healthy,
-                failed=failed,
-                desired=desired,
-                now=now,
-            )
-            if new == old:
-                return changes, (new, False)
-            changes.puts[key] = _node_doc(new, now)
-            if new.phase is not old.phase:
-                changes.event(now, None, name, "phase", f"{old.phase} -> {new.phase} on {current}")
-            return changes, (new, True)
+            step = transitions.after_report(self._node(key, doc), report, now)
+            if step.changed:
+                self._put_reported(changes, step, now)
+            return changes, (step.after, step.changed)
 
         return self._transact(decide, keys=[key])
 
@@ -412,28 +415,15 @@ class EtcdStore:
         node_keys = sorted({self._node_key(a.node) for a in plan.actions})
 
         def decide(read: _Read) -> tuple[_Changes, None]:
+            doc = read.get(pool_key)
+            state = None if doc is None else self._pool(pool_key, doc)[1]
+            nodes = {n.name: n for n in self._read_nodes(read)}
+            step = transitions.after_plan(pool, state, nodes, plan, now)
             changes = _Changes()
-            for action in plan.actions:
-                key = self._node_key(action.node)
-                doc = changes.puts.get(key) or read.get(key)
-                if doc is not None:
-                    phase = Phase(doc["phase"])
-                    if action.kind is ActionKind.STAGE:
-                        if phase in (Phase.IDLE, Phase.STAGED):
-                            changes.puts[key] = {**doc, "phase": Phase.STAGING.value}
-                    elif phase not in (Phase.REBOOTING, Phase.FAILED):
-                        changes.puts[key] = {
-                            **doc,
-                            "phase": Phase.REBOOTING.value,
-                            "staged": action.version,
-                            "last_transition": now,
-                        }
-                changes.event(now, pool, action.node, action.kind.value, action.version)
-            if plan.pause_reason is not None:
-                doc = read.get(pool_key)
-                if doc is not None and doc.get("pause_reason") is None:
-                    changes.puts[pool_key] = {**doc, "pause_reason": plan.pause_reason}
-                changes.event(now, pool, None, "pause", plan.pause_reason)
+            self._put_nodes(changes, read, step.nodes)
+            if doc is not None and step.state is not None:
+                changes.puts[pool_key] = {**doc, "pause_reason": step.state.pause_reason}
+            changes.append(step.events)
             return changes, None
 
         self._transact(decide, keys=[pool_key, *node_keys], fenced=True)
@@ -470,8 +460,5 @@ def open_replica(
         endpoints = parse_endpoints(url)
     except EtcdError as e:
         raise InputError(f"--store: {e}") from e
-    client = EtcdClient(endpoints)
-    store = EtcdStore(client, prefix=prefix)
-    election = LeaderElection(client, f"{store.prefix}/leader", replica, ttl=ttl)
-    store.fence = (f"{store.prefix}/leader", replica)
-    return store, election
+    store = EtcdStore(EtcdClient(endpoints), prefix=prefix)
+    return store, store.election(replica, ttl=ttl)

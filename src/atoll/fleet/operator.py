@@ -33,10 +33,11 @@ planner does not.
   ``atoll.dev/resume`` annotation to any new value; this clears a self-pause,
   releases the canary and lets failed nodes be retried.
 
-How a report moves a node between phases is :func:`atoll.fleet.store.after_report`,
-shared with the standalone controller. Every reconcile (on create, update,
-resume of a pool, and on a timer so time-based rules progress) runs under one
-lock, so two reconciles never grant from the same stale count.
+How a report or a decision moves a node between phases, and what the node is
+told, is :mod:`atoll.fleet.transitions`, shared with the standalone controller's
+stores. Every reconcile (on create, update, resume of a pool, and on a timer so
+time-based rules progress) runs under one lock, so two reconciles never grant
+from the same stale count.
 
 Not done here: the agent side (the agent reports to the standalone controller
 over HTTP; writing its own Node's annotations is not wired into the agent).
@@ -59,8 +60,24 @@ import kopf
 from atoll.errors import InputError
 from atoll.fleet.kube import GROUP, PLURAL, VERSION, KubeApi, KubeError
 from atoll.fleet.pool import spec_from_dict
-from atoll.fleet.rollout import ActionKind, NodeFacts, Phase, Plan, PoolSpec, PoolState, plan
-from atoll.fleet.store import after_report, matches
+from atoll.fleet.rollout import (
+    Action,
+    ActionKind,
+    NodeFacts,
+    Phase,
+    Plan,
+    PoolSpec,
+    PoolState,
+    plan,
+)
+from atoll.fleet.transitions import (
+    Report,
+    after_action,
+    after_report,
+    instruction,
+    matches,
+    resumed,
+)
 
 KIND = "NodePool"
 
@@ -217,15 +234,8 @@ def facts_of(node: Mapping[str, Any], now: float) -> NodeFacts | None:
     # Back on the granted version but not healthy yet (the kubelet is not Ready,
     # or the agent's trial runs): after_report keeps the node rebooting, bounded
     # by the reboot timeout, until it is healthy or its agent says it failed.
-    return after_report(
-        remembered,
-        current=current,
-        staged=staged,
-        healthy=healthy,
-        failed=failed,
-        desired=notes.get(A_DESIRED) or None,
-        now=now,
-    )
+    report = Report(current, staged, healthy, failed, desired=notes.get(A_DESIRED) or None)
+    return after_report(remembered, report, now).after
 
 
 def after_plan(
@@ -233,7 +243,7 @@ def after_plan(
 ) -> NodeFacts:
     """A node's facts once the plan's decision about it is persisted (pure).
 
-    The same transitions as :meth:`atoll.fleet.store.Store.apply_plan`: a stage
+    The stores' transition (:func:`atoll.fleet.transitions.after_action`): a stage
     order moves ``idle``/``staged`` to ``staging``; a reboot or rollback grant
     moves the node to ``rebooting`` with the granted version.
     """
@@ -241,35 +251,22 @@ def after_plan(
     if decision is None:
         return node
     kind, version = decision
-    if kind is ActionKind.STAGE:
-        if node.phase in (Phase.IDLE, Phase.STAGED):
-            return replace(node, phase=Phase.STAGING)
-        return node
-    if node.phase in (Phase.REBOOTING, Phase.FAILED):
-        return node
-    return replace(node, phase=Phase.REBOOTING, staged_version=version, last_transition=now)
+    return after_action(node, Action(kind, node.name, version), now)
 
 
 def instructions(node: NodeFacts, result: Plan, pool: str) -> dict[str, str]:
     """The operator-owned annotations of one node: its memory and its answer to the agent."""
-    rebooting = node.phase is Phase.REBOOTING
-    version = (
-        (node.staged_version or result.desired[node.name])
-        if rebooting
-        else result.desired[node.name]
-    )
+    told = instruction(node, result.desired[node.name])
     notes = {
         A_POOL: pool,
         A_PHASE: node.phase.value,
         A_SINCE: f"{node.last_transition:.3f}",
-        A_DESIRED: version,
-        A_STAGE: _bool(
-            node.phase in (Phase.STAGING, Phase.STAGED) and node.current_version != version
-        ),
-        A_MAY_REBOOT: _bool(rebooting and node.current_version != version),
+        A_DESIRED: told.version,
+        A_STAGE: _bool(told.stage),
+        A_MAY_REBOOT: _bool(told.may_reboot),
         A_REASON: result.waiting.get(node.name, ""),
     }
-    if rebooting and node.staged_version:
+    if node.phase is Phase.REBOOTING and node.staged_version:
         notes[A_GRANTED] = node.staged_version
     return notes
 
@@ -378,6 +375,59 @@ def _camel(snake: str) -> str:
     return head + "".join(part.capitalize() for part in rest)
 
 
+def observe(
+    raw_nodes: Sequence[Mapping[str, Any]], now: float
+) -> tuple[list[NodeFacts], list[str]]:
+    """The planner's facts of a pool's Nodes, and the names of those not reported yet."""
+    facts: list[NodeFacts] = []
+    unreported: list[str] = []
+    for raw in raw_nodes:
+        node = facts_of(raw, now)
+        if node is None:
+            unreported.append(str(raw["metadata"]["name"]))
+        else:
+            facts.append(node)
+    return facts, unreported
+
+
+def on_resume(
+    spec: PoolSpec,
+    memory: PoolMemory,
+    resume: str | None,
+    facts: list[NodeFacts],
+    now: float,
+) -> tuple[PoolMemory, list[NodeFacts]]:
+    """A new ``atoll.dev/resume`` value (``fleet resume``): clear the self-pause,
+    release the canary, retry failed nodes. Unchanged otherwise (pure)."""
+    if resume is None or resume == memory.resumed:
+        return memory, facts
+    step = resumed(spec, PoolState(memory.failure_pause), facts, now)
+    retried = {n.name: n for n in step.nodes}
+    return (
+        PoolMemory(step.state.pause_reason, step.state.canary_released, resume),
+        [retried.get(n.name, n) for n in facts],
+    )
+
+
+def decide(
+    spec: PoolSpec, memory: PoolMemory, facts: list[NodeFacts], now: float
+) -> tuple[Plan, PoolMemory, list[NodeFacts]]:
+    """Plan the pool; the facts and memory once its decisions are persisted (pure).
+
+    The plan is made again on the decided facts, so the reasons it gives
+    describe what the agents will see.
+    """
+    result = plan(spec, PoolState(memory.failure_pause, memory.canary_released), facts, now)
+    if not result.actions and result.pause_reason is None:
+        return result, memory, facts
+    decided = {a.node: (a.kind, a.version) for a in result.actions}
+    facts = [after_plan(n, decided, now) for n in facts]
+    if result.pause_reason is not None:
+        memory = replace(memory, failure_pause=result.pause_reason)
+    state = PoolState(memory.failure_pause, memory.canary_released)
+    return plan(spec, state, facts, now), memory, facts
+
+
 # --- the reconcile loop --------------------------------------------------------------------
 
 
@@ -396,54 +446,17 @@ class NodePoolReconciler:
 
     async def _reconcile(self, name: str) -> Plan | None:
         now = self.clock()
-        raw_pools = await self.api.list_pools()
-        pools: list[tuple[str, PoolSpec]] = []
-        this: dict[str, Any] | None = None
-        for obj in raw_pools:
-            pool_name = str(obj["metadata"]["name"])
-            try:
-                pools.append((pool_name, spec_from_object(pool_name, obj.get("spec") or {})))
-            except InputError as e:
-                if pool_name == name:
-                    await self.api.patch_pool_status(
-                        name, {"phase": "Invalid", "pauseReason": str(e)}
-                    )
-                    return None
-                continue  # another pool's bad spec: that pool reports it
-            if pool_name == name:
-                this = obj
+        pools, this = await self._read_pools(name)
         if this is None:
             return None
         spec = dict(pools)[name]
         status = this.get("status") or {}
-        memory = PoolMemory.of(status)
-        resume = _annotations(this).get(A_RESUME)
         raw_nodes = [n for n in await self.api.list_nodes() if owner(pools, _labels(n)) == name]
-        facts: list[NodeFacts] = []
-        unreported: list[str] = []
-        for raw in raw_nodes:
-            node = facts_of(raw, now)
-            if node is None:
-                unreported.append(str(raw["metadata"]["name"]))
-            else:
-                facts.append(node)
-        if resume is not None and resume != memory.resumed:
-            # `fleet resume`: clear the self-pause, release the canary, retry failed nodes.
-            memory = PoolMemory(None, True, resume)
-            facts = [
-                replace(n, phase=Phase.IDLE, last_transition=now) if n.phase is Phase.FAILED else n
-                for n in facts
-            ]
-        state = PoolState(memory.failure_pause, memory.canary_released)
-        result = plan(spec, state, facts, now)
-        if result.actions:
-            decided = {a.node: (a.kind, a.version) for a in result.actions}
-            facts = [after_plan(n, decided, now) for n in facts]
-        if result.pause_reason is not None:
-            memory = replace(memory, failure_pause=result.pause_reason)
-        if result.actions or result.pause_reason is not None:
-            # Re-plan on the decided facts so reasons describe what agents will see.
-            result = plan(spec, PoolState(memory.failure_pause, memory.canary_released), facts, now)
+        facts, unreported = observe(raw_nodes, now)
+        memory, facts = on_resume(
+            spec, PoolMemory.of(status), _annotations(this).get(A_RESUME), facts, now
+        )
+        result, memory, facts = decide(spec, memory, facts, now)
         by_name = {str(raw["metadata"]["name"]): raw for raw in raw_nodes}
         for node in facts:
             await self._write_node(by_name[node.name], node, result, name)
@@ -454,6 +467,30 @@ class NodePoolReconciler:
             ),
         )
         return result
+
+    async def _read_pools(
+        self, name: str
+    ) -> tuple[list[tuple[str, PoolSpec]], dict[str, Any] | None]:
+        """Every valid pool's spec (a node belongs to the first that matches) and pool ``name``.
+
+        ``None`` for the pool when it is gone, or invalid: its status then says why.
+        """
+        pools: list[tuple[str, PoolSpec]] = []
+        this: dict[str, Any] | None = None
+        for obj in await self.api.list_pools():
+            pool_name = str(obj["metadata"]["name"])
+            try:
+                pools.append((pool_name, spec_from_object(pool_name, obj.get("spec") or {})))
+            except InputError as e:
+                if pool_name == name:
+                    await self.api.patch_pool_status(
+                        name, {"phase": "Invalid", "pauseReason": str(e)}
+                    )
+                    return pools, None
+                continue  # another pool's bad spec: that pool reports it
+            if pool_name == name:
+                this = obj
+        return pools, this
 
     async def _write_node(
         self, raw: Mapping[str, Any], node: NodeFacts, result: Plan, pool: str

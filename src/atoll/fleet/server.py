@@ -5,7 +5,7 @@ Design:
 * standard library only (``ThreadingHTTPServer``), bound to 127.0.0.1: TLS and
   authentication belong in front of it, not in this process;
 * **the store is the truth**: every decision (a stage order, a reboot grant, a
-  self-pause) is persisted by :meth:`Store.apply_plan` before any agent can
+  self-pause) is persisted by :meth:`FleetStore.apply_plan` before any agent can
   learn it, and a reboot grant is stored as phase ``rebooting``; a controller
   killed at any moment and restarted on the same file recomputes the same
   picture and never grants more than ``maxUnavailable``;
@@ -19,7 +19,7 @@ Design:
 
 * **replicas** (etcd store): every replica answers the whole API; registrations,
   reports and operator verbs are facts any replica writes to the shared store.
-  Only the replica elected through an etcd lease (:class:`LeaderElection`)
+  Only the replica elected through an etcd lease (:class:`atoll.fleet.store.Election`)
   *persists plans* (stage orders, reboot grants, self-pauses); a follower plans
   only to answer (reasons, status) and its agents learn new decisions from the
   leader's next tick. The store fences plans by the leader key, so a replica
@@ -49,24 +49,22 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
 from atoll.errors import AtollError, InputError
-from atoll.fleet.etcd import EtcdError, LeaderElection
-from atoll.fleet.etcd_store import NotLeader
+from atoll.fleet import transitions
 from atoll.fleet.pool import spec_from_dict, spec_to_dict
-from atoll.fleet.rollout import NodeFacts, Phase, Plan, PoolSpec, PoolState, plan
-from atoll.fleet.store import FleetStore, matches
+from atoll.fleet.rollout import NodeFacts, Plan, PoolSpec, PoolState, plan
+from atoll.fleet.store import Election, FleetStore, NotLeader, StoreError
+from atoll.wire.fleet import Desired, NodeRecord, ProtocolError, Registration, Report
 
 log = logging.getLogger(__name__)
 
-_NODE = re.compile(r"^/v1/nodes/([^/]+)/(report|desired)$")
-_POOL = re.compile(r"^/v1/pools/([^/]+)(?:/(pause|resume|rollback))?$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_Message = TypeVar("_Message", Registration, Report)
 
 
 class HttpError(Exception):
@@ -103,10 +101,7 @@ class Controller:
 
     @staticmethod
     def owner(pools: list[tuple[PoolSpec, PoolState]], node: NodeFacts) -> str | None:
-        for spec, _state in pools:
-            if matches(spec.selector, node.labels):
-                return spec.name
-        return None
+        return transitions.owner((spec for spec, _state in pools), node.labels)
 
     def reconcile(self) -> dict[str, Plan]:
         """Plan every pool and persist the decisions; returns the plans."""
@@ -147,7 +142,7 @@ class Controller:
             cached = dict(self._plans)
         return cached or self.reconcile()
 
-    def desired(self, name: str) -> dict[str, Any]:
+    def desired(self, name: str) -> Desired:
         plans = self.plans()
         if not any(name in p.desired for p in plans.values()):
             plans = self.reconcile()  # registered after the last plan
@@ -156,27 +151,21 @@ class Controller:
             raise HttpError(HTTPStatus.NOT_FOUND, f"node {name!r} is not registered")
         for pool, result in plans.items():
             if name in result.desired:
-                rebooting = node.phase is Phase.REBOOTING
-                version = (
-                    (node.staged_version or result.desired[name])
-                    if rebooting
-                    else (result.desired[name])
+                told = transitions.instruction(node, result.desired[name])
+                return Desired(
+                    pool=pool,
+                    version=told.version,
+                    stage=told.stage,
+                    may_reboot=told.may_reboot,
+                    reason=result.waiting.get(name, ""),
                 )
-                return {
-                    "pool": pool,
-                    "version": version,
-                    "stage": node.phase in (Phase.STAGING, Phase.STAGED)
-                    and node.current_version != version,
-                    "may_reboot": rebooting and node.current_version != version,
-                    "reason": result.waiting.get(name, ""),
-                }
-        return {
-            "pool": None,
-            "version": node.current_version,
-            "stage": False,
-            "may_reboot": False,
-            "reason": "no pool selects this node",
-        }
+        return Desired(
+            pool=None,
+            version=node.current_version,
+            stage=False,
+            may_reboot=False,
+            reason="no pool selects this node",
+        )
 
     def pool_view(self, name: str) -> dict[str, Any]:
         spec_state = self.store.pool(name)
@@ -222,15 +211,15 @@ class Controller:
 
 
 def _node_json(n: NodeFacts) -> dict[str, Any]:
-    return {
-        "name": n.name,
-        "labels": dict(n.labels),
-        "current": n.current_version,
-        "staged": n.staged_version,
-        "healthy": n.healthy,
-        "phase": n.phase.value,
-        "last_transition": n.last_transition,
-    }
+    return NodeRecord(
+        name=n.name,
+        labels=dict(n.labels),
+        current=n.current_version,
+        staged=n.staged_version,
+        healthy=n.healthy,
+        phase=n.phase.value,
+        last_transition=n.last_transition,
+    ).to_json()
 
 
 class FleetHTTPServer(ThreadingHTTPServer):
@@ -310,107 +299,138 @@ class _Handler(BaseHTTPRequestHandler):
     def do_PUT(self) -> None:
         self._serve("PUT")
 
-    def _route(self, method: str) -> tuple[int, Any]:
+    def _message(self, path: str, parse: Callable[[object], _Message]) -> _Message:
+        """The request's body as a protocol message (:mod:`atoll.wire.fleet`)."""
+        try:
+            return parse(self._body())
+        except ProtocolError as e:
+            raise HttpError(HTTPStatus.BAD_REQUEST, f"{path}: {e}") from e
+
+    def _register(self, path: str) -> dict[str, Any]:
         ctl = self.server.controller
-        store = ctl.store
-        path, _, query = self.path.partition("?")
-        if method == "POST" and path == "/v1/nodes/register":
-            body = self._body()
-            name = body.get("name")
-            labels = body.get("labels", {})
-            version = body.get("version")
-            if not isinstance(name, str) or not _NAME.match(name):
-                raise HttpError(HTTPStatus.BAD_REQUEST, f"{path}: bad name {name!r}")
-            if not isinstance(version, str) or not version:
-                raise HttpError(HTTPStatus.BAD_REQUEST, f"{path}: bad version {version!r}")
-            if not isinstance(labels, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
-            ):
-                raise HttpError(HTTPStatus.BAD_REQUEST, f"{path}: labels must map str to str")
-            node = store.register(
-                name, labels, version, bool(body.get("healthy", True)), ctl.clock()
+        node = self._message(path, Registration.from_json)
+        record = ctl.store.register(
+            node.name, dict(node.labels), node.version, node.healthy, ctl.clock()
+        )
+        return _node_json(record)
+
+    def _report(self, path: str, name: str) -> dict[str, Any]:
+        ctl = self.server.controller
+        report = self._message(path, Report.from_json)
+        wanted = ctl.plans()
+        desired = next((p.desired[name] for p in wanted.values() if name in p.desired), None)
+        reported = ctl.store.report(
+            name,
+            current=report.version,
+            staged=report.staged,
+            healthy=report.healthy,
+            failed=report.failed,
+            desired=desired,
+            now=ctl.clock(),
+        )
+        if reported is None:
+            raise HttpError(HTTPStatus.NOT_FOUND, f"node {name!r} is not registered")
+        if reported[1]:  # only a change can change the plan; the timer does the rest
+            ctl.reconcile()
+        return ctl.desired(name).to_json()
+
+    # operators: pools -----------------------------------------------------
+    def _pool(self, path: str, query: str, name: str) -> dict[str, Any]:
+        """``GET /v1/pools/NAME``; with ``?wait=ETAG&timeout=S``, a long poll."""
+        ctl = self.server.controller
+        params = parse_qs(query)
+        if "wait" not in params:
+            return ctl.pool_view(name)
+        raw = params.get("timeout", ["30"])[0]
+        try:
+            timeout = float(raw)
+        except ValueError:
+            timeout = -1.0
+        if not 0 <= timeout <= 60:
+            raise HttpError(
+                HTTPStatus.BAD_REQUEST, f"GET {path}: timeout {raw!r}: expected 0..60 s"
             )
-            return 200, _node_json(node)
-        if path == "/v1/controller" and method == "GET":
-            return 200, ctl.controller_view()
-        if path == "/v1/events" and method == "GET":
-            return 200, [asdict(e) for e in store.events(limit=200)]
-        if path == "/v1/nodes" and method == "GET":
-            return 200, [_node_json(n) for n in store.nodes()]
-        match = _NODE.match(path)
-        if match:
-            name, verb = match.groups()
-            if verb == "desired" and method == "GET":
-                return 200, ctl.desired(name)
-            if verb == "report" and method == "POST":
-                body = self._body()
-                version, staged = body.get("version"), body.get("staged")
-                if not isinstance(version, str) or not (staged is None or isinstance(staged, str)):
-                    raise HttpError(HTTPStatus.BAD_REQUEST, f"{path}: bad version/staged")
-                for key in ("healthy", "failed"):
-                    if not isinstance(body.get(key, False), bool):
-                        raise HttpError(
-                            HTTPStatus.BAD_REQUEST, f"{path}: {key} must be true or false"
-                        )
-                wanted = ctl.plans()
-                desired = next(
-                    (p.desired[name] for p in wanted.values() if name in p.desired), None
-                )
-                reported = store.report(
-                    name,
-                    current=version,
-                    staged=staged,
-                    healthy=bool(body.get("healthy", True)),
-                    failed=bool(body.get("failed", False)),
-                    desired=desired,
-                    now=ctl.clock(),
-                )
-                if reported is None:
-                    raise HttpError(HTTPStatus.NOT_FOUND, f"node {name!r} is not registered")
-                if reported[1]:  # only a change can change the plan; the timer does the rest
-                    ctl.reconcile()
-                return 200, ctl.desired(name)
-        if path == "/v1/pools" and method == "GET":
-            return 200, [ctl.pool_view(spec.name) for spec, _ in store.pools()]
-        match = _POOL.match(path)
-        if match:
-            name, verb = match.groups()
-            if verb is None and method == "GET":
-                params = parse_qs(query)
-                if "wait" not in params:
-                    return 200, ctl.pool_view(name)
-                raw = params.get("timeout", ["30"])[0]
-                try:
-                    timeout = float(raw)
-                except ValueError:
-                    timeout = -1.0
-                if not 0 <= timeout <= 60:
-                    raise HttpError(
-                        HTTPStatus.BAD_REQUEST, f"GET {path}: timeout {raw!r}: expected 0..60 s"
-                    )
-                return 200, ctl.wait_view(name, params["wait"][0], timeout)
-            if verb is None and method == "PUT":
-                spec = spec_from_dict(self._body(), f"PUT {path}")
-                if spec.name != name:
-                    raise HttpError(
-                        HTTPStatus.BAD_REQUEST, f"PUT {path}: pool.name is {spec.name!r}"
-                    )
-                store.put_pool(spec, ctl.clock())
-                ctl.reconcile()
-                return 200, ctl.pool_view(name)
-            if verb is not None and method == "POST":
-                now = ctl.clock()
-                if verb == "pause":
-                    found = store.pause(name, "paused by operator", now)
-                elif verb == "resume":
-                    found = store.resume(name, now)
-                else:
-                    found = store.rollback(name, now) is not None
-                if not found:
-                    raise HttpError(HTTPStatus.NOT_FOUND, f"pool {name!r} does not exist")
-                ctl.reconcile()
-                return 200, ctl.pool_view(name)
+        return ctl.wait_view(name, params["wait"][0], timeout)
+
+    def _put_pool(self, path: str, name: str) -> dict[str, Any]:
+        ctl = self.server.controller
+        spec = spec_from_dict(self._body(), f"PUT {path}")
+        if spec.name != name:
+            raise HttpError(HTTPStatus.BAD_REQUEST, f"PUT {path}: pool.name is {spec.name!r}")
+        ctl.store.put_pool(spec, ctl.clock())
+        ctl.reconcile()
+        return ctl.pool_view(name)
+
+    def _pool_verb(self, name: str, verb: str) -> dict[str, Any]:
+        """``POST /v1/pools/NAME/pause|resume|rollback``."""
+        ctl = self.server.controller
+        store, now = ctl.store, ctl.clock()
+        if verb == "pause":
+            found = store.pause(name, "paused by operator", now)
+        elif verb == "resume":
+            found = store.resume(name, now)
+        else:
+            found = store.rollback(name, now) is not None
+        if not found:
+            raise HttpError(HTTPStatus.NOT_FOUND, f"pool {name!r} does not exist")
+        ctl.reconcile()
+        return ctl.pool_view(name)
+
+    def _route(self, method: str) -> tuple[int, Any]:
+        path, _, query = self.path.partition("?")
+        for verb, pattern, handle in _ROUTES:
+            match = pattern.match(path)
+            if match is not None and verb == method:
+                return 200, handle(self, _Request(path, query, match.groups()))
         raise HttpError(HTTPStatus.NOT_FOUND, f"{method} {path}: no such endpoint")
+
+
+@dataclass(frozen=True)
+class _Request:
+    path: str
+    query: str
+    args: tuple[str, ...]
+    """What the route's pattern captured: a node's or a pool's name, a verb."""
+
+
+_ONE_POOL = re.compile(r"^/v1/pools/([^/]+)$")
+_ROUTES: tuple[tuple[str, re.Pattern[str], Callable[[_Handler, _Request], Any]], ...] = (
+    # agents
+    ("POST", re.compile(r"^/v1/nodes/register$"), lambda h, r: h._register(r.path)),
+    ("POST", re.compile(r"^/v1/nodes/([^/]+)/report$"), lambda h, r: h._report(r.path, *r.args)),
+    (
+        "GET",
+        re.compile(r"^/v1/nodes/([^/]+)/desired$"),
+        lambda h, r: h.server.controller.desired(*r.args).to_json(),
+    ),
+    # operators
+    ("GET", re.compile(r"^/v1/controller$"), lambda h, _: h.server.controller.controller_view()),
+    (
+        "GET",
+        re.compile(r"^/v1/events$"),
+        lambda h, _: [asdict(e) for e in h.server.controller.store.events(limit=200)],
+    ),
+    (
+        "GET",
+        re.compile(r"^/v1/nodes$"),
+        lambda h, _: [_node_json(n) for n in h.server.controller.store.nodes()],
+    ),
+    (
+        "GET",
+        re.compile(r"^/v1/pools$"),
+        lambda h, _: [
+            h.server.controller.pool_view(s.name) for s, _ in h.server.controller.store.pools()
+        ],
+    ),
+    ("GET", _ONE_POOL, lambda h, r: h._pool(r.path, r.query, *r.args)),
+    ("PUT", _ONE_POOL, lambda h, r: h._put_pool(r.path, *r.args)),
+    (
+        "POST",
+        re.compile(r"^/v1/pools/([^/]+)/(pause|resume|rollback)$"),
+        lambda h, r: h._pool_verb(*r.args),
+    ),
+)
+"""Every endpoint: method, path, what answers (200 with its JSON); anything else is 404."""
 
 
 class FleetService:
@@ -427,7 +447,7 @@ class FleetService:
         max_in_flight: int = 64,
         tick: float = 1.0,
         clock: Callable[[], float] = time.time,
-        election: LeaderElection | None = None,
+        election: Election | None = None,
     ) -> None:
         replica = "standalone" if election is None else election.identity
         self.controller = Controller(store, clock, replica=replica, leading=election is None)
@@ -459,7 +479,7 @@ class FleetService:
             with ctl.plan_lock:
                 leading = self.election.campaign()
                 leader = self.election.identity if leading else self.election.leader()
-        except EtcdError as e:
+        except StoreError as e:
             # Not knowing is not leading; the store's fence covers a lease
             # that is still valid meanwhile.
             log.warning("%s: election: %s", ctl.replica, e)
@@ -506,5 +526,5 @@ class FleetService:
         if self.election is not None and resign:
             try:
                 self.election.resign()
-            except EtcdError as e:
+            except StoreError as e:
                 log.warning("%s: resign: %s", self.controller.replica, e)

@@ -2,8 +2,8 @@
 
 The request is ``POST /v1/shell`` on a fresh mutual-TLS connection with
 ``Connection: Upgrade`` / ``Upgrade: atoll-shell/1``; after the agent's ``101``
-the connection carries the frames of :mod:`atoll.agent.shell` (data, resize,
-stdin closed, exit). When stdin is a terminal it is put in raw mode for the
+the connection carries the frames of :mod:`atoll.wire.shellframe` (data,
+resize, stdin closed, exit). When stdin is a terminal it is put in raw mode for the
 session (restored afterwards, also on errors) and window size changes are sent
 as they happen (SIGWINCH); otherwise stdin and stdout are relayed as bytes and
 the end of stdin is passed on, so a script can drive the shell:
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import select
 import signal
 import socket
@@ -25,40 +24,26 @@ import ssl
 import sys
 import termios
 import tty
-from dataclasses import dataclass
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from atoll.agent.shell import PROTOCOL, WINSIZE, Frame, FrameReader, encode_frame
-from atoll.errors import AtollError, InputError
-
-if TYPE_CHECKING:  # client.py imports this module for its `shell` verb
-    from atoll.ops.client import NodeClient
+from atoll.errors import AtollError
+from atoll.ops.client import NodeClient
+from atoll.wire.shellframe import (
+    PROTOCOL,
+    End,
+    ExitFrame,
+    Frame,
+    FrameReader,
+    encode_frame,
+    encode_resize,
+)
 
 TIMEOUT = 30.0
 
 
 class ShellError(AtollError):
     """The shell could not be opened, or ended other than by its command's exit."""
-
-
-_DURATION = re.compile(r"(?P<n>[0-9]+)(?P<unit>[smh]?)")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
-
-
-def parse_ttl(text: str) -> int:
-    """``90``, ``90s``, ``15m``, ``1h`` -> seconds."""
-    match = _DURATION.fullmatch(text.strip())
-    if not match:
-        raise InputError(f"--ttl {text!r}: expected seconds or N[smh], e.g. 15m")
-    return int(match["n"]) * _UNITS[match["unit"]]
-
-
-@dataclass(frozen=True)
-class ShellEnd:
-    session: str
-    end: str
-    exit_status: int | None
 
 
 def _read_head(conn: ssl.SSLSocket) -> tuple[int, dict[str, str], bytes]:
@@ -115,56 +100,78 @@ def open_shell(node: NodeClient, body: dict[str, Any]) -> tuple[ssl.SSLSocket, s
     return conn, headers.get("x-atoll-shell", "?"), rest
 
 
-def relay(conn: ssl.SSLSocket, early: bytes, stdin: int, stdout: int) -> ShellEnd:
+def relay(conn: ssl.SSLSocket, early: bytes, stdin: int, stdout: int) -> ExitFrame:
     """Relay stdin -> DATA/EOF frames and DATA frames -> stdout until the EXIT frame."""
     conn.settimeout(None)
-    frames = FrameReader()
-    pending = frames.feed(early)
-    stdin_open = True
+    session = _Relay(conn, stdin, stdout)
     is_tty = os.isatty(stdin)
     saved = termios.tcgetattr(stdin) if is_tty else None
-    resized = False
-
-    def on_winch(_: int, __: FrameType | None) -> None:
-        nonlocal resized
-        resized = True
-
-    previous = signal.signal(signal.SIGWINCH, on_winch) if is_tty else None
+    previous = signal.signal(signal.SIGWINCH, session.on_winch) if is_tty else None
     try:
         if is_tty:
             tty.setraw(stdin)
-        while True:
-            for kind, payload in pending:
-                if kind is Frame.DATA:
-                    _write_all(stdout, payload)
-                elif kind is Frame.EXIT:
-                    end = json.loads(payload)
-                    return ShellEnd(str(end.get("id")), str(end.get("end")), end.get("exit_status"))
-            if resized:
-                resized = False
-                size = os.get_terminal_size(stdin)
-                conn.sendall(encode_frame(Frame.RESIZE, WINSIZE.pack(size.lines, size.columns)))
-            watch: list[Any] = [conn, stdin] if stdin_open else [conn]
-            ready = [conn] if conn.pending() else select.select(watch, [], [], 1.0)[0]
-            pending = []
-            if conn in ready:
-                data = conn.recv(65536)
-                if not data:
-                    raise OSError("the agent closed the connection without an exit frame")
-                pending = frames.feed(data)
-            if stdin in ready:
-                data = os.read(stdin, 65536)
-                if data:
-                    conn.sendall(encode_frame(Frame.DATA, data))
-                else:
-                    stdin_open = False
-                    conn.sendall(encode_frame(Frame.EOF))
+        return session.run(early)
     finally:
         if saved is not None:
             termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
         if previous is not None:
             signal.signal(signal.SIGWINCH, previous)
         conn.close()
+
+
+class _Relay:
+    """One session's relay loop; the terminal's modes are :func:`relay`'s business."""
+
+    def __init__(self, conn: ssl.SSLSocket, stdin: int, stdout: int) -> None:
+        self.conn = conn
+        self.stdin = stdin
+        self.stdout = stdout
+        self.frames = FrameReader()
+        self.stdin_open = True
+        self.resized = False
+
+    def on_winch(self, _: int, __: FrameType | None) -> None:
+        self.resized = True
+
+    def run(self, early: bytes) -> ExitFrame:
+        pending = self.frames.feed(early)
+        while True:
+            end = self._deliver(pending)
+            if end is not None:
+                return end
+            if self.resized:
+                self.resized = False
+                size = os.get_terminal_size(self.stdin)
+                self.conn.sendall(encode_resize(size.lines, size.columns))
+            pending = self._step()
+
+    def _deliver(self, frames: list[tuple[Frame, bytes]]) -> ExitFrame | None:
+        """Write DATA to stdout; the EXIT frame, when it came, ends the session."""
+        for kind, payload in frames:
+            if kind is Frame.DATA:
+                _write_all(self.stdout, payload)
+            elif kind is Frame.EXIT:
+                return ExitFrame.from_json(payload)
+        return None
+
+    def _step(self) -> list[tuple[Frame, bytes]]:
+        """Wait (at most a second) for the agent or stdin; the frames that arrived."""
+        watch: list[Any] = [self.conn, self.stdin] if self.stdin_open else [self.conn]
+        ready = [self.conn] if self.conn.pending() else select.select(watch, [], [], 1.0)[0]
+        pending: list[tuple[Frame, bytes]] = []
+        if self.conn in ready:
+            data = self.conn.recv(65536)
+            if not data:
+                raise OSError("the agent closed the connection without an exit frame")
+            pending = self.frames.feed(data)
+        if self.stdin in ready:
+            data = os.read(self.stdin, 65536)
+            if data:
+                self.conn.sendall(encode_frame(Frame.DATA, data))
+            else:
+                self.stdin_open = False
+                self.conn.sendall(encode_frame(Frame.EOF))
+        return pending
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -185,10 +192,10 @@ def run_shell(node: NodeClient, ttl: int, reason: str) -> int:
         end = relay(conn, early, stdin, stdout)
     except (OSError, ssl.SSLError, ValueError) as e:
         raise ShellError(f"shell {session} on {node.endpoint}: {e}") from e
-    if end.end != "exit":
+    if end.end != End.EXIT:
         raise ShellError(
             f"shell {end.session} on {node.endpoint} ended: {end.end}"
-            + (f" (TTL of {ttl} s)" if end.end == "ttl" else ""),
+            + (f" (TTL of {ttl} s)" if end.end == End.TTL else ""),
             hint="the session and its transcript are in the node's audit log",
         )
     status = end.exit_status

@@ -1,10 +1,11 @@
 """Signed channel documents: what each channel points to, with its history.
 
 ``<updates>/channels/<name>.json`` is the single source of truth for a
-channel (format in :mod:`atoll.agent.verify` and docs/updates.md). Writing it
-is one ``rename()``, so a channel moves atomically, and everything a publish
-does before that (objects, signatures, deltas) leaves the channel where it
-was when interrupted. The serial number grows with every change; the version
+channel (format in :mod:`atoll.wire.channel` and docs/updates.md: that module
+encodes and verifies, this one signs). Writing it is one durable ``rename()``
+(:func:`atoll.durable.write_atomic`), so a channel moves atomically, and
+everything a publish does before that (objects, signatures, deltas) leaves the
+channel where it was when interrupted. The serial number grows with every change; the version
 only grows unless the change is an explicit, signed rollback.
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -20,9 +20,20 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from atoll.agent.verify import Channel, compare_versions, key_id, parse_public_key, verify_channel
-from atoll.errors import InputError
+from atoll.durable import write_atomic
+from atoll.errors import AtollError, InputError
 from atoll.publish.keys import public_bytes
+from atoll.wire.channel import (
+    Channel,
+    VerificationError,
+    compare_versions,
+    decode_envelope,
+    encode_envelope,
+    encode_payload,
+    key_id,
+    parse_public_key,
+    verify_channel,
+)
 
 HISTORY_LIMIT = 50
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -53,7 +64,10 @@ def read_channel(updates: Path, name: str, key: Ed25519PrivateKey) -> Channel | 
     if not path.exists():
         return None
     trusted = parse_public_key(base64.b64encode(public_bytes(key)).decode(), "publisher key")
-    return verify_channel(path.read_bytes(), [trusted], name=name)
+    try:
+        return verify_channel(path.read_bytes(), [trusted], name=name)
+    except VerificationError as e:
+        raise AtollError(f"{path}: {e}") from e
 
 
 def list_channels(updates: Path) -> list[str]:
@@ -66,8 +80,11 @@ def read_unverified(updates: Path, name: str) -> dict[str, object]:
     path = channel_path(updates, name)
     if not path.exists():
         raise InputError(f"{updates}: no channel {name!r} (channels: {list_channels(updates)})")
-    envelope = json.loads(path.read_bytes())
-    payload = json.loads(base64.b64decode(envelope["payload"]))
+    try:
+        raw, _signatures = decode_envelope(path.read_bytes(), name)
+    except VerificationError as e:
+        raise AtollError(f"{path}: {e}") from e
+    payload = json.loads(raw)
     assert isinstance(payload, dict)
     return payload
 
@@ -83,46 +100,30 @@ def next_document(current: Channel | None, update: ChannelUpdate, key: Ed25519Pr
             f"channel {update.name}: {update.version} is older than the current "
             f"{current.version}; use an explicit rollback to go back"
         )
+    serial = (current.serial + 1) if current else 1
     entry = {
-        "serial": (current.serial + 1) if current else 1,
+        "serial": serial,
         "commit": update.commit,
         "version": update.version,
         "time": int(time.time()),
         "rollback": update.rollback,
     }
-    history = [entry, *(current.history if current else ())][:HISTORY_LIMIT]
-    payload = {
-        "channel": update.name,
-        "ref": update.ref,
-        "commit": update.commit,
-        "version": update.version,
-        "serial": entry["serial"],
-        "rollback": update.rollback,
-        "history": history,
-    }
-    raw = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
-    signature = key.sign(raw)
-    envelope = {
-        "payload": base64.b64encode(raw).decode(),
-        "signatures": [
-            {"key": key_id(public_bytes(key)), "sig": base64.b64encode(signature).decode()}
-        ],
-    }
-    return json.dumps(envelope, indent=1).encode() + b"\n"
+    signer = key_id(public_bytes(key))
+    payload = encode_payload(
+        Channel(
+            name=update.name,
+            ref=update.ref,
+            commit=update.commit,
+            version=update.version,
+            serial=serial,
+            rollback=update.rollback,
+            history=tuple([entry, *(current.history if current else ())][:HISTORY_LIMIT]),
+            signed_by=signer,
+        )
+    )
+    return encode_envelope(payload, [(signer, key.sign(payload))])
 
 
 def write_channel(updates: Path, name: str, document: bytes) -> None:
     """Replace the channel document in one rename (the commit point of a publish)."""
-    path = channel_path(updates, name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staged = path.with_name(f".{path.name}.partial")
-    with staged.open("wb") as f:
-        f.write(document)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(staged, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    write_atomic(channel_path(updates, name), document)

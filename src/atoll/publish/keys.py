@@ -3,20 +3,21 @@
 ``atoll keys init DIR`` writes ``atoll-ed25519.key`` (PKCS#8 PEM, mode 0600,
 never leaves the build machine) and ``atoll-ed25519.pub`` (the raw 32-byte
 public key in base64, ostree's format for ed25519 keys, which images carry in
-``/usr/lib/atoll/trusted-keys.d/``).
+``/usr/lib/atoll/trusted-keys.d/``; key ids and the key file format are
+:mod:`atoll.wire.channel`'s). Both files are written atomically and durably.
 """
 
 from __future__ import annotations
 
 import base64
-import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from atoll.agent.verify import key_id
+from atoll.durable import write_atomic
 from atoll.errors import InputError
+from atoll.wire.channel import key_id
 
 PRIVATE_NAME = "atoll-ed25519.key"
 PUBLIC_NAME = "atoll-ed25519.pub"
@@ -38,11 +39,9 @@ def init_keys(directory: Path) -> tuple[Path, Path, str]:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
+    write_atomic(private, pem, mode=0o600)
     raw = public_bytes(key)
-    public.write_text(base64.b64encode(raw).decode() + "\n")
+    write_atomic(public, base64.b64encode(raw).decode() + "\n")
     return private, public, key_id(raw)
 
 

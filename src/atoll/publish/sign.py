@@ -4,19 +4,21 @@ The signature covers the commit object's bytes (the ``.commit`` file, whose
 sha256 is the commit's name) and is stored under ``ostree.sign.ed25519`` in
 the commit's detached metadata (``.commitmeta``), as ``ostree sign`` does when
 built with ed25519 support; Debian's ostree 2022.7 is not, so atoll writes it
-(:mod:`atoll.agent.gvariant`). Other detached metadata is kept.
+(:mod:`atoll.wire.gvariant`; the node verifies with :mod:`atoll.wire.channel`).
+Other detached metadata is kept; the metadata file is replaced atomically and
+durably (:func:`atoll.durable.write_atomic`).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from atoll.agent.gvariant import Variant, decode, encode
-from atoll.agent.verify import SIGNATURE_KEY
+from atoll.durable import write_atomic
 from atoll.errors import AtollError
+from atoll.wire.channel import SIGNATURE_KEY
+from atoll.wire.gvariant import Variant, decode, encode
 
 
 def _object(repo: Path, checksum: str, suffix: str) -> Path:
@@ -43,7 +45,5 @@ def sign_commit(repo: Path, checksum: str, key: Ed25519PrivateKey) -> bool:
     if signature in signatures:
         return False
     metadata[SIGNATURE_KEY] = Variant("aay", [*signatures, signature])
-    staged = meta_path.with_name(meta_path.name + ".partial")
-    staged.write_bytes(encode("a{sv}", metadata))
-    os.replace(staged, meta_path)
+    write_atomic(meta_path, encode("a{sv}", metadata))
     return True

@@ -1,9 +1,9 @@
 """Ed25519 signature verification (RFC 8032), standard library only.
 
 The node verifies the update server's signatures (commits, channel
-metadata) with the public keys its image carries. Debian's python3 has no
-ed25519 and the agent may not use third-party packages, so this is the
-verification half of RFC 8032 section 5.1 in plain integers: point
+metadata: :mod:`atoll.wire.channel`) with the public keys its image carries.
+Debian's python3 has no ed25519 and the agent may not use third-party
+packages, so this is the verification half of RFC 8032 section 5.1 in plain integers: point
 decompression, the group equation ``[s]B = R + [k]A`` with
 ``k = SHA-512(R || A || M) mod L``. It is slow by cryptographic standards
 (tens of milliseconds) and entirely adequate for a handful of signatures per

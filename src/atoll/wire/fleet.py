@@ -1,27 +1,36 @@
-"""The node side of the fleet protocol: register, report, ask for the desired version.
+"""The fleet protocol: what the controller and the nodes say to each other, typed.
 
-Standard library only (it runs on the node with Debian's python3). The agent
-daemon calls :class:`FleetClient`; the operator CLI reuses :func:`request_json`.
+JSON over HTTP (documented in ``docs/fleet.md``). The controller
+(:mod:`atoll.fleet.server`) parses requests and serialises answers with these
+types, the node's update loop (:mod:`atoll.agent.update_loop`) and the
+simulated agents of the benchmark (:mod:`atoll.bench.fleet`) send requests
+and parse answers with them through :class:`FleetClient`. Every ``from_json``
+validates what it parses and raises :class:`ProtocolError` naming the field;
+keys it does not know are ignored, so either side may add one first.
 
-Protocol (JSON over HTTP, documented in ``docs/fleet.md``):
+* ``POST /v1/nodes/register`` :class:`Registration` -> :class:`NodeRecord`
+* ``POST /v1/nodes/{name}/report`` :class:`Report` -> :class:`Desired`
+* ``GET /v1/nodes/{name}/desired`` -> :class:`Desired`: stage ``version`` ahead
+  of time when ``stage`` is true; switch to it and reboot only when
+  ``may_reboot`` is true (the controller has then already counted this node
+  as unavailable)
+* ``GET /v1/nodes`` -> a list of :class:`NodeRecord`
 
-* ``POST /v1/nodes/register`` ``{"name", "labels", "version", "healthy"}``
-* ``POST /v1/nodes/{name}/report`` ``{"version", "staged", "healthy", "failed"}``
-  -> the same answer as ``desired``
-* ``GET /v1/nodes/{name}/desired`` -> ``{"version", "stage", "may_reboot",
-  "reason", "pool"}``: stage ``version`` ahead of time when ``stage`` is true;
-  switch to it and reboot only when ``may_reboot`` is true (the controller has
-  then already counted this node as unavailable).
+The operator's side of the API (pools, events) is read by ``atoll fleet``
+(:mod:`atoll.fleet.cli`) as the controller's views; it shares only the HTTP
+client below with the nodes.
 
-Controller replicas: ``FleetClient("http://a:9443,http://b:9443")`` knows
-several replicas (``docs/fleet.md``: any replica answers); each retry goes to
-the next one, and the client stays with the replica that answered last.
-
-Overload protection: a 429 or 503 answer, a 5xx or a connection error is
-retried with exponential backoff and full jitter (``uniform(0, min(cap,
-base * 2**attempt))``), never sooner than the server's ``Retry-After``; other
-4xx answers are the caller's mistake and raise at once. Clock, sleep and the
-random source are injectable so the schedule is testable without waiting.
+**The HTTP client** (:func:`request_json`, :func:`request_replicas`), used by
+the agent, the fleet CLI, the benchmarks and the demo; standard library only
+(it runs on the node with Debian's python3). Controller replicas:
+``FleetClient("http://a:9443,http://b:9443")`` knows several replicas
+(``docs/fleet.md``: any replica answers); each retry goes to the next one, and
+the client stays with the replica that answered last. Overload protection: a
+429 or 503 answer, a 5xx or a connection error is retried with exponential
+backoff and full jitter (``uniform(0, min(cap, base * 2**attempt))``), never
+sooner than the server's ``Retry-After``; other 4xx answers are the caller's
+mistake and raise at once. Clock, sleep and the random source are injectable
+so the schedule is testable without waiting.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from __future__ import annotations
 import http.client
 import json
 import random
+import re
 import time
 import urllib.error
 import urllib.request
@@ -38,6 +48,11 @@ from typing import Any
 from urllib.parse import quote
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the protocol; the message names the field."""
 
 
 class FleetError(Exception):
@@ -48,13 +63,191 @@ class FleetError(Exception):
         self.status = status
 
 
+def _body(raw: object) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ProtocolError(f"expected a JSON object, not {type(raw).__name__}")
+    return raw
+
+
+def _text(body: Mapping[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str):
+        raise ProtocolError(f"{key} must be a string, not {value!r}")
+    return value
+
+
+def _optional_text(body: Mapping[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ProtocolError(f"{key} must be a string or null, not {value!r}")
+    return value
+
+
+def _flag(body: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = body.get(key, default)
+    if not isinstance(value, bool):
+        raise ProtocolError(f"{key} must be true or false")
+    return value
+
+
+def _labels(body: Mapping[str, Any], key: str) -> dict[str, str]:
+    value = body.get(key, {})
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ProtocolError(f"{key} must map str to str")
+    return dict(value)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """``POST /v1/nodes/register``: a node says who it is and what it runs."""
+
+    name: str
+    labels: Mapping[str, str]
+    version: str
+    healthy: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "labels": dict(self.labels),
+            "version": self.version,
+            "healthy": self.healthy,
+        }
+
+    @classmethod
+    def from_json(cls, raw: object) -> Registration:
+        body = _body(raw)
+        name = body.get("name")
+        if not isinstance(name, str) or not NODE_NAME.match(name):
+            raise ProtocolError(f"bad name {name!r}: 1-63 of A-Z a-z 0-9 . _ -")
+        version = body.get("version")
+        if not isinstance(version, str) or not version:
+            raise ProtocolError(f"bad version {version!r}: a non-empty string")
+        return cls(
+            name=name,
+            labels=_labels(body, "labels"),
+            version=version,
+            healthy=_flag(body, "healthy", True),
+        )
+
+
+@dataclass(frozen=True)
+class Report:
+    """``POST /v1/nodes/{name}/report``: what a node runs, has staged, and how it fares.
+
+    ``healthy: false, failed: false`` while its health trial of a new version
+    runs; ``failed: true`` when it rolled back by itself or is unhealthy
+    outside a trial."""
+
+    version: str
+    staged: str | None
+    healthy: bool = True
+    failed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "staged": self.staged,
+            "healthy": self.healthy,
+            "failed": self.failed,
+        }
+
+    @classmethod
+    def from_json(cls, raw: object) -> Report:
+        body = _body(raw)
+        version = body.get("version")
+        if not isinstance(version, str):
+            raise ProtocolError(f"bad version {version!r}: a string")
+        staged = body.get("staged")
+        if staged is not None and not isinstance(staged, str):
+            raise ProtocolError(f"bad staged {staged!r}: a string or null")
+        return cls(
+            version=version,
+            staged=staged,
+            healthy=_flag(body, "healthy", True),
+            failed=_flag(body, "failed", False),
+        )
+
+
 @dataclass(frozen=True)
 class Desired:
+    """The controller's answer to a report or ``GET /v1/nodes/{name}/desired``.
+
+    ``pool`` is None when no pool selects the node (``version`` is then what it
+    runs); ``reason`` says why it waits."""
+
     version: str
     stage: bool
     may_reboot: bool
     reason: str
     pool: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pool": self.pool,
+            "version": self.version,
+            "stage": self.stage,
+            "may_reboot": self.may_reboot,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_json(cls, raw: object) -> Desired:
+        body = _body(raw)
+        for key in ("version", "stage", "may_reboot"):
+            if key not in body:
+                raise ProtocolError(f"{key} is missing")
+        return cls(
+            version=_text(body, "version"),
+            stage=_flag(body, "stage", False),
+            may_reboot=_flag(body, "may_reboot", False),
+            reason=_optional_text(body, "reason") or "",
+            pool=_optional_text(body, "pool"),
+        )
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    """A node as the controller knows it (answer to a registration, ``GET /v1/nodes``)."""
+
+    name: str
+    labels: Mapping[str, str]
+    current: str
+    staged: str | None
+    healthy: bool
+    phase: str  # idle, staging, staged, rebooting, failed
+    last_transition: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "labels": dict(self.labels),
+            "current": self.current,
+            "staged": self.staged,
+            "healthy": self.healthy,
+            "phase": self.phase,
+            "last_transition": self.last_transition,
+        }
+
+    @classmethod
+    def from_json(cls, raw: object) -> NodeRecord:
+        body = _body(raw)
+        moment = body.get("last_transition")
+        if isinstance(moment, bool) or not isinstance(moment, int | float):
+            raise ProtocolError(f"last_transition must be a number, not {moment!r}")
+        if "healthy" not in body:
+            raise ProtocolError("healthy is missing")
+        return cls(
+            name=_text(body, "name"),
+            labels=_labels(body, "labels"),
+            current=_text(body, "current"),
+            staged=_optional_text(body, "staged"),
+            healthy=_flag(body, "healthy", True),
+            phase=_text(body, "phase"),
+            last_transition=float(moment),
+        )
 
 
 @dataclass
@@ -149,22 +342,10 @@ def request_replicas(
     )
 
 
-def _desired(raw: Any, url: str) -> Desired:
-    try:
-        return Desired(
-            version=str(raw["version"]),
-            stage=bool(raw["stage"]),
-            may_reboot=bool(raw["may_reboot"]),
-            reason=str(raw.get("reason", "")),
-            pool=None if raw.get("pool") is None else str(raw["pool"]),
-        )
-    except (KeyError, TypeError) as e:
-        raise FleetError(f"{url}: unexpected answer {raw!r}") from e
-
-
 class FleetClient:
-    """What the agent daemon uses; ``base_url`` like ``http://127.0.0.1:9443``, or
-    several controller replicas separated by commas."""
+    """A node's client of the protocol (the agent's update loop, the benchmark's
+    simulated agents); ``base_url`` like ``http://127.0.0.1:9443``, or several
+    controller replicas separated by commas."""
 
     def __init__(self, base_url: str, *, backoff: Backoff | None = None, timeout: float = 10.0):
         self.base_urls = [u.strip().rstrip("/") for u in base_url.split(",") if u.strip()]
@@ -187,14 +368,18 @@ class FleetClient:
             self.base_url = self.base_urls[0]
         return answer
 
+    def _desired(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Desired:
+        answer = self._call(method, path, body)
+        try:
+            return Desired.from_json(answer)
+        except ProtocolError as e:
+            raise FleetError(f"{self.base_url + path}: unexpected answer {answer!r}: {e}") from e
+
     def register(
         self, name: str, labels: Mapping[str, str], version: str, *, healthy: bool = True
     ) -> None:
-        self._call(
-            "POST",
-            "/v1/nodes/register",
-            {"name": name, "labels": dict(labels), "version": version, "healthy": healthy},
-        )
+        registration = Registration(name, dict(labels), version, healthy)
+        self._call("POST", "/v1/nodes/register", registration.to_json())
 
     def report(
         self,
@@ -205,10 +390,13 @@ class FleetClient:
         healthy: bool,
         failed: bool = False,
     ) -> Desired:
-        path = f"/v1/nodes/{quote(name, safe='')}/report"
-        body = {"version": version, "staged": staged, "healthy": healthy, "failed": failed}
-        return _desired(self._call("POST", path, body), self.base_url + path)
+        report = Report(version, staged, healthy, failed)
+        return self._desired("POST", node_path(name, "report"), report.to_json())
 
     def desired(self, name: str) -> Desired:
-        path = f"/v1/nodes/{quote(name, safe='')}/desired"
-        return _desired(self._call("GET", path), self.base_url + path)
+        return self._desired("GET", node_path(name, "desired"))
+
+
+def node_path(name: str, verb: str) -> str:
+    """``/v1/nodes/{name}/{verb}`` with the name quoted."""
+    return f"/v1/nodes/{quote(name, safe='')}/{verb}"

@@ -6,8 +6,8 @@ ed25519 engine uses the key ``ostree.sign.ed25519`` with a value of type
 ``aay`` (a list of 64-byte signatures over the commit object's bytes).
 Writing exactly that format lets any ostree built with ed25519 support verify
 atoll's commits; Debian's ostree 2022.7 is built without it, so atoll signs on
-the build machine and verifies on the node itself, with this module and
-:mod:`atoll.agent.ed25519`.
+the build machine (:mod:`atoll.publish.sign`) and verifies on the node
+itself, with this module and :mod:`atoll.wire.ed25519`.
 
 Supported: ``s``, ``ay``, ``aay``, ``b``, ``t``, ``v`` and ``a{sv}`` in
 GVariant's normal form (little-endian, framing offsets sized to the
@@ -17,6 +17,7 @@ container). Anything else in a dictionary is kept as raw bytes with its type.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -50,28 +51,51 @@ def _align(data: bytearray, alignment: int) -> None:
 
 def encode(type_string: str, value: object) -> bytes:
     """Serialize ``value`` as ``type_string`` (the supported subset)."""
-    if type_string == "s":
-        assert isinstance(value, str)
-        return value.encode() + b"\0"
-    if type_string == "b":
-        return b"\1" if value else b"\0"
-    if type_string == "t":
-        assert isinstance(value, int)
-        return struct.pack("<Q", value)
-    if type_string == "ay":
-        assert isinstance(value, bytes | bytearray)
-        return bytes(value)
-    if type_string == "v":
-        assert isinstance(value, Variant)
-        return encode(value.type, value.value) + b"\0" + value.type.encode()
-    if type_string == "aay":
-        assert isinstance(value, list | tuple)
-        return _variable_array([encode("ay", v) for v in value], 1)
-    if type_string == "a{sv}":
-        assert isinstance(value, dict)
-        entries = [_dict_entry(k, v) for k, v in sorted(value.items())]
-        return _variable_array(entries, 8)
-    raise GVariantError(f"type {type_string!r} is not supported")
+    encoder = _ENCODERS.get(type_string)
+    if encoder is None:
+        raise GVariantError(f"type {type_string!r} is not supported")
+    return encoder(value)
+
+
+def _encode_string(value: object) -> bytes:
+    assert isinstance(value, str)
+    return value.encode() + b"\0"
+
+
+def _encode_uint64(value: object) -> bytes:
+    assert isinstance(value, int)
+    return struct.pack("<Q", value)
+
+
+def _encode_bytes(value: object) -> bytes:
+    assert isinstance(value, bytes | bytearray)
+    return bytes(value)
+
+
+def _encode_variant(value: object) -> bytes:
+    assert isinstance(value, Variant)
+    return encode(value.type, value.value) + b"\0" + value.type.encode()
+
+
+def _encode_byte_strings(value: object) -> bytes:
+    assert isinstance(value, list | tuple)
+    return _variable_array([encode("ay", v) for v in value], 1)
+
+
+def _encode_dictionary(value: object) -> bytes:
+    assert isinstance(value, dict)
+    return _variable_array([_dict_entry(k, v) for k, v in sorted(value.items())], 8)
+
+
+_ENCODERS: dict[str, Callable[[object], bytes]] = {
+    "s": _encode_string,
+    "b": lambda value: b"\1" if value else b"\0",
+    "t": _encode_uint64,
+    "ay": _encode_bytes,
+    "v": _encode_variant,
+    "aay": _encode_byte_strings,
+    "a{sv}": _encode_dictionary,
+}
 
 
 def _variable_array(elements: list[bytes], alignment: int) -> bytes:
@@ -130,34 +154,50 @@ def _read_offsets(data: bytes, count_hint: int | None = None) -> tuple[list[int]
 
 
 def decode(type_string: str, data: bytes) -> object:
-    """Parse ``data`` as ``type_string`` (the supported subset)."""
-    if type_string == "s":
-        if not data.endswith(b"\0"):
-            raise GVariantError("string without its terminating NUL")
-        return data[:-1].decode()
-    if type_string == "b":
-        return data == b"\1"
-    if type_string == "t":
-        if len(data) != 8:
-            raise GVariantError("uint64 of the wrong size")
-        return int(struct.unpack("<Q", data)[0])
-    if type_string == "ay":
-        return bytes(data)
-    if type_string == "v":
-        zero = data.rfind(b"\0")
-        if zero < 0:
-            raise GVariantError("variant without a type")
-        inner = data[zero + 1 :].decode()
-        return Variant(inner, decode(inner, data[:zero]))
-    if type_string == "aay":
-        return [bytes(part) for part in _elements(data, 1)]
-    if type_string == "a{sv}":
-        result: dict[str, Variant] = {}
-        for entry in _elements(data, 8):
-            key, value = _decode_entry(entry)
-            result[key] = value
-        return result
-    return Variant(type_string, bytes(data))
+    """Parse ``data`` as ``type_string`` (the supported subset; others stay raw bytes)."""
+    decoder = _DECODERS.get(type_string)
+    if decoder is None:
+        return Variant(type_string, bytes(data))
+    return decoder(data)
+
+
+def _decode_string(data: bytes) -> str:
+    if not data.endswith(b"\0"):
+        raise GVariantError("string without its terminating NUL")
+    return data[:-1].decode()
+
+
+def _decode_uint64(data: bytes) -> int:
+    if len(data) != 8:
+        raise GVariantError("uint64 of the wrong size")
+    return int(struct.unpack("<Q", data)[0])
+
+
+def _decode_variant(data: bytes) -> Variant:
+    zero = data.rfind(b"\0")
+    if zero < 0:
+        raise GVariantError("variant without a type")
+    inner = data[zero + 1 :].decode()
+    return Variant(inner, decode(inner, data[:zero]))
+
+
+def _decode_dictionary(data: bytes) -> dict[str, Variant]:
+    result: dict[str, Variant] = {}
+    for entry in _elements(data, 8):
+        key, value = _decode_entry(entry)
+        result[key] = value
+    return result
+
+
+_DECODERS: dict[str, Callable[[bytes], object]] = {
+    "s": _decode_string,
+    "b": lambda data: data == b"\1",
+    "t": _decode_uint64,
+    "ay": bytes,
+    "v": _decode_variant,
+    "aay": lambda data: [bytes(part) for part in _elements(data, 1)],
+    "a{sv}": _decode_dictionary,
+}
 
 
 def _elements(data: bytes, alignment: int) -> list[bytes]:

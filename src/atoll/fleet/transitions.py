@@ -1,0 +1,327 @@
+"""The fleet's rules for moving nodes and pools between states, in one place. Pure.
+
+The planner (:mod:`atoll.fleet.rollout`) decides *what* should happen to a pool;
+this module decides what each fact or decision does to the stored state, once:
+
+* **at registration** (:func:`registered`): a new node starts ``idle`` on the
+  version it runs; a re-registration only updates its labels and keeps its phase
+  (so a controller counts a grant across an agent's restart);
+* **after an agent's report** (:func:`after_report`): staging, staged, landed
+  on the granted version, failed; a ``failed`` node stays failed until resumed;
+* **after a decision of a plan** (:func:`after_action`, :func:`after_plan`): a
+  stage order moves only an ``idle``/``staged`` node to ``staging``; a reboot
+  or rollback grant moves a node that is neither ``rebooting`` nor ``failed``
+  to ``rebooting`` with the granted version, *as it is persisted*, so the grant
+  counts against ``maxUnavailable`` (:func:`atoll.fleet.rollout.is_unavailable`)
+  from the moment it exists, for every controller that reads the store; a
+  self-pause is recorded only on an unpaused pool;
+* **operator verbs** on a pool (:func:`applied`, :func:`paused`,
+  :func:`resumed`, :func:`rolled_back`): a new target remembers the old one as
+  ``previous_version``; a resume clears the pause, releases the canary gate and
+  retries the pool's failed nodes; a rollback swaps target and previous and
+  resumes;
+* **the events** each of these emits, in order (what ``GET /v1/events`` shows).
+
+Facts come in as frozen dataclasses and go out as frozen dataclasses; time is a
+value (``now``) the caller passes. The stores (:mod:`atoll.fleet.sqlite_store`,
+:mod:`atoll.fleet.etcd_store`) read the facts a step needs, call one function
+here and write its result in the same transaction; the Kubernetes operator
+(:mod:`atoll.fleet.operator`) applies the same functions to its annotations.
+What a node is told (:func:`instruction`) and which pool owns it
+(:func:`owner`) are decided here too, for the controller and the operator alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+
+from atoll.errors import InputError
+from atoll.fleet.rollout import Action, ActionKind, NodeFacts, Phase, Plan, PoolSpec, PoolState
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event a step emits; the store gives it an id when it appends it."""
+
+    at: float
+    pool: str | None
+    node: str | None
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Registration:
+    """An agent's ``POST /v1/nodes/register``."""
+
+    name: str
+    labels: Mapping[str, str]
+    version: str
+    healthy: bool
+
+
+@dataclass(frozen=True)
+class Report:
+    """An agent's ``POST /v1/nodes/NAME/report``, with the version the controller wants
+    for the node (``None``: no pool selects it)."""
+
+    current: str
+    staged: str | None
+    healthy: bool
+    failed: bool
+    desired: str | None
+
+
+@dataclass(frozen=True)
+class NodeStep:
+    """One node before and after a transition, and the events it emits."""
+
+    before: NodeFacts | None
+    after: NodeFacts
+    events: tuple[NewEvent, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        return self.after != self.before
+
+
+@dataclass(frozen=True)
+class PlanStep:
+    """What persisting one plan changes: the nodes that moved (in the order the plan
+    first moved them), the pool's new state (``None``: unchanged) and the events."""
+
+    nodes: tuple[NodeFacts, ...]
+    state: PoolState | None
+    events: tuple[NewEvent, ...]
+
+
+@dataclass(frozen=True)
+class PoolStep:
+    """A pool after an operator verb, the nodes it moved and the events it emits."""
+
+    spec: PoolSpec
+    state: PoolState
+    nodes: tuple[NodeFacts, ...]
+    events: tuple[NewEvent, ...]
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """What a node's agent is told (``GET /v1/nodes/NAME/desired``, the operator's
+    annotations): the version it should run, whether to stage it, whether it may
+    reboot into it now."""
+
+    version: str
+    stage: bool
+    may_reboot: bool
+
+
+def matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    """A pool's selector selects a node when every key has the same value in its labels."""
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def owner(specs: Iterable[PoolSpec], labels: Mapping[str, str]) -> str | None:
+    """The pool that owns a node: the first pool, by name, whose selector matches."""
+    for spec in sorted(specs, key=lambda s: s.name):
+        if matches(spec.selector, labels):
+            return spec.name
+    return None
+
+
+# nodes -------------------------------------------------------------------
+
+
+def registered(old: NodeFacts | None, registration: Registration, now: float) -> NodeStep:
+    """A node after its agent registered: new nodes start ``idle``; a known node keeps
+    its facts and phase (a grant survives an agent's restart) and takes the new labels."""
+    r = registration
+    if old is None:
+        node = NodeFacts(r.name, dict(r.labels), r.version, None, r.healthy, Phase.IDLE, now)
+        return NodeStep(
+            None, node, (NewEvent(now, None, r.name, "register", f"version {r.version}"),)
+        )
+    return NodeStep(old, replace(old, labels=dict(r.labels)))
+
+
+def _reported_phase(old: NodeFacts, report: Report) -> Phase:
+    """The phase of a node neither failed nor rebooting after its report."""
+    if report.desired is not None and report.current == report.desired:
+        return Phase.IDLE
+    if report.desired is not None and report.staged == report.desired:
+        return Phase.STAGED
+    if old.phase is Phase.STAGING:
+        return Phase.STAGING  # told to stage: stays staging until it has
+    return Phase.IDLE
+
+
+def _after_report(old: NodeFacts, r: Report, now: float) -> NodeFacts:
+    if old.phase is Phase.FAILED:
+        return replace(old, current_version=r.current, staged_version=r.staged, healthy=r.healthy)
+    if r.failed:
+        return NodeFacts(old.name, old.labels, r.current, r.staged, r.healthy, Phase.FAILED, now)
+    if old.phase is Phase.REBOOTING:
+        if r.current == old.staged_version and r.healthy:
+            return NodeFacts(old.name, old.labels, r.current, r.staged, True, Phase.IDLE, now)
+        # Not rebooted yet, or back but still in its trial: keep the grant (and
+        # its version, and the time it was granted: the reboot timeout) as persisted.
+        return replace(old, healthy=r.healthy)
+    phase = _reported_phase(old, r)
+    moved = phase is not old.phase or r.current != old.current_version
+    return NodeFacts(
+        old.name,
+        old.labels,
+        r.current,
+        r.staged,
+        r.healthy,
+        phase,
+        now if moved else old.last_transition,
+    )
+
+
+def after_report(old: NodeFacts, report: Report, now: float) -> NodeStep:
+    """The node after its agent reported, and a ``phase`` event if its phase changed.
+
+    * ``failed`` (the agent's verdict: its health trial failed and it rolled
+      back, or it is unhealthy outside a trial) -> ``failed``; a failed node
+      stays failed until the pool is resumed (its versions and health are kept
+      up to date);
+    * ``rebooting`` and now running the granted version, healthy -> ``idle``
+      (``last_transition`` = now: minReadySeconds counts from here);
+    * otherwise ``rebooting`` stays: the reboot has not happened yet, or the
+      node is back on the granted version but not healthy *yet* (its agent's
+      trial is still running; the agent says ``failed`` when the trial fails,
+      and the pool's reboot timeout bounds a node that never says either);
+    * on the desired version -> ``idle``; ``staged`` equal to the desired
+      version -> ``staged``; a node told to stage stays ``staging`` until then.
+
+    ``last_transition`` moves with the phase or the running version only.
+    """
+    new = _after_report(old, report, now)
+    events: tuple[NewEvent, ...] = ()
+    if new.phase is not old.phase:
+        message = f"{old.phase} -> {new.phase} on {report.current}"
+        events = (NewEvent(now, None, old.name, "phase", message),)
+    return NodeStep(old, new, events)
+
+
+def after_action(node: NodeFacts, action: Action, now: float) -> NodeFacts:
+    """A node once one decision of a plan about it is persisted.
+
+    A stage order moves ``idle``/``staged`` to ``staging`` (staging costs no
+    availability); a reboot or rollback grant moves any node neither
+    ``rebooting`` nor ``failed`` to ``rebooting`` with the granted version as its
+    staged one, from ``now`` (the reboot timeout counts from here). Anything
+    else leaves the node as it is: a grant is never given twice, and a failed
+    node is never retried but by a resume.
+    """
+    if action.kind is ActionKind.STAGE:
+        if node.phase in (Phase.IDLE, Phase.STAGED):
+            return replace(node, phase=Phase.STAGING)
+        return node
+    if node.phase in (Phase.REBOOTING, Phase.FAILED):
+        return node
+    return replace(node, phase=Phase.REBOOTING, staged_version=action.version, last_transition=now)
+
+
+def after_plan(
+    pool: str,
+    state: PoolState | None,
+    nodes: Mapping[str, NodeFacts],
+    plan: Plan,
+    now: float,
+) -> PlanStep:
+    """Persisting ``plan`` for ``pool``: its decisions applied in order to the stored
+    ``nodes`` (those the plan names; unknown ones are skipped) and its self-pause to
+    the pool's ``state`` (``None``: the pool is gone).
+
+    Every decision and the self-pause emit an event, as the plan made them.
+    """
+    current = dict(nodes)
+    moved: dict[str, NodeFacts] = {}
+    events: list[NewEvent] = []
+    for action in plan.actions:
+        node = current.get(action.node)
+        if node is not None:
+            new = after_action(node, action, now)
+            if new != node:
+                current[action.node] = moved[action.node] = new
+        events.append(NewEvent(now, pool, action.node, action.kind.value, action.version))
+    new_state = None
+    if plan.pause_reason is not None:
+        if state is not None and state.pause_reason is None:
+            new_state = replace(state, pause_reason=plan.pause_reason)
+        events.append(NewEvent(now, pool, None, "pause", plan.pause_reason))
+    return PlanStep(tuple(moved.values()), new_state, tuple(events))
+
+
+def instruction(node: NodeFacts, desired: str) -> Instruction:
+    """What the node's agent is told, given the version its pool's plan wants.
+
+    A node granted a reboot keeps the granted version (its staged one) until it
+    leaves ``rebooting``, whatever the plan wants meanwhile; it stages when told
+    to and not on that version yet, and may reboot only while granted.
+    """
+    rebooting = node.phase is Phase.REBOOTING
+    version = (node.staged_version or desired) if rebooting else desired
+    return Instruction(
+        version=version,
+        stage=node.phase in (Phase.STAGING, Phase.STAGED) and node.current_version != version,
+        may_reboot=rebooting and node.current_version != version,
+    )
+
+
+# pools -------------------------------------------------------------------
+
+
+def applied(old: tuple[PoolSpec, PoolState] | None, spec: PoolSpec, now: float) -> PoolStep:
+    """A pool declared (or declared again): a new target remembers the old target as
+    ``previous_version`` unless the spec names one; the same target keeps the old
+    previous one. The pool's state (pause, canary) is kept."""
+    new, state = spec, PoolState()
+    if old is not None:
+        state = old[1]
+        if spec.previous_version is None:
+            before = old[0]
+            previous = (
+                before.target_version
+                if before.target_version != spec.target_version
+                else before.previous_version
+            )
+            new = replace(spec, previous_version=previous)
+    event = NewEvent(now, spec.name, None, "apply", f"target {new.target_version}")
+    return PoolStep(new, state, (), (event,))
+
+
+def paused(spec: PoolSpec, state: PoolState, reason: str, now: float) -> PoolStep:
+    """An operator's pause (replaces any earlier reason)."""
+    event = NewEvent(now, spec.name, None, "pause", reason)
+    return PoolStep(spec, replace(state, pause_reason=reason), (), (event,))
+
+
+def resumed(spec: PoolSpec, state: PoolState, nodes: Iterable[NodeFacts], now: float) -> PoolStep:
+    """Clear the pause, release the canary gate and retry the failed nodes the pool's
+    selector matches (``idle`` from ``now``)."""
+    retried = tuple(
+        replace(n, phase=Phase.IDLE, last_transition=now)
+        for n in nodes
+        if n.phase is Phase.FAILED and matches(spec.selector, n.labels)
+    )
+    event = NewEvent(now, spec.name, None, "resume", "resumed by operator")
+    new_state = replace(state, pause_reason=None, canary_released=True)
+    return PoolStep(spec, new_state, retried, (event,))
+
+
+def rolled_back(
+    spec: PoolSpec, state: PoolState, nodes: Iterable[NodeFacts], now: float
+) -> PoolStep:
+    """Swap target and previous version, then resume so nodes move back.
+
+    Raises :class:`InputError` when the pool has no previous version."""
+    if spec.previous_version is None:
+        raise InputError(f"pool {spec.name}: no previous version to roll back to")
+    back = replace(spec, target_version=spec.previous_version, previous_version=spec.target_version)
+    event = NewEvent(now, spec.name, None, "rollback", f"target back to {back.target_version}")
+    resume = resumed(back, state, nodes, now)
+    return replace(resume, events=(event, *resume.events))

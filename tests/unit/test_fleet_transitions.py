@@ -1,0 +1,507 @@
+"""The fleet's rules (atoll.fleet.transitions), as one table of facts -> what they become.
+
+``TABLE`` is the transition table of the fleet: the stored facts before (nodes, and
+the pool ``web``), one fact or decision, and the stored state after (every node, the
+pool's spec and state, the events emitted). Here it runs against the pure functions
+through :func:`apply`; ``tests/integration/test_fleet_store.py`` runs the same table
+against the SQLite and the etcd store, so both backends keep exactly these rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import pytest
+
+from atoll.errors import InputError
+from atoll.fleet import transitions
+from atoll.fleet.rollout import (
+    Action,
+    ActionKind,
+    NodeFacts,
+    Phase,
+    Plan,
+    PoolSpec,
+    PoolState,
+    Quantity,
+    plan,
+)
+from atoll.fleet.transitions import Instruction, NewEvent, Registration, Report
+
+NOW = 100.0
+THEN = 10.0
+UNPAUSED = PoolState()
+WEB = {"role": "web"}
+SPEC = PoolSpec(
+    name="web",
+    target_version="v2",
+    previous_version="v1",
+    selector=WEB,
+    max_unavailable=Quantity(1),
+)
+
+
+def node(
+    name: str,
+    phase: Phase,
+    current: str = "v1",
+    staged: str | None = None,
+    *,
+    healthy: bool = True,
+    since: float = THEN,
+    labels: dict[str, str] | None = None,
+) -> NodeFacts:
+    return NodeFacts(
+        name, WEB if labels is None else labels, current, staged, healthy, phase, since
+    )
+
+
+# What happens: one fact (a registration, a report, an operator verb) or decision (a plan).
+
+
+@dataclass(frozen=True)
+class Register:
+    registration: Registration
+
+
+@dataclass(frozen=True)
+class Reported:
+    name: str
+    report: Report
+
+
+@dataclass(frozen=True)
+class Decided:
+    """A plan for pool ``web`` with these decisions and self-pause."""
+
+    actions: tuple[Action, ...]
+    pause_reason: str | None = None
+
+    def plan(self) -> Plan:
+        # A real plan's shape (status, desired) with the decisions under test.
+        empty = plan(SPEC, PoolState(), [], NOW)
+        return replace(empty, actions=self.actions, pause_reason=self.pause_reason)
+
+
+@dataclass(frozen=True)
+class Verb:
+    """An operator verb on pool ``web``: pause (with a reason), resume, rollback, apply."""
+
+    kind: str
+    reason: str = ""
+    spec: PoolSpec | None = None  # apply
+
+
+Happening = Register | Reported | Decided | Verb
+
+
+def ev(kind: str, message: str, node: str | None = None, pool: str | None = "web") -> NewEvent:
+    return NewEvent(NOW, pool, node, kind, message)
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    nodes: tuple[NodeFacts, ...]
+    happens: Happening
+    after: tuple[NodeFacts, ...]
+    events: tuple[NewEvent, ...] = ()
+    spec: PoolSpec = SPEC
+    state: PoolState = UNPAUSED
+    spec_after: PoolSpec | None = None  # None: unchanged
+    state_after: PoolState | None = None  # None: unchanged
+    raises: str | None = None  # an InputError matching this; nothing changes
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The stored state after a case, as a store (or the pure model) has it."""
+
+    nodes: tuple[NodeFacts, ...]
+    spec: PoolSpec
+    state: PoolState
+    events: tuple[NewEvent, ...]
+
+
+def expected(case: Case) -> Outcome:
+    return Outcome(
+        tuple(sorted(case.after, key=lambda n: n.name)),
+        case.spec if case.spec_after is None else case.spec_after,
+        case.state if case.state_after is None else case.state_after,
+        case.events,
+    )
+
+
+def reg(name: str, version: str = "v1", *, healthy: bool = True, **labels: str) -> Register:
+    return Register(Registration(name, labels or WEB, version, healthy))
+
+
+def rep(
+    name: str,
+    current: str,
+    staged: str | None = None,
+    *,
+    healthy: bool = True,
+    failed: bool = False,
+    desired: str | None = "v2",
+) -> Reported:
+    return Reported(name, Report(current, staged, healthy, failed, desired))
+
+
+def act(kind: ActionKind, name: str, version: str = "v2") -> Action:
+    return Action(kind, name, version)
+
+
+STAGE, REBOOT, ROLLBACK = ActionKind.STAGE, ActionKind.REBOOT, ActionKind.ROLLBACK
+IDLE, STAGING, STAGED = Phase.IDLE, Phase.STAGING, Phase.STAGED
+REBOOTING, FAILED = Phase.REBOOTING, Phase.FAILED
+GRANTED = node("a", REBOOTING, "v1", "v2")  # granted a reboot into v2 at THEN
+
+TABLE = [
+    # registration ---------------------------------------------------------
+    Case(
+        "a new node starts idle on the version it runs",
+        (),
+        reg("a", "v1"),
+        (node("a", IDLE, since=NOW),),
+        (ev("register", "version v1", "a", None),),
+    ),
+    Case(
+        "a re-registration keeps the phase and facts (a grant too), takes new labels",
+        (GRANTED,),
+        reg("a", "v9", healthy=False, role="web", zone="z"),
+        (replace(GRANTED, labels={"role": "web", "zone": "z"}),),
+    ),
+    # an agent's report ----------------------------------------------------
+    Case(
+        "granted, not rebooted yet: keeps its grant",
+        (GRANTED,),
+        rep("a", "v1", "v2"),
+        (GRANTED,),
+    ),
+    Case(
+        "granted and landed healthy on the granted version: idle from now",
+        (GRANTED,),
+        rep("a", "v2"),
+        (node("a", IDLE, "v2", since=NOW),),
+        (ev("phase", "rebooting -> idle on v2", "a", None),),
+    ),
+    Case(
+        "granted, back on the granted version but its trial runs: keeps the grant",
+        (GRANTED,),
+        rep("a", "v2", healthy=False),
+        (replace(GRANTED, healthy=False),),
+    ),
+    Case(
+        "granted, unhealthy outside a trial: failed",
+        (GRANTED,),
+        rep("a", "v2", healthy=False, failed=True),
+        (node("a", FAILED, "v2", healthy=False, since=NOW),),
+        (ev("phase", "rebooting -> failed on v2", "a", None),),
+    ),
+    Case(
+        "granted, its agent rolled back by itself: failed",
+        (GRANTED,),
+        rep("a", "v1", failed=True),
+        (node("a", FAILED, "v1", since=NOW),),
+        (ev("phase", "rebooting -> failed on v1", "a", None),),
+    ),
+    Case(
+        "told to stage, not staged yet: stays staging",
+        (node("a", STAGING),),
+        rep("a", "v1"),
+        (node("a", STAGING),),
+    ),
+    Case(
+        "staged the desired version: staged",
+        (node("a", STAGING),),
+        rep("a", "v1", "v2"),
+        (node("a", STAGED, "v1", "v2", since=NOW),),
+        (ev("phase", "staging -> staged on v1", "a", None),),
+    ),
+    Case(
+        "a staged node that lost its staged version: idle",
+        (node("a", STAGED, "v1", "v2"),),
+        rep("a", "v1"),
+        (node("a", IDLE, since=NOW),),
+        (ev("phase", "staged -> idle on v1", "a", None),),
+    ),
+    Case(
+        "failed stays failed until a resume; its facts are kept up to date",
+        (node("a", FAILED, "v2", healthy=False),),
+        rep("a", "v1", "v2"),
+        (node("a", FAILED, "v1", "v2"),),
+    ),
+    Case(
+        "an idle node with nothing new: unchanged",
+        (node("a", IDLE),),
+        rep("a", "v1"),
+        (node("a", IDLE),),
+    ),
+    Case(
+        "running another version (switched by hand): the transition time moves",
+        (node("a", IDLE),),
+        rep("a", "v2"),
+        (node("a", IDLE, "v2", since=NOW),),
+    ),
+    Case(
+        "no pool wants anything of it: a staged version makes it nothing but idle",
+        (node("a", IDLE),),
+        rep("a", "v1", "v2", desired=None),
+        (node("a", IDLE, "v1", "v2"),),
+    ),
+    Case(
+        "health is a fact: reported, stored, no phase change",
+        (node("a", IDLE),),
+        rep("a", "v1", healthy=False),
+        (node("a", IDLE, healthy=False),),
+    ),
+    # a plan's decisions -----------------------------------------------------
+    Case(
+        "a stage order moves an idle node to staging (no new transition time)",
+        (node("a", IDLE),),
+        Decided((act(STAGE, "a"),)),
+        (node("a", STAGING),),
+        (ev("stage", "v2", "a"),),
+    ),
+    Case(
+        "a stage order moves a staged node to staging",
+        (node("a", STAGED, "v1", "v2"),),
+        Decided((act(STAGE, "a"),)),
+        (node("a", STAGING, "v1", "v2"),),
+        (ev("stage", "v2", "a"),),
+    ),
+    Case(
+        "a stage order leaves a granted node alone, and is still recorded",
+        (GRANTED,),
+        Decided((act(STAGE, "a"),)),
+        (GRANTED,),
+        (ev("stage", "v2", "a"),),
+    ),
+    Case(
+        "a reboot grant is stored as rebooting into the granted version, from now",
+        (node("a", STAGED, "v1", "v2"),),
+        Decided((act(REBOOT, "a"),)),
+        (node("a", REBOOTING, "v1", "v2", since=NOW),),
+        (ev("reboot", "v2", "a"),),
+    ),
+    Case(
+        "a reboot grant is never given twice (the first one's time stays)",
+        (replace(GRANTED, staged_version="v3"),),
+        Decided((act(REBOOT, "a"),)),
+        (replace(GRANTED, staged_version="v3"),),
+        (ev("reboot", "v2", "a"),),
+    ),
+    Case(
+        "a failed node is never granted a reboot",
+        (node("a", FAILED),),
+        Decided((act(REBOOT, "a"),)),
+        (node("a", FAILED),),
+        (ev("reboot", "v2", "a"),),
+    ),
+    Case(
+        "a rollback grant: rebooting into the previous version",
+        (node("a", IDLE, "v2"),),
+        Decided((act(ROLLBACK, "a", "v1"),)),
+        (node("a", REBOOTING, "v2", "v1", since=NOW),),
+        (ev("rollback", "v1", "a"),),
+    ),
+    Case(
+        "a decision about an unknown node changes nothing but is recorded",
+        (node("a", IDLE),),
+        Decided((act(REBOOT, "ghost"),)),
+        (node("a", IDLE),),
+        (ev("reboot", "v2", "ghost"),),
+    ),
+    Case(
+        "one plan's decisions apply in order, its self-pause last",
+        (node("a", IDLE), node("b", STAGED, "v1", "v2"), node("c", IDLE, "v2")),
+        Decided((act(STAGE, "a"), act(REBOOT, "b")), pause_reason="failure budget"),
+        (node("a", STAGING), node("b", REBOOTING, "v1", "v2", since=NOW), node("c", IDLE, "v2")),
+        (ev("stage", "v2", "a"), ev("reboot", "v2", "b"), ev("pause", "failure budget")),
+        state_after=PoolState(pause_reason="failure budget"),
+    ),
+    Case(
+        "a self-pause does not replace an operator's pause (it is still recorded)",
+        (),
+        Decided((), pause_reason="failure budget"),
+        (),
+        (ev("pause", "failure budget"),),
+        state=PoolState(pause_reason="operator"),
+    ),
+    # operator verbs ---------------------------------------------------------
+    Case(
+        "pause replaces any earlier reason; nodes keep going where they are",
+        (GRANTED,),
+        Verb("pause", "maintenance"),
+        (GRANTED,),
+        (ev("pause", "maintenance"),),
+        state=PoolState(pause_reason="failure budget"),
+        state_after=PoolState(pause_reason="maintenance"),
+    ),
+    Case(
+        "resume clears the pause, releases the canary, retries the pool's failed nodes",
+        (
+            node("a", FAILED, "v1"),
+            node("b", FAILED, "v1", labels={"role": "db"}),
+            node("c", REBOOTING, "v1", "v2"),
+        ),
+        Verb("resume"),
+        (
+            node("a", IDLE, "v1", since=NOW),
+            node("b", FAILED, "v1", labels={"role": "db"}),
+            node("c", REBOOTING, "v1", "v2"),
+        ),
+        (ev("resume", "resumed by operator"),),
+        state=PoolState(pause_reason="failure budget"),
+        state_after=PoolState(pause_reason=None, canary_released=True),
+    ),
+    Case(
+        "rollback swaps target and previous, then resumes",
+        (node("a", FAILED, "v2"),),
+        Verb("rollback"),
+        (node("a", IDLE, "v2", since=NOW),),
+        (ev("rollback", "target back to v1"), ev("resume", "resumed by operator")),
+        state=PoolState(pause_reason="failure budget"),
+        spec_after=replace(SPEC, target_version="v1", previous_version="v2"),
+        state_after=PoolState(pause_reason=None, canary_released=True),
+    ),
+    Case(
+        "rollback without a previous version is refused, nothing changes",
+        (node("a", FAILED, "v2"),),
+        Verb("rollback"),
+        (node("a", FAILED, "v2"),),
+        spec=replace(SPEC, previous_version=None),
+        raises="no previous version",
+    ),
+    Case(
+        "a new target remembers the old one as previous; the pause stays",
+        (node("a", IDLE),),
+        Verb("apply", spec=replace(SPEC, target_version="v3", previous_version=None)),
+        (node("a", IDLE),),
+        (ev("apply", "target v3"),),
+        state=PoolState(pause_reason="operator", canary_released=True),
+        spec_after=replace(SPEC, target_version="v3", previous_version="v2"),
+    ),
+    Case(
+        "the same target keeps the previous one",
+        (),
+        Verb("apply", spec=replace(SPEC, max_unavailable=Quantity(2), previous_version=None)),
+        (),
+        (ev("apply", "target v2"),),
+        spec_after=replace(SPEC, max_unavailable=Quantity(2)),
+    ),
+    Case(
+        "a previous version named by the spec wins",
+        (),
+        Verb("apply", spec=replace(SPEC, target_version="v3", previous_version="v0")),
+        (),
+        (ev("apply", "target v3"),),
+        spec_after=replace(SPEC, target_version="v3", previous_version="v0"),
+    ),
+]
+
+
+def apply(case: Case) -> Outcome:
+    """The pure model of a store: the facts of ``case`` in dictionaries, moved by the rules."""
+    nodes = {n.name: n for n in case.nodes}
+    spec, state = case.spec, case.state
+    events: tuple[NewEvent, ...] = ()
+    happens = case.happens
+    if isinstance(happens, Register):
+        step = transitions.registered(
+            nodes.get(happens.registration.name), happens.registration, NOW
+        )
+        nodes[step.after.name], events = step.after, step.events
+    elif isinstance(happens, Reported):
+        step = transitions.after_report(nodes[happens.name], happens.report, NOW)
+        nodes[step.after.name], events = step.after, step.events
+    elif isinstance(happens, Decided):
+        planned = transitions.after_plan("web", state, nodes, happens.plan(), NOW)
+        nodes.update((n.name, n) for n in planned.nodes)
+        state, events = planned.state or state, planned.events
+    else:
+        verb = _verb(happens, spec, state, list(nodes.values()))
+        nodes.update((n.name, n) for n in verb.nodes)
+        spec, state, events = verb.spec, verb.state, verb.events
+    return Outcome(tuple(sorted(nodes.values(), key=lambda n: n.name)), spec, state, events)
+
+
+def _verb(
+    verb: Verb, spec: PoolSpec, state: PoolState, nodes: list[NodeFacts]
+) -> transitions.PoolStep:
+    if verb.kind == "pause":
+        return transitions.paused(spec, state, verb.reason, NOW)
+    if verb.kind == "resume":
+        return transitions.resumed(spec, state, nodes, NOW)
+    if verb.kind == "rollback":
+        return transitions.rolled_back(spec, state, nodes, NOW)
+    assert verb.kind == "apply" and verb.spec is not None
+    return transitions.applied((spec, state), verb.spec, NOW)
+
+
+@pytest.mark.parametrize("case", TABLE, ids=[c.id for c in TABLE])
+def test_transition_table(case: Case) -> None:
+    if case.raises is not None:
+        with pytest.raises(InputError, match=case.raises):
+            apply(case)
+        return
+    assert apply(case) == expected(case)
+
+
+def test_table_ids_are_unique() -> None:
+    assert len({c.id for c in TABLE}) == len(TABLE)
+
+
+@pytest.mark.parametrize(
+    ("before", "report", "changed", "events"),
+    [
+        (GRANTED, Report("v1", "v2", True, False, "v2"), False, 0),
+        (GRANTED, Report("v2", None, False, False, "v2"), True, 0),
+        (GRANTED, Report("v2", None, True, False, "v2"), True, 1),
+    ],
+)
+def test_a_report_says_whether_anything_changed(
+    before: NodeFacts, report: Report, changed: bool, events: int
+) -> None:
+    """Stores write a report only when it changed something (no fsync for a poll)."""
+    step = transitions.after_report(before, report, NOW)
+    assert step.before == before
+    assert (step.changed, len(step.events)) == (changed, events)
+
+
+def test_a_plan_names_only_the_nodes_it_moved() -> None:
+    stored = {"a": node("a", IDLE), "b": node("b", FAILED)}
+    decided = Decided((act(REBOOT, "b"), act(STAGE, "a"), act(REBOOT, "a"))).plan()
+    step = transitions.after_plan("web", None, stored, decided, NOW)
+    assert step.nodes == (node("a", REBOOTING, "v1", "v2", since=NOW),)
+    assert step.state is None  # no self-pause; a pool that is gone is not written
+    gone = transitions.after_plan("web", None, {}, Decided((), "budget").plan(), NOW)
+    assert (gone.state, gone.events) == (None, (ev("pause", "budget"),))
+
+
+@pytest.mark.parametrize(
+    ("facts", "desired", "told"),
+    [
+        (node("a", IDLE), "v2", Instruction("v2", stage=False, may_reboot=False)),
+        (node("a", STAGING), "v2", Instruction("v2", stage=True, may_reboot=False)),
+        (node("a", STAGED, "v1", "v2"), "v2", Instruction("v2", stage=True, may_reboot=False)),
+        (node("a", STAGED, "v2"), "v2", Instruction("v2", stage=False, may_reboot=False)),
+        # A grant keeps its version whatever the plan wants meanwhile.
+        (GRANTED, "v3", Instruction("v2", stage=False, may_reboot=True)),
+        (node("a", REBOOTING, "v1", None), "v2", Instruction("v2", stage=False, may_reboot=True)),
+        (node("a", REBOOTING, "v2", "v2"), "v2", Instruction("v2", stage=False, may_reboot=False)),
+        (node("a", FAILED), "v2", Instruction("v2", stage=False, may_reboot=False)),
+    ],
+)
+def test_what_a_node_is_told(facts: NodeFacts, desired: str, told: Instruction) -> None:
+    assert transitions.instruction(facts, desired) == told
+
+
+def test_the_first_pool_by_name_owns_a_node() -> None:
+    web = replace(SPEC, name="web")
+    every = replace(SPEC, name="all", selector={})
+    assert transitions.owner([web, every], WEB) == "all"
+    assert transitions.owner([web], {"role": "db"}) is None
+    assert transitions.owner([web], {"role": "web", "zone": "a"}) == "web"
+    assert transitions.matches({}, {}) and not transitions.matches(WEB, {})

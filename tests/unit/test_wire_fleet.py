@@ -1,0 +1,100 @@
+"""The fleet protocol's typed messages (atoll.wire.fleet): the JSON on the wire, and what
+each side refuses, naming the field."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from atoll.wire.fleet import (
+    Desired,
+    NodeRecord,
+    ProtocolError,
+    Registration,
+    Report,
+    node_path,
+)
+
+# The JSON as docs/fleet.md documents it, key order included (what the controller sends).
+WIRE: list[tuple[Any, str]] = [
+    (
+        Registration("n1", {"zone": "a"}, "1.0", healthy=False),
+        '{"name": "n1", "labels": {"zone": "a"}, "version": "1.0", "healthy": false}',
+    ),
+    (
+        Report("1.0", "2.0", healthy=True, failed=False),
+        '{"version": "1.0", "staged": "2.0", "healthy": true, "failed": false}',
+    ),
+    (
+        Desired("2.0", stage=True, may_reboot=False, reason="", pool="web"),
+        '{"pool": "web", "version": "2.0", "stage": true, "may_reboot": false, "reason": ""}',
+    ),
+    (
+        Desired("1.0", False, False, "no pool selects this node", None),
+        '{"pool": null, "version": "1.0", "stage": false, "may_reboot": false, '
+        '"reason": "no pool selects this node"}',
+    ),
+    (
+        NodeRecord("n1", {}, "1.0", None, True, "idle", 12.5),
+        '{"name": "n1", "labels": {}, "current": "1.0", "staged": null, "healthy": true, '
+        '"phase": "idle", "last_transition": 12.5}',
+    ),
+]
+
+
+@pytest.mark.parametrize(("message", "text"), WIRE)
+def test_messages_serialise_as_documented_and_parse_back(message: Any, text: str) -> None:
+    assert json.dumps(message.to_json()) == text
+    assert type(message).from_json(json.loads(text)) == message
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "expected"),
+    [
+        (Registration, {"name": "n", "version": "1"}, Registration("n", {}, "1", True)),
+        (Report, {"version": "1"}, Report("1", None, healthy=True, failed=False)),
+        (
+            Desired,
+            {"version": "2", "stage": True, "may_reboot": False},
+            Desired("2", True, False, "", None),
+        ),
+    ],
+)
+def test_optional_fields_take_their_defaults(kind: Any, body: Any, expected: Any) -> None:
+    assert kind.from_json(body) == expected
+
+
+def test_unknown_keys_are_ignored_so_either_side_may_add_one_first() -> None:
+    assert Report.from_json({"version": "1", "staged": None, "uptime": 3}) == Report("1", None)
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "names"),
+    [
+        (Registration, ["n1"], "expected a JSON object, not list"),
+        (Registration, {"name": "-x", "version": "1"}, "bad name '-x'"),
+        (Registration, {"name": "a" * 64, "version": "1"}, "bad name"),
+        (Registration, {"name": "n1", "version": ""}, "bad version ''"),
+        (Registration, {"name": "n1", "version": "1", "labels": {"a": 1}}, "labels must map"),
+        (Registration, {"name": "n1", "version": "1", "healthy": "yes"}, "healthy must be true"),
+        (Report, {"version": 1}, "bad version 1"),
+        (Report, {"version": "1", "staged": 2}, "bad staged 2"),
+        (Report, {"version": "1", "failed": 1}, "failed must be true or false"),
+        (Report, {"version": "1", "healthy": None}, "healthy must be true or false"),
+        (Desired, {"stage": True, "may_reboot": True}, "version is missing"),
+        (Desired, {"version": "2", "stage": "yes", "may_reboot": False}, "stage must be true"),
+        (Desired, {"version": "2", "stage": True, "may_reboot": False, "pool": 3}, "pool must"),
+        (NodeRecord, {"name": "n", "current": "1", "healthy": True, "phase": "idle"}, "last_tr"),
+    ],
+)
+def test_refusals_name_the_field(kind: Any, body: Any, names: str) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        kind.from_json(body)
+    assert names in str(caught.value)
+
+
+def test_node_paths_quote_the_name() -> None:
+    assert node_path("n1", "report") == "/v1/nodes/n1/report"
+    assert node_path("a/b", "desired") == "/v1/nodes/a%2Fb/desired"
