@@ -9,6 +9,13 @@ Stages of a long job (compose, publish, disk, boot, rollouts) report through a
   machine can follow along.
 
 ``reporter_for()`` chooses one from the output stream and the flags.
+
+The reporter times stages itself: ``with reporter.stage("rootfs") as stage:``
+reports the stage's beginning and its end with the duration measured on the
+reporter's clock (``time.monotonic`` unless a test injects another), and
+leaves the duration in ``stage.seconds`` for the caller's result. A stage whose
+block raises still ends: it is reported as failed, with its time, and the
+exception goes on.
 """
 
 from __future__ import annotations
@@ -18,11 +25,13 @@ import os
 import sys
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import IO, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -33,15 +42,35 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+Clock = Callable[[], float]  # a source of seconds: time.monotonic, time.time, a test's fake
+
+
+@dataclass
+class Stage:
+    """A stage in progress; ``seconds`` and ``failed`` are set when it ends."""
+
+    name: str
+    seconds: float = 0.0
+    failed: bool = False
+
 
 class Reporter(ABC):
-    """Receives the events of a long-running job."""
+    """Receives the events of a long-running job, and times its stages."""
+
+    def __init__(self, *, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
 
     @abstractmethod
     def stage_begin(self, name: str, detail: str = "") -> None: ...
 
     @abstractmethod
-    def stage_end(self, name: str, seconds: float, detail: str = "") -> None: ...
+    def stage_end(
+        self, name: str, seconds: float, detail: str = "", *, failed: bool = False
+    ) -> None:
+        """Stage ``name`` ended after ``seconds``.
+
+        ``failed``: its block raised, and ``detail`` says what.
+        """
 
     @abstractmethod
     def progress(self, name: str, done: int, total: int | None, unit: str = "") -> None:
@@ -60,18 +89,39 @@ class Reporter(ABC):
         """Release the terminal; called once at the end."""
 
     @contextmanager
-    def stage(self, name: str, detail: str = "") -> Iterator[None]:
-        """Report a stage around a block, with its duration."""
-        started = time.monotonic()
+    def stage(self, name: str, detail: str = "") -> Iterator[Stage]:
+        """Report a stage around a block, timed on the reporter's clock.
+
+        The block's exception (Ctrl-C too) ends the stage as failed, then goes on.
+        """
+        stage = Stage(name)
+        started = self._clock()
         self.stage_begin(name, detail)
-        yield
-        self.stage_end(name, time.monotonic() - started)
+        try:
+            yield stage
+        except BaseException as e:
+            stage.seconds = self._clock() - started
+            stage.failed = True
+            self.stage_end(name, stage.seconds, _failure(e), failed=True)
+            raise
+        stage.seconds = self._clock() - started
+        self.stage_end(name, stage.seconds)
+
+
+def _failure(error: BaseException) -> str:
+    """What a failed stage's end says: "interrupted", or the error's first line."""
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted"
+    lines = str(error).strip().splitlines()
+    first = lines[0] if lines else type(error).__name__
+    return first if len(first) <= 120 else first[:117] + "..."
 
 
 class PlainReporter(Reporter):
     """One line per event; progress only at 25% steps to keep CI logs short."""
 
-    def __init__(self, stream: IO[str] | None = None) -> None:
+    def __init__(self, stream: IO[str] | None = None, *, clock: Clock = time.monotonic) -> None:
+        super().__init__(clock=clock)
         self._stream = stream or sys.stderr
         self._last_quarter: dict[str, int] = {}
 
@@ -81,8 +131,11 @@ class PlainReporter(Reporter):
     def stage_begin(self, name: str, detail: str = "") -> None:
         self._line(f"==> {name}" + (f": {detail}" if detail else ""))
 
-    def stage_end(self, name: str, seconds: float, detail: str = "") -> None:
-        self._line(f"<== {name} ({seconds:.1f}s)" + (f": {detail}" if detail else ""))
+    def stage_end(
+        self, name: str, seconds: float, detail: str = "", *, failed: bool = False
+    ) -> None:
+        outcome = " failed" if failed else ""
+        self._line(f"<== {name}{outcome} ({seconds:.1f}s)" + (f": {detail}" if detail else ""))
 
     def progress(self, name: str, done: int, total: int | None, unit: str = "") -> None:
         if not total:
@@ -102,18 +155,28 @@ class PlainReporter(Reporter):
 class JsonReporter(Reporter):
     """One JSON object per line on stdout, for machines."""
 
-    def __init__(self, stream: IO[str] | None = None) -> None:
+    def __init__(
+        self,
+        stream: IO[str] | None = None,
+        *,
+        clock: Clock = time.monotonic,
+        wall_clock: Clock = time.time,
+    ) -> None:
+        super().__init__(clock=clock)
         self._stream = stream or sys.stdout
+        self._wall_clock = wall_clock  # the records' "time": seconds since the epoch
 
     def _emit(self, event: str, **fields: Any) -> None:
-        record = {"event": event, "time": round(time.time(), 3), **fields}
+        record = {"event": event, "time": round(self._wall_clock(), 3), **fields}
         print(json.dumps(record, sort_keys=True), file=self._stream, flush=True)
 
     def stage_begin(self, name: str, detail: str = "") -> None:
         self._emit("stage-begin", stage=name, detail=detail)
 
-    def stage_end(self, name: str, seconds: float, detail: str = "") -> None:
-        self._emit("stage-end", stage=name, seconds=round(seconds, 3), detail=detail)
+    def stage_end(
+        self, name: str, seconds: float, detail: str = "", *, failed: bool = False
+    ) -> None:
+        self._emit("stage-end", stage=name, seconds=round(seconds, 3), detail=detail, failed=failed)
 
     def progress(self, name: str, done: int, total: int | None, unit: str = "") -> None:
         self._emit("progress", stage=name, done=done, total=total, unit=unit)
@@ -131,7 +194,8 @@ class JsonReporter(Reporter):
 class RichReporter(Reporter):
     """A live display on a terminal: one spinner per stage, a bar for downloads."""
 
-    def __init__(self, console: Console | None = None) -> None:
+    def __init__(self, console: Console | None = None, *, clock: Clock = time.monotonic) -> None:
+        super().__init__(clock=clock)
         self._console = console or Console(stderr=True)
         self._progress = Progress(
             SpinnerColumn(),
@@ -149,13 +213,16 @@ class RichReporter(Reporter):
         label = f"{name}: {detail}" if detail else name
         self._tasks[name] = self._progress.add_task(label, total=None)
 
-    def stage_end(self, name: str, seconds: float, detail: str = "") -> None:
+    def stage_end(
+        self, name: str, seconds: float, detail: str = "", *, failed: bool = False
+    ) -> None:
         task = self._tasks.pop(name, None)
         if task is not None:
             self._progress.update(task, total=1, completed=1)
             self._progress.remove_task(task)
-        suffix = f" - {detail}" if detail else ""
-        self._console.print(f"[green]done[/green] {name} ({seconds:.1f}s){suffix}")
+        outcome = "[red]failed[/red]" if failed else "[green]done[/green]"
+        suffix = f" - {escape(detail)}" if detail else ""
+        self._console.print(f"{outcome} {escape(name)} ({seconds:.1f}s){suffix}")
 
     def progress(self, name: str, done: int, total: int | None, unit: str = "") -> None:
         task = self._tasks.get(name)

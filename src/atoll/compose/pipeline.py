@@ -1,6 +1,7 @@
 """``atoll compose``: manifest in, signed-ready ostree commit out.
 
-The stages, each reported through :class:`~atoll.progress.Reporter`:
+The stages, each reported and timed by :class:`~atoll.progress.Reporter` (the
+result's ``seconds`` are the reporter's measurements):
 
 1. **validate** the whole manifest (structure, then every package name
    against the suite's signed index) before any side effect;
@@ -36,7 +37,7 @@ from typing import Any
 
 import atoll
 from atoll.compose import prepare_root
-from atoll.compose.customize import OVERLAY, customize, link_runc_to_crun
+from atoll.compose.customize import AGENT_SOURCES, OVERLAY, customize, link_runc_to_crun
 from atoll.compose.plan import RootfsPlan, plan_rootfs
 from atoll.compose.rootfs import build_rootfs
 from atoll.compose.shape import shape
@@ -45,7 +46,7 @@ from atoll.errors import AtollError
 from atoll.manifest import check_packages, load_index, load_manifest, manifest_digest
 from atoll.manifest.model import InitStrategy, Manifest
 from atoll.process import run
-from atoll.progress import Reporter
+from atoll.progress import Reporter, Stage
 from atoll.tools import ostree
 
 METADATA_KEYS = (
@@ -110,22 +111,15 @@ def compose(
     source_date_epoch: int | None = None,
     reuse: bool = True,
 ) -> ComposeResult:
-    """Compose ``manifest_path`` into ``repo``; see the module docstring."""
+    """Compose ``manifest_path`` into ``repo``; see the module docstring.
+
+    The result's ``seconds`` are the stages' durations as the reporter timed them.
+    """
     cache = (cache or default_cache()).resolve()
-    seconds: dict[str, float] = {}
     epoch = source_date_epoch if source_date_epoch is not None else _epoch_from_env()
 
-    started = time.monotonic()
-    with reporter.stage("validate", str(manifest_path)):
-        manifest = load_manifest(manifest_path)
-        index = load_index(manifest.distribution, cache, reporter)
-        check_packages(manifest, index)
-        if manifest.agent.include and sys.version_info[:2] != (3, 11):
-            raise AtollError(
-                "the agent is byte-compiled for the image's python 3.11: run atoll with python 3.11"
-            )
-        plan = plan_rootfs(manifest, index.fingerprint)
-    seconds["validate"] = time.monotonic() - started
+    with reporter.stage("validate", str(manifest_path)) as validate:
+        manifest, plan = _validate(manifest_path, cache, reporter)
 
     input_digest = _input_digest(manifest, plan)
     current = ostree.rev_parse(repo, manifest.ref) if (repo / "config").exists() else None
@@ -133,98 +127,144 @@ def compose(
         existing = _existing(repo, current, manifest, input_digest)
         if existing is not None:
             reporter.info(f"{manifest.ref} is up to date ({current[:12]})")
-            existing.seconds = seconds
+            existing.seconds = _seconds(validate)
             return existing
 
-    started = time.monotonic()
-    with reporter.stage("rootfs", f"{len(plan.include)} packages requested"):
+    with reporter.stage("rootfs", f"{len(plan.include)} packages requested") as rootfs:
         tarball, cached = build_rootfs(plan, cache, reporter, source_date_epoch=epoch, reuse=reuse)
         reporter.info(f"root filesystem {'from cache' if cached else 'built'}: {tarball.name}")
-    seconds["rootfs"] = time.monotonic() - started
 
-    work_parent = cache / "work"
-    work_parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f"{manifest.image.name}-", dir=work_parent))
-    try:
-        root = work / "root"
-        root.mkdir()
-        started = time.monotonic()
-        with reporter.stage("customize"):
-            run(
-                [
-                    "tar",
-                    "--numeric-owner",
-                    "--xattrs",
-                    "--xattrs-include=*",
-                    "-xpf",
-                    tarball,
-                    "-C",
-                    root,
-                ]
-            )
-            customize(root, manifest)
-            if manifest.init.strategy is InitStrategy.PREPARE_ROOT:
-                prepare_root.install(root)
-        seconds["customize"] = time.monotonic() - started
+    tree = _Tree(manifest, repo, parent=current, input_digest=input_digest, epoch=epoch)
+    committed = tree.compose(tarball, cache / "work", reporter)
+    installed, removed = _package_counts(committed.sbom)
+    info = ostree.commit_info(repo, committed.commit)
+    return ComposeResult(
+        commit=committed.commit,
+        ref=manifest.ref,
+        version=manifest.image.version,
+        kernel=committed.kernel,
+        packages=installed,
+        packages_removed=removed,
+        size=committed.size,
+        content_checksum=info.get("contentchecksum", ""),
+        unchanged=False,
+        seconds=_seconds(validate, rootfs, *committed.stages),
+        sbom=committed.sbom,
+    )
 
-        started = time.monotonic()
-        with reporter.stage("slim"):
-            sbom = slim(root, manifest)
-            if manifest.containers.runtime:
-                link_runc_to_crun(root)
-        seconds["slim"] = time.monotonic() - started
 
-        started = time.monotonic()
-        with reporter.stage("shape"):
-            kernel = shape(root)
-        seconds["shape"] = time.monotonic() - started
+def _validate(manifest_path: Path, cache: Path, reporter: Reporter) -> tuple[Manifest, RootfsPlan]:
+    """The whole manifest, every package against the signed index, then the rootfs plan."""
+    manifest = load_manifest(manifest_path)
+    index = load_index(manifest.distribution, cache, reporter)
+    check_packages(manifest, index)
+    if manifest.agent.include and sys.version_info[:2] != (3, 11):
+        raise AtollError(
+            "the agent is byte-compiled for the image's python 3.11: run atoll with python 3.11"
+        )
+    return manifest, plan_rootfs(manifest, index.fingerprint)
 
-        packages = [p for p in sbom["packages"] if p["state"] == "installed"]  # type: ignore[attr-defined]
-        removed = len(sbom["packages"]) - len(packages)  # type: ignore[arg-type]
-        size = tree_size(root)
-        metadata = {
+
+@dataclass(frozen=True)
+class _Committed:
+    commit: str
+    kernel: str
+    sbom: dict[str, Any]
+    size: int
+    stages: tuple[Stage, ...]  # customize, slim, shape, commit, as the reporter timed them
+
+
+@dataclass(frozen=True)
+class _Tree:
+    """The stages that turn a root filesystem tarball into a commit on the manifest's ref."""
+
+    manifest: Manifest
+    repo: Path
+    parent: str | None  # the ref's current commit
+    input_digest: str
+    epoch: int
+
+    def compose(self, tarball: Path, work_parent: Path, reporter: Reporter) -> _Committed:
+        """Unpack, customize, slim, shape and commit, in a private work directory removed after."""
+        work_parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f"{self.manifest.image.name}-", dir=work_parent))
+        try:
+            root = work / "root"
+            root.mkdir()
+            with reporter.stage("customize") as customizing:
+                self._customize(tarball, root)
+            with reporter.stage("slim") as slimming:
+                sbom = slim(root, self.manifest)
+                if self.manifest.containers.runtime:
+                    link_runc_to_crun(root)
+            with reporter.stage("shape") as shaping:
+                kernel = shape(root)
+            size = tree_size(root)
+            metadata = self._metadata(sbom, kernel, size)
+            with reporter.stage("commit", str(self.repo)) as committing:
+                commit = self._commit(root, metadata)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        stages = (customizing, slimming, shaping, committing)
+        return _Committed(commit=commit, kernel=kernel, sbom=sbom, size=size, stages=stages)
+
+    def _customize(self, tarball: Path, root: Path) -> None:
+        run(
+            [
+                "tar",
+                "--numeric-owner",
+                "--xattrs",
+                "--xattrs-include=*",
+                "-xpf",
+                tarball,
+                "-C",
+                root,
+            ]
+        )
+        customize(root, self.manifest)
+        if self.manifest.init.strategy is InitStrategy.PREPARE_ROOT:
+            prepare_root.install(root)
+
+    def _metadata(self, sbom: dict[str, Any], kernel: str, size: int) -> dict[str, str]:
+        manifest = self.manifest
+        installed, _removed = _package_counts(sbom)
+        return {
             "version": manifest.image.version,
             "atoll.name": manifest.image.name,
             "atoll.manifest-digest": manifest_digest(manifest),
             "atoll.packages-digest": _packages_digest(sbom),
-            "atoll.input-digest": input_digest,
+            "atoll.input-digest": self.input_digest,
             "atoll.kernel": kernel,
             "atoll.kargs": " ".join(manifest.kernel.arguments),
-            "atoll.packages": str(len(packages)),
+            "atoll.packages": str(installed),
             "atoll.size": str(size),
         }
-        started = time.monotonic()
-        with reporter.stage("commit", str(repo)):
-            ostree.init_repo(repo)
-            commit = ostree.commit(
-                repo,
-                root,
-                branch=None,
-                subject=f"{manifest.image.name} {manifest.image.version}",
-                metadata=metadata,
-                timestamp=epoch,
-                parent=current,
-            )
-            # The one step that makes the new version visible.
-            ostree.set_ref(repo, manifest.ref, commit)
-        seconds["commit"] = time.monotonic() - started
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
-    info = ostree.commit_info(repo, commit)
-    return ComposeResult(
-        commit=commit,
-        ref=manifest.ref,
-        version=manifest.image.version,
-        kernel=kernel,
-        packages=len(packages),
-        packages_removed=removed,
-        size=size,
-        content_checksum=info.get("contentchecksum", ""),
-        unchanged=False,
-        seconds=seconds,
-        sbom=sbom,
-    )
+    def _commit(self, root: Path, metadata: dict[str, str]) -> str:
+        ostree.init_repo(self.repo)
+        commit = ostree.commit(
+            self.repo,
+            root,
+            branch=None,
+            subject=f"{self.manifest.image.name} {self.manifest.image.version}",
+            metadata=metadata,
+            timestamp=self.epoch,
+            parent=self.parent,
+        )
+        # The one step that makes the new version visible.
+        ostree.set_ref(self.repo, self.manifest.ref, commit)
+        return commit
+
+
+def _seconds(*stages: Stage) -> dict[str, float]:
+    """Each stage's duration by name, as the reporter measured it."""
+    return {stage.name: stage.seconds for stage in stages}
+
+
+def _package_counts(sbom: dict[str, Any]) -> tuple[int, int]:
+    """Packages whose files are in the image, and those installed only to build it."""
+    installed = sum(1 for p in sbom["packages"] if p["state"] == "installed")
+    return installed, len(sbom["packages"]) - installed
 
 
 def tree_size(root: Path) -> int:
@@ -265,11 +305,9 @@ def _source_digest() -> str:
     """Digest of the code and data compose puts into images (atoll itself is an input)."""
     package = Path(atoll.__file__).resolve().parent
     digest = hashlib.sha256(atoll.__version__.encode())
-    roots = [package / "compose", package / "agent", OVERLAY]
+    roots = [package / "compose", *(package / name for name in AGENT_SOURCES), OVERLAY]
     for base in roots:
-        if not base.is_dir():
-            continue
-        for path in sorted(base.rglob("*")):
+        for path in sorted(base.rglob("*")) if base.is_dir() else [base]:
             if path.is_file() and "__pycache__" not in path.parts:
                 digest.update(str(path.relative_to(package)).encode())
                 digest.update(path.read_bytes())
@@ -295,15 +333,15 @@ def _existing(
     if metadata.get("atoll.input-digest") != input_digest:
         return None
     sbom = json.loads(ostree.cat(repo, commit, "/usr/share/atoll/sbom.json"))
-    installed = [p for p in sbom["packages"] if p["state"] == "installed"]
+    installed, removed = _package_counts(sbom)
     info = ostree.commit_info(repo, commit)
     return ComposeResult(
         commit=commit,
         ref=manifest.ref,
         version=str(metadata.get("version", "")),
         kernel=str(metadata.get("atoll.kernel", "")),
-        packages=len(installed),
-        packages_removed=len(sbom["packages"]) - len(installed),
+        packages=installed,
+        packages_removed=removed,
         size=int(str(metadata.get("atoll.size", "0"))),
         content_checksum=info.get("contentchecksum", ""),
         unchanged=True,

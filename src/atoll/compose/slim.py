@@ -217,11 +217,59 @@ class ElfLinks:
 
 def read_elf_links(data: bytes) -> ElfLinks | None:
     """Interpreter, DT_NEEDED and run paths of a 64-bit little-endian ELF (else None)."""
+    headers = _program_headers(data) if _is_program_or_library(data) else None
+    if headers is None:
+        return None
+    if headers.dynamic is None:
+        return ElfLinks(headers.interpreter, (), ())
+    entries = _dynamic_entries(data, headers.dynamic)
+    strtab_addr = next((v for t, v in entries if t == _DT_STRTAB), None)
+    if strtab_addr is None:
+        return ElfLinks(headers.interpreter, (), ())
+    strtab = headers.file_offset(strtab_addr)
+    if strtab is None:
+        return None
+
+    def string(at: int) -> str:
+        end = data.index(b"\0", strtab + at)
+        return data[strtab + at : end].decode(errors="replace")
+
+    needed = tuple(string(v) for t, v in entries if t == _DT_NEEDED)
+    search = tuple(
+        part for t, v in entries if t in {_DT_RPATH, _DT_RUNPATH} for part in string(v).split(":")
+    )
+    return ElfLinks(headers.interpreter, needed, search)
+
+
+def _is_program_or_library(data: bytes) -> bool:
+    """A 64-bit little-endian ELF executable or shared object."""
     if len(data) < 64 or data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
-        return None
-    e_type = struct.unpack_from("<H", data, 16)[0]
-    if e_type not in {_ET_EXEC, _ET_DYN}:
-        return None
+        return False
+    return struct.unpack_from("<H", data, 16)[0] in {_ET_EXEC, _ET_DYN}
+
+
+@dataclass(frozen=True)
+class _ProgramHeaders:
+    """What read_elf_links needs from an ELF file's program headers."""
+
+    loads: tuple[tuple[int, int, int], ...]  # (virtual address, file offset, size) per PT_LOAD
+    dynamic: tuple[int, int] | None  # (file offset, size) of PT_DYNAMIC
+    interpreter: str | None  # PT_INTERP
+
+    def file_offset(self, address: int) -> int | None:
+        """Where the virtual ``address`` is in the file, if a loaded segment holds it."""
+        return next(
+            (
+                offset + address - vaddr
+                for vaddr, offset, size in self.loads
+                if vaddr <= address < vaddr + size
+            ),
+            None,
+        )
+
+
+def _program_headers(data: bytes) -> _ProgramHeaders | None:
+    """The loaded segments, the dynamic section and the interpreter; None if truncated."""
     phoff = struct.unpack_from("<Q", data, 32)[0]
     phentsize, phnum = struct.unpack_from("<HH", data, 54)
     loads: list[tuple[int, int, int]] = []
@@ -240,8 +288,11 @@ def read_elf_links(data: bytes) -> ElfLinks | None:
             dynamic = (p_offset, p_filesz)
         elif p_type == _PT_INTERP:
             interpreter = data[p_offset : p_offset + p_filesz].rstrip(b"\0").decode()
-    if dynamic is None:
-        return ElfLinks(interpreter, (), ())
+    return _ProgramHeaders(tuple(loads), dynamic, interpreter)
+
+
+def _dynamic_entries(data: bytes, dynamic: tuple[int, int]) -> list[tuple[int, int]]:
+    """(tag, value) of each dynamic section entry, up to DT_NULL."""
     entries: list[tuple[int, int]] = []
     start, size = dynamic
     for offset in range(start, min(start + size, len(data) - 15), 16):
@@ -249,30 +300,7 @@ def read_elf_links(data: bytes) -> ElfLinks | None:
         if tag == 0:
             break
         entries.append((tag, value))
-    strtab_addr = next((v for t, v in entries if t == _DT_STRTAB), None)
-    if strtab_addr is None:
-        return ElfLinks(interpreter, (), ())
-    strtab = next(
-        (
-            off + strtab_addr - vaddr
-            for vaddr, off, sz in loads
-            if vaddr <= strtab_addr < vaddr + sz
-        ),
-        None,
-    )
-    if strtab is None:
-        return None
-
-    def string(at: int) -> str:
-        assert strtab is not None
-        end = data.index(b"\0", strtab + at)
-        return data[strtab + at : end].decode(errors="replace")
-
-    needed = tuple(string(v) for t, v in entries if t == _DT_NEEDED)
-    search = tuple(
-        part for t, v in entries if t in {_DT_RPATH, _DT_RUNPATH} for part in string(v).split(":")
-    )
-    return ElfLinks(interpreter, needed, search)
+    return entries
 
 
 def library_names(root: Path) -> set[str]:

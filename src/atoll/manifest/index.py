@@ -25,7 +25,6 @@ import difflib
 import hashlib
 import json
 import lzma
-import os
 import tempfile
 import urllib.error
 import urllib.request
@@ -33,6 +32,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from atoll.durable import write_atomic
 from atoll.errors import AtollError
 from atoll.manifest.model import Distribution
 from atoll.process import run
@@ -228,12 +228,7 @@ def _write_cached(path: Path, index: PackageIndex, distribution: Distribution) -
         "versions": index.versions,
         "provides": {k: list(v) for k, v in index.provides.items()},
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".index-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(payload))
 
 
 def _read_cached(path: Path) -> PackageIndex | None:

@@ -17,7 +17,8 @@ It runs in two passes so a bad manifest costs seconds:
 Each file of an ``extends`` chain is checked on its own (so errors name the
 file that holds the bad value), then the chain is merged by the rules in
 :mod:`atoll.manifest.schema`. Relative paths are resolved against the file
-that wrote them.
+that wrote them. The model is built one section at a time (``_build_*``, each
+with its semantic checks); keys no file sets take the schema's defaults.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Mapping
-from dataclasses import fields, is_dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -52,7 +53,7 @@ from atoll.manifest.model import (
     Units,
     User,
 )
-from atoll.manifest.schema import SCHEMA, Key, Kind
+from atoll.manifest.schema import DEFAULTS, SCHEMA, Key, Kind, model_value, parse_mode
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+~_-]{0,63}$")
@@ -200,44 +201,59 @@ def _merge_table(
         path = f"{prefix}{name}"
         if name == "extends" and not prefix:
             continue
-        if key.kind is Kind.TABLE:
-            _merge_table(into.setdefault(name, {}), value, key.keys, file, f"{path}.", origin)
-        elif key.kind is Kind.STR_LIST:
-            existing: list[str] = into.setdefault(name, [])
-            for item in value:
-                origin[f"{path}:{item}"] = file
-                if item not in existing:
-                    existing.append(item)
-            if path in {"packages.include", "packages.exclude"}:
-                # A child may drop what its parent included, and vice versa.
-                other = "exclude" if name == "include" else "include"
-                # Within one file, both lists naming a package is a conflict (reported later).
-                if other in into:
-                    into[other] = [
-                        p
-                        for p in into[other]
-                        if p not in value or origin.get(f"{prefix}{other}:{p}") == file
-                    ]
-        elif key.kind is Kind.TABLE_LIST:
-            entries: list[Raw] = into.setdefault(name, [])
-            for given in value:
-                entry = dict(given)
-                entry["__file__"] = file
-                for sub_name, sub in key.keys.items():
-                    if sub.kind is Kind.PATH and sub_name in entry:
-                        entry[sub_name] = (file.parent / entry[sub_name]).resolve()
-                ident = entry.get(key.identity)
-                origin[f"{path}:{ident}"] = file
-                entries[:] = [e for e in entries if e.get(key.identity) != ident]
-                entries.append(entry)
-        elif key.kind is Kind.STR_MAP:
-            table: Raw = into.setdefault(name, {})
-            for k, v in value.items():
-                origin[f"{path}:{k}"] = file
-                table[k] = v
-        else:
-            origin[path] = file
-            into[name] = (file.parent / value).resolve() if key.kind is Kind.PATH else value
+        match key.kind:
+            case Kind.TABLE:
+                _merge_table(into.setdefault(name, {}), value, key.keys, file, f"{path}.", origin)
+            case Kind.STR_LIST:
+                _merge_names(into, name, value, file, prefix, origin)
+            case Kind.TABLE_LIST:
+                _merge_entries(into.setdefault(name, []), value, key, file, path, origin)
+            case Kind.STR_MAP:
+                table: Raw = into.setdefault(name, {})
+                for k, v in value.items():
+                    origin[f"{path}:{k}"] = file
+                    table[k] = v
+            case _:
+                origin[path] = file
+                into[name] = (file.parent / value).resolve() if key.kind is Kind.PATH else value
+
+
+def _merge_names(
+    into: Raw, name: str, value: list[str], file: Path, prefix: str, origin: Origin
+) -> None:
+    """A list of names: the union, parent's entries first."""
+    path = f"{prefix}{name}"
+    existing: list[str] = into.setdefault(name, [])
+    for item in value:
+        origin[f"{path}:{item}"] = file
+        if item not in existing:
+            existing.append(item)
+    if path in {"packages.include", "packages.exclude"}:
+        # A child may drop what its parent included, and vice versa.
+        other = "exclude" if name == "include" else "include"
+        # Within one file, both lists naming a package is a conflict (reported later).
+        if other in into:
+            into[other] = [
+                p
+                for p in into[other]
+                if p not in value or origin.get(f"{prefix}{other}:{p}") == file
+            ]
+
+
+def _merge_entries(
+    entries: list[Raw], value: list[Raw], key: Key, file: Path, path: str, origin: Origin
+) -> None:
+    """An array of tables: concatenated; an entry replaces the parent's of the same identity."""
+    for given in value:
+        entry = dict(given)
+        entry["__file__"] = file
+        for sub_name, sub in key.keys.items():
+            if sub.kind is Kind.PATH and sub_name in entry:
+                entry[sub_name] = (file.parent / entry[sub_name]).resolve()
+        ident = entry.get(key.identity)
+        origin[f"{path}:{ident}"] = file
+        entries[:] = [e for e in entries if e.get(key.identity) != ident]
+        entries.append(entry)
 
 
 # --- structural checks, one file at a time ------------------------------------------------
@@ -251,227 +267,126 @@ def _check_table(
         path = f"{prefix}{name}"
         key = schema.get(name)
         if key is None:
-            near = difflib.get_close_matches(name, list(schema), n=1, cutoff=0.6)
-            hint = f" (did you mean '{near[0]}'?)" if near else ""
             section = _section_label(prefix)
-            problems.append(f"{where}: {section}unknown key '{name}'{hint}")
+            problems.append(f"{where}: {section}unknown key '{name}'{_near_miss(name, schema)}")
             continue
         _check_value(value, key, file, path, problems)
     # Required keys of tables ([image].name...) are checked on the merged manifest:
     # a file that extends another may leave them to its parent.
 
 
+# What a value of each kind must be, and how to say so when it is not (a choice of
+# an enum names its choices instead).
+_SHAPES: dict[Kind, tuple[Callable[[Any], bool], str]] = {
+    Kind.STR: (lambda v: isinstance(v, str), "a string"),
+    Kind.PATH: (lambda v: isinstance(v, str), "a string"),
+    Kind.INT: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    Kind.BOOL: (lambda v: isinstance(v, bool), "true or false"),
+    Kind.MODE: (lambda v: parse_mode(v) is not None, 'a file mode such as "0644"'),
+    Kind.ENUM: (lambda v: isinstance(v, str), "one of the choices"),
+    Kind.STR_LIST: (
+        lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v),
+        "a list of strings",
+    ),
+    Kind.STR_MAP: (lambda v: isinstance(v, dict), "a table"),
+    Kind.TABLE: (lambda v: isinstance(v, dict), "a table"),
+    Kind.TABLE_LIST: (
+        lambda v: isinstance(v, list) and all(isinstance(i, dict) for i in v),
+        "an array of tables",
+    ),
+}
+
+
 def _check_value(value: Any, key: Key, file: Path, path: str, problems: list[str]) -> None:
+    """The value's type first; then, for a value of the right type, what its kind requires."""
     where = f"{_display(file)}: {_key_label(path)}"
-
-    def wrong(expected: str) -> None:
+    accepts, expected = _SHAPES[key.kind]
+    if not accepts(value):
+        if key.kind is Kind.ENUM:
+            expected = f"one of {_quoted(list(key.choices))}"
         problems.append(f"{where}: expected {expected}, got {_describe(value)}")
-
+        return
     match key.kind:
-        case Kind.STR | Kind.PATH:
-            if not isinstance(value, str):
-                wrong("a string")
-            elif key.kind is Kind.PATH and not (file.parent / value).exists():
+        case Kind.PATH:
+            if not (file.parent / value).exists():
                 problems.append(f"{where}: file '{value}' not found (relative to {_display(file)})")
-        case Kind.INT:
-            if not isinstance(value, int) or isinstance(value, bool):
-                wrong("an integer")
-        case Kind.BOOL:
-            if not isinstance(value, bool):
-                wrong("true or false")
-        case Kind.MODE:
-            if _parse_mode(value) is None:
-                wrong('a file mode such as "0644"')
         case Kind.ENUM:
-            if not isinstance(value, str):
-                wrong(f"one of {_quoted(list(key.choices))}")
-            elif value not in key.choices:
-                near = difflib.get_close_matches(value, list(key.choices), n=1, cutoff=0.5)
-                hint = f" (did you mean '{near[0]}'?)" if near else ""
+            if value not in key.choices:
+                hint = _near_miss(value, key.choices, cutoff=0.5)
                 problems.append(
                     f"{where}: '{value}' is not one of {_quoted(list(key.choices))}{hint}"
                 )
-        case Kind.STR_LIST:
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                wrong("a list of strings")
         case Kind.STR_MAP:
-            if not isinstance(value, dict):
-                wrong("a table")
-            else:
-                for k, v in value.items():
-                    if not isinstance(v, str | int | bool) or isinstance(v, float):
-                        problems.append(
-                            f"{where}.{k}: expected a string, integer or boolean, "
-                            f"got {_describe(v)}"
-                        )
+            for k, v in value.items():
+                if not isinstance(v, str | int | bool) or isinstance(v, float):
+                    problems.append(
+                        f"{where}.{k}: expected a string, integer or boolean, got {_describe(v)}"
+                    )
         case Kind.TABLE:
-            if not isinstance(value, dict):
-                wrong("a table")
-            else:
-                _check_table(value, key.keys, file, f"{path}.", problems)
+            _check_table(value, key.keys, file, f"{path}.", problems)
         case Kind.TABLE_LIST:
-            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-                wrong("an array of tables")
-                return
             for i, entry in enumerate(value):
-                item_path = f"{path}[{i}]"
-                for name in entry:
-                    if name not in key.keys:
-                        near = difflib.get_close_matches(name, list(key.keys), n=1, cutoff=0.6)
-                        hint = f" (did you mean '{near[0]}'?)" if near else ""
-                        problems.append(
-                            f"{_display(file)}: {_key_label(item_path)}: unknown key '{name}'{hint}"
-                        )
-                    else:
-                        _check_value(
-                            entry[name], key.keys[name], file, f"{item_path}.{name}", problems
-                        )
-                for name, sub in key.keys.items():
-                    if sub.required and name not in entry:
-                        problems.append(
-                            f"{_display(file)}: {_key_label(item_path)}: "
-                            f"required key '{name}' is missing"
-                        )
+                _check_entry(entry, key, file, f"{path}[{i}]", problems)
+
+
+def _check_entry(entry: Raw, key: Key, file: Path, item_path: str, problems: list[str]) -> None:
+    """One entry of an array of tables: known keys, each of its kind, and the required ones."""
+    where = f"{_display(file)}: {_key_label(item_path)}"
+    for name in entry:
+        if name not in key.keys:
+            problems.append(f"{where}: unknown key '{name}'{_near_miss(name, key.keys)}")
+        else:
+            _check_value(entry[name], key.keys[name], file, f"{item_path}.{name}", problems)
+    for name, sub in key.keys.items():
+        if sub.required and name not in entry:
+            problems.append(f"{where}: required key '{name}' is missing")
 
 
 # --- building the model, with semantic checks ----------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Problems:
+    """Where the merged manifest's values came from, and the list their problems go to."""
+
+    origin: Origin
+    path: Path  # the manifest the user named: the origin of what no file wrote
+    lines: list[str]
+
+    def at(self, key: str) -> str:
+        """``file: [section].key`` for a key (``packages.include:nginx`` names one item)."""
+        return f"{self.file_of(key)}: {_key_label(key)}"
+
+    def add(self, key: str, message: str) -> None:
+        """A problem with ``key``, named by the file that wrote it."""
+        self.lines.append(f"{self.at(key)}: {message}")
+
+    def append(self, problem: str) -> None:
+        """A problem that names its source itself."""
+        self.lines.append(problem)
+
+    def file_of(self, key: str) -> str:
+        """The file that wrote ``key`` (the manifest named, when no file did)."""
+        return _display(self.origin.get(key, self.path))
+
+
 def _build(
-    raw: Raw, origin: Origin, path: Path, sources: tuple[Path, ...], problems: list[str]
+    raw: Raw, origin: Origin, path: Path, sources: tuple[Path, ...], lines: list[str]
 ) -> Manifest:
-    def at(key: str) -> str:
-        return f"{_display(origin.get(key, path))}: {_key_label(key)}"
-
-    def section(name: str) -> Raw:
-        value = raw.get(name, {})
-        return value if isinstance(value, dict) else {}
-
-    image_raw = section("image")
-    for required in ("name", "version"):
-        if required not in image_raw:
-            problems.append(f"{_display(path)}: [image].{required}: required key is missing")
-    name = str(image_raw.get("name", "unnamed"))
-    version = str(image_raw.get("version", "0"))
-    if "name" in image_raw and not _NAME.match(name):
-        problems.append(
-            f"{at('image.name')}: '{name}' must be lowercase letters, digits and '-' "
-            "(it becomes part of the ostree ref)"
-        )
-    if "version" in image_raw and not _VERSION.match(version):
-        problems.append(f"{at('image.version')}: '{version}' is not a valid version")
-    image = Image(name=name, version=version, description=str(image_raw.get("description", "")))
-
-    dist_raw = section("distribution")
-    distribution = Distribution(**_frozen(dist_raw))
-    for key_name in ("mirror", "security_mirror"):
-        url = getattr(distribution, key_name)
-        if not re.match(r"^(https?|file)://", url):
-            problems.append(
-                f"{at('distribution.' + key_name)}: '{url}' is not an http(s):// or file:// URL"
-            )
-
-    pkg_raw = section("packages")
-    packages = Packages(
-        include=tuple(pkg_raw.get("include", ())), exclude=tuple(pkg_raw.get("exclude", ()))
-    )
-    for list_name, names in (("include", packages.include), ("exclude", packages.exclude)):
-        for pkg in names:
-            if not _PACKAGE.match(pkg):
-                problems.append(
-                    f"{at(f'packages.{list_name}:{pkg}')}: '{pkg}' is not a valid package name"
-                )
-    for pkg in sorted(set(packages.include) & set(packages.exclude)):
-        a = _display(origin.get(f"packages.include:{pkg}", path))
-        b = _display(origin.get(f"packages.exclude:{pkg}", path))
-        problems.append(
-            f"{a}: [packages].include: '{pkg}' is also in [packages].exclude ({b}): "
-            "a package cannot be both"
-        )
-
-    kernel_raw = section("kernel")
-    kernel = Kernel(
-        package=str(kernel_raw.get("package", Kernel.package)),
-        arguments=tuple(kernel_raw.get("arguments", ())),
-        modules_keep=tuple(kernel_raw.get("modules_keep", ())),
-    )
-    if kernel.package in packages.exclude:
-        problems.append(f"{at('kernel.package')}: '{kernel.package}' is in [packages].exclude")
-    for arg in kernel.arguments:
-        if not arg or any(c.isspace() for c in arg):
-            problems.append(
-                f"{at('kernel.arguments:' + arg)}: {arg!r} must be one argument without spaces"
-            )
-
-    init = Init(strategy=InitStrategy(section("init").get("strategy", InitStrategy.PREPARE_ROOT)))
-    if init.strategy is InitStrategy.PREPARE_ROOT and "initramfs-tools" in packages.include:
-        problems.append(
-            f"{at('packages.include:initramfs-tools')}: initramfs-tools conflicts with "
-            "[init].strategy = 'atoll-prepare-root' (no initramfs)"
-        )
-
-    containers_raw = section("containers")
-    preload = []
-    for entry in containers_raw.get("preload", []):
-        reference = str(entry["reference"])
-        if not _REFERENCE.match(reference):
-            problems.append(
-                f"{_display(entry['__file__'])}: [[containers.preload]].reference: "
-                f"'{reference}' is not a full image reference (registry/name:tag)"
-            )
-        preload.append(PreloadImage(archive=Path(entry["archive"]), reference=reference))
-    containers = Containers(
-        runtime=bool(containers_raw.get("runtime", True)), preload=tuple(preload)
-    )
-
-    files = tuple(_build_file(entry, problems) for entry in raw.get("files", []))
-
-    units_raw = section("units")
-    units = Units(
-        enable=tuple(units_raw.get("enable", ())),
-        disable=tuple(units_raw.get("disable", ())),
-        mask=tuple(units_raw.get("mask", ())),
-    )
-    for list_name in ("enable", "disable", "mask"):
-        for unit in getattr(units, list_name):
-            if not _UNIT.match(unit):
-                problems.append(
-                    f"{at(f'units.{list_name}:{unit}')}: '{unit}' is not a systemd unit name "
-                    "(e.g. 'foo.service')"
-                )
-    for a_name, b_name in (("enable", "mask"), ("enable", "disable"), ("disable", "mask")):
-        for unit in sorted(set(getattr(units, a_name)) & set(getattr(units, b_name))):
-            problems.append(f"{at(f'units.{a_name}:{unit}')}: '{unit}' is also in [units].{b_name}")
-
-    users = tuple(_build_user(entry, problems) for entry in raw.get("users", []))
-    groups = tuple(
-        Group(name=str(e["name"]), gid=e.get("gid"), system=bool(e.get("system", True)))
-        for e in raw.get("groups", [])
-    )
-    for group in groups:
-        if not _ACCOUNT.match(group.name):
-            problems.append(
-                f"{at('groups:' + group.name)}: '{group.name}' is not a valid group name"
-            )
-
-    sysctl = tuple(sorted((k, _sysctl_value(v)) for k, v in section("sysctl").items()))
-    for key_name, _ in sysctl:
-        if not _SYSCTL.match(key_name):
-            problems.append(f"{at('sysctl:' + key_name)}: '{key_name}' is not a sysctl key")
-
-    strip_raw = section("strip")
-    strip = Strip(**_frozen(strip_raw))
-    for pkg in strip.remove:
-        if pkg in (kernel.package,):
-            problems.append(f"{at('strip.remove:' + pkg)}: cannot remove the kernel package")
-    for pattern in strip.paths:
-        if not pattern.startswith("/") or ".." in pattern.split("/"):
-            problems.append(
-                f"{at('strip.paths')}: '{pattern}' must be an absolute path inside the image"
-            )
-
-    agent = Agent(include=bool(section("agent").get("include", True)))
-
+    """The model from the merged manifest; semantic problems go to ``lines``."""
+    problems = _Problems(origin, path, lines)
+    image = _build_image(_section(raw, "image"), problems)
+    distribution = _build_distribution(_section(raw, "distribution"), problems)
+    packages = _build_packages(_section(raw, "packages"), problems)
+    kernel = _build_kernel(_section(raw, "kernel"), packages, problems)
+    init = _build_init(_section(raw, "init"), packages, problems)
+    containers = _build_containers(_section(raw, "containers"), problems)
+    files = tuple(_build_file(entry, problems) for entry in raw.get("files", ()))
+    units = _build_units(_section(raw, "units"), problems)
+    users = tuple(_build_user(entry, problems) for entry in raw.get("users", ()))
+    groups = _build_groups(raw.get("groups", ()), problems)
+    sysctl = _build_sysctl(_section(raw, "sysctl"), problems)
+    strip = _build_strip(_section(raw, "strip"), kernel, problems)
     return Manifest(
         path=path,
         sources=sources,
@@ -487,13 +402,93 @@ def _build(
         groups=groups,
         sysctl=sysctl,
         strip=strip,
-        agent=agent,
+        agent=Agent(**_values(_section(raw, "agent"), "agent")),
     )
 
 
-def _build_file(entry: Raw, problems: list[str]) -> FileEntry:
+def _build_image(table: Raw, problems: _Problems) -> Image:
+    for required in ("name", "version"):
+        if required not in table:
+            problems.append(
+                f"{_display(problems.path)}: [image].{required}: required key is missing"
+            )
+    values = _values(table, "image")
+    # Placeholders while the missing key is reported, so the other checks still run.
+    name = values["name"] if "name" in table else "unnamed"
+    version = values["version"] if "version" in table else "0"
+    if "name" in table and not _NAME.match(name):
+        problems.add(
+            "image.name",
+            f"'{name}' must be lowercase letters, digits and '-' "
+            "(it becomes part of the ostree ref)",
+        )
+    if "version" in table and not _VERSION.match(version):
+        problems.add("image.version", f"'{version}' is not a valid version")
+    return Image(name=name, version=version, description=values["description"])
+
+
+def _build_distribution(table: Raw, problems: _Problems) -> Distribution:
+    distribution = Distribution(**_values(table, "distribution"))
+    for key_name in ("mirror", "security_mirror"):
+        url = getattr(distribution, key_name)
+        if not re.match(r"^(https?|file)://", url):
+            problems.add(f"distribution.{key_name}", f"'{url}' is not an http(s):// or file:// URL")
+    return distribution
+
+
+def _build_packages(table: Raw, problems: _Problems) -> Packages:
+    packages = Packages(**_values(table, "packages"))
+    for list_name, names in (("include", packages.include), ("exclude", packages.exclude)):
+        for pkg in names:
+            if not _PACKAGE.match(pkg):
+                problems.add(f"packages.{list_name}:{pkg}", f"'{pkg}' is not a valid package name")
+    for pkg in sorted(set(packages.include) & set(packages.exclude)):
+        a = problems.file_of(f"packages.include:{pkg}")
+        b = problems.file_of(f"packages.exclude:{pkg}")
+        problems.append(
+            f"{a}: [packages].include: '{pkg}' is also in [packages].exclude ({b}): "
+            "a package cannot be both"
+        )
+    return packages
+
+
+def _build_kernel(table: Raw, packages: Packages, problems: _Problems) -> Kernel:
+    kernel = Kernel(**_values(table, "kernel"))
+    if kernel.package in packages.exclude:
+        problems.add("kernel.package", f"'{kernel.package}' is in [packages].exclude")
+    for arg in kernel.arguments:
+        if not arg or any(c.isspace() for c in arg):
+            problems.add(f"kernel.arguments:{arg}", f"{arg!r} must be one argument without spaces")
+    return kernel
+
+
+def _build_init(table: Raw, packages: Packages, problems: _Problems) -> Init:
+    init = Init(**_values(table, "init"))
+    if init.strategy is InitStrategy.PREPARE_ROOT and "initramfs-tools" in packages.include:
+        problems.add(
+            "packages.include:initramfs-tools",
+            "initramfs-tools conflicts with [init].strategy = 'atoll-prepare-root' (no initramfs)",
+        )
+    return init
+
+
+def _build_containers(table: Raw, problems: _Problems) -> Containers:
+    preload = []
+    for entry in table.get("preload", ()):
+        image = PreloadImage(**_values(entry, "containers.preload"))
+        if not _REFERENCE.match(image.reference):
+            problems.append(
+                f"{_display(entry['__file__'])}: [[containers.preload]].reference: "
+                f"'{image.reference}' is not a full image reference (registry/name:tag)"
+            )
+        preload.append(image)
+    return Containers(**_values(table, "containers"), preload=tuple(preload))
+
+
+def _build_file(entry: Raw, problems: _Problems) -> FileEntry:
     where = f"{_display(entry['__file__'])}: [[files]] path={entry.get('path')!r}"
-    target = str(entry["path"])
+    values = _values(entry, "files")
+    target = str(values["path"])
     if not target.startswith("/") or ".." in PurePosixPath(target).parts:
         problems.append(f"{where}: path must be absolute and must not contain '..'")
     elif any(target == r or target.startswith(r + "/") for r in _FORBIDDEN_ROOTS):
@@ -502,59 +497,95 @@ def _build_file(entry: Raw, problems: list[str]) -> FileEntry:
             f"{where}: {root} is not part of the image (runtime or per-node state); "
             "use /etc, /usr or a tmpfiles.d entry"
         )
-    has_source = "source" in entry
-    has_content = "content" in entry
-    if has_source == has_content:
+    if ("source" in entry) == ("content" in entry):
         problems.append(f"{where}: give exactly one of 'source' or 'content'")
     for account in ("owner", "group"):
-        value = str(entry.get(account, "root"))
-        if not _ACCOUNT.match(value):
-            problems.append(f"{where}: {account} '{value}' is not a valid name")
-    return FileEntry(
-        path=PurePosixPath(target),
-        source=Path(entry["source"]) if has_source else None,
-        content=str(entry["content"]) if has_content else None,
-        mode=_parse_mode(entry.get("mode", "0644")) or 0o644,
-        owner=str(entry.get("owner", "root")),
-        group=str(entry.get("group", "root")),
-    )
+        if not _ACCOUNT.match(values[account]):
+            problems.append(f"{where}: {account} '{values[account]}' is not a valid name")
+    # A mode of 0 has always meant the default mode.
+    mode = values["mode"] or DEFAULTS["files.mode"]
+    return FileEntry(**{**values, "path": PurePosixPath(target), "mode": mode})
 
 
-def _build_user(entry: Raw, problems: list[str]) -> User:
+def _build_units(table: Raw, problems: _Problems) -> Units:
+    units = Units(**_values(table, "units"))
+    for list_name in ("enable", "disable", "mask"):
+        for unit in getattr(units, list_name):
+            if not _UNIT.match(unit):
+                problems.add(
+                    f"units.{list_name}:{unit}",
+                    f"'{unit}' is not a systemd unit name (e.g. 'foo.service')",
+                )
+    for a_name, b_name in (("enable", "mask"), ("enable", "disable"), ("disable", "mask")):
+        for unit in sorted(set(getattr(units, a_name)) & set(getattr(units, b_name))):
+            problems.add(f"units.{a_name}:{unit}", f"'{unit}' is also in [units].{b_name}")
+    return units
+
+
+def _build_user(entry: Raw, problems: _Problems) -> User:
     where = f"{_display(entry['__file__'])}: [[users]] name={entry.get('name')!r}"
-    name = str(entry["name"])
-    if not _ACCOUNT.match(name):
-        problems.append(f"{where}: '{name}' is not a valid user name")
-    uid = entry.get("uid")
-    if uid is not None and not 0 < uid < 65534:
-        problems.append(f"{where}: uid {uid} is outside 1..65533")
-    return User(
-        name=name,
-        uid=uid,
-        group=entry.get("group"),
-        groups=tuple(entry.get("groups", ())),
-        shell=str(entry.get("shell", "/usr/sbin/nologin")),
-        home=entry.get("home"),
-        system=bool(entry.get("system", True)),
-    )
+    user = User(**_values(entry, "users"))
+    if not _ACCOUNT.match(user.name):
+        problems.append(f"{where}: '{user.name}' is not a valid user name")
+    if user.uid is not None and not 0 < user.uid < 65534:
+        problems.append(f"{where}: uid {user.uid} is outside 1..65533")
+    return user
+
+
+def _build_groups(entries: list[Raw], problems: _Problems) -> tuple[Group, ...]:
+    groups = tuple(Group(**_values(entry, "groups")) for entry in entries)
+    for group in groups:
+        if not _ACCOUNT.match(group.name):
+            problems.add(f"groups:{group.name}", f"'{group.name}' is not a valid group name")
+    return groups
+
+
+def _build_sysctl(table: Raw, problems: _Problems) -> tuple[tuple[str, str], ...]:
+    sysctl = tuple(sorted((k, _sysctl_value(v)) for k, v in table.items()))
+    for key_name, _ in sysctl:
+        if not _SYSCTL.match(key_name):
+            problems.add(f"sysctl:{key_name}", f"'{key_name}' is not a sysctl key")
+    return sysctl
+
+
+def _build_strip(table: Raw, kernel: Kernel, problems: _Problems) -> Strip:
+    strip = Strip(**_values(table, "strip"))
+    for pkg in strip.remove:
+        if pkg in (kernel.package,):
+            problems.add(f"strip.remove:{pkg}", "cannot remove the kernel package")
+    for pattern in strip.paths:
+        if not pattern.startswith("/") or ".." in pattern.split("/"):
+            problems.add("strip.paths", f"'{pattern}' must be an absolute path inside the image")
+    return strip
 
 
 # --- small helpers -----------------------------------------------------------------------
 
 
-def _frozen(table: Raw) -> dict[str, Any]:
-    """Lists become tuples, for the frozen dataclasses (keys were checked against SCHEMA)."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
+def _section(raw: Raw, name: str) -> Raw:
+    value = raw.get(name, {})
+    return value if isinstance(value, dict) else {}
 
 
-def _parse_mode(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if 0 <= value <= 0o7777 else None
-    if isinstance(value, str) and re.fullmatch(r"0?[0-7]{3,4}", value):
-        return int(value, 8)
-    return None
+def _values(table: Raw, section: str) -> dict[str, Any]:
+    """The keys of ``section`` (``"distribution"``, ``"files"``) as the model holds them.
+
+    Absent keys get the schema's default; arrays of tables are left to their builder.
+    """
+    keys: Mapping[str, Key] = SCHEMA
+    for part in section.split("."):
+        keys = keys[part].keys
+    return {
+        name: model_value(key, table[name]) if name in table else DEFAULTS[f"{section}.{name}"]
+        for name, key in keys.items()
+        if key.kind is not Kind.TABLE_LIST
+    }
+
+
+def _near_miss(name: str, candidates: Iterable[str], *, cutoff: float = 0.6) -> str:
+    """`` (did you mean 'x'?)`` for the closest candidate, or nothing."""
+    near = difflib.get_close_matches(name, list(candidates), n=1, cutoff=cutoff)
+    return f" (did you mean '{near[0]}'?)" if near else ""
 
 
 def _sysctl_value(value: str | int | bool) -> str:

@@ -5,65 +5,80 @@ validates TOML into these types) and the stages that consume a manifest
 (:mod:`atoll.compose`). Everything here is already validated: consumers never
 re-check types or re-resolve paths. Paths to files on the build machine are
 absolute; paths inside the image are :class:`PurePosixPath` and absolute.
+
+Defaults are not written here: each field's default is the schema's
+(:data:`atoll.manifest.schema.DEFAULTS`), and a unit test checks that the
+fields are the schema's keys, with its defaults.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path, PurePosixPath
+
+from atoll.manifest.schema import DEFAULTS, InitStrategy
+
+__all__ = [
+    "REF_ARCH",
+    "Agent",
+    "Containers",
+    "Distribution",
+    "FileEntry",
+    "Group",
+    "Image",
+    "Init",
+    "InitStrategy",
+    "Kernel",
+    "Manifest",
+    "Packages",
+    "PreloadImage",
+    "Strip",
+    "Units",
+    "User",
+]
 
 # Debian architecture -> the name used in ostree refs (atoll/x86_64/minimal).
 REF_ARCH: dict[str, str] = {"amd64": "x86_64", "arm64": "aarch64"}
-
-
-class InitStrategy(StrEnum):
-    """How the kernel gets from the physical root to systemd in the deployment."""
-
-    # atoll's static PID-1 step: no initramfs; root driver and fs built into the kernel.
-    PREPARE_ROOT = "atoll-prepare-root"
-    # A conventional initramfs (initramfs-tools); for baselines and odd kernels.
-    INITRAMFS = "initramfs"
 
 
 @dataclass(frozen=True)
 class Image:
     name: str
     version: str
-    description: str = ""
+    description: str = DEFAULTS["image.description"]
 
 
 @dataclass(frozen=True)
 class Distribution:
-    suite: str = "bookworm"
-    architecture: str = "amd64"
-    mirror: str = "http://deb.debian.org/debian"
-    security_mirror: str = "http://deb.debian.org/debian-security"
-    components: tuple[str, ...] = ("main",)
+    suite: str = DEFAULTS["distribution.suite"]
+    architecture: str = DEFAULTS["distribution.architecture"]
+    mirror: str = DEFAULTS["distribution.mirror"]
+    security_mirror: str = DEFAULTS["distribution.security_mirror"]
+    components: tuple[str, ...] = DEFAULTS["distribution.components"]
     # Also use <suite>-updates and <suite>-security (stable releases).
-    updates: bool = True
+    updates: bool = DEFAULTS["distribution.updates"]
 
 
 @dataclass(frozen=True)
 class Packages:
-    include: tuple[str, ...] = ()
+    include: tuple[str, ...] = DEFAULTS["packages.include"]
     # Must never be installed; apt is pinned against them, so a dependency
     # that needs one fails the build instead of sneaking it in.
-    exclude: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = DEFAULTS["packages.exclude"]
 
 
 @dataclass(frozen=True)
 class Kernel:
-    package: str = "linux-image-cloud-amd64"
-    arguments: tuple[str, ...] = ()
+    package: str = DEFAULTS["kernel.package"]
+    arguments: tuple[str, ...] = DEFAULTS["kernel.arguments"]
     # Module directories to keep, as globs relative to /usr/lib/modules/<kver>/
     # (e.g. "kernel/fs/overlayfs"); empty keeps every module.
-    modules_keep: tuple[str, ...] = ()
+    modules_keep: tuple[str, ...] = DEFAULTS["kernel.modules_keep"]
 
 
 @dataclass(frozen=True)
 class Init:
-    strategy: InitStrategy = InitStrategy.PREPARE_ROOT
+    strategy: InitStrategy = DEFAULTS["init.strategy"]
 
 
 @dataclass(frozen=True)
@@ -76,8 +91,8 @@ class PreloadImage:
 
 @dataclass(frozen=True)
 class Containers:
-    runtime: bool = True  # containerd + crun
-    preload: tuple[PreloadImage, ...] = ()
+    runtime: bool = DEFAULTS["containers.runtime"]  # containerd + crun
+    preload: tuple[PreloadImage, ...] = DEFAULTS["containers.preload"]
 
 
 @dataclass(frozen=True)
@@ -85,57 +100,57 @@ class FileEntry:
     """A file added to the image: from ``source`` on the build machine or inline."""
 
     path: PurePosixPath
-    source: Path | None = None
-    content: str | None = None
-    mode: int = 0o644
-    owner: str = "root"
-    group: str = "root"
+    source: Path | None = DEFAULTS["files.source"]
+    content: str | None = DEFAULTS["files.content"]
+    mode: int = DEFAULTS["files.mode"]
+    owner: str = DEFAULTS["files.owner"]
+    group: str = DEFAULTS["files.group"]
 
 
 @dataclass(frozen=True)
 class Units:
-    enable: tuple[str, ...] = ()
-    disable: tuple[str, ...] = ()
-    mask: tuple[str, ...] = ()
+    enable: tuple[str, ...] = DEFAULTS["units.enable"]
+    disable: tuple[str, ...] = DEFAULTS["units.disable"]
+    mask: tuple[str, ...] = DEFAULTS["units.mask"]
 
 
 @dataclass(frozen=True)
 class User:
     name: str
-    uid: int | None = None
-    group: str | None = None  # primary group; defaults to a group of the user's name
-    groups: tuple[str, ...] = ()
-    shell: str = "/usr/sbin/nologin"
-    home: str | None = None
-    system: bool = True
+    uid: int | None = DEFAULTS["users.uid"]
+    group: str | None = DEFAULTS["users.group"]  # primary group; None: a group of the user's name
+    groups: tuple[str, ...] = DEFAULTS["users.groups"]
+    shell: str = DEFAULTS["users.shell"]
+    home: str | None = DEFAULTS["users.home"]
+    system: bool = DEFAULTS["users.system"]
 
 
 @dataclass(frozen=True)
 class Group:
     name: str
-    gid: int | None = None
-    system: bool = True
+    gid: int | None = DEFAULTS["groups.gid"]
+    system: bool = DEFAULTS["groups.system"]
 
 
 @dataclass(frozen=True)
 class Strip:
-    docs: bool = True
-    man: bool = True
-    locales: bool = True
-    keep_locales: tuple[str, ...] = ("C.UTF-8",)
-    package_manager: bool = True  # no apt, no dpkg in the final image
+    docs: bool = DEFAULTS["strip.docs"]
+    man: bool = DEFAULTS["strip.man"]
+    locales: bool = DEFAULTS["strip.locales"]
+    keep_locales: tuple[str, ...] = DEFAULTS["strip.keep_locales"]
+    package_manager: bool = DEFAULTS["strip.package_manager"]  # no apt, no dpkg in the final image
     # Packages installed to satisfy dependencies but not needed at run time
     # (maintainer-script tooling, e.g. perl via linux-base): their files are
     # removed after installation and the SBOM records them as removed.
-    remove: tuple[str, ...] = ()
+    remove: tuple[str, ...] = DEFAULTS["strip.remove"]
     # Single files no package split lets us drop (e.g. a legacy shim), as
     # absolute paths or globs inside the image.
-    paths: tuple[str, ...] = ()
+    paths: tuple[str, ...] = DEFAULTS["strip.paths"]
 
 
 @dataclass(frozen=True)
 class Agent:
-    include: bool = True  # install atoll.agent (standard library only) into the image
+    include: bool = DEFAULTS["agent.include"]  # install atoll.agent (standard library only)
 
 
 @dataclass(frozen=True)
@@ -148,11 +163,11 @@ class Manifest:
     kernel: Kernel = field(default_factory=Kernel)
     init: Init = field(default_factory=Init)
     containers: Containers = field(default_factory=Containers)
-    files: tuple[FileEntry, ...] = ()
+    files: tuple[FileEntry, ...] = DEFAULTS["files"]
     units: Units = field(default_factory=Units)
-    users: tuple[User, ...] = ()
-    groups: tuple[Group, ...] = ()
-    sysctl: tuple[tuple[str, str], ...] = ()  # sorted (key, value) pairs
+    users: tuple[User, ...] = DEFAULTS["users"]
+    groups: tuple[Group, ...] = DEFAULTS["groups"]
+    sysctl: tuple[tuple[str, str], ...] = DEFAULTS["sysctl"]  # sorted (key, value) pairs
     strip: Strip = field(default_factory=Strip)
     agent: Agent = field(default_factory=Agent)
 

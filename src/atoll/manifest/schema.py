@@ -1,10 +1,18 @@
-"""The manifest schema: one table that drives parsing, validation and docs.
+"""The manifest schema: one table that drives parsing, validation, defaults and docs.
 
 Every key a manifest may contain is declared here once, with its kind, its
 default and a one-line description (after mkosi's ``SETTINGS`` list). The
-loader checks structure against this table, and a unit test checks that
-``docs/manifest.md`` documents every key in it, so the reference cannot
-drift from the code.
+loader checks structure against this table and fills absent keys from it; the
+model's dataclasses take their defaults from it (:data:`DEFAULTS`); and unit
+tests check that ``docs/manifest.md`` documents every key with the same
+default, and that the model's fields and defaults are the table's, so neither
+the reference nor the model can drift from it.
+
+Defaults are written as a user would write them in TOML (lists as tuples, so
+the table stays immutable); :func:`model_value` turns a value of a key into
+what the model holds (file modes as integers, paths as :class:`Path`, choices
+of an enum as its member). Arrays of tables and tables of strings default to
+empty.
 
 Merge rules for ``extends`` are declared per kind (see ``Kind``): tables merge
 key by key, scalars are replaced by the child, lists of names are unions
@@ -14,11 +22,21 @@ replacing the parent's entry of the same identity (``identity``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
+from typing import Any
 
-from atoll.manifest.model import InitStrategy
+
+class InitStrategy(StrEnum):
+    """How the kernel gets from the physical root to systemd in the deployment."""
+
+    # atoll's static PID-1 step: no initramfs; root driver and fs built into the kernel.
+    PREPARE_ROOT = "atoll-prepare-root"
+    # A conventional initramfs (initramfs-tools); for baselines and odd kernels.
+    INITRAMFS = "initramfs"
 
 
 class Kind(StrEnum):
@@ -38,7 +56,7 @@ class Kind(StrEnum):
 class Key:
     kind: Kind
     doc: str
-    default: object = None
+    default: object = None  # None: no default (required, or absent means None)
     required: bool = False
     choices: tuple[str, ...] = ()
     keys: Mapping[str, Key] = field(default_factory=dict)  # TABLE, TABLE_LIST items
@@ -75,7 +93,7 @@ SCHEMA: Mapping[str, Key] = {
                 "Security mirror URL.",
                 default="http://deb.debian.org/debian-security",
             ),
-            "components": Key(Kind.STR_LIST, "Archive components.", default=["main"]),
+            "components": Key(Kind.STR_LIST, "Archive components.", default=("main",)),
             "updates": Key(
                 Kind.BOOL, "Also use <suite>-updates and <suite>-security.", default=True
             ),
@@ -85,12 +103,12 @@ SCHEMA: Mapping[str, Key] = {
         "Packages to install and packages that must never be installed.",
         {
             "include": Key(
-                Kind.STR_LIST, "Packages to install (with their dependencies).", default=[]
+                Kind.STR_LIST, "Packages to install (with their dependencies).", default=()
             ),
             "exclude": Key(
                 Kind.STR_LIST,
                 "Packages that must never be installed; a dependency on one fails the build.",
-                default=[],
+                default=(),
             ),
         },
     ),
@@ -98,11 +116,11 @@ SCHEMA: Mapping[str, Key] = {
         "The kernel and its command line.",
         {
             "package": Key(Kind.STR, "Kernel package.", default="linux-image-cloud-amd64"),
-            "arguments": Key(Kind.STR_LIST, "Kernel command-line arguments.", default=[]),
+            "arguments": Key(Kind.STR_LIST, "Kernel command-line arguments.", default=()),
             "modules_keep": Key(
                 Kind.STR_LIST,
                 "Module paths to keep (globs under /usr/lib/modules/<kver>/); empty keeps all.",
-                default=[],
+                default=(),
             ),
         },
     ),
@@ -112,7 +130,7 @@ SCHEMA: Mapping[str, Key] = {
             "strategy": Key(
                 Kind.ENUM,
                 "atoll-prepare-root (no initramfs) or initramfs.",
-                default=str(InitStrategy.PREPARE_ROOT),
+                default=InitStrategy.PREPARE_ROOT,
                 choices=tuple(str(s) for s in InitStrategy),
             ),
         },
@@ -124,6 +142,7 @@ SCHEMA: Mapping[str, Key] = {
             "preload": Key(
                 Kind.TABLE_LIST,
                 "Container images imported for containerd, from local OCI archives.",
+                default=(),
                 identity="reference",
                 keys={
                     "archive": Key(Kind.PATH, "OCI image archive (tar).", required=True),
@@ -139,6 +158,7 @@ SCHEMA: Mapping[str, Key] = {
     "files": Key(
         Kind.TABLE_LIST,
         "Files added to the image.",
+        default=(),
         identity="path",
         keys={
             "path": Key(Kind.STR, "Absolute path inside the image.", required=True),
@@ -152,20 +172,21 @@ SCHEMA: Mapping[str, Key] = {
     "units": _table(
         "systemd units to enable, disable and mask.",
         {
-            "enable": Key(Kind.STR_LIST, "Units to enable.", default=[]),
-            "disable": Key(Kind.STR_LIST, "Units to disable.", default=[]),
-            "mask": Key(Kind.STR_LIST, "Units to mask.", default=[]),
+            "enable": Key(Kind.STR_LIST, "Units to enable.", default=()),
+            "disable": Key(Kind.STR_LIST, "Units to disable.", default=()),
+            "mask": Key(Kind.STR_LIST, "Units to mask.", default=()),
         },
     ),
     "users": Key(
         Kind.TABLE_LIST,
         "System users to create.",
+        default=(),
         identity="name",
         keys={
             "name": Key(Kind.STR, "User name.", required=True),
             "uid": Key(Kind.INT, "User id; allocated when absent."),
             "group": Key(Kind.STR, "Primary group; a group of the user's name when absent."),
-            "groups": Key(Kind.STR_LIST, "Supplementary groups.", default=[]),
+            "groups": Key(Kind.STR_LIST, "Supplementary groups.", default=()),
             "shell": Key(Kind.STR, "Login shell.", default="/usr/sbin/nologin"),
             "home": Key(Kind.STR, "Home directory."),
             "system": Key(Kind.BOOL, "A system account.", default=True),
@@ -174,6 +195,7 @@ SCHEMA: Mapping[str, Key] = {
     "groups": Key(
         Kind.TABLE_LIST,
         "Groups to create.",
+        default=(),
         identity="name",
         keys={
             "name": Key(Kind.STR, "Group name.", required=True),
@@ -181,7 +203,9 @@ SCHEMA: Mapping[str, Key] = {
             "system": Key(Kind.BOOL, "A system group.", default=True),
         },
     ),
-    "sysctl": Key(Kind.STR_MAP, "Kernel parameters, written to /etc/sysctl.d/90-atoll.conf."),
+    "sysctl": Key(
+        Kind.STR_MAP, "Kernel parameters, written to /etc/sysctl.d/90-atoll.conf.", default=()
+    ),
     "strip": _table(
         "What is removed from the image after installation.",
         {
@@ -190,17 +214,17 @@ SCHEMA: Mapping[str, Key] = {
             ),
             "man": Key(Kind.BOOL, "Remove manual pages and info files.", default=True),
             "locales": Key(Kind.BOOL, "Remove locales not in keep_locales.", default=True),
-            "keep_locales": Key(Kind.STR_LIST, "Locales to keep.", default=["C.UTF-8"]),
+            "keep_locales": Key(Kind.STR_LIST, "Locales to keep.", default=("C.UTF-8",)),
             "package_manager": Key(Kind.BOOL, "Remove apt and dpkg.", default=True),
             "remove": Key(
                 Kind.STR_LIST,
                 "Installed packages not needed at run time whose files are removed.",
-                default=[],
+                default=(),
             ),
             "paths": Key(
                 Kind.STR_LIST,
                 "Absolute paths or globs inside the image removed after installation.",
-                default=[],
+                default=(),
             ),
         },
     ),
@@ -213,10 +237,52 @@ SCHEMA: Mapping[str, Key] = {
 
 def all_key_paths(schema: Mapping[str, Key] = SCHEMA, prefix: str = "") -> list[str]:
     """Every key as a dotted path (``packages.include``), for docs and tests."""
-    paths: list[str] = []
+    return [path for path, _ in walk(schema, prefix)]
+
+
+def walk(schema: Mapping[str, Key] = SCHEMA, prefix: str = "") -> Iterator[tuple[str, Key]]:
+    """Every key with its dotted path, tables before the keys they hold."""
     for name, key in schema.items():
         path = f"{prefix}{name}"
-        paths.append(path)
+        yield path, key
         if key.keys:
-            paths.extend(all_key_paths(key.keys, f"{path}."))
-    return paths
+            yield from walk(key.keys, f"{path}.")
+
+
+def parse_mode(value: object) -> int | None:
+    """A file mode as a manifest may write it (``"0644"`` or ``0o644``); None if it is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if 0 <= value <= 0o7777 else None
+    if isinstance(value, str) and re.fullmatch(r"0?[0-7]{3,4}", value):
+        return int(value, 8)
+    return None
+
+
+def model_value(key: Key, value: Any) -> Any:
+    """A checked value of ``key`` as the model holds it (None stays None).
+
+    Lists become tuples, file modes integers, paths :class:`Path`, and a choice
+    of a key whose default is an enum member becomes that enum's member.
+    """
+    if value is None:
+        return None
+    match key.kind:
+        case Kind.STR_LIST:
+            return tuple(value)
+        case Kind.MODE:
+            return parse_mode(value)
+        case Kind.PATH:
+            return Path(value)
+        case Kind.ENUM if isinstance(key.default, StrEnum):
+            return type(key.default)(value)
+    return value
+
+
+# The default of every key as the model holds it, by dotted path ("distribution.suite").
+# The model's dataclasses take their defaults from here and the loader fills absent keys
+# from it; tables have none (their dataclass is the default).
+DEFAULTS: Mapping[str, Any] = {
+    path: model_value(key, key.default) for path, key in walk() if key.kind is not Kind.TABLE
+}
