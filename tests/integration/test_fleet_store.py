@@ -27,6 +27,7 @@ from atoll.fleet.rollout import NodeFacts, Phase, PoolSpec, PoolState, Quantity,
 from atoll.fleet.sqlite_store import SqliteStore, store_path
 from atoll.fleet.store import EVENTS_KEPT, FleetStore
 from atoll.fleet.transitions import NewEvent
+from atoll.wire.fleet import Registration, Report
 from tests.unit.test_fleet_transitions import (
     NOW,
     TABLE,
@@ -105,19 +106,11 @@ def _happen(store: FleetStore, happens: Happening) -> None:
     """One fact or decision, through the store's API; checks what the call answers."""
     if isinstance(happens, Register):
         new = happens.registration
-        node = store.register(new.name, new.labels, new.version, new.healthy, now=NOW)
+        node = store.register(new, now=NOW)
         assert node == store.node(new.name)
     elif isinstance(happens, Reported):
         before, report = store.node(happens.name), happens.report
-        answer = store.report(
-            happens.name,
-            current=report.current,
-            staged=report.staged,
-            healthy=report.healthy,
-            failed=report.failed,
-            desired=report.desired,
-            now=NOW,
-        )
+        answer = store.report(happens.name, report, desired=happens.desired, now=NOW)
         after = store.node(happens.name)
         assert answer == (after, after != before)
     elif isinstance(happens, Decided):
@@ -172,9 +165,9 @@ def test_state_survives_reopen(backend: Backend) -> None:
     store = backend()
     store.put_pool(_spec("v1"), now=1)
     store.put_pool(_spec("v2"), now=2)
-    store.register("a", {"zone": "x"}, "v1", True, now=3)
-    store.register("b", {"zone": "y"}, "v1", True, now=3)
-    store.register("a", {"zone": "z"}, "v1", True, now=4)  # re-registration: no event
+    store.register(Registration("a", {"zone": "x"}, "v1"), now=3)
+    store.register(Registration("b", {"zone": "y"}, "v1"), now=3)
+    store.register(Registration("a", {"zone": "z"}, "v1"), now=4)  # re-registration: no event
     assert store.pause("web", "operator said so", now=4)
     assert not store.pause("nope", "x", now=4)
     store.close()
@@ -193,17 +186,12 @@ def test_plan_grants_are_persisted_as_rebooting(backend: Backend) -> None:
     store = backend()
     store.put_pool(_spec(), now=0)
     for name in ("a", "b"):
-        store.register(name, {}, "v1", True, now=0)
-        changed = store.report(
-            name, current="v1", staged="v2", healthy=True, failed=False, desired="v2", now=1
-        )
+        store.register(Registration(name, {}, "v1"), now=0)
+        changed = store.report(name, Report("v1", "v2"), desired="v2", now=1)
         assert changed is not None and changed[1]
-        unchanged = store.report(
-            name, current="v1", staged="v2", healthy=True, failed=False, desired="v2", now=2
-        )
+        unchanged = store.report(name, Report("v1", "v2"), desired="v2", now=2)
         assert unchanged is not None and not unchanged[1]
-    assert store.report("ghost", current="v1", staged=None, healthy=True, failed=False,
-                        desired=None, now=1) is None  # fmt: skip
+    assert store.report("ghost", Report("v1", None), desired=None, now=1) is None
     spec, state = store.pools()[0]
     store.apply_plan("web", plan(spec, state, store.nodes(), 2), now=2)
     restarted = backend()
@@ -211,9 +199,7 @@ def test_plan_grants_are_persisted_as_rebooting(backend: Backend) -> None:
     assert sorted(n.phase for n in restarted.nodes()) == [Phase.REBOOTING, Phase.STAGED]
     assert plan(spec, state, restarted.nodes(), 3).actions == ()  # the grant still counts
     granted = next(n for n in restarted.nodes() if n.phase is Phase.REBOOTING)
-    landed = restarted.report(
-        granted.name, current="v2", staged=None, healthy=True, failed=False, desired="v2", now=4
-    )
+    landed = restarted.report(granted.name, Report("v2", None), desired="v2", now=4)
     assert landed is not None and landed[0].phase is Phase.IDLE
     assert [e.kind for e in restarted.events()][-2:] == ["reboot", "phase"]
 
@@ -222,8 +208,8 @@ def test_failure_budget_pause_resume_and_rollback(backend: Backend) -> None:
     store = backend()
     store.put_pool(_spec("v1"), now=0)
     store.put_pool(_spec("v2"), now=0)
-    store.register("a", {}, "v1", True, now=0)
-    store.report("a", current="v1", staged=None, healthy=True, failed=True, desired="v2", now=1)
+    store.register(Registration("a", {}, "v1"), now=0)
+    store.report("a", Report("v1", None, failed=True), desired="v2", now=1)
     spec, state = store.pools()[0]
     store.apply_plan("web", plan(spec, state, store.nodes(), 2), now=2)
     reason = store.pools()[0][1].pause_reason
@@ -244,7 +230,7 @@ def test_only_the_newest_events_are_kept(backend: Backend) -> None:
     store = backend(events_kept=5)
     store.put_pool(_spec(), now=0)
     for i in range(12):
-        store.register(f"n{i:02}", {}, "v1", True, now=i)
+        store.register(Registration(f"n{i:02}", {}, "v1"), now=i)
     events = store.events(limit=100)
     assert [e.message for e in events] == ["version v1"] * 5
     assert [e.node for e in events] == [f"n{i:02}" for i in range(7, 12)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 import ssl
 import stat
@@ -118,3 +120,43 @@ def test_names_are_never_reissued_or_revoked_blindly(pki: Path) -> None:
         revoke(pki, "erin")
     with pytest.raises(InputError, match="already holds a CA"):
         init(pki)
+
+
+def _failing_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every fsync of a file fails, as on a disk that went away."""
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def test_a_key_whose_write_failed_is_not_issued(pki: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key appears under its name only once it is on disk: the name stays free."""
+    before = (
+        sorted(p.name for p in (pki / "clients").iterdir()) if (pki / "clients").exists() else []
+    )
+    with monkeypatch.context() as m:
+        _failing_disk(m)
+        with pytest.raises(OSError, match="Input/output error"):
+            issue(pki, "frank", kind=Kind.CLIENT, role=Role.VIEWER)
+    assert sorted(p.name for p in (pki / "clients").iterdir()) == before
+    done = issue(pki, "frank", kind=Kind.CLIENT, role=Role.VIEWER)
+    assert stat.S_IMODE(done.key.stat().st_mode) == 0o600
+
+
+def test_a_failed_revocation_leaves_the_index_and_the_crl(
+    pki: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    issue(pki, "grace", kind=Kind.CLIENT, role=Role.ADMIN)
+    files = {name: (pki / name).read_bytes() for name in ("index.json", "crl.pem")}
+    with monkeypatch.context() as m:
+        _failing_disk(m)
+        with pytest.raises(OSError, match="Input/output error"):
+            revoke(pki, "grace")
+    assert {name: (pki / name).read_bytes() for name in files} == files
+    assert not [p.name for p in pki.iterdir() if p.name.endswith(".tmp")]
+    assert isinstance(_handshake(pki, "grace"), dict)  # not revoked after all

@@ -26,7 +26,8 @@ from atoll.fleet.rollout import (
     Quantity,
     plan,
 )
-from atoll.fleet.transitions import Instruction, NewEvent, Registration, Report
+from atoll.fleet.transitions import Instruction, NewEvent
+from atoll.wire.fleet import Registration, Report
 
 NOW = 100.0
 THEN = 10.0
@@ -66,8 +67,11 @@ class Register:
 
 @dataclass(frozen=True)
 class Reported:
+    """An agent's report, and the version its pool wants (``None``: no pool selects it)."""
+
     name: str
     report: Report
+    desired: str | None
 
 
 @dataclass(frozen=True)
@@ -145,7 +149,7 @@ def rep(
     failed: bool = False,
     desired: str | None = "v2",
 ) -> Reported:
-    return Reported(name, Report(current, staged, healthy, failed, desired))
+    return Reported(name, Report(current, staged, healthy, failed), desired)
 
 
 def act(kind: ActionKind, name: str, version: str = "v2") -> Action:
@@ -414,7 +418,7 @@ def apply(case: Case) -> Outcome:
         )
         nodes[step.after.name], events = step.after, step.events
     elif isinstance(happens, Reported):
-        step = transitions.after_report(nodes[happens.name], happens.report, NOW)
+        step = transitions.after_report(nodes[happens.name], happens.report, happens.desired, NOW)
         nodes[step.after.name], events = step.after, step.events
     elif isinstance(happens, Decided):
         planned = transitions.after_plan("web", state, nodes, happens.plan(), NOW)
@@ -456,16 +460,16 @@ def test_table_ids_are_unique() -> None:
 @pytest.mark.parametrize(
     ("before", "report", "changed", "events"),
     [
-        (GRANTED, Report("v1", "v2", True, False, "v2"), False, 0),
-        (GRANTED, Report("v2", None, False, False, "v2"), True, 0),
-        (GRANTED, Report("v2", None, True, False, "v2"), True, 1),
+        (GRANTED, Report("v1", "v2", True, False), False, 0),
+        (GRANTED, Report("v2", None, False, False), True, 0),
+        (GRANTED, Report("v2", None, True, False), True, 1),
     ],
 )
 def test_a_report_says_whether_anything_changed(
     before: NodeFacts, report: Report, changed: bool, events: int
 ) -> None:
     """Stores write a report only when it changed something (no fsync for a poll)."""
-    step = transitions.after_report(before, report, NOW)
+    step = transitions.after_report(before, report, "v2", NOW)
     assert step.before == before
     assert (step.changed, len(step.events)) == (changed, events)
 

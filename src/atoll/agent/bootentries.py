@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from atoll import durable
 from atoll.agent import command
 from atoll.wire.bootentry import (
     ENTRIES_DIR,
@@ -59,8 +60,9 @@ def bless(esp: Path, cmdline: str) -> str | None:
         if entry.tries_left is None:
             return None
         blessed = entries_dir / f"{entry.id}.conf"
-        os.replace(path, blessed)
-        os.sync()  # a bless lost to a power cut would go on counting down
+        # Renamed durably (the directory flushed, on FAT its table too): a bless
+        # lost to a power cut would go on counting down.
+        durable.replace(path, blessed)
         return blessed.name
     raise EntryError(f"{entries_dir}: no entry boots {booted}")
 

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from atoll.agent import command
+from atoll.durable import write_atomic
 from atoll.wire.channel import (
     Channel,
     TrustedKey,
@@ -73,13 +73,7 @@ def _save_state(state: Path, channel: Channel) -> None:
         "rollback": channel.rollback,
         "signed_by": channel.signed_by,
     }
-    state.parent.mkdir(parents=True, exist_ok=True)
-    staged = state.with_name(state.name + ".partial")
-    with staged.open("w") as f:
-        json.dump(current, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(staged, state)
+    write_atomic(state, json.dumps(current, indent=1, sort_keys=True))
 
 
 def check_channel(

@@ -13,24 +13,26 @@ moves it along (see ``docs/agent.md``, "Health and automatic rollback")::
     deploying --(a later boot into previous: the upgrade was cut short)--> removed, undeployed
 
 The marker lives on ``/var``: it survives the reboot and is shared by every
-deployment. Writes are atomic (temporary file, fsync, rename, fsync of the
-directory), so a power cut leaves either the old or the new marker. A marker
-that cannot be parsed is reported as such, never silently taken for "no trial".
+deployment. Writes are atomic (:func:`atoll.durable.write_atomic`: temporary
+file, fsync, rename, fsync of the directory), so a power cut leaves either the
+old or the new marker. A marker that cannot be parsed is reported as such,
+never silently taken for "no trial".
 
 The last automatic rollback is kept beside it (``rollback.json``: from, to,
 reason, time) until the next upgrade is staged, so the node keeps reporting
-it to the fleet controller. Standard library only: this runs on the node.
+it to the fleet controller. Standard library and :mod:`atoll.durable` only:
+this runs on the node.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+from atoll.durable import write_atomic
 
 PENDING = Path("var/lib/atoll/pending.json")
 ROLLBACK = Path("var/lib/atoll/rollback.json")
@@ -121,25 +123,8 @@ def read_pending(path: Path) -> Pending | None:
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` atomically: temporary file, fsync, rename, fsync the directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Write ``payload`` atomically and durably (:func:`atoll.durable.write_atomic`)."""
+    write_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def write_pending(path: Path, pending: Pending) -> None:

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from atoll.agent import command
+from atoll.durable import write_atomic
 from atoll.wire.userdata import (
     CONFIG_DRIVE_FILE,
     CONFIG_DRIVE_LABEL,
@@ -97,25 +98,14 @@ def plan(data: UserData) -> list[FileWrite]:
 
 
 def apply(writes: Sequence[FileWrite], root: Path) -> None:
-    """Write every file of the plan under ``root``, each atomically."""
+    """Write every file of the plan under ``root``, each atomically and durably."""
     for write in writes:
-        _write_atomic(root / write.path, write.content, write.mode)
+        _write_file(root / write.path, write.content, write.mode)
 
 
-def _write_atomic(target: Path, content: bytes, mode: int) -> None:
+def _write_file(target: Path, content: bytes, mode: int) -> None:
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(content)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_atomic(target, content, mode=mode)
 
 
 def find_user_data(root: Path, fw_cfg: Path = FW_CFG_PATH) -> tuple[str, bytes] | None:
@@ -180,7 +170,7 @@ def provision(root: Path, fw_cfg: Path = FW_CFG_PATH, live: bool = False) -> dic
             sha256=data.digest,
             applied=[{"path": "/" + w.path, "reason": w.reason} for w in writes],
         )
-    _write_atomic(record_path, (json.dumps(record, indent=2) + "\n").encode(), 0o644)
+    _write_file(record_path, (json.dumps(record, indent=2) + "\n").encode(), 0o644)
     return record
 
 

@@ -42,6 +42,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from atoll import durable
 from atoll.compose.customize import copy_agent_package
 from atoll.errors import AtollError
 from atoll.pki import Kind, Role, init, issue
@@ -239,8 +240,7 @@ def _credentials(workdir: Path) -> tuple[Path, Endpoint]:
         ("ca.crt", "ca.crt"),
         ("crl.pem", "crl.pem"),
     ):
-        shutil.copyfile(pki / src, tls / dst)
-    (tls / "node.key").chmod(0o600)
+        durable.copy(pki / src, tls / dst, mode=0o600 if dst.endswith(".key") else 0o644)
     client = Endpoint(
         "127.0.0.1",
         _free_port(),

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 from atoll.bench.plots import attach
+from atoll.durable import write_atomic
 from atoll.process import run
 from atoll.progress import Reporter, reporter_for
 
@@ -162,9 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = {stage: results[stage] for stage in STAGES if stage in results}
     results = attach(results, args.output.parent)
     page = render(results, about)
-    staged = args.output.with_name(args.output.name + ".partial")
-    staged.write_text(page)
-    os.replace(staged, args.output)
-    raw.write_text(json.dumps({"machine": about, "results": results}, indent=1, default=str))
+    write_atomic(args.output, page)
+    write_atomic(raw, json.dumps({"machine": about, "results": results}, indent=1, default=str))
     print(f"wrote {args.output}")
     return 1 if any("error" in r for r in results.values()) else 0

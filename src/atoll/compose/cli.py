@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from atoll.compose.inspect import inspect
 from atoll.compose.oci import BUSYBOX, write_busybox_archive
 from atoll.compose.pipeline import compose, default_cache
+from atoll.durable import write_atomic
 from atoll.progress import reporter_for
 
 
@@ -52,10 +52,7 @@ def _compose(args: argparse.Namespace) -> int:
         reporter.close()
     report = result.report()
     if args.report:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        staged = args.report.with_name(args.report.name + ".partial")
-        staged.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
-        os.replace(staged, args.report)
+        write_atomic(args.report, json.dumps(report, indent=1, sort_keys=True) + "\n")
     if args.json:
         summary = {k: v for k, v in report.items() if k != "sbom"}
         print(json.dumps({"event": "result", "result": summary}, sort_keys=True))

@@ -16,11 +16,10 @@ is trusted because atoll built it a moment ago from constants in this file.
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 import tempfile
 from pathlib import Path
 
+from atoll import durable
 from atoll.compose.plan import NO_INITRAMFS_PACKAGE
 from atoll.process import run
 
@@ -63,8 +62,8 @@ def ensure_local_repo(directory: Path) -> str:
                 + f"Size: {len(data)}\n"
                 + f"SHA256: {hashlib.sha256(data).hexdigest()}\n"
             )
-            shutil.move(deb, directory / deb_name)
-            staged = Path(tmp) / "Packages"
-            staged.write_text(stanza)
-            os.replace(staged, packages)
+            # The package first, then the index that names it: Packages is the
+            # last file written, and the check above looks for both.
+            durable.replace(deb, directory / deb_name)
+            durable.write_atomic(packages, stanza)
     return f"deb [trusted=yes] copy://{directory.resolve()} ./"

@@ -14,10 +14,10 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import tarfile
 from pathlib import Path
 
+from atoll.durable import write_atomic
 from atoll.errors import InputError
 
 BUSYBOX = Path("/bin/busybox")
@@ -106,10 +106,7 @@ def busybox_image(binary: Path, reference: str) -> bytes:
 def write_busybox_archive(output: Path, reference: str, binary: Path = BUSYBOX) -> str:
     """Write the archive atomically; return the image manifest's digest."""
     archive = busybox_image(binary, reference)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staged = output.with_name(output.name + ".partial")
-    staged.write_bytes(archive)
-    os.replace(staged, output)
+    write_atomic(output, archive)
     with tarfile.open(output) as tar:
         member = tar.extractfile("index.json")
         assert member is not None

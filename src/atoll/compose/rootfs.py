@@ -10,18 +10,19 @@ cache (``<cache>/apt/<suite>-<arch>``, synced into and out of the chroot)
 does not already hold.
 
 Nothing half-written is ever visible: mmdebstrap writes ``<key>.tar.partial``
-and only a complete run is renamed into place, so Ctrl-C or a failed build
+and only a complete run is renamed into place (:func:`atoll.durable.replace`:
+flushed, renamed, the directory flushed), so Ctrl-C or a failed build
 leaves the cache as it was.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
 
+from atoll import durable
 from atoll.compose.localrepo import ensure_local_repo
 from atoll.compose.plan import RootfsPlan
 from atoll.process import run
@@ -124,7 +125,7 @@ def build_rootfs(
             env={"SOURCE_DATE_EPOCH": str(source_date_epoch), "TMPDIR": str(tmp)},
             on_line=progress,
         )
-        os.replace(partial, target)
+        durable.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
         if preferences is not None:

@@ -259,9 +259,7 @@ def _deploy(plan: DiskPlan, sysroot: Path) -> None:
     ostree.admin_deploy(sysroot, OS_NAME, deploy_target, kernel_arguments=kargs, retain=retain)
     if plan.user_data is not None:
         target = sysroot / "ostree" / "deploy" / OS_NAME / EMBEDDED_PATH
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(plan.user_data)
-        target.chmod(0o600)
+        durable.write_atomic(target, plan.user_data, mode=0o600)  # a secret: 0600 throughout
 
 
 def _stage_esp(sysroot: Path, esp: Path, tries: int | None) -> None:

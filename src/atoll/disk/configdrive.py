@@ -11,11 +11,11 @@ any block device the kernel sees early (a second NVMe namespace or disk).
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from atoll import durable
 from atoll.errors import InputError
 from atoll.process import run
 from atoll.wire.userdata import (
@@ -40,8 +40,7 @@ def write_config_drive(user_data: Path, output: Path) -> None:
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.") as tmp:
         tree = Path(tmp) / "tree"
         tree.mkdir()
-        (tree / CONFIG_DRIVE_FILE).write_bytes(raw)
-        (tree / CONFIG_DRIVE_FILE).chmod(0o600)
+        durable.write_atomic(tree / CONFIG_DRIVE_FILE, raw, mode=0o600)  # 0600 throughout
         image = Path(tmp) / "drive.img"
         run(
             [
@@ -57,5 +56,5 @@ def write_config_drive(user_data: Path, output: Path) -> None:
                 SIZE,
             ]
         )
-        os.replace(image, output)
+        durable.replace(image, output)
         shutil.rmtree(tree)

@@ -55,7 +55,8 @@ from atoll.fleet.etcd import (
 from atoll.fleet.pool import spec_from_dict, spec_to_dict
 from atoll.fleet.rollout import NodeFacts, Phase, Plan, PoolSpec, PoolState
 from atoll.fleet.store import EVENTS_KEPT, Event, NotLeader
-from atoll.fleet.transitions import NewEvent, NodeStep, PoolStep, Registration, Report
+from atoll.fleet.transitions import NewEvent, NodeStep, PoolStep
+from atoll.wire.fleet import Registration, Report
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -365,12 +366,9 @@ class EtcdStore:
         kvs = self._client.range(key)
         return self._node(key, self._decode(key, kvs[0].value)) if kvs else None
 
-    def register(
-        self, name: str, labels: Mapping[str, str], version: str, healthy: bool, now: float
-    ) -> NodeFacts:
+    def register(self, registration: Registration, now: float) -> NodeFacts:
         """Register (or re-register) a node; a re-registration keeps its phase."""
-        key = self._node_key(name)
-        registration = Registration(name, labels, version, healthy)
+        key = self._node_key(registration.name)
 
         def decide(read: _Read) -> tuple[_Changes, NodeFacts]:
             doc = read.get(key)
@@ -383,26 +381,17 @@ class EtcdStore:
         return self._transact(decide, keys=[key])
 
     def report(
-        self,
-        name: str,
-        *,
-        current: str,
-        staged: str | None,
-        healthy: bool,
-        failed: bool,
-        desired: str | None,
-        now: float,
+        self, name: str, report: Report, *, desired: str | None, now: float
     ) -> tuple[NodeFacts, bool] | None:
         """Apply an agent's report; an unchanged report writes nothing."""
         key = self._node_key(name)
-        report = Report(current, staged, healthy, failed, desired)
 
         def decide(read: _Read) -> tuple[_Changes, tuple[NodeFacts, bool] | None]:
             changes = _Changes()
             doc = read.get(key)
             if doc is None:
                 return changes, None
-            step = transitions.after_report(self._node(key, doc), report, now)
+            step = transitions.after_report(self._node(key, doc), report, desired, now)
             if step.changed:
                 self._put_reported(changes, step, now)
             return changes, (step.after, step.changed)

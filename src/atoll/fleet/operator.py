@@ -71,13 +71,13 @@ from atoll.fleet.rollout import (
     plan,
 )
 from atoll.fleet.transitions import (
-    Report,
     after_action,
     after_report,
     instruction,
     matches,
     resumed,
 )
+from atoll.wire.fleet import Report
 
 KIND = "NodePool"
 
@@ -234,8 +234,8 @@ def facts_of(node: Mapping[str, Any], now: float) -> NodeFacts | None:
     # Back on the granted version but not healthy yet (the kubelet is not Ready,
     # or the agent's trial runs): after_report keeps the node rebooting, bounded
     # by the reboot timeout, until it is healthy or its agent says it failed.
-    report = Report(current, staged, healthy, failed, desired=notes.get(A_DESIRED) or None)
-    return after_report(remembered, report, now).after
+    report = Report(current, staged, healthy, failed)
+    return after_report(remembered, report, notes.get(A_DESIRED) or None, now).after
 
 
 def after_plan(

@@ -308,10 +308,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _register(self, path: str) -> dict[str, Any]:
         ctl = self.server.controller
-        node = self._message(path, Registration.from_json)
-        record = ctl.store.register(
-            node.name, dict(node.labels), node.version, node.healthy, ctl.clock()
-        )
+        record = ctl.store.register(self._message(path, Registration.from_json), ctl.clock())
         return _node_json(record)
 
     def _report(self, path: str, name: str) -> dict[str, Any]:
@@ -319,15 +316,7 @@ class _Handler(BaseHTTPRequestHandler):
         report = self._message(path, Report.from_json)
         wanted = ctl.plans()
         desired = next((p.desired[name] for p in wanted.values() if name in p.desired), None)
-        reported = ctl.store.report(
-            name,
-            current=report.version,
-            staged=report.staged,
-            healthy=report.healthy,
-            failed=report.failed,
-            desired=desired,
-            now=ctl.clock(),
-        )
+        reported = ctl.store.report(name, report, desired=desired, now=ctl.clock())
         if reported is None:
             raise HttpError(HTTPStatus.NOT_FOUND, f"node {name!r} is not registered")
         if reported[1]:  # only a change can change the plan; the timer does the rest

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,8 @@ from atoll.fleet import transitions
 from atoll.fleet.pool import spec_from_dict, spec_to_dict
 from atoll.fleet.rollout import NodeFacts, Phase, Plan, PoolSpec, PoolState
 from atoll.fleet.store import EVENTS_KEPT, Event, StoreError
-from atoll.fleet.transitions import NewEvent, PoolStep, Registration, Report
+from atoll.fleet.transitions import NewEvent, PoolStep
+from atoll.wire.fleet import Registration, Report
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pools (
@@ -261,27 +262,16 @@ class SqliteStore:
         with self._lock:
             return self._node(self._db, name)
 
-    def register(
-        self, name: str, labels: Mapping[str, str], version: str, healthy: bool, now: float
-    ) -> NodeFacts:
+    def register(self, registration: Registration, now: float) -> NodeFacts:
         """Register (or re-register) a node; a re-registration keeps its phase."""
         with self._tx() as db:
-            registration = Registration(name, labels, version, healthy)
-            step = transitions.registered(self._node(db, name), registration, now)
+            step = transitions.registered(self._node(db, registration.name), registration, now)
             self._write_reported(db, step.after, now)
             self._append(db, step.events)
         return step.after
 
     def report(
-        self,
-        name: str,
-        *,
-        current: str,
-        staged: str | None,
-        healthy: bool,
-        failed: bool,
-        desired: str | None,
-        now: float,
+        self, name: str, report: Report, *, desired: str | None, now: float
     ) -> tuple[NodeFacts, bool] | None:
         """Apply an agent's report; returns the node and whether anything changed.
 
@@ -292,8 +282,7 @@ class SqliteStore:
             old = self._node(db, name)
             if old is None:
                 return None
-            report = Report(current, staged, healthy, failed, desired)
-            step = transitions.after_report(old, report, now)
+            step = transitions.after_report(old, report, desired, now)
             if step.changed:
                 self._write_reported(db, step.after, now)
                 self._append(db, step.events)

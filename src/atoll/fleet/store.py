@@ -17,12 +17,12 @@ by the CLI (:mod:`atoll.fleet.cli`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from atoll.errors import AtollError
 from atoll.fleet.rollout import NodeFacts, Plan, PoolSpec, PoolState
+from atoll.wire.fleet import Registration, Report
 
 # The newest events a store keeps; older ones are deleted as new ones arrive
 # (a rollout of N nodes writes about 5 N of them).
@@ -111,23 +111,17 @@ class FleetStore(Protocol):
 
     def node(self, name: str) -> NodeFacts | None: ...
 
-    def register(
-        self, name: str, labels: Mapping[str, str], version: str, healthy: bool, now: float
-    ) -> NodeFacts: ...
+    def register(self, registration: Registration, now: float) -> NodeFacts:
+        """The node after its agent's registration (the protocol's message)."""
+        ...
 
     def report(
-        self,
-        name: str,
-        *,
-        current: str,
-        staged: str | None,
-        healthy: bool,
-        failed: bool,
-        desired: str | None,
-        now: float,
+        self, name: str, report: Report, *, desired: str | None, now: float
     ) -> tuple[NodeFacts, bool] | None:
-        """The node after its agent's report and whether anything changed (an unchanged
-        report writes nothing); ``None`` for a node never registered."""
+        """The node after its agent's report (the protocol's message; ``desired``: the
+        version its pool wants, ``None`` when no pool selects it) and whether anything
+        changed (an unchanged report writes nothing); ``None`` for a node never
+        registered."""
         ...
 
     def apply_plan(self, pool: str, plan: Plan, now: float) -> None:

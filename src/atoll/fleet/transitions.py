@@ -23,10 +23,15 @@ this module decides what each fact or decision does to the stored state, once:
 * **the events** each of these emits, in order (what ``GET /v1/events`` shows).
 
 Facts come in as frozen dataclasses and go out as frozen dataclasses; time is a
-value (``now``) the caller passes. The stores (:mod:`atoll.fleet.sqlite_store`,
-:mod:`atoll.fleet.etcd_store`) read the facts a step needs, call one function
-here and write its result in the same transaction; the Kubernetes operator
-(:mod:`atoll.fleet.operator`) applies the same functions to its annotations.
+value (``now``) the caller passes. What an agent says comes in as the protocol's
+own messages (:class:`atoll.wire.fleet.Registration`,
+:class:`atoll.wire.fleet.Report`), as the controller parsed them; what the
+controller adds to a report (the version the node's pool wants) comes beside it.
+The stores (:mod:`atoll.fleet.sqlite_store`, :mod:`atoll.fleet.etcd_store`)
+read the facts a step needs, call one function here and write its result in
+the same transaction; the Kubernetes operator (:mod:`atoll.fleet.operator`)
+applies the same functions to its annotations (an agent's report, as it wrote
+them there).
 What a node is told (:func:`instruction`) and which pool owns it
 (:func:`owner`) are decided here too, for the controller and the operator alike.
 """
@@ -38,6 +43,7 @@ from dataclasses import dataclass, replace
 
 from atoll.errors import InputError
 from atoll.fleet.rollout import Action, ActionKind, NodeFacts, Phase, Plan, PoolSpec, PoolState
+from atoll.wire.fleet import Registration, Report
 
 
 @dataclass(frozen=True)
@@ -49,28 +55,6 @@ class NewEvent:
     node: str | None
     kind: str
     message: str
-
-
-@dataclass(frozen=True)
-class Registration:
-    """An agent's ``POST /v1/nodes/register``."""
-
-    name: str
-    labels: Mapping[str, str]
-    version: str
-    healthy: bool
-
-
-@dataclass(frozen=True)
-class Report:
-    """An agent's ``POST /v1/nodes/NAME/report``, with the version the controller wants
-    for the node (``None``: no pool selects it)."""
-
-    current: str
-    staged: str | None
-    healthy: bool
-    failed: bool
-    desired: str | None
 
 
 @dataclass(frozen=True)
@@ -145,34 +129,34 @@ def registered(old: NodeFacts | None, registration: Registration, now: float) ->
     return NodeStep(old, replace(old, labels=dict(r.labels)))
 
 
-def _reported_phase(old: NodeFacts, report: Report) -> Phase:
+def _reported_phase(old: NodeFacts, report: Report, desired: str | None) -> Phase:
     """The phase of a node neither failed nor rebooting after its report."""
-    if report.desired is not None and report.current == report.desired:
+    if desired is not None and report.version == desired:
         return Phase.IDLE
-    if report.desired is not None and report.staged == report.desired:
+    if desired is not None and report.staged == desired:
         return Phase.STAGED
     if old.phase is Phase.STAGING:
         return Phase.STAGING  # told to stage: stays staging until it has
     return Phase.IDLE
 
 
-def _after_report(old: NodeFacts, r: Report, now: float) -> NodeFacts:
+def _after_report(old: NodeFacts, r: Report, desired: str | None, now: float) -> NodeFacts:
     if old.phase is Phase.FAILED:
-        return replace(old, current_version=r.current, staged_version=r.staged, healthy=r.healthy)
+        return replace(old, current_version=r.version, staged_version=r.staged, healthy=r.healthy)
     if r.failed:
-        return NodeFacts(old.name, old.labels, r.current, r.staged, r.healthy, Phase.FAILED, now)
+        return NodeFacts(old.name, old.labels, r.version, r.staged, r.healthy, Phase.FAILED, now)
     if old.phase is Phase.REBOOTING:
-        if r.current == old.staged_version and r.healthy:
-            return NodeFacts(old.name, old.labels, r.current, r.staged, True, Phase.IDLE, now)
+        if r.version == old.staged_version and r.healthy:
+            return NodeFacts(old.name, old.labels, r.version, r.staged, True, Phase.IDLE, now)
         # Not rebooted yet, or back but still in its trial: keep the grant (and
         # its version, and the time it was granted: the reboot timeout) as persisted.
         return replace(old, healthy=r.healthy)
-    phase = _reported_phase(old, r)
-    moved = phase is not old.phase or r.current != old.current_version
+    phase = _reported_phase(old, r, desired)
+    moved = phase is not old.phase or r.version != old.current_version
     return NodeFacts(
         old.name,
         old.labels,
-        r.current,
+        r.version,
         r.staged,
         r.healthy,
         phase,
@@ -180,8 +164,11 @@ def _after_report(old: NodeFacts, r: Report, now: float) -> NodeFacts:
     )
 
 
-def after_report(old: NodeFacts, report: Report, now: float) -> NodeStep:
+def after_report(old: NodeFacts, report: Report, desired: str | None, now: float) -> NodeStep:
     """The node after its agent reported, and a ``phase`` event if its phase changed.
+
+    ``desired`` is the version the controller wants for the node (``None``: no
+    pool selects it).
 
     * ``failed`` (the agent's verdict: its health trial failed and it rolled
       back, or it is unhealthy outside a trial) -> ``failed``; a failed node
@@ -198,10 +185,10 @@ def after_report(old: NodeFacts, report: Report, now: float) -> NodeStep:
 
     ``last_transition`` moves with the phase or the running version only.
     """
-    new = _after_report(old, report, now)
+    new = _after_report(old, report, desired, now)
     events: tuple[NewEvent, ...] = ()
     if new.phase is not old.phase:
-        message = f"{old.phase} -> {new.phase} on {report.current}"
+        message = f"{old.phase} -> {new.phase} on {report.version}"
         events = (NewEvent(now, None, old.name, "phase", message),)
     return NodeStep(old, new, events)
 

@@ -11,8 +11,9 @@ The role travels in the certificate's subject ``organizationalUnitName`` so the
 agent can read it with nothing but :meth:`ssl.SSLSocket.getpeercert`. Revocation
 is a CRL signed by the CA; the agent loads it with ``VERIFY_CRL_CHECK_LEAF``.
 ``index.json`` records every serial issued (name, kind, role, revoked) so a
-revocation by name needs no certificate file. Keys are written 0600, never
-overwritten: issuing a name twice is an input error.
+revocation by name needs no certificate file. Every file is written atomically
+and durably (:func:`atoll.durable.write_atomic`); keys are 0600 from their
+first byte and never overwritten: issuing a name twice is an input error.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
-import os
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from atoll.durable import write_atomic
 from atoll.errors import AtollError, InputError
 
 CA_DAYS = 3650
@@ -75,16 +76,8 @@ def _now() -> datetime.datetime:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    # O_EXCL: a key is never silently replaced; 0600 from the first byte.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-
-
-def _write_public(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    # exclusive: a key is never silently replaced; 0600 from the first byte.
+    write_atomic(path, data, mode=0o600, exclusive=True)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -119,7 +112,7 @@ def _read_index(pki: Path) -> list[_IndexEntry]:
 
 
 def _write_index(pki: Path, entries: list[_IndexEntry]) -> None:
-    _write_public(pki / "index.json", (json.dumps(entries, indent=2) + "\n").encode())
+    write_atomic(pki / "index.json", json.dumps(entries, indent=2) + "\n")
 
 
 def init(pki: Path, *, common_name: str = "atoll fleet CA") -> Path:
@@ -157,7 +150,7 @@ def init(pki: Path, *, common_name: str = "atoll fleet CA") -> Path:
         .sign(key, hashes.SHA256())
     )
     _write_private(pki / "ca.key", _key_pem(key))
-    _write_public(pki / "ca.crt", cert.public_bytes(serialization.Encoding.PEM))
+    write_atomic(pki / "ca.crt", cert.public_bytes(serialization.Encoding.PEM))
     _write_index(pki, [])
     _write_crl(pki, cert, key, [])
     return pki / "ca.crt"
@@ -185,7 +178,7 @@ def _write_crl(
                 .build()
             )
     crl = builder.sign(key, hashes.SHA256())
-    _write_public(pki / "crl.pem", crl.public_bytes(serialization.Encoding.PEM))
+    write_atomic(pki / "crl.pem", crl.public_bytes(serialization.Encoding.PEM))
 
 
 def _valid_name(name: str) -> str:
@@ -257,7 +250,7 @@ def issue(
         )
     cert = builder.sign(ca_key, hashes.SHA256())
     _write_private(key_path, _key_pem(key))
-    _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     entries.append(
         {
             "serial": serial,

@@ -4,7 +4,8 @@
 never leaves the build machine) and ``atoll-ed25519.pub`` (the raw 32-byte
 public key in base64, ostree's format for ed25519 keys, which images carry in
 ``/usr/lib/atoll/trusted-keys.d/``; key ids and the key file format are
-:mod:`atoll.wire.channel`'s). Both files are written atomically and durably.
+:mod:`atoll.wire.channel`'s). Both files are written atomically and durably,
+and never over an existing one (:func:`atoll.durable.write_atomic`).
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ def init_keys(directory: Path) -> tuple[Path, Path, str]:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    write_atomic(private, pem, mode=0o600)
+    write_atomic(private, pem, mode=0o600, exclusive=True)
     raw = public_bytes(key)
-    write_atomic(public, base64.b64encode(raw).decode() + "\n")
+    write_atomic(public, base64.b64encode(raw).decode() + "\n", exclusive=True)
     return private, public, key_id(raw)
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from atoll.durable import write_atomic
 from atoll.errors import AtollError, InputError
 from atoll.progress import Reporter
 from atoll.publish.channels import (
@@ -63,7 +64,7 @@ def _init_updates(updates: Path, key: Ed25519PrivateKey) -> Path:
     ostree.init_repo(repo, mode="archive")
     (updates / "channels").mkdir(parents=True, exist_ok=True)
     # The public key beside the channels, for operators; nodes trust the copy in their image.
-    (updates / PUBLIC_NAME).write_text(base64.b64encode(public_bytes(key)).decode() + "\n")
+    write_atomic(updates / PUBLIC_NAME, base64.b64encode(public_bytes(key)).decode() + "\n")
     return repo
 
 

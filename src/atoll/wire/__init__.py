@@ -17,8 +17,9 @@ Each module owns one format, and is the only place that writes or reads it:
 * :mod:`~atoll.wire.fleet`: the fleet protocol as typed messages, and the
   HTTP client of the controller (the agent, the fleet CLI, benchmarks, demo).
 
-Standard library only, and nothing outside this package: the agent runs on the
-node with Debian's python3 and ships this package beside itself
-(``compose.customize.install_agent``). ``tests/unit/test_boundaries.py``
+Standard library only, and nothing outside this package but
+:mod:`atoll.durable` (itself standard library only; ``bootentry`` writes the
+ESP's files with it): the agent runs on the node with Debian's python3 and
+ships both beside itself (``compose.customize.install_agent``). ``tests/unit/test_boundaries.py``
 enforces it.
 """

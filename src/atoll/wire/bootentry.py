@@ -30,7 +30,8 @@ and boots the first one: ``ostree-2-atoll`` (the newest deployment) before
 Plan, then apply: :func:`plan_sync` compares the entries with what the ESP
 holds and returns the list of actions; :func:`apply_plan` performs them,
 kernels before entries and removals last, so an interrupted sync never leaves
-an entry pointing at a missing kernel. Standard library only.
+an entry pointing at a missing kernel. Standard library only (and
+:mod:`atoll.durable`, itself standard library only).
 """
 
 from __future__ import annotations
@@ -38,11 +39,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
+
+from atoll import durable
 
 ENTRIES_DIR = "loader/entries"
 LOADER_CONF = "loader/loader.conf"
@@ -283,7 +285,8 @@ def _entry_file_names(entries_dir: Path) -> dict[str, str]:
 
 
 def apply_plan(actions: Sequence[Action], boot_dir: Path, esp: Path) -> None:
-    """Perform ``actions`` (from :func:`plan_sync`) in order; each write is atomic.
+    """Perform ``actions`` (from :func:`plan_sync`) in order; each write is atomic
+    (:mod:`atoll.durable`).
 
     Ends with sync(2): FAT has no journal and its renames live in directories,
     so only then does a power cut keep what was written (the agent marks an
@@ -297,22 +300,12 @@ def apply_plan(actions: Sequence[Action], boot_dir: Path, esp: Path) -> None:
             else:
                 target.unlink(missing_ok=True)
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
         # FAT has no atomic rename over an existing file in every driver, but
         # Linux's vfat does rename(2) atomically enough for a single entry.
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".atoll-")
-        os.close(fd)
-        try:
-            if action.kind is ActionKind.COPY:
-                shutil.copyfile(boot_dir / action.source.lstrip("/"), tmp)
-            else:
-                Path(tmp).write_text(action.content)
-            with open(tmp, "rb") as written:
-                os.fsync(written.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        if action.kind is ActionKind.COPY:
+            durable.copy(boot_dir / action.source.lstrip("/"), target)
+        else:
+            durable.write_atomic(target, action.content)
     os.sync()
 
 
