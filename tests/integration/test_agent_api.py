@@ -62,7 +62,7 @@ def live(tmp_path: Path) -> Iterator[Live]:
     commands: list[list[str]] = []
     restarts: list[list[str]] = []
 
-    def run(argv: Sequence[str]) -> str:
+    def run(argv: Sequence[str], *, timeout: float) -> str:
         commands.append(list(argv))
         return BOOTED if list(argv) == ["ostree", "admin", "status"] else ""
 

@@ -1,15 +1,19 @@
 """Fuzz the agent API from its own OpenAPI document (schemathesis), over real mutual TLS.
 
 Every operation gets generated bodies and queries, valid and invalid; the agent must
-never answer 5xx and only with the statuses its document declares. The agent runs
-in-process on 127.0.0.1 with recording runners (no host service or ostree is touched).
+never answer 5xx and only with the statuses its document declares, and must audit
+every answer (one record, with its status). The agent runs in-process on 127.0.0.1
+with recording runners (no host service or ostree is touched). Raw, hostile bytes
+are ``test_agent_http_fuzz.py``'s.
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -36,8 +40,9 @@ BOOTED = "* atoll " + "ab" * 32 + ".0\n    Version: 1.0.0\n"
 
 
 class Live:
-    def __init__(self, base_url: str, pki: Path) -> None:
+    def __init__(self, base_url: str, pki: Path, audit: Path) -> None:
         self.base_url = base_url
+        self.audit = audit
         self.verify = str(pki / "ca.crt")
         self.cert = (str(pki / "clients/ada.crt"), str(pki / "clients/ada.key"))
 
@@ -52,7 +57,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     (root / "usr/lib").mkdir(parents=True)
     (root / "usr/lib/os-release").write_text("IMAGE_ID=atoll\nIMAGE_VERSION=1.0.0\n")
 
-    def commands(argv: Sequence[str]) -> str:
+    def commands(argv: Sequence[str], *, timeout: float) -> str:
         return BOOTED if list(argv) == ["ostree", "admin", "status"] else ""
 
     config = AgentConfig(
@@ -69,7 +74,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     server = AgentServer(("127.0.0.1", 0), Agent(config))
     serve_in_thread(server)
     try:
-        yield Live(f"https://127.0.0.1:{server.server_address[1]}", pki)
+        yield Live(f"https://127.0.0.1:{server.server_address[1]}", pki, config.audit_path)
     finally:
         server.shutdown()
         server.server_close()
@@ -83,6 +88,17 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 def test_api_never_fails_on_any_input(case: schemathesis.Case, live: Live) -> None:
+    before = _records(live.audit)
     response = case.call(base_url=live.base_url, verify=live.verify, cert=live.cert, timeout=10)
     assert response.status_code < 500, (case.method, case.path, case.body, response.text)
     case.validate_response(response, checks=(status_code_conformance,))
+    records = _records(live.audit)[len(before) :]
+    assert [(r["who"], r["what"], r["result"]) for r in records] == [
+        ("ada", f"{case.method} {case.formatted_path}", response.status_code)
+    ], (case.method, case.path, case.body)
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_bytes().splitlines() if line.strip()]

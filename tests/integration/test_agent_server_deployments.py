@@ -10,8 +10,8 @@ import pytest
 
 from atoll.agent.server import Agent, AgentConfig, AgentServer, serve_in_thread
 from atoll.pki import Kind, Role, init, issue
+from tests.integration.test_agent_server import Node
 from tests.unit.test_agent_deployments import AFTER_REBOOT, NEW, OLD, PENDING
-from tests.unit.test_agent_server import Node
 
 
 class Ostree:
@@ -22,7 +22,7 @@ class Ostree:
         self.calls: list[list[str]] = []
         self.synced = 0
 
-    def run(self, argv: Sequence[str]) -> str:
+    def run(self, argv: Sequence[str], *, timeout: float) -> str:
         self.calls.append(list(argv))
         if list(argv[:2]) == ["ostree", "admin"] and argv[2] == "status":
             return self.status
@@ -116,6 +116,8 @@ def test_viewer_may_not_deploy(setup: tuple[Node, Ostree]) -> None:
     ("path", "body", "names"),
     [
         ("/v1/upgrade", {"to": "--os=x"}, "to: "),
+        ("/v1/upgrade", {"to": "atoll/stable\n"}, "to: "),  # `$` let a trailing newline in
+        ("/v1/upgrade", {"to": "ab" * 32 + "\n"}, "to: "),
         ("/v1/upgrade", {"to": 3}, "to: expected str"),
         ("/v1/upgrade", {"reboot": "yes"}, "reboot: expected bool"),
         ("/v1/upgrade", {"when": "now"}, "when: unknown field"),

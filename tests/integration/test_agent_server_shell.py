@@ -19,13 +19,15 @@ from typing import Any
 
 import pytest
 
-from atoll.agent.logs import LogsQuery, format_entry, parse_export, parse_query
+from atoll.agent.logs import LogsQuery, parse_export, parse_query
 from atoll.agent.server import Agent, AgentConfig, AgentServer, serve_in_thread
 from atoll.agent.shell import CommandRuntime, SessionId
 from atoll.errors import AtollError
+from atoll.ops.cli import parse_ttl
 from atoll.ops.client import NodeClient
-from atoll.ops.shell import ShellError, open_shell, parse_ttl, relay
+from atoll.ops.shell import ShellError, open_shell, relay
 from atoll.pki import Kind, Role, init, issue
+from atoll.wire.logentry import format_entry
 
 # What `journalctl -o json` prints (fields trimmed); MESSAGE as bytes when not UTF-8.
 EXPORT = "\n".join(
@@ -61,6 +63,8 @@ class Live:
         conn = http.client.HTTPSConnection("127.0.0.1", self.server.server_address[1], context=ctx)
         try:
             data = None if body is None else json.dumps(body).encode()
+            if data is not None:  # JSON bodies are accepted only as such
+                headers = {"Content-Type": "application/json", **headers}
             conn.request(method, path, body=data, headers=headers)
             response = conn.getresponse()
             return response.status, json.loads(response.read())
@@ -83,7 +87,7 @@ def live(tmp_path: Path) -> Iterator[Live]:
     (root / "usr/lib/os-release").write_text("IMAGE_ID=atoll\nIMAGE_VERSION=1.0.0\n")
     commands: list[list[str]] = []
 
-    def run(argv: Sequence[str]) -> str:
+    def run(argv: Sequence[str], *, timeout: float) -> str:
         commands.append(list(argv))
         return EXPORT if argv[0] == "journalctl" else ""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,7 +82,7 @@ def test_a_change_is_rendered_atomically_and_restarts_only_what_depends_on_it(
         "systemd-timesyncd.service",
     ]
     assert store.current() == new
-    assert not list(tmp_path.rglob("*.atoll-tmp"))
+    assert not list(tmp_path.rglob(".*.tmp"))
 
     runner.calls.clear()
     store.set({"network.ntp.servers": []})
@@ -132,7 +133,7 @@ def test_concurrent_changes_are_applied_one_at_a_time(tmp_path: Path) -> None:
         t.join()
     assert errors == []
     assert store.current()["hostname"].startswith("node-")
-    assert not list(tmp_path.rglob("*.atoll-tmp"))
+    assert not list(tmp_path.rglob(".*.tmp"))
 
 
 def test_controller_replicas_are_accepted() -> None:
@@ -152,3 +153,83 @@ def test_the_first_change_keeps_the_provisioned_host_name(tmp_path: Path) -> Non
     (tmp_path / "etc/atoll/settings.json").unlink()
     (tmp_path / "etc/hostname").write_text("Not A Host Name\n")
     assert store.current()["hostname"] == defaults()["hostname"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        # a trailing newline passed every `...$` pattern: one more line in a line-oriented file
+        {"hostname": "node-1\n"},
+        {"network.ntp.servers": ["ntp.example\n"]},
+        {"network.dns.servers": ["fe80::1%eth0\nDNS=192.0.2.66"]},  # a scope id took anything
+        {"network.dns.servers": ["fe80::1%eth 0"]},
+        {"kernel.sysctls": {"vm.swappiness\n": 1}},
+        {"kernel.sysctls": {"vm.swappiness": "1\r"}},
+        {"kernel.sysctls": {"vm.swappiness": "1\x00"}},
+        {"kernel.sysctls": {"kernel.core_pattern": "|/bin/x\u2028y"}},
+        {"kernel.sysctls": {"vm.swappiness": 2**64}},
+        {"kernel.args": ["quiet\n"]},
+        {"containers.registry_mirrors": {"docker.io\n": ["https://m.example"]}},
+        {"containers.registry_mirrors": {"..": ["https://m.example"]}},  # certs.d/../hosts.toml
+        {"containers.registry_mirrors": {"docker.io": ["https://m.example/\n"]}},
+        {"containers.registry_mirrors": {"docker.io": ['https://m.example/"]\n[x']}},
+        {"updates.server": "https://updates.example/\n"},
+        {"updates.server": "https://updates.example/\ud800"},  # a lone surrogate
+        {"updates.server": "https://updates.example/\u00e4"},
+        {"updates.channel": "stable\n"},
+        {"updates.maintenance_window": "daily 02:00-04:00\n"},
+        {"updates.maintenance_window": "daily 0\u0662:00-04:00"},  # an Arabic-Indic digit
+        {"fleet.controller": "https://c.example:9443\n"},
+        {"fleet.controller": "http://a/\ud800"},
+        {"hostname": "a" * 40 + "." + "b" * 40},  # over the kernel's 64
+    ],
+)
+def test_values_for_line_oriented_files_hold_no_control_characters(
+    change: dict[str, Any], tmp_path: Path
+) -> None:
+    key = next(iter(change))
+    with pytest.raises(SettingsError) as caught:
+        merge(defaults(), change)
+    assert caught.value.problems[0].startswith(key), caught.value.problems
+    store = SettingsStore(tmp_path, Recorder())
+    with pytest.raises(SettingsError):
+        store.set(change)
+    assert not (tmp_path / "etc").exists()  # validated before anything was written
+
+
+def test_every_rendered_file_is_ascii_and_one_entry_per_line(tmp_path: Path) -> None:
+    store = SettingsStore(tmp_path, Recorder())
+    store.set(
+        {
+            "hostname": "node-1",
+            "network.ntp.servers": ["ntp.example", "fe80::1%eth0"],
+            "kernel.sysctls": {"vm.swappiness": 10, "kernel.core_pattern": "|/bin/x %p"},
+            "containers.registry_mirrors": {"registry.example:5000": ["https://m.example/v2?x=1"]},
+            "fleet.controller": "https://c.example:9443,https://[fd00::1]:9443",
+        }
+    )
+    sysctl = (tmp_path / "etc/sysctl.d/90-atoll.conf").read_text()
+    assert sysctl == "kernel.core_pattern = |/bin/x %p\nvm.swappiness = 10\n"
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert path.read_bytes().isascii(), path
+
+
+def test_a_stored_value_refused_today_is_named_and_can_be_replaced(tmp_path: Path) -> None:
+    """settings.json written by an agent that let a value in: named, and fixable by a change."""
+    store = SettingsStore(tmp_path, Recorder())
+    store.set({"hostname": "node-1", "network.ntp.servers": ["ntp.example"]})
+    path = tmp_path / "etc/atoll/settings.json"
+    stored = json.loads(path.read_text())
+    path.write_text(json.dumps({**stored, "hostname": "node-1\n"}))
+    with pytest.raises(SettingsError, match=r"settings\.json: hostname: 'node-1\\n'"):
+        store.current()
+    with pytest.raises(SettingsError, match="hostname: 'node-1"):
+        store.set({"kernel.args": ["quiet"]})  # the stored value must be replaced too
+    assert store.set({"hostname": "node-2", "kernel.args": ["quiet"]})["hostname"] == "node-2"
+    assert store.current()["network.ntp.servers"] == ["ntp.example"]
+    assert (tmp_path / "etc/hostname").read_text() == "node-2\n"
+    for broken in ("{not json", "[1]", "\udcff"):
+        path.write_bytes(broken.encode("utf-8", "surrogateescape"))
+        with pytest.raises(SettingsError, match=r"settings\.json: "):
+            store.current()

@@ -27,6 +27,7 @@ import datetime
 import fcntl
 import hashlib
 import json
+import math
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -36,24 +37,68 @@ from typing import Any
 GENESIS = "0" * 64
 _SECRET_WORDS = ("password", "secret", "token", "key", "credential")
 MASK = "***"
+MAX_DEPTH = 64  # nesting kept in a record; deeper values are cut (a body nests at most 32)
+_INT_LIMIT = 2**64  # larger integers are recorded by their size (printing them can fail)
+_TAIL_STEP = 8192
 
 
-def mask_secrets(value: Any) -> Any:
-    """A copy of ``value`` with every mapping entry whose key names a secret replaced."""
-    if isinstance(value, Mapping):
-        return {
-            str(k): MASK
-            if any(word in str(k).lower() for word in _SECRET_WORDS)
-            else mask_secrets(v)
-            for k, v in value.items()
-        }
-    if isinstance(value, list | tuple):
-        return [mask_secrets(v) for v in value]
+def _text(value: str) -> str:
+    """``value`` as text that UTF-8 can encode: a lone surrogate becomes ``\\udXXX``."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
     return value
 
 
+def _secret(key: str) -> bool:
+    return any(word in key.lower() for word in _SECRET_WORDS)
+
+
+def _scalar(value: Any) -> Any:
+    """A JSON scalar for ``value``: text, a finite number, a boolean or null."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return (
+            value if -_INT_LIMIT < value < _INT_LIMIT else f"<integer of {value.bit_length()} bits>"
+        )
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, str):
+        return _text(value)
+    try:
+        return _text(str(value))
+    except Exception:  # a value whose str() fails is still recorded, by its type
+        return f"<{type(value).__name__}>"
+
+
+def mask_secrets(value: Any, depth: int = 0) -> Any:
+    """A copy of ``value`` fit for a record: every mapping entry whose key names a secret
+    replaced, only JSON types and UTF-8-encodable text, cut below :data:`MAX_DEPTH` levels.
+
+    Recursion is bounded by ``MAX_DEPTH`` whatever ``value`` is, so no request can
+    make recording it fail (a record that cannot be written is a request that
+    escaped the audit).
+    """
+    if not isinstance(value, Mapping | list | tuple):
+        return _scalar(value)
+    if depth >= MAX_DEPTH:
+        return f"<nested deeper than {MAX_DEPTH} levels>"
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            key = _text(k) if isinstance(k, str) else str(_scalar(k))
+            out[key] = MASK if _secret(key) else mask_secrets(v, depth + 1)
+        return out
+    return [mask_secrets(v, depth + 1) for v in value]
+
+
 def _canonical(record: Mapping[str, Any]) -> bytes:
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    text = json.dumps(
+        record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+    return text.encode()
 
 
 def record_hash(record: Mapping[str, Any]) -> str:
@@ -88,17 +133,7 @@ class AuditLog:
 
     def _tail(self) -> tuple[int, str]:
         """The next seq and the last hash, read from the file itself (not a cache)."""
-        last = b""
-        try:
-            with self.path.open("rb") as f:
-                f.seek(0, os.SEEK_END)
-                size = f.tell()
-                chunk = min(size, 65536)
-                f.seek(size - chunk)
-                lines = [line for line in f.read(chunk).splitlines() if line.strip()]
-                last = lines[-1] if lines else b""
-        except FileNotFoundError:
-            pass
+        last = _last_line(self.path)
         if not last:
             return 0, GENESIS
         record = json.loads(last)
@@ -126,6 +161,9 @@ class AuditLog:
             return record
 
     def _write_head(self, seq: int, digest: str) -> None:
+        # Not atoll.durable.write_atomic: its fsync of the directory would add about
+        # 0.2 ms to every request, `GET /v1/status` included. A rename lost to a power
+        # cut leaves the previous head, which verify() reports; the log itself is fsynced.
         tmp = self.head_path.with_name(self.head_path.name + ".tmp")
         with tmp.open("w") as f:
             json.dump({"seq": seq, "hash": digest}, f)
@@ -142,6 +180,27 @@ class AuditLog:
 
     def verify(self) -> Verdict:
         return verify(self.path)
+
+
+def _last_line(path: Path) -> bytes:
+    """The log's last non-empty line, however long (read backwards in steps)."""
+    try:
+        f = path.open("rb")
+    except FileNotFoundError:
+        return b""
+    with f:
+        end = f.seek(0, os.SEEK_END)
+        tail = b""
+        while end > 0:
+            step = min(end, max(_TAIL_STEP, len(tail)))
+            end -= step
+            f.seek(end)
+            tail = f.read(step) + tail
+            text = tail.rstrip()
+            start = text.rfind(b"\n")
+            if start >= 0:
+                return text[start + 1 :]
+        return tail.strip()
 
 
 def _read(path: Path) -> Iterator[tuple[int, Any]]:

@@ -1,16 +1,20 @@
 """The agent's HTTPS API: mutual TLS, roles from the client certificate, every request audited.
 
-``ThreadingHTTPServer`` + ``ssl`` (standard library only; runs on the node).
-The TLS handshake is done per connection in the worker thread (not in
-``accept``), so a refused client (no certificate, another CA, expired,
-revoked via the CRL) is *audited* with its address and OpenSSL's reason
-instead of vanishing inside socketserver.
+:mod:`socketserver` + ``ssl`` (standard library only; runs on the node), with
+the requests read, framed and answered by :mod:`atoll.agent.connection` and
+:mod:`atoll.agent.framing` (strict HTTP/1.1, bounded in size, time and number
+of connections; every refusal audited). The TLS handshake is done per
+connection in the worker thread (not in ``accept``), so a refused client (no
+certificate, another CA, expired, revoked via the CRL) is *audited* with its
+address and OpenSSL's reason instead of vanishing inside socketserver.
 
 Authorisation: the certificate's subject ``OU`` is the role (issued by
 ``atoll pki``); each route names the least role allowed (viewer < operator <
 admin). A request from a role below it gets 403, audited. Bodies are JSON
-objects validated completely before any change; bad input is a 4xx whose
-``error`` names the field, and a handler bug is a 500 that is still audited.
+objects (``Content-Type: application/json``, decoded strictly by
+:mod:`atoll.agent.jsonbody`) validated completely before any change; bad input
+is a 4xx whose ``error`` names the field, and a handler bug is a 500 that is
+still audited.
 
 Routes (``ROUTES`` drives dispatch and the OpenAPI document):
 ``GET /v1/status``, ``GET /v1/health`` (the last record of
@@ -33,23 +37,32 @@ ends, and its end (exit status, transcript digest) audited as ``shell end``.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
+import socketserver
 import ssl
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
-from atoll.agent import bootentries, health
+from atoll.agent import bootentries, command, health
 from atoll.agent.audit import AuditLog
+from atoll.agent.connection import (
+    Connection,
+    Gone,
+    HttpLimits,
+    Listener,
+    Log,
+    json_body,
+    log_to_stderr,
+)
 from atoll.agent.deployments import (
     COMMIT,
     REF,
@@ -57,12 +70,12 @@ from atoll.agent.deployments import (
     DeploymentError,
     Deployments,
     SyncHook,
-    subprocess_runner,
 )
+from atoll.agent.framing import MAX_BODY, RequestError, RequestHead, is_json, shown
+from atoll.agent.jsonbody import BodyError, decode_object
 from atoll.agent.logs import MAX_LINES, LogsInputError, parse_export, parse_query
 from atoll.agent.settings import ApplyError, Runner, SettingsError, SettingsStore
 from atoll.agent.shell import (
-    PROTOCOL,
     TRANSCRIPT_DIR,
     Clock,
     ContainerdRuntime,
@@ -72,8 +85,11 @@ from atoll.agent.shell import (
     ShellSession,
     parse_request,
 )
+from atoll.wire.shellframe import PROTOCOL
 
-MAX_BODY = 64 * 1024
+SHELL_SOCKET_TIMEOUT = 30.0  # a blocked write to a shell client gives up after this
+DEFAULT_LIMITS = HttpLimits()
+JOURNAL_TIMEOUT = 60.0  # seconds for journalctl to export up to MAX_LINES entries
 
 
 class Role(IntEnum):
@@ -87,11 +103,20 @@ class Identity:
     name: str
     role: Role | None
 
+    @property
+    def role_name(self) -> str | None:
+        return self.role.name.lower() if self.role else None
+
 
 class ApiError(Exception):
-    def __init__(self, status: HTTPStatus, message: str) -> None:
+    """A request refused with ``status``; ``fields`` go into the answer's head (``Allow``)."""
+
+    def __init__(
+        self, status: HTTPStatus, message: str, fields: tuple[tuple[str, str], ...] = ()
+    ) -> None:
         super().__init__(message)
         self.status = status
+        self.fields = fields
 
 
 @dataclass(frozen=True)
@@ -103,7 +128,7 @@ class AgentConfig:
     ca: Path
     crl: Path | None
     runner: Runner
-    commands: CommandRunner = subprocess_runner  # ostree admin, systemctl reboot
+    commands: CommandRunner = command.output  # ostree admin, systemctl reboot, journalctl
     sync: SyncHook = bootentries.sync_node  # boot entries onto the ESP after a deploy
     shell_runtime: Runtime = field(default_factory=ContainerdRuntime)  # on a shell's pty
     shell_clock: Clock = time.monotonic  # measures a shell's TTL
@@ -152,13 +177,22 @@ class Agent:
     def status(self, _: Identity, __: dict[str, Any], ___: dict[str, list[str]]) -> Any:
         release = _read_os_release(self.config.root)
         return {
-            "hostname": self.settings.current()["hostname"],
+            "hostname": self._hostname(),
             "image": release.get("IMAGE_ID", ""),
             "version": release.get("IMAGE_VERSION", release.get("VERSION_ID", "")),
             "agent_uptime_seconds": round(time.monotonic() - self.started, 3),
             **self._deployments(),
             "health": self._health_summary(),
         }
+
+    def _hostname(self) -> str:
+        try:
+            return str(self.settings.current()["hostname"])
+        except SettingsError:  # an unusable settings.json: status still answers
+            try:
+                return (self.config.root / "etc/hostname").read_text().strip()
+            except (OSError, UnicodeDecodeError):
+                return ""
 
     def _health_summary(self) -> dict[str, Any] | None:
         record = health.read_record(self.config.root)
@@ -182,7 +216,7 @@ class Agent:
     def upgrade(self, _: Identity, body: dict[str, Any], __: dict[str, list[str]]) -> Any:
         _check_fields(body, {"to": str, "reboot": bool})
         to = body.get("to")
-        if to is not None and not (COMMIT.match(to) or REF.match(to)):
+        if to is not None and not (COMMIT.fullmatch(to) or REF.fullmatch(to)):
             raise ApiError(HTTPStatus.BAD_REQUEST, f"to: {to!r} is neither a commit nor a ref")
         return self._deploy(lambda: self.deployments.upgrade(to), bool(body.get("reboot")))
 
@@ -204,7 +238,10 @@ class Agent:
         return result
 
     def settings_get(self, _: Identity, __: dict[str, Any], ___: dict[str, list[str]]) -> Any:
-        return self.settings.current()
+        try:
+            return self.settings.current()
+        except SettingsError as e:  # settings.json itself, not the request: fix it by a PATCH
+            raise ApiError(HTTPStatus.CONFLICT, str(e)) from e
 
     def settings_patch(self, _: Identity, body: dict[str, Any], __: dict[str, list[str]]) -> Any:
         try:
@@ -237,7 +274,7 @@ class Agent:
         except LogsInputError as e:
             raise ApiError(HTTPStatus.BAD_REQUEST, str(e)) from e
         try:
-            export = self.config.commands(wanted.argv())
+            export = self.config.commands(wanted.argv(), timeout=JOURNAL_TIMEOUT)
         except (DeploymentError, RuntimeError, OSError) as e:
             raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, f"journalctl: {e}") from e
         return {"unit": wanted.unit, "lines": wanted.lines, "entries": parse_export(export)}
@@ -405,6 +442,8 @@ def openapi_document() -> dict[str, Any]:
         }
         if route.path == "/v1/health":
             op["responses"]["404"] = {"description": "No health check has run yet"}
+        if route.path == "/v1/settings" and route.method == "GET":
+            op["responses"]["409"] = {"description": "settings.json unusable; `error` names why"}
         if route.path == "/v1/audit":
             op["parameters"] = [
                 {"name": n, "in": "query", "schema": {"type": "integer", "minimum": lo}}
@@ -420,6 +459,8 @@ def openapi_document() -> dict[str, Any]:
                 "required": True,
                 "content": {"application/json": {"schema": schema}},
             }
+            op["responses"]["413"] = {"description": f"Body over {MAX_BODY} bytes"}
+            op["responses"]["415"] = {"description": "Body not sent as application/json"}
             if route.schema is None:
                 op["responses"]["422"] = {"description": "Invalid setting; `error` names the key"}
                 op["responses"]["409"] = {"description": "Apply failed; previous settings restored"}
@@ -439,158 +480,168 @@ def openapi_document() -> dict[str, Any]:
     }
 
 
-class _RequestHandler(BaseHTTPRequestHandler):
-    server: AgentServer
-    protocol_version = "HTTP/1.1"
+UNIX_ROOT = Identity("unix:root", Role.ADMIN)  # the root-only Unix socket
+_REASON_SHOWN = 1000  # characters of a refusal's reason kept in its audit record
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # the audit log is the record; no stderr noise per request
 
-    def _identity(self) -> Identity:
-        if isinstance(self.connection, ssl.SSLSocket):
-            return identity_from_peer(self.connection.getpeercert())
-        return Identity("unix:root", Role.ADMIN)  # the root-only Unix socket
-
-    def _send(self, status: HTTPStatus, payload: Any) -> None:
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _dispatch(self, method: str) -> None:
-        who = self._identity()
-        url = urlsplit(self.path)
-        status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
-        params: Any = None
-        payload: Any
-        try:
-            matches = [r for r in ROUTES if r.path == url.path]
-            route = next((r for r in matches if r.method == method), None)
-            if not matches:
-                raise ApiError(HTTPStatus.NOT_FOUND, f"{url.path}: no such endpoint")
-            if route is None:
-                raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} {url.path}: not allowed")
-            if who.role is None or who.role < route.role:
-                raise ApiError(
-                    HTTPStatus.FORBIDDEN,
-                    f"{method} {url.path}: needs role {route.role.name.lower()}",
-                )
-            body: dict[str, Any] = {}
-            if route.has_body:
-                body = self._body()
-                params = body
-            payload = route.handler(self.server.agent, who, body, parse_qs(url.query))
-            if isinstance(payload, ShellSession):
-                self._shell(who, route, payload)
-                return
-            status = HTTPStatus.OK
-        except ApiError as e:
-            status = e.status
-            payload = {"error": str(e)}
-        except Exception as e:  # answer and audit, never drop the connection
-            payload = {"error": f"internal error: {type(e).__name__}"}
-        # Audited (and fsynced) before the client sees the answer.
-        self.server.agent.audit.append(
-            who=who.name,
-            role=who.role.name.lower() if who.role else None,
-            what=f"{method} {url.path}",
-            params=params,
-            result=int(status),
+def _route(method: str, path: str) -> Route:
+    matches = [r for r in ROUTES if r.path == path]
+    if not matches:
+        raise ApiError(HTTPStatus.NOT_FOUND, f"{shown(path)}: no such endpoint")
+    route = next((r for r in matches if r.method == method), None)
+    if route is None:
+        allow = ", ".join(r.method for r in matches)
+        raise ApiError(
+            HTTPStatus.METHOD_NOT_ALLOWED, f"{method} {path}: not allowed", (("Allow", allow),)
         )
-        self._send(status, payload)
+    return route
 
-    def _shell(self, who: Identity, route: Route, session: ShellSession) -> None:
-        """Upgrade to the shell protocol, run the session, audit its start and its end."""
-        if (
-            self.headers.get("Upgrade", "").strip().lower() != (route.upgrade or "").lower()
-            or "upgrade" not in self.headers.get("Connection", "").lower()
-        ):
-            raise ApiError(
-                HTTPStatus.UPGRADE_REQUIRED,
-                f"{route.path}: needs Connection: Upgrade and Upgrade: {route.upgrade}",
+
+def _authorise(who: Identity, route: Route) -> None:
+    if who.role is None or who.role < route.role:
+        raise ApiError(
+            HTTPStatus.FORBIDDEN,
+            f"{route.method} {route.path}: needs role {route.role.name.lower()}",
+        )
+
+
+def _body(conn: Connection[Identity], head: RequestHead, route: Route) -> dict[str, Any]:
+    """The request's JSON object: read and decoded only for a route that takes one."""
+    if not route.has_body:
+        if head.content_length:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"body: {route.method} {route.path} takes none")
+        return {}
+    if head.content_length == 0:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"body: expected 1..{MAX_BODY} bytes of JSON")
+    if not is_json(head.field("content-type")):
+        raise ApiError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "Content-Type: expected application/json")
+    if head.expect_continue:
+        conn.send_continue()
+    try:
+        return decode_object(conn.read_body(head.content_length))
+    except BodyError as e:
+        raise ApiError(HTTPStatus.BAD_REQUEST, str(e)) from e
+
+
+@dataclass
+class _Outcome:
+    """What one request comes to: audited first, then answered."""
+
+    status: HTTPStatus = HTTPStatus.INTERNAL_SERVER_ERROR
+    payload: Any = None
+    params: Any = None
+    reason: str | None = None
+    fields: tuple[tuple[str, str], ...] = ()
+
+    def refused(
+        self, status: HTTPStatus, reason: str, fields: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        self.status, self.payload, self.fields = status, {"error": reason}, fields
+        self.reason = reason if len(reason) <= _REASON_SHOWN else reason[:_REASON_SHOWN] + "..."
+
+
+def serve_request(agent: Agent, conn: Connection[Identity], head: RequestHead) -> bool:
+    """Route, authorise, read the body, run the handler; audit, then answer.
+
+    Returns whether the connection may carry another request (not after a body
+    left unread, a ``Connection: close`` or an upgrade to the shell).
+    """
+    conn.what = f"{head.method} {head.path}"
+    outcome = _Outcome()
+    try:
+        route = _route(head.method, head.path)
+        _authorise(conn.peer, route)
+        body = _body(conn, head, route)
+        outcome.params = body if route.has_body else None
+        result = route.handler(agent, conn.peer, body, parse_qs(head.query))
+        if isinstance(result, ShellSession):
+            _open_shell(agent, conn, head, route, result)
+            return False
+        outcome.status, outcome.payload = HTTPStatus.OK, result
+    except RequestError as e:  # the body did not arrive in time: framing, not the handler's
+        return conn.refuse(e)
+    except Gone:
+        raise
+    except ApiError as e:
+        outcome.refused(e.status, str(e), e.fields)
+    except Exception as e:  # a bug: answered and audited, never a dropped connection
+        outcome.refused(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error: {type(e).__name__}")
+        outcome.reason = f"{type(e).__name__}: {e}"[:_REASON_SHOWN]
+        conn.log(f"atoll-agent: {conn.what}: internal error\n{traceback.format_exc()}")
+    return _finish(conn, head, outcome)
+
+
+def _finish(conn: Connection[Identity], head: RequestHead, outcome: _Outcome) -> bool:
+    try:
+        body = json_body(outcome.payload)
+    except (TypeError, ValueError) as e:
+        outcome.refused(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error: {type(e).__name__}")
+        body = json_body(outcome.payload)
+    close = not head.keep_alive or conn.body_pending
+    extra = {"reason": outcome.reason} if outcome.reason is not None else {}
+    try:
+        # Audited (and fsynced) before the client sees the answer.
+        conn.record(what=conn.what, params=outcome.params, result=int(outcome.status), **extra)
+    except Exception as e:  # the disk, not the request: say so rather than answer unrecorded
+        conn.log(f"atoll-agent: audit log: cannot record {conn.what} ({type(e).__name__}: {e})")
+        message = f"audit log: cannot record this request (status {int(outcome.status)})"
+        outcome.status, body, close = (
+            HTTPStatus.SERVICE_UNAVAILABLE, json_body({"error": message}), True
+        )  # fmt: skip
+    conn.answer(
+        outcome.status, body, close=close, fields=outcome.fields, head_only=head.method == "HEAD"
+    )
+    return not close
+
+
+def _open_shell(
+    agent: Agent, conn: Connection[Identity], head: RequestHead, route: Route, session: ShellSession
+) -> None:
+    """Upgrade to the shell protocol, run the session, audit its start and its end."""
+    if (
+        head.field("upgrade").strip().lower() != (route.upgrade or "").lower()
+        or "upgrade" not in head.field("connection").lower()
+    ):
+        raise ApiError(
+            HTTPStatus.UPGRADE_REQUIRED,
+            f"{route.path}: needs Connection: Upgrade and Upgrade: {route.upgrade}",
+        )
+    agent.shells_ready.wait(60)
+    if not agent.shell_slots.acquire(blocking=False):
+        raise ApiError(HTTPStatus.CONFLICT, f"{agent.config.max_shells} shells already open")
+    request = session.request
+    try:
+        conn.record(
+            what=f"POST {route.path}",
+            params={"reason": request.reason, "ttl": request.ttl, "tty": request.tty},
+            result=int(HTTPStatus.SWITCHING_PROTOCOLS),
+            session=session.id,
+            transcript=str(session.transcript_path),
+        )
+        conn.send(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+            f"Upgrade: {route.upgrade or ''}\r\nX-Atoll-Shell: {session.id}\r\n\r\n".encode()
+        )
+        conn.sock.settimeout(SHELL_SOCKET_TIMEOUT)
+
+        def audit_end(result: ShellResult) -> None:
+            conn.record(
+                what="shell end", reason=request.reason, ttl=request.ttl, **result.audit_fields()
             )
-        agent = self.server.agent
-        agent.shells_ready.wait(60)
-        if not agent.shell_slots.acquire(blocking=False):
-            raise ApiError(HTTPStatus.CONFLICT, f"{agent.config.max_shells} shells already open")
-        role = who.role.name.lower() if who.role else None
-        request = session.request
+
         try:
-            agent.audit.append(
-                who=who.name,
-                role=role,
-                what=f"POST {route.path}",
-                params={"reason": request.reason, "ttl": request.ttl, "tty": request.tty},
-                result=int(HTTPStatus.SWITCHING_PROTOCOLS),
+            session.run(conn.sock, on_end=audit_end)
+        except Exception as e:  # after the 101 there is no HTTP answer left to give
+            conn.record(
+                what="shell end",
                 session=session.id,
-                transcript=str(session.transcript_path),
+                reason=request.reason,
+                ttl=request.ttl,
+                end="error",
+                problems=[f"{type(e).__name__}: {e}"],
             )
-            self.close_connection = True
-            self.send_response(HTTPStatus.SWITCHING_PROTOCOLS)
-            self.send_header("Connection", "Upgrade")
-            self.send_header("Upgrade", route.upgrade or "")
-            self.send_header("X-Atoll-Shell", session.id)
-            self.end_headers()
-            self.wfile.flush()
-
-            def audit_end(result: ShellResult) -> None:
-                agent.audit.append(
-                    who=who.name,
-                    role=role,
-                    what="shell end",
-                    reason=request.reason,
-                    ttl=request.ttl,
-                    **result.audit_fields(),
-                )
-
-            try:
-                session.run(self.connection, on_end=audit_end)
-            except Exception as e:  # after the 101 there is no HTTP answer left to give
-                agent.audit.append(
-                    who=who.name,
-                    role=role,
-                    what="shell end",
-                    session=session.id,
-                    reason=request.reason,
-                    ttl=request.ttl,
-                    end="error",
-                    problems=[f"{type(e).__name__}: {e}"],
-                )
-        finally:
-            agent.shell_slots.release()
-
-    def _body(self) -> dict[str, Any]:
-        try:
-            length = int(self.headers.get("Content-Length", "0"))
-        except ValueError as e:
-            raise ApiError(HTTPStatus.BAD_REQUEST, "Content-Length: not an integer") from e
-        if length <= 0 or length > MAX_BODY:
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"body: expected 1..{MAX_BODY} bytes of JSON")
-        raw = self.rfile.read(length)
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"body: not JSON ({e})") from e
-        if not isinstance(body, dict):
-            raise ApiError(HTTPStatus.BAD_REQUEST, "body: expected a JSON object")
-        return body
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_PATCH(self) -> None:
-        self._dispatch("PATCH")
-
-    def do_PUT(self) -> None:
-        self._dispatch("PUT")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
+    finally:
+        agent.shell_slots.release()
 
 
 def tls_context(config: AgentConfig) -> ssl.SSLContext:
@@ -605,21 +656,41 @@ def tls_context(config: AgentConfig) -> ssl.SSLContext:
     return ctx
 
 
-class AgentServer(ThreadingHTTPServer):
+class _AgentListener(Listener[Identity]):
+    """What both listeners share: the agent's routes and its audit log."""
+
+    agent: Agent
+
+    def record(self, **fields: Any) -> object:
+        return self.agent.audit.append(**fields)
+
+    def dispatch(self, conn: Connection[Identity], head: RequestHead) -> bool:
+        return serve_request(self.agent, conn, head)
+
+
+class AgentServer(_AgentListener, socketserver.TCPServer):
     """HTTPS on a TCP address; handshakes in the worker thread so refusals get audited."""
 
-    daemon_threads = True
+    allow_reuse_address = True
     # socketserver's default backlog is 5: a burst of clients overflowed it and the
     # kernel dropped their SYNs, which came back a second later (p99 over 1 s).
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], agent: Agent) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        agent: Agent,
+        *,
+        limits: HttpLimits = DEFAULT_LIMITS,
+        log: Log = log_to_stderr,
+    ) -> None:
         self.agent = agent
         self.tls = tls_context(agent.config)
-        super().__init__(address, _RequestHandler)
+        self.bound(limits, log)
+        super().__init__(address, socketserver.BaseRequestHandler)
 
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        request.settimeout(30)
+    def accept_peer(self, request: Any, address: Any) -> tuple[socket.socket, Identity] | None:
+        request.settimeout(self.limits.head_seconds)
         # headers and body are two TLS records: with Nagle on, the body waited for
         # the client's delayed ACK of the headers (44 ms per kept-alive request)
         request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -627,45 +698,47 @@ class AgentServer(ThreadingHTTPServer):
             tls = self.tls.wrap_socket(request, server_side=True)
         except (ssl.SSLError, OSError) as e:
             reason = getattr(e, "verify_message", "") or getattr(e, "reason", "") or str(e)
-            self.agent.audit.append(
-                who=f"tls:{client_address[0]}",
+            self.record(
+                who=f"tls:{address[0]}",
                 role=None,
                 what="TLS handshake",
                 result="refused",
                 reason=str(reason),
             )
-            return
-        try:
-            super().finish_request(tls, client_address)
-        finally:
-            tls.close()
+            return None
+        return tls, identity_from_peer(tls.getpeercert())
 
 
-class UnixAgentServer(ThreadingHTTPServer):
+class UnixAgentServer(_AgentListener, socketserver.UnixStreamServer):
     """The on-node socket: mode 0600 owned by root, so only root reaches it (acts as admin)."""
 
-    daemon_threads = True
-    address_family = socket.AF_UNIX
-
-    def __init__(self, path: Path, agent: Agent) -> None:
+    def __init__(
+        self,
+        path: Path,
+        agent: Agent,
+        *,
+        limits: HttpLimits = DEFAULT_LIMITS,
+        log: Log = log_to_stderr,
+    ) -> None:
         self.agent = agent
+        self.bound(limits, log)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)
         old = os.umask(0o177)
         try:
-            super().__init__(str(path), _RequestHandler)  # type: ignore[arg-type]
+            super().__init__(str(path), socketserver.BaseRequestHandler)
         finally:
             os.umask(old)
-
-    def server_bind(self) -> None:
-        self.socket.bind(self.server_address)
 
     def get_request(self) -> tuple[Any, Any]:
         conn, _ = self.socket.accept()
         return conn, ("unix", 0)
 
+    def accept_peer(self, request: Any, address: Any) -> tuple[socket.socket, Identity] | None:
+        return request, UNIX_ROOT
 
-def serve_in_thread(server: ThreadingHTTPServer) -> threading.Thread:
+
+def serve_in_thread(server: socketserver.BaseServer) -> threading.Thread:
     thread = threading.Thread(target=server.serve_forever, name="atoll-agent", daemon=True)
     thread.start()
     return thread

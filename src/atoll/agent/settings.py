@@ -7,14 +7,19 @@ settings and the *whole* result is validated before anything is written, so a
 bad value costs nothing (the error names the key).
 
 Applying is plan-then-apply: :func:`render` is pure (settings -> file contents
-relative to the root, plus the units to restart); :meth:`SettingsStore.apply`
-writes only the files whose content changed (write to a temporary file, fsync,
-rename, fsync the directory), removes files the old settings rendered and the
-new ones do not, then restarts the dependent units through an injected command
-runner. If a write or a restart fails, every file is put back to its previous
-content and the units are restarted again, so the node never keeps half a
-change. ``/etc/atoll/settings.json`` is the source of truth; since ``/etc`` is
-three-way merged by ostree, settings survive upgrades.
+relative to the root, plus the units to restart); :meth:`SettingsStore.set`
+writes only the files whose content changed (:func:`atoll.durable.write_atomic`:
+temporary file, fsync, rename, fsync of the directory), removes files the old
+settings rendered and the new ones do not, then restarts the dependent units
+through an injected command runner. If a write or a restart fails, every file
+is put back to its previous content and the units are restarted again, so the
+node never keeps half a change. ``/etc/atoll/settings.json`` is the source of
+truth; since ``/etc`` is three-way merged by ostree, settings survive upgrades.
+
+Values end up in line-oriented files (``/etc/hostname``, ``sysctl.d``, systemd
+drop-ins, containerd's TOML), so every string is printable ASCII and every
+pattern must match the *whole* value: no newline, quote or control character
+can add a line or a key of its own.
 
 Standard library only (runs on the node). ``root`` is ``/`` on a node and a
 temporary directory in tests.
@@ -25,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
-import os
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -33,18 +37,39 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from atoll.durable import sync_directory, write_atomic
+
 Runner = Callable[[Sequence[str]], None]
 """Runs one command (argv); raises on failure. The daemon passes a subprocess runner."""
 
-_HOSTNAME = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*$")
-_SYSCTL = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_-]+)+$")
-_KARG = re.compile(r"^[A-Za-z0-9_.,:/=+-]+$")
-_CHANNEL = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+# Every pattern is matched against the whole value (fullmatch) and in ASCII only:
+# `$` let a trailing newline through and `\d` took any script's digits, and these
+# values end up in line-oriented files (/etc/hostname, sysctl.d, drop-ins, TOML).
+_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+_HOSTNAME = re.compile(rf"{_LABEL}(\.{_LABEL})*", re.ASCII)
+_SYSCTL = re.compile(r"[a-z0-9_]+(\.[a-z0-9_-]+)+", re.ASCII)
+_SYSCTL_VALUE = re.compile(r"[ -~]{0,4096}", re.ASCII)  # printable ASCII, spaces included
+_KARG = re.compile(r"[A-Za-z0-9_.,:/=+-]+", re.ASCII)
+_CHANNEL = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}", re.ASCII)
+_DAY = r"(mon|tue|wed|thu|fri|sat|sun)"
 _WINDOW = re.compile(
-    r"^(?P<days>(mon|tue|wed|thu|fri|sat|sun)(,(mon|tue|wed|thu|fri|sat|sun))*|daily) "
-    r"(?P<start>[01]\d|2[0-3]):[0-5]\d-(?P<end>[01]\d|2[0-3]):[0-5]\d$"
+    rf"(?P<days>{_DAY}(,{_DAY})*|daily) "
+    r"(?P<start>[01][0-9]|2[0-3]):[0-5][0-9]-(?P<end>[01][0-9]|2[0-3]):[0-5][0-9]",
+    re.ASCII,
 )
-_REGISTRY = re.compile(r"^[a-z0-9.-]+(:\d{1,5})?$")
+_REGISTRY = re.compile(rf"{_LABEL}(\.{_LABEL})*(:[0-9]{{1,5}})?", re.ASCII)
+_SCOPED_IP = re.compile(r"[0-9A-Fa-f:.]+(%[A-Za-z0-9_.-]{1,15})?", re.ASCII)
+# RFC 3986's characters only: no space, quote, backslash or control character.
+_URL = re.compile(
+    r"https?://(?P<host>[^/:]+|\[[0-9a-f:]+\])(:[0-9]{1,5})?"
+    r"(/[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=%-]*)?",
+    re.ASCII,
+)
+_PRINTABLE = re.compile(r"[ -~]*", re.ASCII)
+MAX_HOSTNAME = 64  # the kernel's HOST_NAME_MAX
+MAX_FQDN = 253
+MAX_URL = 2048
+_SHOWN = 80  # characters of a refused value quoted in a message
 
 
 class SettingsError(ValueError):
@@ -59,7 +84,19 @@ class ApplyError(RuntimeError):
     """Writing or restarting failed; the previous settings were restored."""
 
 
+def _quoted(text: str) -> str:
+    """``text`` quoted for a message: escaped (a newline shows as ``\\n``), clipped."""
+    return repr(text[:_SHOWN]) + ("..." if len(text) > _SHOWN else "")
+
+
+def _shown(text: str) -> str:
+    """A name for a message: as it is when printable and short, else quoted."""
+    return text if len(text) <= _SHOWN and _PRINTABLE.fullmatch(text) else _quoted(text)
+
+
 def _ip(value: str) -> bool:
+    if not _SCOPED_IP.fullmatch(value):
+        return False
     try:
         ipaddress.ip_address(value)
     except ValueError:
@@ -68,22 +105,24 @@ def _ip(value: str) -> bool:
 
 
 def _host_or_ip(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-        return True
-    except ValueError:
-        return bool(_HOSTNAME.match(value)) and len(value) <= 253
+    return _ip(value) or (bool(_HOSTNAME.fullmatch(value)) and len(value) <= MAX_FQDN)
+
+
+def _hostname(value: str) -> bool:
+    return bool(_HOSTNAME.fullmatch(value)) and len(value) <= MAX_HOSTNAME
 
 
 def _url(value: str) -> bool:
-    m = re.match(r"^https?://([^/:]+|\[[0-9a-f:]+\])(:\d{1,5})?(/[^\s]*)?$", value)
-    return bool(m) and _host_or_ip(m.group(1).strip("[]")) if m else False
+    m = _URL.fullmatch(value)
+    return m is not None and len(value) <= MAX_URL and _host_or_ip(m.group("host").strip("[]"))
 
 
 def _check_str(key: str, value: Any, ok: Callable[[str], bool], what: str) -> list[str]:
     if not isinstance(value, str):
         return [f"{key}: expected a string, got {type(value).__name__}"]
-    return [] if ok(value) else [f"{key}: {value!r} is not {what}"]
+    if _PRINTABLE.fullmatch(value) and ok(value):
+        return []
+    return [f"{key}: {_quoted(value)} is not {what}"]
 
 
 def _check_list(key: str, value: Any, ok: Callable[[str], bool], what: str, most: int) -> list[str]:
@@ -99,15 +138,25 @@ def _check_list(key: str, value: Any, ok: Callable[[str], bool], what: str, most
     return problems
 
 
+def _sysctl_value(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**64
+    return isinstance(value, str) and bool(_SYSCTL_VALUE.fullmatch(value))
+
+
 def _check_sysctls(key: str, value: Any) -> list[str]:
     if not isinstance(value, dict):
         return [f"{key}: expected an object of name -> value, got {type(value).__name__}"]
     problems = []
     for name, v in value.items():
-        if not _SYSCTL.match(name):
-            problems.append(f"{key}.{name}: not a sysctl name")
-        elif not isinstance(v, str | int) or isinstance(v, bool) or "\n" in str(v):
-            problems.append(f"{key}.{name}: expected a string or integer value")
+        if not _SYSCTL.fullmatch(name):
+            problems.append(f"{key}.{_shown(name)}: not a sysctl name")
+        elif not _sysctl_value(v):
+            problems.append(
+                f"{key}.{name}: expected a 64-bit integer or up to 4096 printable ASCII characters"
+            )
     return problems
 
 
@@ -116,8 +165,8 @@ def _check_mirrors(key: str, value: Any) -> list[str]:
         return [f"{key}: expected an object of registry -> [mirror URLs]"]
     problems = []
     for registry, mirrors in value.items():
-        if not _REGISTRY.match(registry):
-            problems.append(f"{key}.{registry}: not a registry host name")
+        if not _REGISTRY.fullmatch(registry) or len(registry) > MAX_FQDN:
+            problems.append(f"{key}.{_shown(registry)}: not a registry host name")
         else:
             problems += _check_list(f"{key}.{registry}", mirrors, _url, "an http(s) URL", 8)
     return problems
@@ -135,8 +184,8 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "hostname",
         "atoll",
-        lambda k, v: _check_str(k, v, lambda s: bool(_HOSTNAME.match(s)), "a host name"),
-        "the node's host name (lower case)",
+        lambda k, v: _check_str(k, v, _hostname, "a host name"),
+        "the node's host name (lower case, at most 64 characters)",
     ),
     Field(
         "network.ntp.servers",
@@ -154,7 +203,7 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "kernel.args",
         [],
-        lambda k, v: _check_list(k, v, lambda s: bool(_KARG.match(s)), "a kernel argument", 32),
+        lambda k, v: _check_list(k, v, lambda s: bool(_KARG.fullmatch(s)), "a kernel argument", 32),
         "extra kernel arguments, taken into account by the next upgrade or deploy",
     ),
     Field(
@@ -172,14 +221,17 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "updates.channel",
         "stable",
-        lambda k, v: _check_str(k, v, lambda s: bool(_CHANNEL.match(s)), "a channel name"),
+        lambda k, v: _check_str(k, v, lambda s: bool(_CHANNEL.fullmatch(s)), "a channel name"),
         "the update channel followed",
     ),
     Field(
         "updates.maintenance_window",
         "",
         lambda k, v: _check_str(
-            k, v, lambda s: s == "" or bool(_WINDOW.match(s)), "'daily HH:MM-HH:MM' or 'sat,sun …'"
+            k,
+            v,
+            lambda s: s == "" or bool(_WINDOW.fullmatch(s)),
+            "'daily HH:MM-HH:MM' or 'sat,sun …'",
         ),
         "when reboots are allowed, e.g. 'sat,sun 02:00-04:00' (empty: any time)",
     ),
@@ -259,22 +311,13 @@ def render(values: Mapping[str, Any]) -> Rendering:
     return Rendering(files, units)
 
 
-def _atomic_write(path: Path, content: str | None) -> None:
-    if content is None:
-        path.unlink(missing_ok=True)
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.atoll-tmp")
-        with tmp.open("w") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+def _put(path: Path, content: bytes | None) -> None:
+    """Write ``content`` to ``path`` atomically and durably, or remove it when None."""
+    if content is not None:
+        write_atomic(path, content, mode=0o644)
+    elif path.exists():
+        path.unlink()
+        sync_directory(path.parent)
 
 
 class SettingsStore:
@@ -288,12 +331,27 @@ class SettingsStore:
         # changes neither lose each other's values nor share a temporary file.
         self._lock = threading.Lock()
 
-    def current(self) -> dict[str, Any]:
+    def _stored(self) -> dict[str, Any] | None:
+        """settings.json over the defaults, not validated; None before the first change."""
         try:
-            raw = json.loads(self.path.read_text())
+            raw = json.loads(self.path.read_bytes())
         except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise SettingsError([f"{self.path}: unreadable ({e})"]) from e
+        if not isinstance(raw, dict):
+            raise SettingsError([f"{self.path}: expected a JSON object"])
+        return {**defaults(), **raw}
+
+    def current(self) -> dict[str, Any]:
+        """The settings in force; a :class:`SettingsError` naming settings.json if unusable."""
+        stored = self._stored()
+        if stored is None:
             return self._as_provisioned()
-        return validate({**defaults(), **raw})
+        try:
+            return validate(stored)
+        except SettingsError as e:
+            raise SettingsError([f"{self.path}: {p}" for p in e.problems]) from e
 
     def _as_provisioned(self) -> dict[str, Any]:
         """The defaults, but with the host name first boot gave the node.
@@ -315,26 +373,35 @@ class SettingsStore:
             return self._set(change)
 
     def _set(self, change: Mapping[str, Any]) -> dict[str, Any]:
-        old = self.current()
+        stored = self._stored()
+        old = self._as_provisioned() if stored is None else stored
+        # The whole result is validated: a stored value an earlier agent let in and
+        # this one refuses is named, and a change that replaces it goes through.
         new = merge(old, change)
-        before, after = render(old), render(new)
+        after = render(new)
+        try:
+            before = render(validate(old))
+        except SettingsError:  # then files only the old values rendered are left in place
+            before = Rendering({}, {})
+        # Encoded before anything is written: a value that cannot be written fails here.
+        contents = {rel: text.encode() for rel, text in after.files.items()}
         paths = sorted(set(before.files) | set(after.files))
-        saved: dict[str, str | None] = {}
+        saved: dict[str, bytes | None] = {}
         for rel in paths:
             target = self.root / rel
-            saved[rel] = target.read_text() if target.exists() else None
-        changed = [rel for rel in paths if saved[rel] != after.files.get(rel)]
+            saved[rel] = target.read_bytes() if target.exists() else None
+        changed = [rel for rel in paths if saved[rel] != contents.get(rel)]
         units = sorted(
             {u for rel in changed for u in {*before.units.get(rel, ()), *after.units.get(rel, ())}}
         )
         try:
             for rel in changed:
-                _atomic_write(self.root / rel, after.files.get(rel))
+                _put(self.root / rel, contents.get(rel))
             for unit in units:
                 self.runner(["systemctl", "try-restart", unit])
         except Exception as e:
             for rel in changed:
-                _atomic_write(self.root / rel, saved[rel])
+                _put(self.root / rel, saved[rel])
             for unit in units:
                 # Best effort: the files are already restored; the first error is the one to report.
                 with contextlib.suppress(Exception):
