@@ -27,7 +27,7 @@ from atoll.fleet.rollout import NodeFacts, Phase, PoolSpec, PoolState, Quantity,
 from atoll.fleet.sqlite_store import SqliteStore, store_path
 from atoll.fleet.store import EVENTS_KEPT, FleetStore
 from atoll.fleet.transitions import NewEvent
-from atoll.wire.fleet import Registration, Report
+from atoll.wire.fleet import Registration, Report, Step, StepFailure
 from tests.unit.test_fleet_transitions import (
     NOW,
     TABLE,
@@ -39,6 +39,7 @@ from tests.unit.test_fleet_transitions import (
     Reported,
     Verb,
     expected,
+    pool_of,
 )
 
 _prefixes = itertools.count()
@@ -70,6 +71,9 @@ class Backend:
                 "phase": n.phase.value,
                 "last_transition": n.last_transition,
                 "last_report": 0.0,
+                "failure": None if n.failure is None else n.failure.to_json(),
+                "retry_at": n.retry_at,
+                "step_attempts": n.step_attempts,
             }
             for n in nodes
         }
@@ -80,11 +84,18 @@ class Backend:
             return
         with closing(sqlite3.connect(self.db)) as db, db:
             for name, doc in docs.items():
-                row = {**doc, "name": name, "labels": json.dumps(doc["labels"])}
+                failure = None if doc["failure"] is None else json.dumps(doc["failure"])
+                row = {
+                    **doc,
+                    "name": name,
+                    "labels": json.dumps(doc["labels"]),
+                    "failure": failure,
+                }
                 db.execute(
                     "INSERT INTO nodes(name, labels, current_version, staged_version, healthy,"
-                    " phase, last_transition, last_report) VALUES (:name, :labels, :current,"
-                    " :staged, :healthy, :phase, :last_transition, :last_report)",
+                    " phase, last_transition, last_report, failure, retry_at, step_attempts)"
+                    " VALUES (:name, :labels, :current, :staged, :healthy, :phase,"
+                    " :last_transition, :last_report, :failure, :retry_at, :step_attempts)",
                     row,
                 )
 
@@ -102,15 +113,17 @@ def _spec(version: str = "v2") -> PoolSpec:
 # the transition table ---------------------------------------------------------
 
 
-def _happen(store: FleetStore, happens: Happening) -> None:
-    """One fact or decision, through the store's API; checks what the call answers."""
+def _happen(store: FleetStore, happens: Happening, spec: PoolSpec) -> None:
+    """One fact or decision, through the store's API (``spec``: the pool ``web``);
+    checks what the call answers."""
     if isinstance(happens, Register):
         new = happens.registration
         node = store.register(new, now=NOW)
         assert node == store.node(new.name)
     elif isinstance(happens, Reported):
         before, report = store.node(happens.name), happens.report
-        answer = store.report(happens.name, report, desired=happens.desired, now=NOW)
+        pool = pool_of(spec, happens)
+        answer = store.report(happens.name, report, desired=happens.desired, now=NOW, spec=pool)
         after = store.node(happens.name)
         assert answer == (after, after != before)
     elif isinstance(happens, Decided):
@@ -144,10 +157,10 @@ def test_transition_table(backend: Backend, case: Case) -> None:
     assert Outcome(tuple(store.nodes()), *store.pools()[0], ()) == before
     seen = len(store.events(limit=1000))
     if case.raises is None:
-        _happen(store, case.happens)
+        _happen(store, case.happens, case.spec)
     else:
         with pytest.raises(InputError, match=case.raises):
-            _happen(store, case.happens)
+            _happen(store, case.happens, case.spec)
     pool = store.pool("web")
     assert pool is not None
     events = tuple(
@@ -236,6 +249,38 @@ def test_only_the_newest_events_are_kept(backend: Backend) -> None:
     assert [e.node for e in events] == [f"n{i:02}" for i in range(7, 12)]
     assert [e.id for e in events] == sorted(e.id for e in events)
     store.close()
+
+
+def test_a_node_stored_before_step_failures_reads_without_one(backend: Backend) -> None:
+    """Stores written by an older controller (no failure, retry_at, step_attempts)
+    keep working: SQLite adds the columns on open, etcd documents lack the keys."""
+    old: dict[str, object] = {
+        "labels": {},
+        "current": "v1",
+        "staged": None,
+        "healthy": True,
+        "phase": "idle",
+    }
+    if backend.kind == "etcd":
+        client = EtcdClient(parse_endpoints(backend.url))
+        doc = {**old, "last_transition": 1.0, "last_report": 1.0}
+        client.put(f"{backend.prefix}/nodes/a", json.dumps(doc))
+    else:
+        with closing(sqlite3.connect(backend.db)) as db, db:
+            db.execute(
+                "CREATE TABLE nodes (name TEXT PRIMARY KEY, labels TEXT NOT NULL,"
+                " current_version TEXT NOT NULL, staged_version TEXT, healthy INTEGER NOT NULL,"
+                " phase TEXT NOT NULL, last_transition REAL NOT NULL, last_report REAL NOT NULL)"
+            )
+            db.execute("INSERT INTO nodes VALUES ('a', '{}', 'v1', NULL, 1, 'idle', 1.0, 1.0)")
+    store = backend()
+    assert store.nodes() == [NodeFacts("a", {}, "v1", None, True, Phase.IDLE, 1.0)]
+    failure = StepFailure(Step.FETCH, "v2", "channel unreachable")
+    store.put_pool(_spec(), now=2)
+    store.report("a", Report("v1", None, failure=failure), desired="v2", now=2)
+    assert store.nodes()[0].failure == failure  # only recorded: it was not told to stage
+    store.close()
+    assert backend().nodes()[0].failure == failure
 
 
 # SQLite only ----------------------------------------------------------------------

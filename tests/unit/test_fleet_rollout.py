@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
+from atoll.errors import InputError
 from atoll.fleet.pool import spec_from_dict, spec_to_dict
 from atoll.fleet.rollout import (
     Action,
@@ -21,6 +22,7 @@ from atoll.fleet.rollout import (
     MaintenanceWindow,
     NodeFacts,
     NodeTarget,
+    OnStepFailure,
     Phase,
     PoolSpec,
     PoolState,
@@ -36,8 +38,10 @@ from atoll.fleet.rollout import (
     max_unavailable_of,
     plan,
     ranked,
+    retry_backoff,
     slots,
 )
+from atoll.wire.fleet import Step, StepFailure
 
 NOW = 1000.0
 
@@ -79,6 +83,22 @@ def canary_fleet(since: float) -> list[NodeFacts]:
 
 def failed_fleet(failed_at: float) -> list[NodeFacts]:
     return [node("a", staged="v2", phase=Phase.FAILED, since=failed_at), staged("b")]
+
+
+ESP_FULL = StepFailure(
+    Step.BOOT_ENTRIES,
+    "v2",
+    "ESP (/boot/efi) has 0 bytes free, the new kernel needs 14 MB",
+    "ESP (/boot/efi)",
+)
+RETRYING = PoolSpec("p", "v2", "v1", on_step_failure=OnStepFailure.RETRY)
+
+
+def retrying(retry_at: float, attempts: int = 1) -> NodeFacts:
+    """Back idle after a failed step, waiting for its retry."""
+    return replace(
+        node("a"), failure=ESP_FULL, retry_at=retry_at, step_attempts=attempts, last_transition=NOW
+    )
 
 
 def timed_out_fleet() -> list[NodeFacts]:
@@ -129,7 +149,7 @@ CASES = [
     Case(
         "rebooting-counts-against-max-unavailable",
         spec(max_unavailable=Quantity(1)),
-        [node("a", staged="v2", phase=Phase.REBOOTING), staged("b")],
+        [node("a", staged="v2", phase=Phase.REBOOTING, since=NOW - 60), staged("b")],
         set(),
         waiting={"a": "rebooting", "b": "reboot slot"},
     ),
@@ -351,7 +371,120 @@ CASES = [
         waiting={"a": "more than 600s ago", "b": "reboot slot"},
         failed=1,
     ),
+    # The reboot timeout's default (900 s) and an explicit 0 (none).
+    Case(
+        "silent-reboot-within-the-default-timeout-still-updating",
+        spec(max_unavailable=Quantity(2)),
+        [node("a", staged="v2", phase=Phase.REBOOTING, since=NOW - 900), staged("b")],
+        {(R, "b")},
+        waiting={"a": "rebooting into v2"},
+    ),
+    Case(
+        "silent-reboot-past-the-default-timeout-fails-the-pool-does-not-wait",
+        spec(max_unavailable=Quantity(2)),
+        [node("a", staged="v2", phase=Phase.REBOOTING, since=NOW - 901), staged("b")],
+        set(),
+        waiting={"a": "reboot timeout: granted a reboot into v2 more than 900s ago"},
+        pause="failure budget exceeded: 1 failed node(s) (a)",
+        failed=1,
+    ),
+    Case(
+        "an-explicit-zero-reboot-timeout-waits-forever",
+        spec(reboot_timeout_seconds=0, max_unavailable=Quantity(2)),
+        [node("a", staged="v2", phase=Phase.REBOOTING, since=NOW - 10**6), staged("b")],
+        {(R, "b")},
+        waiting={"a": "rebooting into v2"},
+    ),
+    # Step failures (recorded on the node by atoll.fleet.transitions).
+    Case(
+        "a-node-waiting-for-its-retry-is-not-told-to-stage",
+        RETRYING,
+        [retrying(retry_at=NOW + 60)],
+        set(),
+        waiting={
+            "a": "boot-entries of v2 failed: ESP (/boot/efi) has 0 bytes free, the new kernel "
+            "needs 14 MB (resource: ESP (/boot/efi)); retry 1 of 3 in 60s "
+            "(at 1970-01-01 00:17:40 UTC)"
+        },
+    ),
+    Case(
+        "a-node-past-its-retry-time-stages-again",
+        RETRYING,
+        [retrying(retry_at=NOW, attempts=2)],
+        {(S, "a")},
+        waiting={"a": "told to stage v2"},
+    ),
+    Case(
+        "a-retry-waits-behind-a-pause-like-everything-else",
+        RETRYING,
+        [retrying(retry_at=NOW + 60)],
+        set(),
+        state=PoolState(pause_reason="operator"),
+        waiting={"a": "pool paused: operator"},
+    ),
+    Case(
+        "a-node-failed-by-a-step-says-which-step-and-counts-for-the-budget",
+        spec(max_unavailable=Quantity(2)),
+        [replace(node("a", phase=Phase.FAILED, since=NOW), failure=ESP_FULL), staged("b")],
+        set(),
+        waiting={
+            "a": "boot-entries of v2 failed: ESP (/boot/efi) has 0 bytes free, the new kernel "
+            "needs 14 MB (resource: ESP (/boot/efi)); not retried until the pool is resumed",
+            "b": "failure budget",
+        },
+        pause="failure budget exceeded: 1 failed node(s) (a)",
+        failed=1,
+    ),
 ]
+
+
+@pytest.mark.parametrize(
+    ("attempt", "seconds"),
+    [(0, 30.0), (1, 30.0), (2, 60.0), (3, 120.0), (6, 960.0), (7, 1800.0), (100, 1800.0)],
+)
+def test_retry_backoff_doubles_from_30s_up_to_30min(attempt: int, seconds: float) -> None:
+    assert retry_backoff(attempt) == seconds
+
+
+def test_reboot_timeout_and_step_failure_defaults() -> None:
+    """pool.toml without them: a 900 s reboot timeout, failed steps fail the node."""
+    pool = spec_from_dict({"pool": {"name": "p", "version": "v2"}}, "pool.toml")
+    assert pool.reboot_timeout_seconds == 900
+    assert (pool.on_step_failure, pool.max_step_retries) == (OnStepFailure.FAIL, 3)
+    assert spec_from_dict(spec_to_dict(pool), "again") == pool
+    explicit = {"reboot_timeout_seconds": 0, "on_step_failure": "retry", "max_step_retries": 0}
+    raw = {"pool": {"name": "p", "version": "v2"}, "strategy": explicit}
+    pool = spec_from_dict(raw, "pool.toml")
+    assert (pool.reboot_timeout_seconds, pool.on_step_failure, pool.max_step_retries) == (
+        0,
+        OnStepFailure.RETRY,
+        0,
+    )
+    assert spec_from_dict(spec_to_dict(pool), "again") == pool
+
+
+@pytest.mark.parametrize(
+    ("strategy", "error"),
+    [
+        (
+            {"on_step_failure": "retry-forever"},
+            r"pool\.toml: strategy\.on_step_failure: expected one of \['fail', 'retry'\], "
+            "got 'retry-forever'",
+        ),
+        ({"on_step_failure": 1}, r"pool\.toml: strategy\.on_step_failure: expected one of"),
+        ({"max_step_retries": -1}, r"pool\.toml: strategy\.max_step_retries: expected 0\.\.100"),
+        ({"max_step_retries": 101}, r"strategy\.max_step_retries: expected 0\.\.100, got 101"),
+        ({"max_step_retries": True}, r"strategy\.max_step_retries: expected 0\.\.100, got True"),
+        ({"max_step_retries": "3"}, r"strategy\.max_step_retries: expected 0\.\.100, got '3'"),
+        ({"reboot_timeout_seconds": -1}, r"strategy\.reboot_timeout_seconds: expected seconds"),
+    ],
+)
+def test_step_failure_strategy_errors_name_file_and_key(
+    strategy: dict[str, object], error: str
+) -> None:
+    raw = {"pool": {"name": "p", "version": "v2"}, "strategy": strategy}
+    with pytest.raises(InputError, match=error):
+        spec_from_dict(raw, "pool.toml")
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -745,13 +878,13 @@ DECISIONS = [
         spec(reboot_timeout_seconds=60),
         Decision(
             Bucket.FAILED,
-            "granted a reboot into v3 more than 60s ago and not back healthy: "
+            "reboot timeout: granted a reboot into v3 more than 60s ago and not back healthy: "
             "counted as failed and unavailable",
         ),
         id="reboot-timed-out",
     ),
     pytest.param(
-        node("a", phase=Phase.REBOOTING),
+        node("a", phase=Phase.REBOOTING, since=NOW - 60),
         target(),
         Gates("operator", None),
         spec(),

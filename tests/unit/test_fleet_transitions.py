@@ -19,6 +19,7 @@ from atoll.fleet.rollout import (
     Action,
     ActionKind,
     NodeFacts,
+    OnStepFailure,
     Phase,
     Plan,
     PoolSpec,
@@ -27,7 +28,7 @@ from atoll.fleet.rollout import (
     plan,
 )
 from atoll.fleet.transitions import Instruction, NewEvent
-from atoll.wire.fleet import Registration, Report
+from atoll.wire.fleet import Registration, Report, Step, StepFailure
 
 NOW = 100.0
 THEN = 10.0
@@ -67,7 +68,8 @@ class Register:
 
 @dataclass(frozen=True)
 class Reported:
-    """An agent's report, and the version its pool wants (``None``: no pool selects it)."""
+    """An agent's report, and the version its pool wants (``None``: no pool selects it;
+    otherwise the pool is the case's ``spec``, whose ``on_step_failure`` applies)."""
 
     name: str
     report: Report
@@ -148,8 +150,14 @@ def rep(
     healthy: bool = True,
     failed: bool = False,
     desired: str | None = "v2",
+    failure: StepFailure | None = None,
 ) -> Reported:
-    return Reported(name, Report(current, staged, healthy, failed), desired)
+    return Reported(name, Report(current, staged, healthy, failed, failure), desired)
+
+
+def pool_of(case_spec: PoolSpec, reported: Reported) -> PoolSpec | None:
+    """The pool a report is judged by: the case's, when a pool selects the node."""
+    return None if reported.desired is None else case_spec
 
 
 def act(kind: ActionKind, name: str, version: str = "v2") -> Action:
@@ -160,6 +168,28 @@ STAGE, REBOOT, ROLLBACK = ActionKind.STAGE, ActionKind.REBOOT, ActionKind.ROLLBA
 IDLE, STAGING, STAGED = Phase.IDLE, Phase.STAGING, Phase.STAGED
 REBOOTING, FAILED = Phase.REBOOTING, Phase.FAILED
 GRANTED = node("a", REBOOTING, "v1", "v2")  # granted a reboot into v2 at THEN
+ESP_FULL = StepFailure(
+    Step.BOOT_ENTRIES,
+    "v2",
+    "ESP (/boot/efi) has 0 bytes free, the new kernel needs 14 MB",
+    "ESP (/boot/efi)",
+)
+ESP_FULL_TEXT = (
+    "boot-entries of v2 failed: ESP (/boot/efi) has 0 bytes free, the new kernel needs 14 MB"
+    " (resource: ESP (/boot/efi))"
+)
+NO_FETCH = StepFailure(Step.FETCH, "v2", "channel unreachable: connection refused")
+RETRY = replace(SPEC, on_step_failure=OnStepFailure.RETRY)
+
+
+def failing(base: NodeFacts, failure: StepFailure = ESP_FULL, **kw: object) -> NodeFacts:
+    """``base`` with a recorded step failure (and ``retry_at``, ``step_attempts``)."""
+    return replace(base, failure=failure, **kw)  # type: ignore[arg-type]
+
+
+def step_ev(message: str) -> NewEvent:
+    return ev("step-failure", message, "a")
+
 
 TABLE = [
     # registration ---------------------------------------------------------
@@ -260,7 +290,112 @@ TABLE = [
         rep("a", "v1", healthy=False),
         (node("a", IDLE, healthy=False),),
     ),
+    # a step failure in an agent's report ------------------------------------
+    Case(
+        "a step failure while staging fails the node: an event of its pool",
+        (node("a", STAGING),),
+        rep("a", "v1", failure=NO_FETCH),
+        (failing(node("a", FAILED, since=NOW), NO_FETCH, step_attempts=1),),
+        (
+            ev("phase", "staging -> failed on v1", "a", None),
+            step_ev("fetch of v2 failed: channel unreachable: connection refused; node failed"),
+        ),
+    ),
+    Case(
+        "a failed boot-entry sync before the granted reboot releases the grant, fails it",
+        (GRANTED,),
+        rep("a", "v1", failure=ESP_FULL),
+        (failing(node("a", FAILED, since=NOW), step_attempts=1),),
+        (
+            ev("phase", "rebooting -> failed on v1", "a", None),
+            step_ev(f"{ESP_FULL_TEXT}; node failed"),
+        ),
+    ),
+    Case(
+        "retry: a staged node that failed a step is idle again, retried in 30 s",
+        (node("a", STAGED, "v1", "v2"),),
+        rep("a", "v1", failure=ESP_FULL),
+        (failing(node("a", IDLE, since=NOW), retry_at=NOW + 30, step_attempts=1),),
+        (
+            ev("phase", "staged -> idle on v1", "a", None),
+            step_ev(f"{ESP_FULL_TEXT}; retry 1 of 3 in 30s"),
+        ),
+        spec=RETRY,
+    ),
+    Case(
+        "retry: the backoff doubles per attempt at the same version",
+        (failing(node("a", STAGING), step_attempts=2),),
+        rep("a", "v1", failure=ESP_FULL),
+        (failing(node("a", IDLE, since=NOW), retry_at=NOW + 120, step_attempts=3),),
+        (
+            ev("phase", "staging -> idle on v1", "a", None),
+            step_ev(f"{ESP_FULL_TEXT}; retry 3 of 3 in 120s"),
+        ),
+        spec=RETRY,
+    ),
+    Case(
+        "retry: failed once it failed more than max_step_retries times",
+        (failing(node("a", STAGING), step_attempts=3),),
+        rep("a", "v1", failure=ESP_FULL),
+        (failing(node("a", FAILED, since=NOW), step_attempts=4),),
+        (
+            ev("phase", "staging -> failed on v1", "a", None),
+            step_ev(f"{ESP_FULL_TEXT}; node failed after 3 retries"),
+        ),
+        spec=RETRY,
+    ),
+    Case(
+        "retry: attempts count per version (a new target starts again at 1)",
+        (failing(node("a", STAGING), replace(ESP_FULL, version="v1.5"), step_attempts=3),),
+        rep("a", "v1", failure=ESP_FULL),
+        (failing(node("a", IDLE, since=NOW), retry_at=NOW + 30, step_attempts=1),),
+        (
+            ev("phase", "staging -> idle on v1", "a", None),
+            step_ev(f"{ESP_FULL_TEXT}; retry 1 of 3 in 30s"),
+        ),
+        spec=RETRY,
+    ),
+    Case(
+        "the same failure again while it waits for its retry (a resent report): nothing",
+        (failing(node("a", IDLE), retry_at=NOW + 30, step_attempts=1),),
+        rep("a", "v1", failure=ESP_FULL),
+        (failing(node("a", IDLE), retry_at=NOW + 30, step_attempts=1),),
+        spec=RETRY,
+    ),
+    Case(
+        "a failure of another version than the one it moves to is only recorded",
+        (node("a", STAGING),),
+        rep("a", "v1", failure=replace(NO_FETCH, version="v3")),
+        (failing(node("a", STAGING), replace(NO_FETCH, version="v3")),),
+        (
+            step_ev(
+                "fetch of v3 failed: channel unreachable: connection refused; "
+                "recorded only: not the version it moves to"
+            ),
+        ),
+    ),
+    Case(
+        "a failed node stays failed; a step failure changes nothing more",
+        (failing(node("a", FAILED), step_attempts=1),),
+        rep("a", "v1", failure=NO_FETCH),
+        (failing(node("a", FAILED), step_attempts=1),),
+    ),
+    Case(
+        "landing healthy on the version it failed a step of forgets the failure",
+        (failing(GRANTED, step_attempts=2),),
+        rep("a", "v2"),
+        (node("a", IDLE, "v2", since=NOW),),
+        (ev("phase", "rebooting -> idle on v2", "a", None),),
+    ),
     # a plan's decisions -----------------------------------------------------
+    Case(
+        "a stage order after a retry's backoff clears retry_at, keeps the failure",
+        (failing(node("a", IDLE), retry_at=THEN, step_attempts=1),),
+        Decided((act(STAGE, "a"),)),
+        (failing(node("a", STAGING), step_attempts=1),),
+        (ev("stage", "v2", "a"),),
+        spec=RETRY,
+    ),
     Case(
         "a stage order moves an idle node to staging (no new transition time)",
         (node("a", IDLE),),
@@ -361,6 +496,16 @@ TABLE = [
         state_after=PoolState(pause_reason=None, canary_released=True),
     ),
     Case(
+        "resume counts a failed node's step retries afresh; its last failure stays on record",
+        (failing(node("a", FAILED), step_attempts=4),),
+        Verb("resume"),
+        (failing(node("a", IDLE, since=NOW)),),
+        (ev("resume", "resumed by operator"),),
+        spec=RETRY,
+        state=PoolState(pause_reason="failure budget"),
+        state_after=PoolState(pause_reason=None, canary_released=True),
+    ),
+    Case(
         "rollback swaps target and previous, then resumes",
         (node("a", FAILED, "v2"),),
         Verb("rollback"),
@@ -418,7 +563,13 @@ def apply(case: Case) -> Outcome:
         )
         nodes[step.after.name], events = step.after, step.events
     elif isinstance(happens, Reported):
-        step = transitions.after_report(nodes[happens.name], happens.report, happens.desired, NOW)
+        step = transitions.after_report(
+            nodes[happens.name],
+            happens.report,
+            happens.desired,
+            NOW,
+            spec=pool_of(spec, happens),
+        )
         nodes[step.after.name], events = step.after, step.events
     elif isinstance(happens, Decided):
         planned = transitions.after_plan("web", state, nodes, happens.plan(), NOW)

@@ -9,13 +9,16 @@
     atoll fleet status POOL --watch [--until-done]   # reprint on every change
     atoll fleet pause|resume|rollback POOL [--server URL]
     atoll fleet nodes [--selector zone=a] [--json] [--server URL]
+    atoll fleet events [--pool POOL] [--node NODE] [--limit N] [--json] [--server URL]
     atoll fleet operator [--kubeconfig PATH]   # as a Kubernetes operator (operator_cli.py)
 
 ``serve`` prints one JSON line ``{"listen": "127.0.0.1:PORT", "store": ...,
 "replica": ...}`` once it accepts connections (``--listen 127.0.0.1:0`` picks a
 free port) and runs until SIGTERM/SIGINT. The other verbs are thin clients of the HTTP API
 (:func:`atoll.wire.fleet.request_replicas`, the client the agents use too);
-``nodes`` reads the protocol's :class:`~atoll.wire.fleet.NodeRecord`; ``apply`` validates
+``nodes`` reads the protocol's :class:`~atoll.wire.fleet.NodeRecord`; ``status`` and
+``nodes`` show each node's last step failure (step, version, reason, resource) and when
+it retries; ``apply`` validates
 ``pool.toml`` locally first so errors name the file and key.
 """
 
@@ -40,7 +43,14 @@ from atoll.fleet.pool import load_pool_file, spec_to_dict
 from atoll.fleet.server import FleetService
 from atoll.fleet.sqlite_store import SqliteStore, store_path
 from atoll.fleet.store import Election, FleetStore
-from atoll.wire.fleet import Backoff, FleetError, NodeRecord, ProtocolError, request_replicas
+from atoll.wire.fleet import (
+    Backoff,
+    FleetError,
+    NodeRecord,
+    ProtocolError,
+    StepFailure,
+    request_replicas,
+)
 
 DEFAULT_SERVER = "http://127.0.0.1:9443"
 
@@ -172,7 +182,34 @@ def _pool_lines(view: dict[str, Any]) -> list[str]:
             f"  {node['name']:<24} {node['current']} -> {node['desired']} "
             f"{node['phase']}{health}{reason}"
         )
+        failure = _view_failure(node)
+        if failure is not None:
+            lines.append(f"    {failure}")
     return lines
+
+
+def _failure_line(failure: StepFailure | None, retry_at: float | None) -> str | None:
+    """``last failure: deploy of v2: <reason> (resource: ...); retries at ...``."""
+    if failure is None:
+        return None
+    where = f" (resource: {failure.resource})" if failure.resource else ""
+    line = f"last failure: {failure.step} of {failure.version}: {failure.reason}{where}"
+    if retry_at is not None:
+        at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(retry_at))
+        line += f"; retries at {at}"
+    return line
+
+
+def _view_failure(node: dict[str, Any]) -> str | None:
+    raw = node.get("failure")
+    if raw is None:
+        return None
+    try:
+        failure = StepFailure.from_json(raw)
+    except ProtocolError as e:
+        return f"last failure: unreadable ({e})"
+    retry_at = node.get("retry_at")
+    return _failure_line(failure, float(retry_at) if isinstance(retry_at, int | float) else None)
 
 
 def _print_pool(view: dict[str, Any]) -> None:
@@ -260,6 +297,32 @@ def _nodes(args: argparse.Namespace) -> int:
             labels = ",".join(f"{k}={v}" for k, v in sorted(n.labels.items()))
             health = "healthy" if n.healthy else "UNHEALTHY"
             print(f"{n.name:<24} {n.current:<12} {n.phase:<10} {health:<9} {labels}")
+            failure = _failure_line(n.failure, n.retry_at)
+            if failure is not None:
+                print(f"  {failure}")
+    return 0
+
+
+def _events(args: argparse.Namespace) -> int:
+    if not 0 < args.limit <= 200:
+        raise InputError(f"--limit {args.limit}: expected 1..200 (the controller keeps 200)")
+    raw = _call(args, "GET", "/v1/events")
+    if not isinstance(raw, list):
+        raise AtollError(f"GET {args.server}/v1/events: unexpected answer {raw!r}")
+    events = [
+        e
+        for e in raw
+        if isinstance(e, dict)
+        and (args.pool is None or e.get("pool") == args.pool)
+        and (args.node is None or e.get("node") == args.node)
+    ][-args.limit :]
+    if args.json:
+        print(json.dumps(events, indent=2))
+        return 0
+    for e in events:
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(e.get("at") or 0)))
+        where = " ".join(str(x) for x in (e.get("pool"), e.get("node")) if x)
+        print(f"{at} {e.get('kind', '?'):<12} {where:<24} {e.get('message', '')}")
     return 0
 
 
@@ -331,6 +394,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     nodes = client("nodes", "list registered nodes")
     nodes.add_argument("--selector", action="append", metavar="KEY=VALUE")
     nodes.set_defaults(handler=_nodes)
+
+    events = client("events", "the controller's newest events (step failures, grants, pauses)")
+    events.add_argument("--pool", metavar="POOL", help="only this pool's events")
+    events.add_argument("--node", metavar="NODE", help="only this node's events")
+    events.add_argument("--limit", type=int, default=50, help="at most this many (1..200)")
+    events.set_defaults(handler=_events)
 
     register_operator(verbs)  # `operator`: imports kopf only when it runs
 

@@ -5,7 +5,8 @@ Layout under a prefix (default ``/atoll/fleet``), one JSON document per key::
     PREFIX/pools/NAME     {"spec": pool.toml as JSON, "pause_reason", "canary_released",
                            "updated_at"}
     PREFIX/nodes/NAME     {"labels", "current", "staged", "healthy", "phase", "last_transition",
-                           "last_report"}
+                           "last_report", "failure" (the protocol's JSON or null), "retry_at",
+                           "step_attempts"}  (the last three may be absent: null, null, 0)
     PREFIX/events/TOKEN-I {"at", "pool", "node", "kind", "message"}
     PREFIX/leader         the elected replica's name (attached to its lease)
 
@@ -56,7 +57,7 @@ from atoll.fleet.pool import spec_from_dict, spec_to_dict
 from atoll.fleet.rollout import NodeFacts, Phase, Plan, PoolSpec, PoolState
 from atoll.fleet.store import EVENTS_KEPT, Event, NotLeader
 from atoll.fleet.transitions import NewEvent, NodeStep, PoolStep
-from atoll.wire.fleet import Registration, Report
+from atoll.wire.fleet import ProtocolError, Registration, Report, StepFailure
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -98,7 +99,19 @@ def _facts_doc(n: NodeFacts) -> dict[str, Any]:
         "healthy": n.healthy,
         "phase": n.phase.value,
         "last_transition": n.last_transition,
+        "failure": None if n.failure is None else n.failure.to_json(),
+        "retry_at": n.retry_at,
+        "step_attempts": n.step_attempts,
     }
+
+
+def _failure(key: str, raw: object) -> StepFailure | None:
+    if raw is None:
+        return None
+    try:
+        return StepFailure.from_json(raw)
+    except ProtocolError as e:
+        raise EtcdError(f"etcd key {key}: failure: {e}") from e
 
 
 def _pool_doc(step: PoolStep, now: float) -> dict[str, Any]:
@@ -179,6 +192,9 @@ class EtcdStore:
             bool(doc["healthy"]),
             Phase(doc["phase"]),
             float(doc["last_transition"]),
+            failure=_failure(key, doc.get("failure")),
+            retry_at=None if doc.get("retry_at") is None else float(doc["retry_at"]),
+            step_attempts=int(doc.get("step_attempts") or 0),
         )
 
     def _read(self, keys: Sequence[str] = (), prefixes: Sequence[str] = ()) -> _Read:
@@ -381,7 +397,13 @@ class EtcdStore:
         return self._transact(decide, keys=[key])
 
     def report(
-        self, name: str, report: Report, *, desired: str | None, now: float
+        self,
+        name: str,
+        report: Report,
+        *,
+        desired: str | None,
+        now: float,
+        spec: PoolSpec | None = None,
     ) -> tuple[NodeFacts, bool] | None:
         """Apply an agent's report; an unchanged report writes nothing."""
         key = self._node_key(name)
@@ -391,7 +413,7 @@ class EtcdStore:
             doc = read.get(key)
             if doc is None:
                 return changes, None
-            step = transitions.after_report(self._node(key, doc), report, desired, now)
+            step = transitions.after_report(self._node(key, doc), report, desired, now, spec=spec)
             if step.changed:
                 self._put_reported(changes, step, now)
             return changes, (step.after, step.changed)

@@ -40,7 +40,10 @@ time-based rules progress) runs under one lock, so two reconciles never grant
 from the same stale count.
 
 Not done here: the agent side (the agent reports to the standalone controller
-over HTTP; writing its own Node's annotations is not wired into the agent).
+over HTTP; writing its own Node's annotations is not wired into the agent). So
+no step failure reaches the operator yet: ``onStepFailure`` and
+``maxStepRetries`` are validated and mapped like the other strategy keys, but
+there is no annotation for a node's failure or its ``retry_at``.
 """
 
 from __future__ import annotations
@@ -116,6 +119,8 @@ STRATEGY_KEYS: Mapping[str, str] = {
     "canarySoakSeconds": "canary_soak_seconds",
     "failureWindowSeconds": "failure_window_seconds",
     "maintenanceWindow": "maintenance_window",
+    "onStepFailure": "on_step_failure",
+    "maxStepRetries": "max_step_retries",
 }
 WINDOW_KEYS: Mapping[str, str] = {
     "days": "days",

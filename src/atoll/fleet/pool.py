@@ -19,9 +19,11 @@ URL) and key::
     priority_label = "atoll.io/priority"
     scatter_label = "zone"
     failure_budget = 1              # count or "N%"
-    reboot_timeout_seconds = 600    # 0 = wait forever for a granted reboot
+    reboot_timeout_seconds = 900    # default 900; 0 (explicit) = wait forever for a granted reboot
     canary_soak_seconds = 0         # > 0: canaries release themselves after this soak
     failure_window_seconds = 0      # > 0: only failures this recent count to the budget
+    on_step_failure = "fail"        # or "retry": a failed update step retries with backoff
+    max_step_retries = 3            # "retry": failed after this many retries of one version
     [strategy.maintenance_window]   # optional; reboots only inside it
     days = ["sat", "sun"]
     start = "02:00"                 # local time HH:MM
@@ -38,7 +40,15 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from atoll.errors import InputError
-from atoll.fleet.rollout import DAYS, MaintenanceWindow, PoolSpec, Quantity
+from atoll.fleet.rollout import (
+    DAYS,
+    MAX_STEP_RETRIES,
+    REBOOT_TIMEOUT_SECONDS,
+    MaintenanceWindow,
+    OnStepFailure,
+    PoolSpec,
+    Quantity,
+)
 
 _POOL_KEYS = {"name", "version", "previous_version", "selector"}
 _STRATEGY_KEYS = {
@@ -54,6 +64,8 @@ _STRATEGY_KEYS = {
     "maintenance_window",
     "canary_soak_seconds",
     "failure_window_seconds",
+    "on_step_failure",
+    "max_step_retries",
 }
 _WINDOW_KEYS = {"days", "start", "length_minutes", "timezone"}
 _HHMM = re.compile(r"^(\d{2}):(\d{2})$")
@@ -114,11 +126,28 @@ def _quantity(table: dict[str, Any], key: str, default: Quantity, source: str) -
         raise InputError(str(e)) from e
 
 
-def _seconds(table: dict[str, Any], key: str, source: str) -> float:
-    raw = table.get(key, 0)
+def _seconds(table: dict[str, Any], key: str, source: str, default: float = 0.0) -> float:
+    raw = table.get(key, default)
     if isinstance(raw, bool) or not isinstance(raw, int | float) or raw < 0:
         raise InputError(f"{source}: strategy.{key}: expected seconds >= 0, got {raw!r}")
     return float(raw)
+
+
+def _on_step_failure(table: dict[str, Any], source: str) -> OnStepFailure:
+    raw = table.get("on_step_failure", OnStepFailure.FAIL.value)
+    choices = [c.value for c in OnStepFailure]
+    if raw not in choices:
+        raise InputError(
+            f"{source}: strategy.on_step_failure: expected one of {choices}, got {raw!r}"
+        )
+    return OnStepFailure(raw)
+
+
+def _max_step_retries(table: dict[str, Any], source: str) -> int:
+    raw = table.get("max_step_retries", MAX_STEP_RETRIES)
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= 100:
+        raise InputError(f"{source}: strategy.max_step_retries: expected 0..100, got {raw!r}")
+    return raw
 
 
 def spec_from_dict(data: dict[str, Any], source: str) -> PoolSpec:
@@ -151,7 +180,9 @@ def spec_from_dict(data: dict[str, Any], source: str) -> PoolSpec:
     if not isinstance(paused, bool):
         raise InputError(f"{source}: strategy.paused: expected true/false, got {paused!r}")
     min_ready = _seconds(strategy, "min_ready_seconds", source)
-    reboot_timeout = _seconds(strategy, "reboot_timeout_seconds", source)
+    reboot_timeout = _seconds(
+        strategy, "reboot_timeout_seconds", source, default=REBOOT_TIMEOUT_SECONDS
+    )
     canary = strategy.get("canary", 0)
     if isinstance(canary, bool) or not isinstance(canary, int) or canary < 0:
         raise InputError(f"{source}: strategy.canary: expected a count >= 0, got {canary!r}")
@@ -179,6 +210,8 @@ def spec_from_dict(data: dict[str, Any], source: str) -> PoolSpec:
         canary_soak_seconds=_seconds(strategy, "canary_soak_seconds", source),
         failure_window_seconds=_seconds(strategy, "failure_window_seconds", source),
         maintenance_window=_window(strategy.get("maintenance_window"), source),
+        on_step_failure=_on_step_failure(strategy, source),
+        max_step_retries=_max_step_retries(strategy, source),
     )
 
 
@@ -201,6 +234,8 @@ def spec_to_dict(spec: PoolSpec) -> dict[str, Any]:
         "reboot_timeout_seconds": spec.reboot_timeout_seconds,
         "canary_soak_seconds": spec.canary_soak_seconds,
         "failure_window_seconds": spec.failure_window_seconds,
+        "on_step_failure": spec.on_step_failure.value,
+        "max_step_retries": spec.max_step_retries,
     }
     if spec.priority_label is not None:
         strategy["priority_label"] = spec.priority_label

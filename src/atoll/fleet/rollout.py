@@ -28,9 +28,15 @@ update" is an atomic OS switch (stage a deployment, then reboot into it):
   (``Plan.pause_reason``); failed nodes are never retried by the planner.
   With ``failure_window_seconds > 0`` only failures newer than the window
   count towards the budget (old failures are still reported and not retried).
-* **reboot timeout** (``reboot_timeout_seconds``, 0 = none): a node still
-  ``rebooting`` longer after its grant (silent, or back but not healthy yet)
-  counts as failed (and stays unavailable).
+* **reboot timeout** (``reboot_timeout_seconds``, default 900 s; 0, set
+  explicitly, waits forever): a node still ``rebooting`` longer after its
+  grant (silent, or back but not healthy yet) counts as failed (and stays
+  unavailable), with a reason naming the timeout.
+* **step failures** (a node's agent reported that a step of its update round
+  failed; :mod:`atoll.fleet.transitions` records it): with
+  ``on_step_failure = "fail"`` the node is ``failed`` like any other; with
+  ``"retry"`` it is back ``idle`` with a ``retry_at``, and the planner does not
+  tell it to stage again before then (the reason says when).
 * **paused** (by the spec or by the state): no new action; nodes already
   rebooting finish.
 * **maintenance window** (days, start ``HH:MM``, length in minutes, IANA time
@@ -66,6 +72,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
+from atoll.wire.fleet import StepFailure
+
 _QUANTITY = re.compile(r"^\s*(\d+)\s*(%?)\s*$")
 
 
@@ -77,6 +85,28 @@ class Phase(StrEnum):
     STAGED = "staged"
     REBOOTING = "rebooting"
     FAILED = "failed"
+
+
+class OnStepFailure(StrEnum):
+    """What the controller does with a node whose agent reported a failed step."""
+
+    FAIL = "fail"
+    """The node is ``failed`` (counted by the failure budget) until a resume."""
+    RETRY = "retry"
+    """The node goes back to ``idle`` and stages again after a backoff."""
+
+
+REBOOT_TIMEOUT_SECONDS = 900.0
+"""The default reboot timeout: a real server's firmware and a TCG guest both boot well within it."""
+RETRY_BACKOFF_SECONDS = 30.0
+RETRY_BACKOFF_CAP_SECONDS = 30 * 60.0
+MAX_STEP_RETRIES = 3
+
+
+def retry_backoff(attempt: int) -> float:
+    """Seconds before a node may stage again after its ``attempt``-th failed step:
+    30 s, 60 s, 120 s, ... capped at 30 min."""
+    return min(RETRY_BACKOFF_CAP_SECONDS, RETRY_BACKOFF_SECONDS * float(2 ** max(0, attempt - 1)))
 
 
 class ActionKind(StrEnum):
@@ -171,10 +201,12 @@ class PoolSpec:
     priority_label: str | None = None
     scatter_label: str | None = None
     failure_budget: Quantity = Quantity(0)
-    reboot_timeout_seconds: float = 0.0
+    reboot_timeout_seconds: float = REBOOT_TIMEOUT_SECONDS
     canary_soak_seconds: float = 0.0
     failure_window_seconds: float = 0.0
     maintenance_window: MaintenanceWindow | None = None
+    on_step_failure: OnStepFailure = OnStepFailure.FAIL
+    max_step_retries: int = MAX_STEP_RETRIES
 
 
 @dataclass(frozen=True)
@@ -196,6 +228,18 @@ class NodeFacts:
     healthy: bool
     phase: Phase
     last_transition: float
+    failure: StepFailure | None = None
+    """The last step failure its agent reported (kept until it lands on that version)."""
+    retry_at: float | None = None
+    """``on_step_failure = "retry"``: not told to stage again before this moment."""
+    step_attempts: int = 0
+    """Failed attempts at ``failure.version`` so far (retries count up to ``max_step_retries``)."""
+
+
+def describe_failure(failure: StepFailure) -> str:
+    """``"deploy of v2 failed: <reason> (resource: ESP (/boot/efi))"``."""
+    where = f" (resource: {failure.resource})" if failure.resource else ""
+    return f"{failure.step} of {failure.version} failed: {failure.reason}{where}"
 
 
 @dataclass(frozen=True)
@@ -421,11 +465,12 @@ def _settled(node: NodeFacts, target: NodeTarget, spec: PoolSpec, now: float) ->
     """Failed, on its desired version, or rebooting: no gate changes that."""
     want = target.version
     if node.phase is Phase.FAILED:
-        return Decision(
-            Bucket.FAILED,
-            f"failed while moving to {want} (on {node.current_version}); "
-            "not retried until the pool is resumed",
+        why = (
+            f"failed while moving to {want} (on {node.current_version})"
+            if node.failure is None
+            else describe_failure(node.failure)
         )
+        return Decision(Bucket.FAILED, f"{why}; not retried until the pool is resumed")
     if node.current_version == want and node.phase is not Phase.REBOOTING:
         bucket = Bucket.UPDATED if target.in_update_set else Bucket.HELD
         reason = None if node.healthy else f"on {want} but unhealthy: counts as unavailable"
@@ -433,7 +478,7 @@ def _settled(node: NodeFacts, target: NodeTarget, spec: PoolSpec, now: float) ->
     if timed_out(node, spec, now):
         return Decision(
             Bucket.FAILED,
-            f"granted a reboot into {node.staged_version or want} more than "
+            f"reboot timeout: granted a reboot into {node.staged_version or want} more than "
             f"{spec.reboot_timeout_seconds:g}s ago and not back healthy: "
             "counted as failed and unavailable",
         )
@@ -457,6 +502,8 @@ def _gated(node: NodeFacts, target: NodeTarget, gate: Gates) -> Decision | None:
 def _next_move(node: NodeFacts, target: NodeTarget, spec: PoolSpec, now: float) -> Decision:
     """Stage first (free), then a reboot or rollback candidate for a slot."""
     want = target.version
+    if node.retry_at is not None and now < node.retry_at:
+        return Decision(Bucket.PENDING, _retry_reason(node, node.retry_at, spec, now))
     # Rolling back needs no staging; everything else stages first, which costs
     # no availability.
     if not target.rolls_back and node.staged_version != want:
@@ -470,6 +517,15 @@ def _next_move(node: NodeFacts, target: NodeTarget, spec: PoolSpec, now: float) 
         return Decision(Bucket.PENDING, f"staged {want}; outside the maintenance window ({window})")
     return Decision(
         Bucket.PENDING, action=ActionKind.ROLLBACK if target.rolls_back else ActionKind.REBOOT
+    )
+
+
+def _retry_reason(node: NodeFacts, retry_at: float, spec: PoolSpec, now: float) -> str:
+    failed = "a step failed" if node.failure is None else describe_failure(node.failure)
+    at = dt.datetime.fromtimestamp(retry_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return (
+        f"{failed}; retry {node.step_attempts} of {spec.max_step_retries} "
+        f"in {retry_at - now:.0f}s (at {at})"
     )
 
 

@@ -97,6 +97,7 @@ class Controller:
         self.plan_lock = threading.Lock()
         """Held for a whole plan (read, decide, persist); the election takes it too."""
         self._plans: dict[str, Plan] = {}
+        self._specs: dict[str, PoolSpec] = {}
         self._changed = threading.Condition()
 
     @staticmethod
@@ -133,6 +134,7 @@ class Controller:
                         result = plan(spec_state[0], spec_state[1], nodes, now)
                 plans[spec.name] = result
             self._plans = plans
+            self._specs = {spec.name: spec for spec, _ in pools}
         with self._changed:
             self._changed.notify_all()
         return plans
@@ -141,6 +143,17 @@ class Controller:
         with self.plan_lock:
             cached = dict(self._plans)
         return cached or self.reconcile()
+
+    def wanted(self, name: str) -> tuple[str | None, PoolSpec | None]:
+        """The version the last plans want for node ``name`` and its pool's spec
+        (``None, None``: no pool selects it)."""
+        plans = self.plans()
+        with self.plan_lock:
+            specs = dict(self._specs)
+        for pool, result in plans.items():
+            if name in result.desired:
+                return result.desired[name], specs.get(pool)
+        return None, None
 
     def desired(self, name: str) -> Desired:
         plans = self.plans()
@@ -187,6 +200,7 @@ class Controller:
                     "phase": nodes[n].phase.value if n in nodes else None,
                     "healthy": nodes[n].healthy if n in nodes else None,
                     "reason": result.waiting.get(n, ""),
+                    **_failure_json(nodes.get(n)),
                 }
                 for n in result.desired
             ]
@@ -210,6 +224,14 @@ class Controller:
         return {"replica": self.replica, "leading": self.leading, "leader": self.leader}
 
 
+def _failure_json(n: NodeFacts | None) -> dict[str, Any]:
+    """A node's last step failure and when it retries, for the pool view."""
+    if n is None:
+        return {"failure": None, "retry_at": None}
+    failure = None if n.failure is None else n.failure.to_json()
+    return {"failure": failure, "retry_at": n.retry_at}
+
+
 def _node_json(n: NodeFacts) -> dict[str, Any]:
     return NodeRecord(
         name=n.name,
@@ -219,6 +241,8 @@ def _node_json(n: NodeFacts) -> dict[str, Any]:
         healthy=n.healthy,
         phase=n.phase.value,
         last_transition=n.last_transition,
+        failure=n.failure,
+        retry_at=n.retry_at,
     ).to_json()
 
 
@@ -314,9 +338,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _report(self, path: str, name: str) -> dict[str, Any]:
         ctl = self.server.controller
         report = self._message(path, Report.from_json)
-        wanted = ctl.plans()
-        desired = next((p.desired[name] for p in wanted.values() if name in p.desired), None)
-        reported = ctl.store.report(name, report, desired=desired, now=ctl.clock())
+        desired, spec = ctl.wanted(name)
+        reported = ctl.store.report(name, report, desired=desired, now=ctl.clock(), spec=spec)
         if reported is None:
             raise HttpError(HTTPStatus.NOT_FOUND, f"node {name!r} is not registered")
         if reported[1]:  # only a change can change the plan; the timer does the rest

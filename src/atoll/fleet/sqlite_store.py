@@ -35,7 +35,7 @@ from atoll.fleet.pool import spec_from_dict, spec_to_dict
 from atoll.fleet.rollout import NodeFacts, Phase, Plan, PoolSpec, PoolState
 from atoll.fleet.store import EVENTS_KEPT, Event, StoreError
 from atoll.fleet.transitions import NewEvent, PoolStep
-from atoll.wire.fleet import Registration, Report
+from atoll.wire.fleet import ProtocolError, Registration, Report, StepFailure
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pools (
@@ -53,7 +53,10 @@ CREATE TABLE IF NOT EXISTS nodes (
     healthy INTEGER NOT NULL,
     phase TEXT NOT NULL,
     last_transition REAL NOT NULL,
-    last_report REAL NOT NULL  -- the last registration or report that changed something
+    last_report REAL NOT NULL,  -- the last registration or report that changed something
+    failure TEXT,  -- the last step failure (the protocol's JSON), or NULL
+    retry_at REAL,  -- on_step_failure = "retry": not staged again before this
+    step_attempts INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -65,9 +68,16 @@ CREATE TABLE IF NOT EXISTS events (
 );
 """
 
+# Columns added after the first release: a store created before gets them on open.
+_ADDED_NODE_COLUMNS = {
+    "failure": "failure TEXT",
+    "retry_at": "retry_at REAL",
+    "step_attempts": "step_attempts INTEGER NOT NULL DEFAULT 0",
+}
+
 _SELECT_NODES = (
-    "SELECT name, labels, current_version, staged_version, healthy, phase, last_transition"
-    " FROM nodes"
+    "SELECT name, labels, current_version, staged_version, healthy, phase, last_transition,"
+    " failure, retry_at, step_attempts FROM nodes"
 )
 
 
@@ -83,8 +93,35 @@ def store_path(url: str) -> Path:
 
 
 def _node_row(row: Sequence[Any]) -> NodeFacts:
-    name, labels, current, staged, healthy, phase, since = row
-    return NodeFacts(name, json.loads(labels), current, staged, bool(healthy), Phase(phase), since)
+    name, labels, current, staged, healthy, phase, since, failure, retry_at, attempts = row
+    return NodeFacts(
+        name,
+        json.loads(labels),
+        current,
+        staged,
+        bool(healthy),
+        Phase(phase),
+        since,
+        failure=_failure(name, failure),
+        retry_at=retry_at,
+        step_attempts=int(attempts),
+    )
+
+
+def _failure(name: str, raw: str | None) -> StepFailure | None:
+    if raw is None:
+        return None
+    try:
+        return StepFailure.from_json(json.loads(raw))
+    except (ValueError, ProtocolError) as e:
+        raise StoreError(f"fleet store: node {name}: failure: {e}") from e
+
+
+def _add_columns(db: sqlite3.Connection) -> None:
+    have = {row[1] for row in db.execute("PRAGMA table_info(nodes)")}
+    for name, definition in _ADDED_NODE_COLUMNS.items():
+        if name not in have:
+            db.execute(f"ALTER TABLE nodes ADD COLUMN {definition}")
 
 
 class SqliteStore:
@@ -101,6 +138,7 @@ class SqliteStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
+            _add_columns(self._db)
         except (OSError, sqlite3.Error) as e:
             raise StoreError(f"fleet store {path}: cannot open: {e}") from e
         self._lock = threading.Lock()
@@ -185,17 +223,29 @@ class SqliteStore:
     def _facts(n: NodeFacts) -> tuple[Any, ...]:
         labels = json.dumps(dict(n.labels), sort_keys=True)
         facts = (n.current_version, n.staged_version, int(n.healthy), n.phase.value)
-        return (n.name, labels, *facts, n.last_transition)
+        failure = None if n.failure is None else json.dumps(n.failure.to_json(), sort_keys=True)
+        return (
+            n.name,
+            labels,
+            *facts,
+            n.last_transition,
+            failure,
+            n.retry_at,
+            n.step_attempts,
+        )
 
     def _write_reported(self, db: sqlite3.Connection, n: NodeFacts, now: float) -> None:
         """A node as its agent registered or reported it (``last_report`` = now)."""
         db.execute(
             "INSERT INTO nodes(name, labels, current_version, staged_version, healthy, phase,"
-            " last_transition, last_report) VALUES (?,?,?,?,?,?,?,?)"
+            " last_transition, failure, retry_at, step_attempts, last_report)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?)"
             " ON CONFLICT(name) DO UPDATE SET labels=excluded.labels,"
             " current_version=excluded.current_version, staged_version=excluded.staged_version,"
             " healthy=excluded.healthy, phase=excluded.phase,"
-            " last_transition=excluded.last_transition, last_report=excluded.last_report",
+            " last_transition=excluded.last_transition, failure=excluded.failure,"
+            " retry_at=excluded.retry_at, step_attempts=excluded.step_attempts,"
+            " last_report=excluded.last_report",
             (*self._facts(n), now),
         )
 
@@ -205,7 +255,8 @@ class SqliteStore:
             name, *facts = self._facts(n)
             db.execute(
                 "UPDATE nodes SET labels=?, current_version=?, staged_version=?, healthy=?,"
-                " phase=?, last_transition=? WHERE name=?",
+                " phase=?, last_transition=?, failure=?, retry_at=?, step_attempts=?"
+                " WHERE name=?",
                 (*facts, name),
             )
 
@@ -271,7 +322,13 @@ class SqliteStore:
         return step.after
 
     def report(
-        self, name: str, report: Report, *, desired: str | None, now: float
+        self,
+        name: str,
+        report: Report,
+        *,
+        desired: str | None,
+        now: float,
+        spec: PoolSpec | None = None,
     ) -> tuple[NodeFacts, bool] | None:
         """Apply an agent's report; returns the node and whether anything changed.
 
@@ -282,7 +339,7 @@ class SqliteStore:
             old = self._node(db, name)
             if old is None:
                 return None
-            step = transitions.after_report(old, report, desired, now)
+            step = transitions.after_report(old, report, desired, now, spec=spec)
             if step.changed:
                 self._write_reported(db, step.after, now)
                 self._append(db, step.events)

@@ -116,10 +116,17 @@ class FleetStore(Protocol):
         ...
 
     def report(
-        self, name: str, report: Report, *, desired: str | None, now: float
+        self,
+        name: str,
+        report: Report,
+        *,
+        desired: str | None,
+        now: float,
+        spec: PoolSpec | None = None,
     ) -> tuple[NodeFacts, bool] | None:
         """The node after its agent's report (the protocol's message; ``desired``: the
-        version its pool wants, ``None`` when no pool selects it) and whether anything
+        version its pool wants, ``None`` when no pool selects it; ``spec``: that pool,
+        whose ``on_step_failure`` decides what a step failure does) and whether anything
         changed (an unchanged report writes nothing); ``None`` for a node never
         registered."""
         ...

@@ -8,6 +8,11 @@ this module decides what each fact or decision does to the stored state, once:
   (so a controller counts a grant across an agent's restart);
 * **after an agent's report** (:func:`after_report`): staging, staged, landed
   on the granted version, failed; a ``failed`` node stays failed until resumed;
+  a step failure for the version the node is moving to fails it or, with the
+  pool's ``on_step_failure = "retry"``, sends it back to ``idle`` with a
+  ``retry_at`` (exponential backoff, :func:`atoll.fleet.rollout.retry_backoff`)
+  until it has failed ``max_step_retries`` times more; either way the failure
+  is recorded on the node and is an event of its pool;
 * **after a decision of a plan** (:func:`after_action`, :func:`after_plan`): a
   stage order moves only an ``idle``/``staged`` node to ``staging``; a reboot
   or rollback grant moves a node that is neither ``rebooting`` nor ``failed``
@@ -42,8 +47,19 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from atoll.errors import InputError
-from atoll.fleet.rollout import Action, ActionKind, NodeFacts, Phase, Plan, PoolSpec, PoolState
-from atoll.wire.fleet import Registration, Report
+from atoll.fleet.rollout import (
+    Action,
+    ActionKind,
+    NodeFacts,
+    OnStepFailure,
+    Phase,
+    Plan,
+    PoolSpec,
+    PoolState,
+    describe_failure,
+    retry_backoff,
+)
+from atoll.wire.fleet import Registration, Report, StepFailure
 
 
 @dataclass(frozen=True)
@@ -144,36 +160,106 @@ def _after_report(old: NodeFacts, r: Report, desired: str | None, now: float) ->
     if old.phase is Phase.FAILED:
         return replace(old, current_version=r.version, staged_version=r.staged, healthy=r.healthy)
     if r.failed:
-        return NodeFacts(old.name, old.labels, r.version, r.staged, r.healthy, Phase.FAILED, now)
+        return _moved(old, r, Phase.FAILED, now)
     if old.phase is Phase.REBOOTING:
         if r.version == old.staged_version and r.healthy:
-            return NodeFacts(old.name, old.labels, r.version, r.staged, True, Phase.IDLE, now)
+            return _landed(_moved(old, r, Phase.IDLE, now, healthy=True))
         # Not rebooted yet, or back but still in its trial: keep the grant (and
         # its version, and the time it was granted: the reboot timeout) as persisted.
         return replace(old, healthy=r.healthy)
     phase = _reported_phase(old, r, desired)
     moved = phase is not old.phase or r.version != old.current_version
-    return NodeFacts(
-        old.name,
-        old.labels,
-        r.version,
-        r.staged,
-        r.healthy,
-        phase,
-        now if moved else old.last_transition,
+    new = replace(
+        old,
+        current_version=r.version,
+        staged_version=r.staged,
+        healthy=r.healthy,
+        phase=phase,
+        last_transition=now if moved else old.last_transition,
+    )
+    return _landed(new)
+
+
+def _moved(
+    old: NodeFacts, r: Report, phase: Phase, now: float, *, healthy: bool | None = None
+) -> NodeFacts:
+    """The node in a new ``phase`` from ``now`` with the report's facts."""
+    return replace(
+        old,
+        current_version=r.version,
+        staged_version=r.staged,
+        healthy=r.healthy if healthy is None else healthy,
+        phase=phase,
+        last_transition=now,
     )
 
 
-def after_report(old: NodeFacts, report: Report, desired: str | None, now: float) -> NodeStep:
-    """The node after its agent reported, and a ``phase`` event if its phase changed.
+def _landed(node: NodeFacts) -> NodeFacts:
+    """An idle node running the version it failed a step of, healthy, forgets the failure."""
+    f = node.failure
+    if f is None or node.phase is not Phase.IDLE or not node.healthy:
+        return node
+    if node.current_version != f.version:
+        return node
+    return replace(node, failure=None, retry_at=None, step_attempts=0)
+
+
+def _moving_to(old: NodeFacts, desired: str | None) -> str | None:
+    """The version a node is being moved to: the granted one while rebooting, else the
+    pool's, and only while it was told to stage or granted a reboot."""
+    if old.phase is Phase.REBOOTING:
+        return old.staged_version or desired
+    if old.phase in (Phase.STAGING, Phase.STAGED):
+        return desired
+    return None
+
+
+def _after_failure(
+    old: NodeFacts, r: Report, failure: StepFailure, spec: PoolSpec | None, now: float
+) -> tuple[NodeFacts, str]:
+    """The node after a step failure for the version it is moving to, and what was decided."""
+    same = old.failure is not None and old.failure.version == failure.version
+    attempts = old.step_attempts + 1 if same else 1
+    retry = spec is not None and spec.on_step_failure is OnStepFailure.RETRY
+    limit = spec.max_step_retries if spec is not None else 0
+    failed = replace(_moved(old, r, Phase.FAILED, now), failure=failure, retry_at=None)
+    if not retry:
+        return replace(failed, step_attempts=attempts), "node failed"
+    if attempts > limit:
+        done = replace(failed, step_attempts=attempts)
+        return done, f"node failed after {limit} retr{'y' if limit == 1 else 'ies'}"
+    retry_at = now + retry_backoff(attempts)
+    again = replace(failed, phase=Phase.IDLE, retry_at=retry_at, step_attempts=attempts)
+    return again, f"retry {attempts} of {limit} in {retry_at - now:g}s"
+
+
+def after_report(
+    old: NodeFacts,
+    report: Report,
+    desired: str | None,
+    now: float,
+    *,
+    spec: PoolSpec | None = None,
+) -> NodeStep:
+    """The node after its agent reported, a ``phase`` event if its phase changed and a
+    ``step-failure`` event of its pool for a step failure it had not recorded yet.
 
     ``desired`` is the version the controller wants for the node (``None``: no
-    pool selects it).
+    pool selects it); ``spec`` is its pool (``None``: none; a step failure then
+    fails the node).
 
     * ``failed`` (the agent's verdict: its health trial failed and it rolled
       back, or it is unhealthy outside a trial) -> ``failed``; a failed node
       stays failed until the pool is resumed (its versions and health are kept
       up to date);
+    * a step failure (``report.failure``) for the version the node is moving
+      to (staging, staged, or granted a reboot into): ``on_step_failure =
+      "fail"`` -> ``failed``; ``"retry"`` -> ``idle`` with ``retry_at = now +
+      backoff(attempt)`` (attempts counted per node and version), ``failed``
+      once it failed more than ``max_step_retries`` times. The failure is
+      stored on the node either way and emits a ``step-failure`` event of the
+      pool. A failure for another version (stale, or a node not moving) is
+      only recorded;
     * ``rebooting`` and now running the granted version, healthy -> ``idle``
       (``last_transition`` = now: minReadySeconds counts from here);
     * otherwise ``rebooting`` stays: the reboot has not happened yet, or the
@@ -182,15 +268,35 @@ def after_report(old: NodeFacts, report: Report, desired: str | None, now: float
       and the pool's reboot timeout bounds a node that never says either);
     * on the desired version -> ``idle``; ``staged`` equal to the desired
       version -> ``staged``; a node told to stage stays ``staging`` until then.
+      An idle node healthy on the version it failed a step of forgets the failure.
 
     ``last_transition`` moves with the phase or the running version only.
     """
-    new = _after_report(old, report, desired, now)
-    events: tuple[NewEvent, ...] = ()
+    failure = report.failure
+    decided: str | None = None
+    if (
+        failure is not None
+        and old.phase is not Phase.FAILED
+        and not report.failed
+        and failure.version == _moving_to(old, desired)
+    ):
+        new, decided = _after_failure(old, report, failure, spec, now)
+    else:
+        new = _after_report(old, report, desired, now)
+        if failure is not None and failure != old.failure and old.phase is not Phase.FAILED:
+            new, decided = (
+                replace(new, failure=failure),
+                "recorded only: not the version it moves to",
+            )
+    events: list[NewEvent] = []
     if new.phase is not old.phase:
         message = f"{old.phase} -> {new.phase} on {report.version}"
-        events = (NewEvent(now, None, old.name, "phase", message),)
-    return NodeStep(old, new, events)
+        events.append(NewEvent(now, None, old.name, "phase", message))
+    if failure is not None and decided is not None:
+        pool = None if spec is None else spec.name
+        message = f"{describe_failure(failure)}; {decided}"
+        events.append(NewEvent(now, pool, old.name, "step-failure", message))
+    return NodeStep(old, new, tuple(events))
 
 
 def after_action(node: NodeFacts, action: Action, now: float) -> NodeFacts:
@@ -205,7 +311,7 @@ def after_action(node: NodeFacts, action: Action, now: float) -> NodeFacts:
     """
     if action.kind is ActionKind.STAGE:
         if node.phase in (Phase.IDLE, Phase.STAGED):
-            return replace(node, phase=Phase.STAGING)
+            return replace(node, phase=Phase.STAGING, retry_at=None)
         return node
     if node.phase in (Phase.REBOOTING, Phase.FAILED):
         return node
@@ -289,9 +395,10 @@ def paused(spec: PoolSpec, state: PoolState, reason: str, now: float) -> PoolSte
 
 def resumed(spec: PoolSpec, state: PoolState, nodes: Iterable[NodeFacts], now: float) -> PoolStep:
     """Clear the pause, release the canary gate and retry the failed nodes the pool's
-    selector matches (``idle`` from ``now``)."""
+    selector matches (``idle`` from ``now``, with their step retries counted afresh;
+    the last failure stays on record)."""
     retried = tuple(
-        replace(n, phase=Phase.IDLE, last_transition=now)
+        replace(n, phase=Phase.IDLE, last_transition=now, retry_at=None, step_attempts=0)
         for n in nodes
         if n.phase is Phase.FAILED and matches(spec.selector, n.labels)
     )
