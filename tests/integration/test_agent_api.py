@@ -8,84 +8,51 @@ VM). Every call goes through the ``atoll`` command line, as a user would.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from atoll.agent.server import Agent, AgentConfig, AgentServer, serve_in_thread
 from atoll.cli import main
-from atoll.pki import Kind, Role, init, issue, revoke
-
-BOOTED = "* atoll " + "ab" * 32 + ".0\n    Version: 1.0.0\n"
+from atoll.pki import Kind, Role, init, issue
+from tests.integration.running_agent import RunningAgent
 
 
 @dataclass
 class Live:
-    pki: Path
-    other: Path
-    root: Path
-    endpoint: str
-    commands: list[list[str]]
-    restarts: list[list[str]]
+    agent: RunningAgent
+    other: Path  # another CA, with its own admin "eve"
+
+    @property
+    def root(self) -> Path:
+        return self.agent.root
+
+    @property
+    def commands(self) -> list[list[str]]:
+        return self.agent.commands
 
     def node(
         self, capsys: pytest.CaptureFixture[str], client: str | None, *argv: str, pki: Path | None
     ) -> tuple[int, Any, str]:
-        pki = pki or self.pki
+        pki = pki or self.agent.pki
         creds: list[str] = []
         if client is not None:
             creds = ["--cert", str(pki / f"clients/{client}.crt")]
             creds += ["--key", str(pki / f"clients/{client}.key")]
-        code = main(["node", "--endpoint", self.endpoint, "--ca", str(self.pki / "ca.crt"),
-                     *creds, *argv])  # fmt: skip
+        code = main(["node", "--endpoint", self.agent.endpoint,
+                     "--ca", str(self.agent.pki / "ca.crt"), *creds, *argv])  # fmt: skip
         out, err = capsys.readouterr()
         return code, json.loads(out) if out.strip() else None, err
 
 
 @pytest.fixture
-def live(tmp_path: Path) -> Iterator[Live]:
-    pki, other = tmp_path / "pki", tmp_path / "other-ca"
-    init(pki)
+def live(tmp_path: Path, start_agent: Callable[..., RunningAgent]) -> Live:
+    other = tmp_path / "other-ca"
     init(other)
-    issue(pki, "node1", kind=Kind.NODE)
-    for name, role in (("vera", Role.VIEWER), ("otto", Role.OPERATOR), ("ada", Role.ADMIN)):
-        issue(pki, name, kind=Kind.CLIENT, role=role)
-    issue(pki, "rex", kind=Kind.CLIENT, role=Role.ADMIN)
-    revoke(pki, "rex")
     issue(other, "eve", kind=Kind.CLIENT, role=Role.ADMIN)
-    root = tmp_path / "root"
-    (root / "usr/lib").mkdir(parents=True)
-    (root / "usr/lib/os-release").write_text("IMAGE_ID=atoll\nIMAGE_VERSION=1.0.0\n")
-    commands: list[list[str]] = []
-    restarts: list[list[str]] = []
-
-    def run(argv: Sequence[str], *, timeout: float) -> str:
-        commands.append(list(argv))
-        return BOOTED if list(argv) == ["ostree", "admin", "status"] else ""
-
-    config = AgentConfig(
-        root=root,
-        audit_path=root / "var/lib/atoll/audit.jsonl",
-        cert=pki / "nodes/node1.crt",
-        key=pki / "nodes/node1.key",
-        ca=pki / "ca.crt",
-        crl=pki / "crl.pem",
-        runner=lambda argv: restarts.append(list(argv)),
-        commands=run,
-        sync=lambda: None,
-    )
-    server = AgentServer(("127.0.0.1", 0), Agent(config))
-    serve_in_thread(server)
-    try:
-        yield Live(
-            pki, other, root, f"https://127.0.0.1:{server.server_address[1]}", commands, restarts
-        )
-    finally:
-        server.shutdown()
-        server.server_close()
+    return Live(start_agent(revoked=[("rex", Role.ADMIN)], hostname=None), other)
 
 
 def test_status_and_roles(live: Live, capsys: pytest.CaptureFixture[str]) -> None:

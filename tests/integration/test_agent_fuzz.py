@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
 
-from atoll.agent.server import Agent, AgentConfig, AgentServer, openapi_document, serve_in_thread
-from atoll.pki import Kind, Role, init, issue
+from atoll.agent.server import openapi_document
+from atoll.pki import Role
+from tests.integration.running_agent import RunningAgent, running_agent
 
 # schemathesis 3.x uses jsonschema's RefResolver API, deprecated since jsonschema 4.18.
 # Only those deprecations are silenced, only in this file (the suite runs with
@@ -36,48 +37,19 @@ with warnings.catch_warnings():
     )
 
 
-BOOTED = "* atoll " + "ab" * 32 + ".0\n    Version: 1.0.0\n"
-
-
 class Live:
-    def __init__(self, base_url: str, pki: Path, audit: Path) -> None:
-        self.base_url = base_url
-        self.audit = audit
-        self.verify = str(pki / "ca.crt")
-        self.cert = (str(pki / "clients/ada.crt"), str(pki / "clients/ada.key"))
+    def __init__(self, agent: RunningAgent) -> None:
+        self.base_url = agent.endpoint
+        self.audit = agent.root / "var/lib/atoll/audit.jsonl"
+        self.verify = str(agent.pki / "ca.crt")
+        self.cert = (str(agent.pki / "clients/ada.crt"), str(agent.pki / "clients/ada.key"))
 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     tmp = tmp_path_factory.mktemp("fuzz")
-    pki, root = tmp / "pki", tmp / "root"
-    init(pki)
-    issue(pki, "node1", kind=Kind.NODE)
-    issue(pki, "ada", kind=Kind.CLIENT, role=Role.ADMIN)
-    (root / "usr/lib").mkdir(parents=True)
-    (root / "usr/lib/os-release").write_text("IMAGE_ID=atoll\nIMAGE_VERSION=1.0.0\n")
-
-    def commands(argv: Sequence[str], *, timeout: float) -> str:
-        return BOOTED if list(argv) == ["ostree", "admin", "status"] else ""
-
-    config = AgentConfig(
-        root=root,
-        audit_path=root / "var/lib/atoll/audit.jsonl",
-        cert=pki / "nodes/node1.crt",
-        key=pki / "nodes/node1.key",
-        ca=pki / "ca.crt",
-        crl=pki / "crl.pem",
-        runner=lambda argv: None,
-        commands=commands,
-        sync=lambda: None,
-    )
-    server = AgentServer(("127.0.0.1", 0), Agent(config))
-    serve_in_thread(server)
-    try:
-        yield Live(f"https://127.0.0.1:{server.server_address[1]}", pki, config.audit_path)
-    finally:
-        server.shutdown()
-        server.server_close()
+    with running_agent(tmp, clients=[("ada", Role.ADMIN)], hostname=None) as agent:
+        yield Live(agent)
 
 
 @pytest.mark.filterwarnings(f"ignore:{JSONSCHEMA_DEPRECATIONS}:DeprecationWarning")

@@ -13,26 +13,24 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 from atoll.agent.connection import HttpLimits
-from tests.integration.agent_http import LiveAgent, live_agent, read_answers, request
+from tests.integration.running_agent import RunningAgent, read_answers, request
 
 
 @pytest.fixture
-def agent(tmp_path: Path) -> Iterator[LiveAgent]:
-    with live_agent(tmp_path) as live:
-        yield live
+def agent(start_agent: Callable[..., RunningAgent]) -> RunningAgent:
+    return start_agent()
 
 
 def _patch(body: bytes, **options: object) -> bytes:
     return request("PATCH", "/v1/settings", body, **options)  # type: ignore[arg-type]
 
 
-def _assert_audited(agent: LiveAgent, before: int, status: int, who: str = "ada") -> None:
+def _assert_audited(agent: RunningAgent, before: int, status: int, who: str = "ada") -> None:
     records = agent.wait_records(before + 1)
     assert len(records) == before + 1, records[before:]
     assert records[-1]["result"] == status and records[-1]["who"] == who, records[-1]
@@ -54,7 +52,7 @@ def _assert_audited(agent: LiveAgent, before: int, status: int, who: str = "ada"
     ids=["surrogate", "surrogate-2", "nested-300", "nested-10000"],
 )
 def test_a_hostile_body_is_refused_audited_and_changes_nothing(
-    agent: LiveAgent, body: bytes
+    agent: RunningAgent, body: bytes
 ) -> None:
     before, etc = len(agent.records()), agent.etc()
     answers, _ = agent.exchange(_patch(body))
@@ -64,7 +62,7 @@ def test_a_hostile_body_is_refused_audited_and_changes_nothing(
     assert agent.etc() == etc and agent.restarts == []
 
 
-def test_an_accepted_change_is_audited_with_its_values(agent: LiveAgent) -> None:
+def test_an_accepted_change_is_audited_with_its_values(agent: RunningAgent) -> None:
     answers, closed = agent.exchange(_patch(b'{"hostname": "edge-7"}'))
     assert answers[0].status == 200 and not closed
     record = agent.wait_records(1)[-1]
@@ -72,7 +70,7 @@ def test_an_accepted_change_is_audited_with_its_values(agent: LiveAgent) -> None
     assert (agent.root / "etc/hostname").read_text() == "edge-7\n"
 
 
-def test_an_unusable_settings_file_is_no_5xx_and_a_change_repairs_it(agent: LiveAgent) -> None:
+def test_an_unusable_settings_file_is_no_5xx_and_a_change_repairs_it(agent: RunningAgent) -> None:
     """A value an earlier agent let in (a trailing newline) is refused today: named, not a 500."""
     assert agent.exchange(_patch(b'{"kernel.args": ["quiet"]}'))[0][0].status == 200
     path = agent.root / "etc/atoll/settings.json"
@@ -113,7 +111,9 @@ HIDDEN = _patch(b'{"hostname": "smuggled"}')
     ],
     ids=["body-on-get", "cl-and-te", "chunked", "404-with-body", "405-with-body"],
 )
-def test_a_request_hidden_in_another_never_runs(agent: LiveAgent, data: bytes, status: int) -> None:
+def test_a_request_hidden_in_another_never_runs(
+    agent: RunningAgent, data: bytes, status: int
+) -> None:
     answers, closed = agent.exchange(data)
     assert [a.status for a in answers] == [status] and closed, answers
     assert (agent.root / "etc/hostname").read_text() == "node1\n"
@@ -131,7 +131,7 @@ def test_a_request_hidden_in_another_never_runs(agent: LiveAgent, data: bytes, s
     ],
 )
 def test_content_length_is_strict(
-    agent: LiveAgent, fields: list[str], status: int, names: str
+    agent: RunningAgent, fields: list[str], status: int, names: str
 ) -> None:
     body = b'{"hostname": "changed"}'  # 23 bytes
     data = request("PATCH", "/v1/settings", None, fields=["Content-Type: application/json",
@@ -151,7 +151,9 @@ def test_content_length_is_strict(
         (_patch(b'{"hostname": "a", "hostname": "b"}'), 400, "appears twice"),
     ],
 )
-def test_json_bodies_only_as_json(agent: LiveAgent, data: bytes, status: int, names: str) -> None:
+def test_json_bodies_only_as_json(
+    agent: RunningAgent, data: bytes, status: int, names: str
+) -> None:
     answers, _ = agent.exchange(data)
     assert [a.status for a in answers] == [status], answers
     assert names in answers[0].json()["error"]
@@ -159,7 +161,7 @@ def test_json_bodies_only_as_json(agent: LiveAgent, data: bytes, status: int, na
     _assert_audited(agent, 0, status)
 
 
-def test_an_answer_to_head_has_no_body_to_misread(agent: LiveAgent) -> None:
+def test_an_answer_to_head_has_no_body_to_misread(agent: RunningAgent) -> None:
     data = request("HEAD", "/v1/status") + request("GET", "/v1/status")
     with agent.connect() as conn:
         conn.sendall(data)
@@ -172,7 +174,7 @@ def test_an_answer_to_head_has_no_body_to_misread(agent: LiveAgent) -> None:
     assert second.startswith(b"200 ")
 
 
-def test_kept_alive_requests_still_work(agent: LiveAgent) -> None:
+def test_kept_alive_requests_still_work(agent: RunningAgent) -> None:
     two = request("GET", "/v1/status") + _patch(b'{"hostname": "n2"}')
     answers, closed = agent.exchange(two + request("GET", "/v1/settings"), answers=3)
     assert [a.status for a in answers] == [200, 200, 200] and not closed
@@ -207,7 +209,7 @@ def test_kept_alive_requests_still_work(agent: LiveAgent) -> None:
     ids=["garbage", "http2", "method", "header-too-large", "line-too-long", "bare-lf"],
 )
 def test_refusals_the_http_library_made_are_audited(
-    agent: LiveAgent, data: bytes, status: int, what: str
+    agent: RunningAgent, data: bytes, status: int, what: str
 ) -> None:
     answers, closed = agent.exchange(data)
     assert [a.status for a in answers] == [status], answers
@@ -221,7 +223,7 @@ def test_refusals_the_http_library_made_are_audited(
     assert record["reason"] == answers[0].json()["error"]
 
 
-def test_a_refused_role_is_audited_with_the_reason(agent: LiveAgent) -> None:
+def test_a_refused_role_is_audited_with_the_reason(agent: RunningAgent) -> None:
     answers, _ = agent.exchange(_patch(b'{"hostname": "x"}'), client="vera")
     assert answers[0].status == 403
     record = agent.wait_records(1)[-1]
@@ -233,7 +235,7 @@ def test_a_refused_role_is_audited_with_the_reason(agent: LiveAgent) -> None:
 
 
 def test_a_client_that_leaves_mid_request_is_one_log_line(
-    agent: LiveAgent, capsys: pytest.CaptureFixture[str]
+    agent: RunningAgent, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = _patch(b'{"hostname": "never-finished"}')
     for cut in (10, len(data) - 5):  # mid-head, mid-body
@@ -242,7 +244,7 @@ def test_a_client_that_leaves_mid_request_is_one_log_line(
             time.sleep(0.2)
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST
     records = agent.wait_records(2)
-    time.sleep(0.3)
+    assert agent.server.wait_ended(2, timeout=10)  # both connections' threads are done
     err = capsys.readouterr().err
     assert "Traceback" not in err, err
     assert len([line for line in err.splitlines() if line.strip()]) <= 2, err
@@ -250,51 +252,53 @@ def test_a_client_that_leaves_mid_request_is_one_log_line(
     assert (agent.root / "etc/hostname").read_text() == "node1\n"
 
 
-def test_headers_must_arrive_within_the_deadline(tmp_path: Path) -> None:
-    with live_agent(tmp_path, limits=HttpLimits(head_seconds=0.5)) as agent:
-        start = time.monotonic()
-        with agent.connect() as conn:
-            conn.sendall(b"GET /v1/status HTTP/1.1\r\n")
-            for _ in range(10):  # a byte now and then: each read is quick, the whole is not
-                time.sleep(0.1)
-                try:
-                    conn.sendall(b"X")
-                except OSError:
-                    break
-            answers, closed = read_answers(conn, answers=1, wait=2)
-        assert [a.status for a in answers] == [408] and closed, answers
-        assert time.monotonic() - start < 3
-        assert agent.wait_records(1)[0]["result"] == 408
-        # an idle connection is closed quietly at the deadline (no record: no request)
-        with agent.connect() as conn:
-            assert read_answers(conn, answers=1, wait=2) == ([], True)
-        assert len(agent.records()) == 1
-
-
-def test_connections_are_bounded_and_the_excess_answered(tmp_path: Path) -> None:
-    limits = HttpLimits(head_seconds=5, connections=2)
-    with live_agent(tmp_path, limits=limits) as agent:
-        held = [agent.connect() for _ in range(2)]
-        try:
-            time.sleep(0.2)
-            extra, closed = agent.exchange(request("GET", "/v1/status"))
-            assert [a.status for a in extra] == [503] and closed, extra
-            assert "connections" in extra[0].json()["error"]
-            records = agent.wait_records(1)
-            assert records[-1]["result"] == 503 and records[-1]["who"] == "ada"
-        finally:
-            for conn in held:
-                conn.close()
-        deadline = time.monotonic() + 5
-        while True:
-            answers, _ = agent.exchange(request("GET", "/v1/status"))
-            if answers[0].status == 200 or time.monotonic() > deadline:
-                break
+def test_headers_must_arrive_within_the_deadline(start_agent: Callable[..., RunningAgent]) -> None:
+    agent = start_agent(limits=HttpLimits(head_seconds=0.5))
+    start = time.monotonic()
+    with agent.connect() as conn:
+        conn.sendall(b"GET /v1/status HTTP/1.1\r\n")
+        for _ in range(10):  # a byte now and then: each read is quick, the whole is not
             time.sleep(0.1)
-        assert answers[0].status == 200
+            try:
+                conn.sendall(b"X")
+            except OSError:
+                break
+        answers, closed = read_answers(conn, answers=1, wait=2)
+    assert [a.status for a in answers] == [408] and closed, answers
+    assert time.monotonic() - start < 3
+    assert agent.wait_records(1)[0]["result"] == 408
+    # an idle connection is closed quietly at the deadline (no record: no request)
+    with agent.connect() as conn:
+        assert read_answers(conn, answers=1, wait=2) == ([], True)
+    assert len(agent.records()) == 1
 
 
-def test_many_clients_at_once_are_all_answered(agent: LiveAgent) -> None:
+def test_connections_are_bounded_and_the_excess_answered(
+    start_agent: Callable[..., RunningAgent],
+) -> None:
+    limits = HttpLimits(head_seconds=5, connections=2)
+    agent = start_agent(limits=limits)
+    held = [agent.connect() for _ in range(2)]
+    try:
+        time.sleep(0.2)
+        extra, closed = agent.exchange(request("GET", "/v1/status"))
+        assert [a.status for a in extra] == [503] and closed, extra
+        assert "connections" in extra[0].json()["error"]
+        records = agent.wait_records(1)
+        assert records[-1]["result"] == 503 and records[-1]["who"] == "ada"
+    finally:
+        for conn in held:
+            conn.close()
+    deadline = time.monotonic() + 5
+    while True:
+        answers, _ = agent.exchange(request("GET", "/v1/status"))
+        if answers[0].status == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert answers[0].status == 200
+
+
+def test_many_clients_at_once_are_all_answered(agent: RunningAgent) -> None:
     statuses: list[int] = []
 
     def client() -> None:

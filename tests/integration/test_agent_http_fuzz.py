@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from atoll.agent.connection import HttpLimits
-from tests.integration.agent_http import LiveAgent, live_agent
+from tests.integration.running_agent import RunningAgent, running_agent
 
 LAST = b"GET /v1/status HTTP/1.1\r\nHost: node1\r\nConnection: close\r\n\r\n"
 CHANGES = {"PATCH /v1/settings"}
@@ -141,16 +141,16 @@ def requests(draw: st.DrawFn) -> bytes:
 STREAMS = st.lists(requests(), min_size=1, max_size=3).map(lambda rs: b"".join(rs) + LAST)
 
 
-def _changing(agent: LiveAgent) -> list[list[str]]:
+def _changing(agent: RunningAgent) -> list[list[str]]:
     """The commands that change the node (reading the journal does not)."""
     return [argv for argv in agent.commands if argv[0] != "journalctl"]
 
 
 @pytest.fixture
-def fuzzed(tmp_path: Path) -> Iterator[tuple[LiveAgent, list[str]]]:
+def fuzzed(tmp_path: Path) -> Iterator[tuple[RunningAgent, list[str]]]:
     log: list[str] = []
     limits = HttpLimits(head_seconds=0.5, body_seconds=0.5, linger_seconds=0.5)
-    with live_agent(tmp_path, limits=limits, log=log.append) as agent:
+    with running_agent(tmp_path, limits=limits, log=log.append) as agent:
         yield agent, log
 
 
@@ -165,7 +165,7 @@ def fuzzed(tmp_path: Path) -> Iterator[tuple[LiveAgent, list[str]]]:
 )
 @given(stream=STREAMS, client=st.sampled_from(["vera", "otto", "ada"]))
 def test_every_request_is_answered_audited_and_applied_only_if_accepted(
-    fuzzed: tuple[LiveAgent, list[str]], stream: bytes, client: str
+    fuzzed: tuple[RunningAgent, list[str]], stream: bytes, client: str
 ) -> None:
     agent, log = fuzzed
     before, etc = len(agent.records()), agent.etc()
@@ -190,7 +190,7 @@ def test_every_request_is_answered_audited_and_applied_only_if_accepted(
 
 
 def test_the_chain_stays_whole_after_a_hostile_stream(
-    fuzzed: tuple[LiveAgent, list[str]],
+    fuzzed: tuple[RunningAgent, list[str]],
 ) -> None:
     agent, log = fuzzed
     hostile = (

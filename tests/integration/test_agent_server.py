@@ -7,85 +7,26 @@ import http.client
 import json
 import ssl
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from atoll.agent.server import (
-    Agent,
-    AgentConfig,
-    AgentServer,
-    openapi_document,
-    serve_in_thread,
-    tls_context,
-)
+from atoll.agent.server import openapi_document, tls_context
 from atoll.pki import Kind, Role, init, issue, revoke
+from tests.integration.running_agent import RunningAgent
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "agent-openapi.json"
 
 
-class Node:
-    def __init__(self, pki: Path, server: AgentServer) -> None:
-        self.pki = pki
-        self.server = server
-        self.port = server.server_address[1]
-        self.restarts: list[list[str]] = []
-
-    def call(self, client: str | None, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        ctx = ssl.create_default_context(cafile=self.pki / "ca.crt")
-        if client is not None:
-            ctx.load_cert_chain(
-                self.pki / "clients" / f"{client}.crt", self.pki / "clients" / f"{client}.key"
-            )
-        conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=ctx, timeout=10)
-        try:
-            payload = None if body is None else json.dumps(body).encode()
-            headers = {"Content-Type": "application/json"} if payload else {}
-            conn.request(method, path, body=payload, headers=headers)
-            response = conn.getresponse()
-            return response.status, json.loads(response.read())
-        finally:
-            conn.close()
-
-
 @pytest.fixture
-def node(tmp_path: Path) -> Iterator[Node]:
-    pki = tmp_path / "pki"
-    init(pki)
-    issue(pki, "node1", kind=Kind.NODE)
-    for name, role in (("vera", Role.VIEWER), ("otto", Role.OPERATOR), ("ada", Role.ADMIN)):
-        issue(pki, name, kind=Kind.CLIENT, role=role)
-    root = tmp_path / "root"
-    (root / "usr/lib").mkdir(parents=True)
-    (root / "usr/lib/os-release").write_text('ID=debian\nIMAGE_ID=atoll\nIMAGE_VERSION="1.2"\n')
-    restarts: list[list[str]] = []
-
-    def runner(argv: Sequence[str]) -> None:
-        restarts.append(list(argv))
-
-    config = AgentConfig(
-        root=root,
-        audit_path=root / "var/lib/atoll/audit.jsonl",
-        cert=pki / "nodes/node1.crt",
-        key=pki / "nodes/node1.key",
-        ca=pki / "ca.crt",
-        crl=pki / "crl.pem",
-        runner=runner,
-    )
-    server = AgentServer(("127.0.0.1", 0), Agent(config))
-    serve_in_thread(server)
-    n = Node(pki, server)
-    n.restarts = restarts
-    try:
-        yield n
-    finally:
-        server.shutdown()
-        server.server_close()
+def node(start_agent: Callable[..., RunningAgent]) -> RunningAgent:
+    release = 'ID=debian\nIMAGE_ID=atoll\nIMAGE_VERSION="1.2"\n'
+    return start_agent(os_release=release, hostname=None)
 
 
-def test_roles_decide_what_a_client_may_do(node: Node) -> None:
+def test_roles_decide_what_a_client_may_do(node: RunningAgent) -> None:
     status, body = node.call("vera", "GET", "/v1/status")
     assert status == 200 and body["image"] == "atoll" and body["version"] == "1.2"
     status, body = node.call("vera", "PATCH", "/v1/settings", {"hostname": "n2"})
@@ -107,7 +48,7 @@ def test_roles_decide_what_a_client_may_do(node: Node) -> None:
     ],
 )
 def test_bad_bodies_are_4xx_naming_the_field_and_change_nothing(
-    node: Node, body: Any, status: int, names: str
+    node: RunningAgent, body: Any, status: int, names: str
 ) -> None:
     before = node.call("otto", "GET", "/v1/settings")[1]
     got, answer = node.call("otto", "PATCH", "/v1/settings", body)
@@ -115,7 +56,7 @@ def test_bad_bodies_are_4xx_naming_the_field_and_change_nothing(
     assert node.call("otto", "GET", "/v1/settings")[1] == before
 
 
-def test_refused_credentials_are_audited(node: Node, tmp_path: Path) -> None:
+def test_refused_credentials_are_audited(node: RunningAgent, tmp_path: Path) -> None:
     other = tmp_path / "other"
     init(other)
     issue(other, "mallory", kind=Kind.CLIENT, role=Role.ADMIN)
@@ -149,12 +90,12 @@ def test_refused_credentials_are_audited(node: Node, tmp_path: Path) -> None:
     assert records[-1]["what"] == "GET /v1/audit/verify" and records[-1]["who"] == "ada"
 
 
-def test_unknown_paths_and_bad_queries_are_4xx(node: Node) -> None:
+def test_unknown_paths_and_bad_queries_are_4xx(node: RunningAgent) -> None:
     assert node.call("vera", "GET", "/v1/nothing")[0] == 404
     assert node.call("vera", "DELETE", "/v1/status")[0] == 405
     assert node.call("vera", "GET", "/v1/audit?limit=x")[0] == 400
 
 
-def test_the_served_openapi_document_is_the_one_in_the_repo(node: Node) -> None:
+def test_the_served_openapi_document_is_the_one_in_the_repo(node: RunningAgent) -> None:
     served = node.call("vera", "GET", "/v1/openapi.json")[1]
     assert served == openapi_document() == json.loads(DOC.read_text())

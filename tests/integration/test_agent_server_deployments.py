@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from atoll.agent.server import Agent, AgentConfig, AgentServer, serve_in_thread
-from atoll.pki import Kind, Role, init, issue
-from tests.integration.test_agent_server import Node
+from atoll.pki import Role
+from tests.integration.running_agent import RunningAgent
 from tests.unit.test_agent_deployments import AFTER_REBOOT, NEW, OLD, PENDING
 
 
@@ -22,7 +20,7 @@ class Ostree:
         self.calls: list[list[str]] = []
         self.synced = 0
 
-    def run(self, argv: Sequence[str], *, timeout: float) -> str:
+    def answer(self, argv: list[str]) -> str:
         self.calls.append(list(argv))
         if list(argv[:2]) == ["ostree", "admin"] and argv[2] == "status":
             return self.status
@@ -38,39 +36,19 @@ class Ostree:
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> Iterator[tuple[Node, Ostree]]:
-    pki = tmp_path / "pki"
-    init(pki)
-    issue(pki, "node1", kind=Kind.NODE)
-    for name, role in (("vera", Role.VIEWER), ("otto", Role.OPERATOR)):
-        issue(pki, name, kind=Kind.CLIENT, role=role)
-    root = tmp_path / "root"
+def setup(start_agent: Callable[..., RunningAgent]) -> tuple[RunningAgent, Ostree]:
     ostree = Ostree()
-
-    def restart(argv: Sequence[str]) -> None:
-        pass
-
-    config = AgentConfig(
-        root=root,
-        audit_path=root / "var/lib/atoll/audit.jsonl",
-        cert=pki / "nodes/node1.crt",
-        key=pki / "nodes/node1.key",
-        ca=pki / "ca.crt",
-        crl=pki / "crl.pem",
-        runner=restart,
-        commands=ostree.run,
+    node = start_agent(
+        answers=ostree.answer,
         sync=ostree.sync,
+        clients=(("vera", Role.VIEWER), ("otto", Role.OPERATOR)),
+        os_release=None,
+        hostname=None,
     )
-    server = AgentServer(("127.0.0.1", 0), Agent(config))
-    serve_in_thread(server)
-    try:
-        yield Node(pki, server), ostree
-    finally:
-        server.shutdown()
-        server.server_close()
+    return node, ostree
 
 
-def test_status_lists_deployments(setup: tuple[Node, Ostree]) -> None:
+def test_status_lists_deployments(setup: tuple[RunningAgent, Ostree]) -> None:
     node, _ = setup
     status, body = node.call("vera", "GET", "/v1/status")
     assert status == 200
@@ -80,7 +58,7 @@ def test_status_lists_deployments(setup: tuple[Node, Ostree]) -> None:
     ]
 
 
-def test_upgrade_deploys_and_syncs_boot_entries(setup: tuple[Node, Ostree]) -> None:
+def test_upgrade_deploys_and_syncs_boot_entries(setup: tuple[RunningAgent, Ostree]) -> None:
     node, ostree = setup
     status, body = node.call("otto", "POST", "/v1/upgrade", {})
     assert status == 200 and body["ran"] == ["ostree", "admin", "upgrade"]
@@ -93,7 +71,7 @@ def test_upgrade_deploys_and_syncs_boot_entries(setup: tuple[Node, Ostree]) -> N
     ]
 
 
-def test_rollback_and_reboot(setup: tuple[Node, Ostree]) -> None:
+def test_rollback_and_reboot(setup: tuple[RunningAgent, Ostree]) -> None:
     node, ostree = setup
     status, body = node.call("otto", "POST", "/v1/rollback", {})
     assert status == 200 and body["ran"] == ["ostree", "admin", "deploy", "--retain", OLD]
@@ -104,7 +82,7 @@ def test_rollback_and_reboot(setup: tuple[Node, Ostree]) -> None:
     ]
 
 
-def test_viewer_may_not_deploy(setup: tuple[Node, Ostree]) -> None:
+def test_viewer_may_not_deploy(setup: tuple[RunningAgent, Ostree]) -> None:
     node, ostree = setup
     for path in ("/v1/upgrade", "/v1/rollback", "/v1/reboot"):
         status, body = node.call("vera", "POST", path, {})
@@ -127,7 +105,7 @@ def test_viewer_may_not_deploy(setup: tuple[Node, Ostree]) -> None:
     ],
 )
 def test_bad_bodies_run_nothing(
-    setup: tuple[Node, Ostree], path: str, body: Any, names: str
+    setup: tuple[RunningAgent, Ostree], path: str, body: Any, names: str
 ) -> None:
     node, ostree = setup
     status, answer = node.call("otto", "POST", path, body)
@@ -135,7 +113,7 @@ def test_bad_bodies_run_nothing(
     assert ostree.changes() == [] and ostree.synced == 0
 
 
-def test_nothing_to_roll_back_is_a_conflict(setup: tuple[Node, Ostree]) -> None:
+def test_nothing_to_roll_back_is_a_conflict(setup: tuple[RunningAgent, Ostree]) -> None:
     node, ostree = setup
     ostree.status = AFTER_REBOOT.split("  atoll")[0]  # the booted deployment only
     status, body = node.call("otto", "POST", "/v1/rollback", {"reboot": True})

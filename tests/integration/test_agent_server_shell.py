@@ -8,26 +8,22 @@ recording are the real ones.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
-import ssl
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from atoll.agent.logs import LogsQuery, parse_export, parse_query
-from atoll.agent.server import Agent, AgentConfig, AgentServer, serve_in_thread
+from atoll.agent.server import Agent, AgentConfig
 from atoll.agent.shell import CommandRuntime, SessionId
 from atoll.errors import AtollError
 from atoll.ops.cli import parse_ttl
-from atoll.ops.client import NodeClient
 from atoll.ops.shell import ShellError, open_shell, relay
-from atoll.pki import Kind, Role, init, issue
 from atoll.wire.logentry import format_entry
+from tests.integration.running_agent import RunningAgent
 
 # What `journalctl -o json` prints (fields trimmed); MESSAGE as bytes when not UTF-8.
 EXPORT = "\n".join(
@@ -42,75 +38,19 @@ EXPORT = "\n".join(
 ) + "\n"  # fmt: skip
 
 
-@dataclass
-class Live:
-    pki: Path
-    root: Path
-    server: AgentServer
-    commands: list[list[str]]
-
-    @property
-    def endpoint(self) -> str:
-        return f"https://127.0.0.1:{self.server.server_address[1]}"
-
-    def client(self, name: str) -> NodeClient:
-        crt, key = self.pki / f"clients/{name}.crt", self.pki / f"clients/{name}.key"
-        return NodeClient(self.endpoint, self.pki / "ca.crt", crt, key)
-
-    def call(self, name: str, method: str, path: str, body: Any = None, **headers: str) -> Any:
-        ctx = ssl.create_default_context(cafile=self.pki / "ca.crt")
-        ctx.load_cert_chain(self.pki / f"clients/{name}.crt", self.pki / f"clients/{name}.key")
-        conn = http.client.HTTPSConnection("127.0.0.1", self.server.server_address[1], context=ctx)
-        try:
-            data = None if body is None else json.dumps(body).encode()
-            if data is not None:  # JSON bodies are accepted only as such
-                headers = {"Content-Type": "application/json", **headers}
-            conn.request(method, path, body=data, headers=headers)
-            response = conn.getresponse()
-            return response.status, json.loads(response.read())
-        finally:
-            conn.close()
-
-    def records(self) -> list[dict[str, Any]]:
-        records: list[dict[str, Any]] = self.server.agent.audit.records()
-        return records
+def _journal(argv: list[str]) -> str:
+    return EXPORT if argv[0] == "journalctl" else ""
 
 
 @pytest.fixture
-def live(tmp_path: Path) -> Iterator[Live]:
-    pki, root = tmp_path / "pki", tmp_path / "root"
-    init(pki)
-    issue(pki, "node1", kind=Kind.NODE)
-    for name, role in (("vera", Role.VIEWER), ("otto", Role.OPERATOR), ("ada", Role.ADMIN)):
-        issue(pki, name, kind=Kind.CLIENT, role=role)
-    (root / "usr/lib").mkdir(parents=True)
-    (root / "usr/lib/os-release").write_text("IMAGE_ID=atoll\nIMAGE_VERSION=1.0.0\n")
-    commands: list[list[str]] = []
-
-    def run(argv: Sequence[str], *, timeout: float) -> str:
-        commands.append(list(argv))
-        return EXPORT if argv[0] == "journalctl" else ""
-
-    config = AgentConfig(
-        root=root,
-        audit_path=root / "var/lib/atoll/audit.jsonl",
-        cert=pki / "nodes/node1.crt",
-        key=pki / "nodes/node1.key",
-        ca=pki / "ca.crt",
-        crl=None,
-        runner=lambda argv: None,
-        commands=run,
-        sync=lambda: None,
+def live(start_agent: Callable[..., RunningAgent]) -> RunningAgent:
+    return start_agent(
+        answers=_journal,
+        crl=False,
+        hostname=None,
         shell_runtime=CommandRuntime(("/bin/sh", "+i")),
         max_shells=1,
     )
-    server = AgentServer(("127.0.0.1", 0), Agent(config))
-    serve_in_thread(server)
-    try:
-        yield Live(pki, root, server, commands)
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.mark.parametrize(
@@ -152,7 +92,7 @@ def test_journal_export_is_reduced_to_what_an_operator_reads() -> None:
     assert format_entry(first).startswith("2026-11-23T09:10:00.123+00:00 python3[412]: atoll-")
 
 
-def test_logs_need_the_operator_role_and_run_journalctl(live: Live) -> None:
+def test_logs_need_the_operator_role_and_run_journalctl(live: RunningAgent) -> None:
     status, body = live.call("vera", "GET", "/v1/logs")
     assert status == 403 and "needs role operator" in body["error"]
     status, body = live.call("otto", "GET", "/v1/logs?unit=atoll-agent.service&lines=2")
@@ -164,7 +104,7 @@ def test_logs_need_the_operator_role_and_run_journalctl(live: Live) -> None:
     assert status == 400 and "unit:" in body["error"] and len(live.commands) == 1
 
 
-def test_shell_requests_are_refused_before_anything_starts(live: Live) -> None:
+def test_shell_requests_are_refused_before_anything_starts(live: RunningAgent) -> None:
     upgrade = {"Connection": "Upgrade", "Upgrade": "atoll-shell/1"}
     status, body = live.call("otto", "POST", "/v1/shell", {"reason": "x"}, **upgrade)
     assert status == 403 and "needs role admin" in body["error"]
@@ -178,7 +118,7 @@ def test_shell_requests_are_refused_before_anything_starts(live: Live) -> None:
     assert [r["result"] for r in live.records()] == [403, 400, 426, 403]
 
 
-def test_a_shell_session_over_mtls_is_audited_with_its_transcript(live: Live) -> None:
+def test_a_shell_session_over_mtls_is_audited_with_its_transcript(live: RunningAgent) -> None:
     conn, session, early = open_shell(live.client("ada"), {"reason": "why", "tty": False})
     # A second session is refused while this one runs (max_shells=1), and audited.
     with pytest.raises(ShellError, match="HTTP 409: 1 shells already open"):

@@ -15,16 +15,17 @@ import struct
 import sys
 import termios
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from atoll import process
-from atoll.agent.server import Agent, AgentConfig, AgentServer, serve_in_thread
+from atoll.agent.server import AgentServer
 from atoll.agent.shell import CommandRuntime
-from atoll.pki import Kind, Role, init, issue
+from atoll.pki import Role
+from tests.integration.running_agent import RunningAgent
 
 
 @dataclass(frozen=True)
@@ -34,37 +35,19 @@ class Live:
 
 
 @pytest.fixture
-def live(tmp_path: Path) -> Iterator[Live]:
-    pki, root = tmp_path / "pki", tmp_path / "root"
-    init(pki)
-    issue(pki, "node1", kind=Kind.NODE)
-    issue(pki, "ada", kind=Kind.CLIENT, role=Role.ADMIN)
-    (root / "usr/lib").mkdir(parents=True)
-    (root / "usr/lib/os-release").write_text("IMAGE_ID=atoll\nIMAGE_VERSION=1.0.0\n")
-    config = AgentConfig(
-        root=root,
-        audit_path=root / "var/lib/atoll/audit.jsonl",
-        cert=pki / "nodes/node1.crt",
-        key=pki / "nodes/node1.key",
-        ca=pki / "ca.crt",
-        crl=None,
-        runner=lambda argv: None,
-        commands=lambda argv, *, timeout: "",
-        sync=lambda: None,
+def live(start_agent: Callable[..., RunningAgent]) -> Live:
+    agent = start_agent(
+        answers=lambda argv: "",
+        clients=[("ada", Role.ADMIN)],
+        crl=False,
+        hostname=None,
         shell_runtime=CommandRuntime(("/bin/sh", "+i")),
     )
-    server = AgentServer(("127.0.0.1", 0), Agent(config))
-    serve_in_thread(server)
-    creds = pki / "clients"
-    argv = [sys.executable, "-m", "atoll", "node",
-            "--endpoint", f"https://127.0.0.1:{server.server_address[1]}",
-            "--ca", str(pki / "ca.crt"), "--cert", str(creds / "ada.crt"),
+    creds = agent.pki / "clients"
+    argv = [sys.executable, "-m", "atoll", "node", "--endpoint", agent.endpoint,
+            "--ca", str(agent.pki / "ca.crt"), "--cert", str(creds / "ada.crt"),
             "--key", str(creds / "ada.key"), "shell", "--reason", "cli test"]  # fmt: skip
-    try:
-        yield Live(argv, server)
-    finally:
-        server.shutdown()
-        server.server_close()
+    return Live(argv, agent.server)
 
 
 def test_a_piped_script_gets_exact_output_and_the_exit_status(live: Live) -> None:

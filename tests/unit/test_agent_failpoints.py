@@ -16,6 +16,18 @@ def _arm(root: Path, text: str) -> None:
     path.write_text(text)
 
 
+class PowerCut(threading.Event):
+    """What a fired failpoint waits for; ``waiting`` is set once something waits on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waiting.set()
+        return super().wait(timeout)
+
+
 def test_nothing_armed_nothing_happens(tmp_path: Path) -> None:
     assert failpoints.hit("upgrade:deployed", tmp_path) is False
     assert not (tmp_path / failpoints.FIRED).exists()
@@ -26,13 +38,13 @@ def test_an_armed_failpoint_fires_once_and_is_recorded_first(
 ) -> None:
     _arm(tmp_path, "# cut the power here\nupgrade:deployed\ntrial:started\n")
     assert failpoints.armed(tmp_path) == ["upgrade:deployed", "trial:started"]
-    released = threading.Event()
+    released = PowerCut()
     fired: list[bool] = []
     worker = threading.Thread(
         target=lambda: fired.append(failpoints.hit("upgrade:deployed", tmp_path, released))
     )
     worker.start()
-    worker.join(0.5)
+    assert released.waiting.wait(10)
     assert worker.is_alive() and fired == []  # blocked, waiting for the power cut
     assert (tmp_path / failpoints.FIRED).read_text() == "upgrade:deployed\n"
     assert "atoll-failpoint: upgrade:deployed" in capsys.readouterr().err

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -22,7 +21,6 @@ from atoll.agent.health import (
     HealthConfigError,
     Monitor,
     Outcome,
-    check_agent,
     check_containerd,
     check_systemd,
     check_var_space,
@@ -93,15 +91,6 @@ def test_var_space_check_uses_the_real_filesystem(tmp_path: Path) -> None:
     full = check_var_space(tmp_path, 1 << 40, 0)  # a TiB free: not on this machine
     assert not full.ok and "MiB free" in full.detail
     assert not check_var_space(tmp_path / "missing", 0, 0).ok
-
-
-def test_agent_check_connects_to_the_socket(tmp_path: Path) -> None:
-    path = tmp_path / "agent.sock"
-    assert not check_agent(path).ok
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
-        server.bind(str(path))
-        server.listen(1)
-        assert check_agent(path).ok
 
 
 def test_user_checks_etc_overrides_usr_and_only_executables_count(tmp_path: Path) -> None:

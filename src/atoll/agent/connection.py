@@ -316,6 +316,15 @@ class Listener(Generic[P]):
         self.log = log
         self._serving = threading.BoundedSemaphore(limits.connections)
         self._turning_away = threading.BoundedSemaphore(limits.turned_away)
+        self._ended = 0  # connections whose thread has finished (errors logged, socket closed)
+        self._ending = threading.Condition()
+
+    def wait_ended(self, count: int, timeout: float) -> bool:
+        """Whether ``count`` connections have ended within ``timeout`` seconds.
+
+        A connection has ended once its thread is done: whatever it logs is logged."""
+        with self._ending:
+            return self._ending.wait_for(lambda: self._ended >= count, timeout)
 
     def record(self, **fields: Any) -> object:
         raise NotImplementedError
@@ -362,6 +371,9 @@ class Listener(Generic[P]):
         finally:
             self._close(request)
             slots.release()
+            with self._ending:
+                self._ended += 1
+                self._ending.notify_all()
 
     @staticmethod
     def _close(sock: socket.socket) -> None:

@@ -1,27 +1,53 @@
-"""A live agent on 127.0.0.1 (its own PKI, recording runners) and a raw HTTP/1.1 client for it.
+"""One running agent for integration tests, and clients for it in every role.
 
-The raw client writes exactly the bytes a test gives it over mutual TLS and
-reads answers the way a careful client would (status line, fields,
-``Content-Length`` body), so tests can send what ``http.client`` never would:
-ambiguous framing, hidden second requests, bodies a parser chokes on.
+``running_agent`` (or the ``start_agent`` fixture of ``tests/integration/conftest.py``)
+generates a PKI at test time (a node certificate and one client per role: vera
+is a viewer, otto an operator, ada an admin), serves a temporary root on
+127.0.0.1 (an ephemeral port) from a thread, and stops it at the end. What the
+agent runs is injected: every command is recorded and answered by ``answers``
+(``ostree admin status`` shows one booted deployment by default), restarts are
+recorded, the boot entry sync does nothing.
+
+The clients: ``call`` (``http.client`` over mutual TLS, JSON in and out),
+``client`` (the ops ``NodeClient``), and a raw HTTP/1.1 client (``connect``,
+``exchange``, ``request``, ``read_answers``) that writes exactly the bytes a
+test gives it and reads answers the way a careful client would (status line,
+fields, ``Content-Length`` body), so tests can send what ``http.client`` never
+would: ambiguous framing, hidden second requests, bodies a parser chokes on.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import http.client
 import json
 import socket
 import ssl
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from atoll.agent.deployments import SyncHook
 from atoll.agent.server import Agent, AgentConfig, AgentServer, serve_in_thread
-from atoll.pki import Kind, Role, init, issue
+from atoll.agent.shell import Runtime
+from atoll.ops.client import NodeClient
+from atoll.pki import Kind, Role, init, issue, revoke
 
 BOOTED = "* atoll " + "ab" * 32 + ".0\n    Version: 1.0.0\n"
+OS_RELEASE = "IMAGE_ID=atoll\nIMAGE_VERSION=1.0.0\n"
+ROLES = (("vera", Role.VIEWER), ("otto", Role.OPERATOR), ("ada", Role.ADMIN))
+STATUS = ["ostree", "admin", "status"]  # read-only: not counted as a change
+
+# What a command the agent runs prints (the recording runner answers with it).
+Answers = Callable[[list[str]], str]
+
+
+def booted(argv: list[str]) -> str:
+    """One booted deployment for ``ostree admin status``; nothing for the rest."""
+    return BOOTED if argv == STATUS else ""
 
 
 @dataclass
@@ -35,23 +61,50 @@ class Answer:
 
 
 @dataclass
-class LiveAgent:
+class RunningAgent:
     pki: Path
     root: Path
     server: AgentServer
     restarts: list[list[str]] = field(default_factory=list)  # systemctl try-restart
-    commands: list[list[str]] = field(default_factory=list)  # ostree admin, systemctl reboot
+    commands: list[list[str]] = field(default_factory=list)  # all but `ostree admin status`
 
     @property
     def port(self) -> int:
         return int(self.server.server_address[1])
 
-    def context(self, client: str = "ada") -> ssl.SSLContext:
+    @property
+    def endpoint(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def context(self, client: str | None = "ada") -> ssl.SSLContext:
+        """Trusts the fleet CA; presents ``client``'s certificate (none for None)."""
         ctx = ssl.create_default_context(cafile=self.pki / "ca.crt")
-        ctx.load_cert_chain(
-            self.pki / "clients" / f"{client}.crt", self.pki / "clients" / f"{client}.key"
-        )
+        if client is not None:
+            ctx.load_cert_chain(
+                self.pki / "clients" / f"{client}.crt", self.pki / "clients" / f"{client}.key"
+            )
         return ctx
+
+    def call(
+        self, client: str | None, method: str, path: str, body: Any = None, **headers: str
+    ) -> tuple[int, Any]:
+        """One request through ``http.client``: the status and the JSON answer."""
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", self.port, context=self.context(client), timeout=10
+        )
+        try:
+            payload = None if body is None else json.dumps(body).encode()
+            if payload is not None:  # JSON bodies are accepted only as such
+                headers = {"Content-Type": "application/json", **headers}
+            conn.request(method, path, body=payload, headers=headers)
+            response = conn.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            conn.close()
+
+    def client(self, name: str) -> NodeClient:
+        crt, key = self.pki / f"clients/{name}.crt", self.pki / f"clients/{name}.key"
+        return NodeClient(self.endpoint, self.pki / "ca.crt", crt, key)
 
     def connect(self, client: str = "ada", timeout: float = 10) -> ssl.SSLSocket:
         raw = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
@@ -71,6 +124,7 @@ class LiveAgent:
             return read_answers(conn, answers=answers, wait=wait)
 
     def records(self) -> list[dict[str, Any]]:
+        """Every audit record on disk (each line must parse)."""
         path = self.root / "var/lib/atoll/audit.jsonl"
         if not path.exists():
             return []
@@ -161,26 +215,58 @@ def read_answers(
         return got, True
 
 
-@contextmanager
-def live_agent(tmp: Path, **server_options: Any) -> Iterator[LiveAgent]:
-    """An agent serving a temporary root on an ephemeral port (roles vera, otto, ada)."""
-    pki, root = tmp / "pki", tmp / "root"
+def make_pki(
+    pki: Path,
+    clients: Sequence[tuple[str, Role]] = ROLES,
+    revoked: Sequence[tuple[str, Role]] = (),
+) -> Path:
+    """A fleet CA at ``pki`` with the node ``node1``, ``clients`` (name, role), and
+    ``revoked`` clients (issued, then revoked)."""
     init(pki)
     issue(pki, "node1", kind=Kind.NODE)
-    for name, role in (("vera", Role.VIEWER), ("otto", Role.OPERATOR), ("ada", Role.ADMIN)):
+    for name, role in (*clients, *revoked):
         issue(pki, name, kind=Kind.CLIENT, role=role)
-    (root / "usr/lib").mkdir(parents=True)
-    (root / "usr/lib/os-release").write_text("IMAGE_ID=atoll\nIMAGE_VERSION=1.0.0\n")
-    (root / "etc").mkdir()
-    (root / "etc/hostname").write_text("node1\n")
+    for name, _ in revoked:
+        revoke(pki, name)
+    return pki
+
+
+@contextmanager
+def running_agent(
+    tmp: Path,
+    *,
+    answers: Answers = booted,
+    sync: SyncHook | None = None,
+    clients: Sequence[tuple[str, Role]] = ROLES,
+    revoked: Sequence[tuple[str, Role]] = (),
+    crl: bool = True,
+    os_release: str | None = OS_RELEASE,
+    hostname: str | None = "node1",
+    shell_runtime: Runtime | None = None,
+    max_shells: int | None = None,
+    **server_options: Any,
+) -> Iterator[RunningAgent]:
+    """An agent serving ``tmp/root`` on an ephemeral port with its PKI in ``tmp/pki``.
+
+    ``clients`` and ``revoked``: as ``make_pki``'s (the agent loads the CRL at
+    start); ``os_release`` and ``hostname`` are written into the root unless None;
+    ``crl``: whether the agent checks the CA's revocation list; ``server_options``
+    go to ``AgentServer`` (``limits``, ``log``).
+    """
+    pki, root = make_pki(tmp / "pki", clients, revoked), tmp / "root"
+    if os_release is not None:
+        (root / "usr/lib").mkdir(parents=True)
+        (root / "usr/lib/os-release").write_text(os_release)
+    if hostname is not None:
+        (root / "etc").mkdir(parents=True)
+        (root / "etc/hostname").write_text(f"{hostname}\n")
     restarts: list[list[str]] = []
     ran: list[list[str]] = []
 
     def commands(argv: Sequence[str], **_: Any) -> str:
-        if list(argv) == ["ostree", "admin", "status"]:
-            return BOOTED
-        ran.append(list(argv))
-        return ""
+        if list(argv) != STATUS:
+            ran.append(list(argv))
+        return answers(list(argv))
 
     config = AgentConfig(
         root=root,
@@ -188,15 +274,19 @@ def live_agent(tmp: Path, **server_options: Any) -> Iterator[LiveAgent]:
         cert=pki / "nodes/node1.crt",
         key=pki / "nodes/node1.key",
         ca=pki / "ca.crt",
-        crl=pki / "crl.pem",
+        crl=pki / "crl.pem" if crl else None,
         runner=lambda argv: restarts.append(list(argv)),
         commands=commands,
-        sync=lambda: None,
+        sync=sync or (lambda: None),
     )
+    if shell_runtime is not None:
+        config = dataclasses.replace(config, shell_runtime=shell_runtime)
+    if max_shells is not None:
+        config = dataclasses.replace(config, max_shells=max_shells)
     server = AgentServer(("127.0.0.1", 0), Agent(config), **server_options)
     serve_in_thread(server)
     try:
-        yield LiveAgent(pki, root, server, restarts, ran)
+        yield RunningAgent(pki, root, server, restarts, ran)
     finally:
         server.shutdown()
         server.server_close()
