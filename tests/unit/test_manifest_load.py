@@ -179,7 +179,7 @@ def test_paths_resolve_against_the_file_that_wrote_them(tmp_path: Path) -> None:
         ),
         (
             HEAD + '[[users]]\nname = "svc"\nuid = 0\n',
-            "uid 0 is outside 1..65533",
+            "uid 0 is outside 100..59999",
         ),
         (
             HEAD + '[packages]\ninclude = ["initramfs-tools"]\n',

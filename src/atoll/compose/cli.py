@@ -24,6 +24,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--no-cache", action="store_true", help="rebuild the root filesystem and recommit"
     )
     p.add_argument("--json", action="store_true", help="progress as JSON lines on stdout")
+    p.add_argument(
+        "--allow-source-outside",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="also take [[files]].source from DIR (repeatable); by default a source must lie "
+        "in the directory of the manifest that names it",
+    )
     p.set_defaults(handler=_compose)
 
     p = sub.add_parser("inspect", help="describe a composed commit and what changed")
@@ -46,7 +55,12 @@ def _compose(args: argparse.Namespace) -> int:
     reporter = reporter_for(json_lines=args.json)
     try:
         result = compose(
-            args.manifest, args.repo, reporter, cache=args.cache, reuse=not args.no_cache
+            args.manifest,
+            args.repo,
+            reporter,
+            cache=args.cache,
+            reuse=not args.no_cache,
+            allowed_sources=tuple(args.allow_source_outside),
         )
     finally:
         reporter.close()

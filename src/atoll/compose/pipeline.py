@@ -110,8 +110,12 @@ def compose(
     cache: Path | None = None,
     source_date_epoch: int | None = None,
     reuse: bool = True,
+    allowed_sources: tuple[Path, ...] = (),
 ) -> ComposeResult:
     """Compose ``manifest_path`` into ``repo``; see the module docstring.
+
+    ``allowed_sources``: directories ``[[files]].source`` may come from besides
+    the tree of the manifest that names it (``--allow-source-outside``).
 
     The result's ``seconds`` are the stages' durations as the reporter timed them.
     """
@@ -119,7 +123,7 @@ def compose(
     epoch = source_date_epoch if source_date_epoch is not None else _epoch_from_env()
 
     with reporter.stage("validate", str(manifest_path)) as validate:
-        manifest, plan = _validate(manifest_path, cache, reporter)
+        manifest, plan = _validate(manifest_path, cache, reporter, allowed_sources)
 
     input_digest = _input_digest(manifest, plan)
     current = ostree.rev_parse(repo, manifest.ref) if (repo / "config").exists() else None
@@ -153,9 +157,11 @@ def compose(
     )
 
 
-def _validate(manifest_path: Path, cache: Path, reporter: Reporter) -> tuple[Manifest, RootfsPlan]:
+def _validate(
+    manifest_path: Path, cache: Path, reporter: Reporter, allowed_sources: tuple[Path, ...]
+) -> tuple[Manifest, RootfsPlan]:
     """The whole manifest, every package against the signed index, then the rootfs plan."""
-    manifest = load_manifest(manifest_path)
+    manifest = load_manifest(manifest_path, allowed_sources=allowed_sources)
     index = load_index(manifest.distribution, cache, reporter)
     check_packages(manifest, index)
     if manifest.agent.include and sys.version_info[:2] != (3, 11):

@@ -19,6 +19,16 @@ file that holds the bad value), then the chain is merged by the rules in
 :mod:`atoll.manifest.schema`. Relative paths are resolved against the file
 that wrote them. The model is built one section at a time (``_build_*``, each
 with its semantic checks); keys no file sets take the schema's defaults.
+
+Input is hostile until checked: files are read within the limits of
+:mod:`atoll.manifest.read`; every one-line string is bounded and free of
+control characters and every pattern matches the whole value (values end up
+in ``/etc/passwd``, ``sources.list``, sysctl.d and tmpfiles.d lines); accounts
+are checked against the base system (:mod:`atoll.manifest.accounts`) here, not
+after a root filesystem build; and a ``[[files]].source`` must resolve inside
+the directory of the manifest that names it unless the user allowed another
+directory (``allowed_sources``, ``--allow-source-outside``), so no file of the
+build machine reaches an image by accident.
 """
 
 from __future__ import annotations
@@ -28,13 +38,13 @@ import hashlib
 import json
 import os
 import re
-import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from atoll.errors import ManifestError
+from atoll.manifest.accounts import BASE_GROUPS, BASE_USERS, id_problem, user_name_problem
 from atoll.manifest.index import PackageIndex
 from atoll.manifest.model import (
     Agent,
@@ -53,31 +63,54 @@ from atoll.manifest.model import (
     Units,
     User,
 )
+from atoll.manifest.read import (
+    CONTROL,
+    MAX_MANIFEST_BYTES,
+    MAX_STRING,
+    SHOWN,
+    Raw,
+    clip,
+    describe,
+    display,
+    read_chain,
+    shown,
+)
 from atoll.manifest.schema import DEFAULTS, SCHEMA, Key, Kind, model_value, parse_mode
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+~_-]{0,63}$")
-_PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
+# Whole-value patterns, always used with fullmatch (a "$" lets a trailing newline through).
+_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+_VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+~_-]{0,63}")
+_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]{1,127}")
 _UNIT = re.compile(
-    r"^[A-Za-z0-9:_.\\@-]+\.(service|socket|timer|target|mount|automount|path|slice|scope|swap)$"
+    r"[A-Za-z0-9:_.\\@-]{1,240}\.(service|socket|timer|target|mount|automount|path|slice|scope|swap)"
 )
-_ACCOUNT = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-_SYSCTL = re.compile(r"^[a-z0-9_*-]+(\.[A-Za-z0-9_*-]+)+$")
+_ACCOUNT = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+_SYSCTL = re.compile(r"[a-z0-9_*-]+(\.[A-Za-z0-9_*-]+)+")
 _REFERENCE = re.compile(
-    r"^[a-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+(:[A-Za-z0-9._-]+|@sha256:[0-9a-f]{64})$"
+    r"[a-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+(:[A-Za-z0-9._-]+|@sha256:[0-9a-f]{64})"
 )
+# Values of a sources.list line (URL, suite, component), which separates them by spaces.
+_URL = re.compile(r"(https?|file)://[^\s]+")
+_ARCHIVE_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/+-]{0,63}")
+# A field of /etc/passwd and of a tmpfiles.d line: absolute, no ':', no space.
+_ACCOUNT_PATH = re.compile(r"/[A-Za-z0-9._/+@-]{0,254}")
 # Not part of an ostree commit: runtime mounts, per-node state, the kernel's old home.
 _FORBIDDEN_ROOTS = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var", "/boot")  # noqa: S108
 
-Raw = dict[str, Any]
 Origin = dict[str, Path]  # "packages.include:nginx" / "files:/etc/motd" -> file that wrote it
 
 
-def load_manifest(path: Path, *, index: PackageIndex | None = None) -> Manifest:
-    """Parse, merge and validate ``path``; raise :class:`ManifestError` listing every problem."""
+def load_manifest(
+    path: Path, *, index: PackageIndex | None = None, allowed_sources: Iterable[Path] = ()
+) -> Manifest:
+    """Parse, merge and validate ``path``; raise :class:`ManifestError` listing every problem.
+
+    ``[[files]].source`` must resolve inside the directory of the manifest that
+    names it, or inside one of ``allowed_sources`` (the user's explicit opt-in).
+    """
     path = Path(os.path.abspath(path))
     problems: list[str] = []
-    chain = _read_chain(path, problems)
+    chain = read_chain(path, problems)
     if problems:
         raise ManifestError(problems)
     for file, raw in chain:
@@ -85,7 +118,9 @@ def load_manifest(path: Path, *, index: PackageIndex | None = None) -> Manifest:
     if problems:
         raise ManifestError(problems)
     merged, origin = _merge(chain)
-    manifest = _build(merged, origin, path, tuple(f for f, _ in chain), problems)
+    allowed = tuple(Path(p).resolve() for p in allowed_sources)
+    checks = _Problems(origin, path, problems, allowed_sources=allowed)
+    manifest = _build(merged, origin, path, tuple(f for f, _ in chain), checks)
     if problems:
         raise ManifestError(problems)
     if index is not None:
@@ -99,16 +134,16 @@ def check_packages(manifest: Manifest, index: PackageIndex, origin: Origin | Non
     problems: list[str] = []
 
     def check(key: str, name: str, *, installable: bool) -> None:
-        where = _display(origin.get(f"{key}:{name}", manifest.path))
+        where = display(origin.get(f"{key}:{name}", manifest.path))
         label = _key_label(key)
         if not index.has(name):
             near = index.suggest(name)
             hint = f" (did you mean {_quoted(near)}?)" if near else ""
-            problems.append(f"{where}: {label}: unknown package '{name}'{hint}")
+            problems.append(f"{where}: {label}: unknown package {shown(name)}{hint}")
         elif installable and index.is_virtual_only(name):
             providers = index.provides.get(name, ())
             problems.append(
-                f"{where}: {label}: '{name}' is a virtual package provided by "
+                f"{where}: {label}: {shown(name)} is a virtual package provided by "
                 f"{', '.join(providers[:5])}: name one of them"
             )
 
@@ -151,37 +186,6 @@ def manifest_digest(manifest: Manifest) -> str:
 
 
 # --- reading and merging -----------------------------------------------------------------
-
-
-def _read_chain(path: Path, problems: list[str]) -> list[tuple[Path, Raw]]:
-    """The manifest and everything it extends, child first."""
-    chain: list[tuple[Path, Raw]] = []
-    seen: list[Path] = []
-    current: Path | None = path
-    referrer: Path | None = None
-    while current is not None:
-        if current in seen:
-            cycle = " -> ".join(_display(p) for p in [*seen, current])
-            problems.append(f"{_display(seen[-1])}: extends: cycle: {cycle}")
-            return chain
-        seen.append(current)
-        try:
-            raw = tomllib.loads(current.read_text())
-        except FileNotFoundError:
-            where = f"{_display(referrer)}: extends: " if referrer else ""
-            problems.append(f"{where}{_display(current)}: file not found")
-            return chain
-        except tomllib.TOMLDecodeError as e:
-            problems.append(f"{_display(current)}: invalid TOML: {e}")
-            return chain
-        except (OSError, UnicodeDecodeError) as e:
-            problems.append(f"{_display(current)}: cannot read: {e}")
-            return chain
-        chain.append((current, raw))
-        parent = raw.get("extends")
-        referrer = current
-        current = (current.parent / parent).resolve() if isinstance(parent, str) else None
-    return chain
 
 
 def _merge(chain: list[tuple[Path, Raw]]) -> tuple[Raw, Origin]:
@@ -262,13 +266,15 @@ def _merge_entries(
 def _check_table(
     raw: Raw, schema: Mapping[str, Key], file: Path, prefix: str, problems: list[str]
 ) -> None:
-    where = _display(file)
+    where = display(file)
     for name, value in raw.items():
         path = f"{prefix}{name}"
         key = schema.get(name)
         if key is None:
             section = _section_label(prefix)
-            problems.append(f"{where}: {section}unknown key '{name}'{_near_miss(name, schema)}")
+            problems.append(
+                f"{where}: {section}unknown key {shown(name)}{_near_miss(name, schema)}"
+            )
             continue
         _check_value(value, key, file, path, problems)
     # Required keys of tables ([image].name...) are checked on the merged manifest:
@@ -299,42 +305,99 @@ _SHAPES: dict[Kind, tuple[Callable[[Any], bool], str]] = {
 
 def _check_value(value: Any, key: Key, file: Path, path: str, problems: list[str]) -> None:
     """The value's type first; then, for a value of the right type, what its kind requires."""
-    where = f"{_display(file)}: {_key_label(path)}"
+    where = f"{display(file)}: {_key_label(path)}"
     accepts, expected = _SHAPES[key.kind]
     if not accepts(value):
         if key.kind is Kind.ENUM:
             expected = f"one of {_quoted(list(key.choices))}"
-        problems.append(f"{where}: expected {expected}, got {_describe(value)}")
+        problems.append(f"{where}: expected {expected}, got {describe(value)}")
         return
+    for text in _strings_of(value, key):
+        problem = _text_problem(text, multiline=key.multiline)
+        if problem:
+            problems.append(f"{where}: {problem}")
+            return
+    _check_kind(value, key, file, path, problems)
+
+
+def _check_kind(value: Any, key: Key, file: Path, path: str, problems: list[str]) -> None:
+    """What a value of the right type must be, by its kind."""
+    where = f"{display(file)}: {_key_label(path)}"
     match key.kind:
         case Kind.PATH:
             if not (file.parent / value).exists():
-                problems.append(f"{where}: file '{value}' not found (relative to {_display(file)})")
+                problems.append(
+                    f"{where}: file {shown(value)} not found (relative to {display(file)})"
+                )
         case Kind.ENUM:
             if value not in key.choices:
                 hint = _near_miss(value, key.choices, cutoff=0.5)
                 problems.append(
-                    f"{where}: '{value}' is not one of {_quoted(list(key.choices))}{hint}"
+                    f"{where}: {shown(value)} is not one of {_quoted(list(key.choices))}{hint}"
                 )
         case Kind.STR_MAP:
             for k, v in value.items():
                 if not isinstance(v, str | int | bool) or isinstance(v, float):
                     problems.append(
-                        f"{where}.{k}: expected a string, integer or boolean, got {_describe(v)}"
+                        f"{where}.{clip(k)}: expected a string, integer or boolean, "
+                        f"got {describe(v)}"
                     )
         case Kind.TABLE:
             _check_table(value, key.keys, file, f"{path}.", problems)
         case Kind.TABLE_LIST:
-            for i, entry in enumerate(value):
-                _check_entry(entry, key, file, f"{path}[{i}]", problems)
+            _check_entries(value, key, file, path, problems)
+
+
+def _strings_of(value: Any, key: Key) -> Iterable[str]:
+    """The strings a value of the right type holds (a table of strings: keys and values)."""
+    if isinstance(value, str):
+        return (value,)
+    if key.kind is Kind.STR_LIST:
+        return value  # type: ignore[no-any-return]
+    if key.kind is Kind.STR_MAP:
+        return [*value, *(v for v in value.values() if isinstance(v, str))]
+    return ()
+
+
+def _text_problem(text: str, *, multiline: bool) -> str | None:
+    """What is wrong with a string: too long, or (one-line values) a control character."""
+    limit = MAX_MANIFEST_BYTES if multiline else MAX_STRING
+    if len(text) > limit:
+        return f"longer than {limit} characters: {shown(text)}"
+    if not multiline and CONTROL.search(text):
+        return f"control character in {shown(text)} (one-line values may hold none)"
+    return None
+
+
+def _check_entries(
+    entries: list[Raw], key: Key, file: Path, path: str, problems: list[str]
+) -> None:
+    """Each entry of an array of tables, and no identity twice in one file.
+
+    Across an ``extends`` chain a child's entry replaces its parent's of the same
+    identity; within one file the second would silently replace the first.
+    """
+    first: dict[object, int] = {}
+    for i, entry in enumerate(entries):
+        _check_entry(entry, key, file, f"{path}[{i}]", problems)
+        ident = entry.get(key.identity)
+        if ident is None or not isinstance(ident, str):
+            continue
+        if ident in first:
+            problems.append(
+                f"{display(file)}: {_key_label(f'{path}[{i}].{key.identity}')}: duplicate "
+                f"{shown(ident)}, also in {_key_label(f'{path}[{first[ident]}]')}"
+            )
+        else:
+            first[ident] = i
 
 
 def _check_entry(entry: Raw, key: Key, file: Path, item_path: str, problems: list[str]) -> None:
     """One entry of an array of tables: known keys, each of its kind, and the required ones."""
-    where = f"{_display(file)}: {_key_label(item_path)}"
+    where = f"{display(file)}: {_key_label(item_path)}"
     for name in entry:
         if name not in key.keys:
-            problems.append(f"{where}: unknown key '{name}'{_near_miss(name, key.keys)}")
+            problems.append(f"{where}: unknown key {shown(name)}{_near_miss(name, key.keys)}")
         else:
             _check_value(entry[name], key.keys[name], file, f"{item_path}.{name}", problems)
     for name, sub in key.keys.items():
@@ -352,6 +415,8 @@ class _Problems:
     origin: Origin
     path: Path  # the manifest the user named: the origin of what no file wrote
     lines: list[str]
+    # Directories (resolved) outside their manifest's tree that sources may come from.
+    allowed_sources: tuple[Path, ...] = ()
 
     def at(self, key: str) -> str:
         """``file: [section].key`` for a key (``packages.include:nginx`` names one item)."""
@@ -367,14 +432,13 @@ class _Problems:
 
     def file_of(self, key: str) -> str:
         """The file that wrote ``key`` (the manifest named, when no file did)."""
-        return _display(self.origin.get(key, self.path))
+        return display(self.origin.get(key, self.path))
 
 
 def _build(
-    raw: Raw, origin: Origin, path: Path, sources: tuple[Path, ...], lines: list[str]
+    raw: Raw, origin: Origin, path: Path, sources: tuple[Path, ...], problems: _Problems
 ) -> Manifest:
-    """The model from the merged manifest; semantic problems go to ``lines``."""
-    problems = _Problems(origin, path, lines)
+    """The model from the merged manifest; semantic problems go to ``problems``."""
     image = _build_image(_section(raw, "image"), problems)
     distribution = _build_distribution(_section(raw, "distribution"), problems)
     packages = _build_packages(_section(raw, "packages"), problems)
@@ -383,7 +447,7 @@ def _build(
     containers = _build_containers(_section(raw, "containers"), problems)
     files = tuple(_build_file(entry, problems) for entry in raw.get("files", ()))
     units = _build_units(_section(raw, "units"), problems)
-    users = tuple(_build_user(entry, problems) for entry in raw.get("users", ()))
+    users = _build_users(raw.get("users", ()), problems)
     groups = _build_groups(raw.get("groups", ()), problems)
     sysctl = _build_sysctl(_section(raw, "sysctl"), problems)
     strip = _build_strip(_section(raw, "strip"), kernel, problems)
@@ -410,20 +474,20 @@ def _build_image(table: Raw, problems: _Problems) -> Image:
     for required in ("name", "version"):
         if required not in table:
             problems.append(
-                f"{_display(problems.path)}: [image].{required}: required key is missing"
+                f"{display(problems.path)}: [image].{required}: required key is missing"
             )
     values = _values(table, "image")
     # Placeholders while the missing key is reported, so the other checks still run.
     name = values["name"] if "name" in table else "unnamed"
     version = values["version"] if "version" in table else "0"
-    if "name" in table and not _NAME.match(name):
+    if "name" in table and not _NAME.fullmatch(name):
         problems.add(
             "image.name",
-            f"'{name}' must be lowercase letters, digits and '-' "
+            f"{shown(name)} must be lowercase letters, digits and '-' "
             "(it becomes part of the ostree ref)",
         )
-    if "version" in table and not _VERSION.match(version):
-        problems.add("image.version", f"'{version}' is not a valid version")
+    if "version" in table and not _VERSION.fullmatch(version):
+        problems.add("image.version", f"{shown(version)} is not a valid version")
     return Image(name=name, version=version, description=values["description"])
 
 
@@ -431,8 +495,16 @@ def _build_distribution(table: Raw, problems: _Problems) -> Distribution:
     distribution = Distribution(**_values(table, "distribution"))
     for key_name in ("mirror", "security_mirror"):
         url = getattr(distribution, key_name)
-        if not re.match(r"^(https?|file)://", url):
-            problems.add(f"distribution.{key_name}", f"'{url}' is not an http(s):// or file:// URL")
+        if not _URL.fullmatch(url):
+            problems.add(
+                f"distribution.{key_name}",
+                f"{shown(url)} is not an http(s):// or file:// URL without spaces",
+            )
+    if not _ARCHIVE_WORD.fullmatch(distribution.suite):
+        problems.add("distribution.suite", f"{shown(distribution.suite)} is not a suite name")
+    for component in distribution.components:
+        if not _ARCHIVE_WORD.fullmatch(component):
+            problems.add("distribution.components", f"{shown(component)} is not a component name")
     return distribution
 
 
@@ -440,13 +512,15 @@ def _build_packages(table: Raw, problems: _Problems) -> Packages:
     packages = Packages(**_values(table, "packages"))
     for list_name, names in (("include", packages.include), ("exclude", packages.exclude)):
         for pkg in names:
-            if not _PACKAGE.match(pkg):
-                problems.add(f"packages.{list_name}:{pkg}", f"'{pkg}' is not a valid package name")
+            if not _PACKAGE.fullmatch(pkg):
+                problems.add(
+                    f"packages.{list_name}:{pkg}", f"{shown(pkg)} is not a valid package name"
+                )
     for pkg in sorted(set(packages.include) & set(packages.exclude)):
         a = problems.file_of(f"packages.include:{pkg}")
         b = problems.file_of(f"packages.exclude:{pkg}")
         problems.append(
-            f"{a}: [packages].include: '{pkg}' is also in [packages].exclude ({b}): "
+            f"{a}: [packages].include: {shown(pkg)} is also in [packages].exclude ({b}): "
             "a package cannot be both"
         )
     return packages
@@ -454,11 +528,15 @@ def _build_packages(table: Raw, problems: _Problems) -> Packages:
 
 def _build_kernel(table: Raw, packages: Packages, problems: _Problems) -> Kernel:
     kernel = Kernel(**_values(table, "kernel"))
-    if kernel.package in packages.exclude:
-        problems.add("kernel.package", f"'{kernel.package}' is in [packages].exclude")
+    if not _PACKAGE.fullmatch(kernel.package):
+        problems.add("kernel.package", f"{shown(kernel.package)} is not a valid package name")
+    elif kernel.package in packages.exclude:
+        problems.add("kernel.package", f"{shown(kernel.package)} is in [packages].exclude")
     for arg in kernel.arguments:
         if not arg or any(c.isspace() for c in arg):
-            problems.add(f"kernel.arguments:{arg}", f"{arg!r} must be one argument without spaces")
+            problems.add(
+                f"kernel.arguments:{arg}", f"{shown(arg)} must be one argument without spaces"
+            )
     return kernel
 
 
@@ -476,17 +554,17 @@ def _build_containers(table: Raw, problems: _Problems) -> Containers:
     preload = []
     for entry in table.get("preload", ()):
         image = PreloadImage(**_values(entry, "containers.preload"))
-        if not _REFERENCE.match(image.reference):
+        if not _REFERENCE.fullmatch(image.reference):
             problems.append(
-                f"{_display(entry['__file__'])}: [[containers.preload]].reference: "
-                f"'{image.reference}' is not a full image reference (registry/name:tag)"
+                f"{display(entry['__file__'])}: [[containers.preload]].reference: "
+                f"{shown(image.reference)} is not a full image reference (registry/name:tag)"
             )
         preload.append(image)
     return Containers(**_values(table, "containers"), preload=tuple(preload))
 
 
 def _build_file(entry: Raw, problems: _Problems) -> FileEntry:
-    where = f"{_display(entry['__file__'])}: [[files]] path={entry.get('path')!r}"
+    where = f"{display(entry['__file__'])}: [[files]] path={shown(entry.get('path'))}"
     values = _values(entry, "files")
     target = str(values["path"])
     if not target.startswith("/") or ".." in PurePosixPath(target).parts:
@@ -499,52 +577,115 @@ def _build_file(entry: Raw, problems: _Problems) -> FileEntry:
         )
     if ("source" in entry) == ("content" in entry):
         problems.append(f"{where}: give exactly one of 'source' or 'content'")
+    elif "source" in entry:
+        _check_source(entry["source"], entry["__file__"], where, problems)
     for account in ("owner", "group"):
-        if not _ACCOUNT.match(values[account]):
-            problems.append(f"{where}: {account} '{values[account]}' is not a valid name")
-    # A mode of 0 has always meant the default mode.
-    mode = values["mode"] or DEFAULTS["files.mode"]
-    return FileEntry(**{**values, "path": PurePosixPath(target), "mode": mode})
+        if not _ACCOUNT.fullmatch(values[account]):
+            problems.append(f"{where}: {account} {shown(values[account])} is not a valid name")
+    # A mode of 0 is honoured (root, who applies and reads such files, is not held by it).
+    return FileEntry(**{**values, "path": PurePosixPath(target)})
+
+
+def _check_source(source: Path, manifest: Path, where: str, problems: _Problems) -> None:
+    """A source (resolved: symlinks followed, ``..`` gone) is a regular file in an allowed tree.
+
+    Allowed: the directory of the manifest that names it, and below; and any
+    directory the user allowed explicitly (``--allow-source-outside``). Anything
+    else would copy a file of the build machine into a published image.
+    """
+    home = manifest.parent.resolve()
+    allowed = (home, *problems.allowed_sources)
+    if not any(source.is_relative_to(root) for root in allowed):
+        problems.append(
+            f"{where}: source resolves to {shown(str(source))}, outside {display(home)} "
+            "(the manifest's directory); to take it from there, pass "
+            "--allow-source-outside DIR"
+        )
+    elif not source.is_file():
+        problems.append(f"{where}: source {shown(str(source))} is not a regular file")
 
 
 def _build_units(table: Raw, problems: _Problems) -> Units:
     units = Units(**_values(table, "units"))
     for list_name in ("enable", "disable", "mask"):
         for unit in getattr(units, list_name):
-            if not _UNIT.match(unit):
+            if not _UNIT.fullmatch(unit):
                 problems.add(
                     f"units.{list_name}:{unit}",
-                    f"'{unit}' is not a systemd unit name (e.g. 'foo.service')",
+                    f"{shown(unit)} is not a systemd unit name (e.g. 'foo.service')",
                 )
     for a_name, b_name in (("enable", "mask"), ("enable", "disable"), ("disable", "mask")):
         for unit in sorted(set(getattr(units, a_name)) & set(getattr(units, b_name))):
-            problems.add(f"units.{a_name}:{unit}", f"'{unit}' is also in [units].{b_name}")
+            problems.add(f"units.{a_name}:{unit}", f"{shown(unit)} is also in [units].{b_name}")
     return units
 
 
-def _build_user(entry: Raw, problems: _Problems) -> User:
-    where = f"{_display(entry['__file__'])}: [[users]] name={entry.get('name')!r}"
-    user = User(**_values(entry, "users"))
-    if not _ACCOUNT.match(user.name):
-        problems.append(f"{where}: '{user.name}' is not a valid user name")
-    if user.uid is not None and not 0 < user.uid < 65534:
-        problems.append(f"{where}: uid {user.uid} is outside 1..65533")
-    return user
+def _build_users(entries: list[Raw], problems: _Problems) -> tuple[User, ...]:
+    """Users: names and the fields written into /etc/passwd, each uid once."""
+    users = []
+    uids: dict[int, str] = {}
+    for entry in entries:
+        where = f"{display(entry['__file__'])}: [[users]] name={shown(entry.get('name'))}"
+        user = User(**_values(entry, "users"))
+        for problem in _user_problems(user):
+            problems.append(f"{where}: {problem}")
+        if user.uid is not None and user.uid in uids:
+            problems.append(f"{where}: uid {user.uid} is also given to {shown(uids[user.uid])}")
+        elif user.uid is not None:
+            uids[user.uid] = user.name
+        users.append(user)
+    return tuple(users)
+
+
+def _user_problems(user: User) -> Iterable[str]:
+    if not _ACCOUNT.fullmatch(user.name):
+        yield f"{shown(user.name)} is not a valid user name"
+    elif reserved := user_name_problem(user.name):
+        yield reserved
+    if user.uid is not None and (taken := id_problem("uid", user.uid, BASE_USERS)):
+        yield taken
+    for group in (user.group, *user.groups):
+        if group is not None and not _ACCOUNT.fullmatch(group):
+            yield f"group {shown(group)} is not a valid group name"
+    for field_name in ("shell", "home"):
+        value = getattr(user, field_name)
+        if value is not None and not _ACCOUNT_PATH.fullmatch(value):
+            yield (
+                f"{field_name} {shown(value)} must be an absolute path of letters, digits "
+                "and ._/+@- (it is a field of /etc/passwd)"
+            )
 
 
 def _build_groups(entries: list[Raw], problems: _Problems) -> tuple[Group, ...]:
+    """Groups: valid names, each gid once; a base group only as it is."""
     groups = tuple(Group(**_values(entry, "groups")) for entry in entries)
+    gids: dict[int, str] = {}
     for group in groups:
-        if not _ACCOUNT.match(group.name):
-            problems.add(f"groups:{group.name}", f"'{group.name}' is not a valid group name")
+        key = f"groups:{group.name}"
+        if not _ACCOUNT.fullmatch(group.name):
+            problems.add(key, f"{shown(group.name)} is not a valid group name")
+        base = BASE_GROUPS.get(group.name)
+        if base is not None and group.gid is not None and group.gid != base:
+            problems.add(
+                key, f"{shown(group.name)} is reserved (the base system has it as gid {base})"
+            )
+        elif base is None and group.gid is not None:
+            if taken := id_problem("gid", group.gid, BASE_GROUPS):
+                problems.add(key, taken)
+            elif group.gid in gids:
+                problems.add(key, f"gid {group.gid} is also given to {shown(gids[group.gid])}")
+            gids[group.gid] = group.name
     return groups
 
 
 def _build_sysctl(table: Raw, problems: _Problems) -> tuple[tuple[str, str], ...]:
     sysctl = tuple(sorted((k, _sysctl_value(v)) for k, v in table.items()))
-    for key_name, _ in sysctl:
-        if not _SYSCTL.match(key_name):
-            problems.add(f"sysctl:{key_name}", f"'{key_name}' is not a sysctl key")
+    for key_name, value in sysctl:
+        if not _SYSCTL.fullmatch(key_name):
+            problems.add(f"sysctl:{key_name}", f"{shown(key_name)} is not a sysctl key")
+        elif CONTROL.search(value) or len(value) > MAX_STRING:
+            # Integers become strings here: bounded like every string.
+            problems.add(f"sysctl:{key_name}", f"value {shown(value)} is not one line")
     return sysctl
 
 
@@ -555,7 +696,9 @@ def _build_strip(table: Raw, kernel: Kernel, problems: _Problems) -> Strip:
             problems.add(f"strip.remove:{pkg}", "cannot remove the kernel package")
     for pattern in strip.paths:
         if not pattern.startswith("/") or ".." in pattern.split("/"):
-            problems.add("strip.paths", f"'{pattern}' must be an absolute path inside the image")
+            problems.add(
+                "strip.paths", f"{shown(pattern)} must be an absolute path inside the image"
+            )
     return strip
 
 
@@ -584,6 +727,8 @@ def _values(table: Raw, section: str) -> dict[str, Any]:
 
 def _near_miss(name: str, candidates: Iterable[str], *, cutoff: float = 0.6) -> str:
     """`` (did you mean 'x'?)`` for the closest candidate, or nothing."""
+    if len(name) > SHOWN:
+        return ""  # nothing near, and comparing would cost time
     near = difflib.get_close_matches(name, list(candidates), n=1, cutoff=cutoff)
     return f" (did you mean '{near[0]}'?)" if near else ""
 
@@ -609,25 +754,6 @@ def _key_label(path: str) -> str:
         return path
     head, _, tail = path.rpartition(".")
     return f"[{head}].{tail}"
-
-
-def _display(path: Path | None) -> str:
-    if path is None:
-        return "<manifest>"
-    try:
-        return os.path.relpath(path)
-    except ValueError:
-        return str(path)
-
-
-def _describe(value: object) -> str:
-    kind = {bool: "boolean", int: "integer", float: "float", str: "string", list: "array"}.get(
-        type(value), "table" if isinstance(value, dict) else type(value).__name__
-    )
-    text = repr(value)
-    if len(text) > 40:
-        text = text[:37] + "..."
-    return f"{kind} {text}"
 
 
 def _quoted(names: list[str]) -> str:

@@ -61,6 +61,9 @@ class Key:
     choices: tuple[str, ...] = ()
     keys: Mapping[str, Key] = field(default_factory=dict)  # TABLE, TABLE_LIST items
     identity: str = ""  # TABLE_LIST: the key that identifies an entry across extends
+    # STR: free text written as is into a file of its own (control characters and a
+    # length up to the manifest's size allowed); every other string is one line.
+    multiline: bool = False
 
 
 def _table(doc: str, keys: Mapping[str, Key], *, required: bool = False) -> Key:
@@ -163,7 +166,7 @@ SCHEMA: Mapping[str, Key] = {
         keys={
             "path": Key(Kind.STR, "Absolute path inside the image.", required=True),
             "source": Key(Kind.PATH, "File on the build machine (or use content)."),
-            "content": Key(Kind.STR, "Inline content (or use source)."),
+            "content": Key(Kind.STR, "Inline content (or use source).", multiline=True),
             "mode": Key(Kind.MODE, 'Permission bits, e.g. "0644".', default="0644"),
             "owner": Key(Kind.STR, "Owning user.", default="root"),
             "group": Key(Kind.STR, "Owning group.", default="root"),
@@ -204,7 +207,7 @@ SCHEMA: Mapping[str, Key] = {
         },
     ),
     "sysctl": Key(
-        Kind.STR_MAP, "Kernel parameters, written to /etc/sysctl.d/90-atoll.conf.", default=()
+        Kind.STR_MAP, "Kernel parameters, written to /usr/lib/sysctl.d/60-atoll.conf.", default=()
     ),
     "strip": _table(
         "What is removed from the image after installation.",
