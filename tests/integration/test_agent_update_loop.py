@@ -9,24 +9,28 @@ check run for real into a node-side repository. The VM test
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from atoll.agent import markers
+from atoll.agent.audit import AuditLog
 from atoll.agent.deployments import Deployments
 from atoll.agent.update_loop import HEALTH, UpdateError, Updater, UpdaterConfig, load_config
 from atoll.fleet.server import FleetService
 from atoll.fleet.sqlite_store import SqliteStore
 from atoll.progress import PlainReporter
 from atoll.publish.keys import load_private_key
-from atoll.publish.publish import publish
+from atoll.publish.publish import publish, served_repo
 from atoll.tools import ostree
+from atoll.wire.bootentry import MB, checked_sync
 from atoll.wire.channel import VerificationError
-from atoll.wire.fleet import request_json
+from atoll.wire.fleet import Step, StepFailure, request_json
 from tests.integration.test_publish import World, _node, _publish, world  # noqa: F401
 
 
@@ -245,3 +249,183 @@ def test_a_rollback_fails_the_node_until_a_fix_is_published_then_the_fix_is_stag
         updater.step()
         time.sleep(0.05)
     assert (status()["updated"], status()["failed"]) == (1, 0), status()
+
+
+# --- a failed step reaches the controller (issue 20) --------------------------------------
+
+ESP = "ESP (/boot/efi)"
+POOL = {
+    "pool": {"name": "web", "version": "1.1.0", "previous_version": "1.0.0"},
+    "strategy": {"max_unavailable": 1},
+}
+
+
+class EspSysroot(FakeSysroot):
+    """FakeSysroot whose deploys write ostree's boot entry and kernel into ``boot`` (the
+    kernel a sparse file of ``kernel`` bytes), and whose ``undeploy 0`` removes them."""
+
+    def __init__(self, booted: str, versions: dict[str, str], boot: Path, kernel: int) -> None:
+        super().__init__(booted, versions)
+        self.boot, self.kernel = boot, kernel
+        self._entry(booted, 1)
+
+    def _entry(self, commit: str, serial: int) -> None:
+        kernel = self.boot / f"ostree/atoll-{commit}/vmlinuz-6.1"
+        kernel.parent.mkdir(parents=True, exist_ok=True)
+        with kernel.open("wb") as f:
+            f.truncate(self.kernel)
+        entry = self.boot / f"loader/entries/ostree-{serial}-atoll.conf"
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        entry.write_text(
+            f"title atoll {self.versions[commit]}\nversion {serial}\n"
+            f"linux /ostree/atoll-{commit}/vmlinuz-6.1\n"
+            f"options rw ostree=/ostree/deploy/atoll/deploy/{commit}.0\n"
+        )
+
+    def run(self, argv: Sequence[str], *, timeout: float) -> str:
+        if list(argv) == ["ostree", "admin", "undeploy", "0"]:
+            self.commands.append(list(argv))
+            assert self.pending is not None, "undeploy with nothing pending"
+            (self.boot / "loader/entries/ostree-2-atoll.conf").unlink()
+            shutil.rmtree(self.boot / f"ostree/atoll-{self.pending}")
+            self.pending = None
+            return ""
+        out = super().run(argv, timeout=timeout)
+        if list(argv[:4]) == ["ostree", "admin", "deploy", "--retain"]:
+            self._entry(argv[4], 2)
+        return out
+
+
+def _free(free: int) -> Callable[[Path], os.statvfs_result]:
+    """``os.statvfs`` of an ESP with ``free`` bytes in 512-byte clusters."""
+
+    def statvfs(_: Path) -> os.statvfs_result:
+        return os.statvfs_result((512, 512, 65536, free // 512, free // 512, 0, 0, 0, 0, 255))
+
+    return statvfs
+
+
+def _sent(updater: Updater) -> list[tuple[str, str, Any]]:
+    """What the updater sends the controller (still sent, and answered, for real)."""
+    sent: list[tuple[str, str, Any]] = []
+    call = updater.client._call
+
+    def recording(method: str, path: str, body: Any = None) -> Any:
+        sent.append((method, path, body))
+        return call(method, path, body)
+
+    updater.client._call = recording  # type: ignore[method-assign]
+    return sent
+
+
+def _failures(sent: list[tuple[str, str, Any]]) -> list[dict[str, Any]]:
+    return [b for _, path, b in sent if path.endswith("/report") and b.get("failure")]
+
+
+def _round_until_a_failure_is_sent(
+    updater: Updater, sent: list[tuple[str, str, Any]]
+) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    while not _failures(sent) and time.monotonic() < deadline:
+        updater.step()
+        time.sleep(0.05)
+    failures = _failures(sent)
+    assert len(failures) == 1, sent
+    return failures[0]
+
+
+def _audited(audit: AuditLog) -> list[dict[str, Any]]:
+    return [r for r in audit.records() if r.get("who") == "agent:update"]
+
+
+def test_a_full_esp_undoes_the_upgrade_and_the_controller_hears_why(
+    world: World,  # noqa: F811
+    tmp_path: Path,
+    controller: str,
+) -> None:
+    _publish(world, "1.0.0")
+    _publish(world, "1.1.0")
+    v1, v2 = world.commits["1.0.0"], world.commits["1.1.0"]
+    boot, esp = tmp_path / "sysroot/boot", tmp_path / "esp"
+    sysroot = EspSysroot(v1, {v1: "1.0.0", v2: "1.1.0"}, boot, 14 * MB - 4096)
+    checked_sync(boot, esp, ESP, statvfs=_free(64 * MB))  # the ESP boots 1.0.0, then is full
+    on_esp = sorted(p.relative_to(esp) for p in esp.rglob("*"))
+    markers_at_sync: list[str | None] = []
+    updater, _ = _updater(world, tmp_path, controller, sysroot)
+
+    def sync() -> object:
+        marker = markers.read_pending(updater.root / markers.PENDING)
+        markers_at_sync.append(None if marker is None else str(marker.state))
+        return checked_sync(boot, esp, ESP, statvfs=_free(0))
+
+    updater.deployments = Deployments(sysroot.run, sync, root=updater.root)
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    updater.record = audit.append
+    sent = _sent(updater)
+    updater.step()  # registers on 1.0.0
+    request_json("PUT", f"{controller}/v1/pools/web", POOL)
+
+    report = _round_until_a_failure_is_sent(updater, sent)
+
+    reason = "ESP (/boot/efi) has 0 bytes free, the new kernel needs 14 MB"
+    assert report["staged"] is None and report["version"] == "1.0.0"
+    assert report["failure"] == {
+        "step": "boot-entries", "version": "1.1.0", "reason": reason, "resource": ESP,
+    }  # fmt: skip
+    # Half-staged (deployed, its marker "deploying") and undone before the report.
+    assert markers_at_sync[0] == "deploying"
+    assert sysroot.pending is None and sysroot.booted == v1
+    assert not (updater.root / markers.PENDING).exists()
+    ran = [c for c in sysroot.commands if c[:3] != ["ostree", "admin", "status"]]
+    assert ran == [
+        ["ostree", "admin", "deploy", "--retain", v2],
+        ["ostree", "admin", "undeploy", "0"],
+    ]
+    assert sorted(p.relative_to(esp) for p in esp.rglob("*")) == on_esp  # not a byte of 1.1.0
+    # The controller took the report: its record of the node holds what it was sent.
+    (node,) = request_json("GET", f"{controller}/v1/nodes")
+    assert (node["current"], node["staged"]) == ("1.0.0", None)
+    assert StepFailure.from_json(node["failure"]) == StepFailure(
+        Step.BOOT_ENTRIES, "1.1.0", reason, ESP
+    )
+    (record,) = _audited(audit)
+    assert record["what"] == "update: boot-entries failed" and record["result"] == "failed"
+    assert record["params"]["reason"] == reason and record["params"]["undeployed"] == [v2]
+    # Never a reboot asked for, never one run: nothing is left to boot into.
+    assert all(c != ["systemctl", "reboot"] for c in sysroot.commands)
+    assert not any(b and b.get("staged") == "1.1.0" for _, _, b in sent)
+
+
+def test_a_fetch_that_fails_is_reported_with_nothing_deployed(
+    world: World,  # noqa: F811
+    tmp_path: Path,
+    controller: str,
+) -> None:
+    _publish(world, "1.0.0")
+    _publish(world, "1.1.0")
+    v1, v2 = world.commits["1.0.0"], world.commits["1.1.0"]
+    # The channel names 1.1.0, but the server lost its objects: the pull cannot finish.
+    served = served_repo(world.updates)
+    shutil.rmtree(served / "objects")
+    (served / "objects").mkdir()
+    shutil.rmtree(served / "deltas", ignore_errors=True)
+    sysroot = FakeSysroot(v1, {v1: "1.0.0", v2: "1.1.0"})
+    updater, repo = _updater(world, tmp_path, controller, sysroot)
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    updater.record = audit.append
+    sent = _sent(updater)
+    updater.step()
+    request_json("PUT", f"{controller}/v1/pools/web", POOL)
+
+    report = _round_until_a_failure_is_sent(updater, sent)
+
+    failure = StepFailure.from_json(report["failure"])
+    assert (failure.step, failure.version, failure.resource) == (Step.FETCH, "1.1.0", None)
+    assert failure.reason.startswith(f"pull of {v2[:12]} from {world.url}/repo failed: ")
+    assert report["staged"] is None
+    assert not ostree.has_commit(repo, v2) and sysroot.pending is None
+    assert [c for c in sysroot.commands if c[:3] != ["ostree", "admin", "status"]] == []
+    (node,) = request_json("GET", f"{controller}/v1/nodes")
+    assert StepFailure.from_json(node["failure"]) == failure
+    (record,) = _audited(audit)
+    assert record["what"] == "update: fetch failed" and record["params"]["step"] == "fetch"

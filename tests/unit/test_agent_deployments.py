@@ -15,10 +15,12 @@ from atoll.agent.deployments import (
     REBOOT_TIMEOUT,
     STATUS_TIMEOUT,
     UPGRADE_TIMEOUT,
+    BootEntriesError,
     DeploymentError,
     Deployments,
     parse_status,
 )
+from atoll.wire.bootentry import EspFullError
 
 OLD = "c462f77e059e6caec7c945196c77782e2ecea4cee96c561524552714f10e507a"
 NEW = "1f" * 32
@@ -276,3 +278,82 @@ def test_a_hung_deploy_fails_naming_the_timeout_and_frees_the_lock(tmp_path: Pat
     other.join(5)
     assert not other.is_alive() and result, "the deployments' lock is still held"
     assert fake.synced == 1
+
+
+# --- a failed step undone (issue 20): the update loop leaves nothing half-staged ---------
+
+
+class Undoing(Deploying):
+    """Deploying, where ``undeploy 0`` removes the pending deployment again, and the sync
+    can be made to fail."""
+
+    def __init__(self, root: Path | None = None, sync_error: Exception | None = None) -> None:
+        super().__init__(root)
+        self.sync_error = sync_error
+
+    def run(self, argv: Sequence[str], *, timeout: float) -> str:
+        out = super().run(argv, timeout=timeout)
+        if list(argv) == ["ostree", "admin", "undeploy", "0"]:
+            self.status = BOOTED_ONLY
+        return out
+
+    def sync(self) -> None:
+        super().sync()
+        if self.sync_error is not None:
+            raise self.sync_error
+
+
+def test_a_full_esp_fails_the_upgrade_as_a_boot_entries_error_naming_it(tmp_path: Path) -> None:
+    full = EspFullError(
+        "ESP (/efi) has 0 bytes free, the new kernel needs 14 MB", resource="ESP (/efi)"
+    )
+    fake = Undoing(tmp_path, sync_error=full)
+    with pytest.raises(BootEntriesError, match=r"^ESP \(/efi\) has 0 bytes free") as failed:
+        fake.deployments().upgrade(NEW)
+    assert failed.value.resource == "ESP (/efi)" and failed.value.__cause__ is full
+    # Half-staged: deployed, the marker still says the ESP has not got the entry.
+    marker = markers.read_pending(tmp_path / markers.PENDING)
+    assert fake.status == PENDING and marker is not None
+    assert marker.state is markers.TrialState.DEPLOYING
+    # A sync that fails otherwise (a mount, an I/O error) names no resource.
+    fake.sync_error = command.CommandError(["mount", "-t", "vfat"], status=32, stderr="busy\n")
+    with pytest.raises(BootEntriesError, match="mount -t vfat") as mount:
+        fake.deployments().finish_staging()
+    assert mount.value.resource is None
+
+
+def test_undo_removes_the_pending_deployment_and_its_marker(tmp_path: Path) -> None:
+    fake = Undoing(tmp_path)
+    fake.status = PENDING
+    markers.write_pending(
+        tmp_path / markers.PENDING,
+        markers.Pending(NEW, OLD, staged_boot="boot-1", state=markers.TrialState.DEPLOYING),
+    )
+    assert fake.deployments().undo_staging() == ([NEW], [])
+    assert fake.status == BOOTED_ONLY and fake.synced == 1
+    assert ["ostree", "admin", "undeploy", "0"] in fake.calls
+    assert not (tmp_path / markers.PENDING).exists()
+
+
+def test_undo_with_nothing_staged_changes_nothing(tmp_path: Path) -> None:
+    fake = Undoing(tmp_path)
+    assert fake.deployments().undo_staging() == ([], [])
+    assert fake.calls == [["ostree", "admin", "status"]] and fake.synced == 0
+    # Nor does it touch a deployment on trial or its marker: the booted one is the default.
+    fake.status = AFTER_REBOOT
+    trial = markers.Pending(NEW, OLD, staged_boot="boot-0", state=markers.TrialState.TRIAL)
+    markers.write_pending(tmp_path / markers.PENDING, trial)
+    assert fake.deployments().undo_staging() == ([], [])
+    assert markers.read_pending(tmp_path / markers.PENDING) == trial
+
+
+def test_undo_says_what_it_could_not_undo_and_still_removes_the_marker(tmp_path: Path) -> None:
+    fake = Undoing(tmp_path, sync_error=OSError(5, "Input/output error"))
+    fake.status = PENDING
+    markers.write_pending(tmp_path / markers.PENDING, markers.Pending(NEW, OLD))
+    undone, problems = fake.deployments().undo_staging()
+    assert undone == [NEW]
+    assert problems == [
+        "the ESP could not be synced after the undeploy: [Errno 5] Input/output error"
+    ]
+    assert not (tmp_path / markers.PENDING).exists()

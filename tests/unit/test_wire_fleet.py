@@ -14,6 +14,8 @@ from atoll.wire.fleet import (
     ProtocolError,
     Registration,
     Report,
+    Step,
+    StepFailure,
     node_path,
 )
 
@@ -98,3 +100,141 @@ def test_refusals_name_the_field(kind: Any, body: Any, names: str) -> None:
 def test_node_paths_quote_the_name() -> None:
     assert node_path("n1", "report") == "/v1/nodes/n1/report"
     assert node_path("a/b", "desired") == "/v1/nodes/a%2Fb/desired"
+
+
+# --- step failures (issue 20): a failed update step reaches the controller, typed ----------
+
+ESP_FULL = StepFailure(
+    Step.BOOT_ENTRIES,
+    "2.0",
+    "ESP (/boot/efi) has 0 bytes free, the new kernel needs 14 MB",
+    "ESP (/boot/efi)",
+)
+ESP_FULL_JSON = (
+    '{"step": "boot-entries", "version": "2.0", '
+    '"reason": "ESP (/boot/efi) has 0 bytes free, the new kernel needs 14 MB", '
+    '"resource": "ESP (/boot/efi)"}'
+)
+
+
+@pytest.mark.parametrize(
+    ("message", "text"),
+    [
+        (ESP_FULL, ESP_FULL_JSON),
+        (
+            StepFailure(Step.FETCH, "2.0", "connection refused"),
+            '{"step": "fetch", "version": "2.0", "reason": "connection refused", "resource": null}',
+        ),
+        (
+            Report("1.0", None, healthy=True, failed=False, failure=ESP_FULL),
+            '{"version": "1.0", "staged": null, "healthy": true, "failed": false, '
+            f'"failure": {ESP_FULL_JSON}}}',
+        ),
+        (
+            NodeRecord("n1", {}, "1.0", None, True, "idle", 12.5, ESP_FULL, 42.0),
+            '{"name": "n1", "labels": {}, "current": "1.0", "staged": null, "healthy": true, '
+            f'"phase": "idle", "last_transition": 12.5, "failure": {ESP_FULL_JSON}, '
+            '"retry_at": 42.0}',
+        ),
+    ],
+)
+def test_failures_serialise_and_parse_back(message: Any, text: str) -> None:
+    assert json.dumps(message.to_json()) == text
+    assert type(message).from_json(json.loads(text)) == message
+
+
+def test_every_step_has_its_wire_name() -> None:
+    assert [s.value for s in Step] == ["fetch", "verify", "deploy", "boot-entries", "reboot"]
+
+
+def test_no_failure_leaves_the_key_out_or_takes_null() -> None:
+    assert "failure" not in Report("1", None).to_json()
+    assert Report.from_json({"version": "1", "failure": None}) == Report("1", None)
+    record = NodeRecord.from_json(
+        {
+            "name": "n",
+            "current": "1",
+            "healthy": True,
+            "phase": "idle",
+            "last_transition": 1,
+            "failure": None,
+            "retry_at": None,
+        }
+    )
+    assert (record.failure, record.retry_at) == (None, None)
+    assert "retry_at" not in record.to_json()
+
+
+GOOD_FAILURE = {"step": "deploy", "version": "2", "reason": "x", "resource": None}
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "names"),
+    [
+        (Report, {"version": "1", "failure": "ESP full"}, "failure must be a JSON object"),
+        (Report, {"version": "1", "failure": {**GOOD_FAILURE, "step": "bless"}}, "failure.step"),
+        (Report, {"version": "1", "failure": {**GOOD_FAILURE, "step": None}}, "failure.step"),
+        (Report, {"version": "1", "failure": {**GOOD_FAILURE, "version": ""}}, "failure.version"),
+        (Report, {"version": "1", "failure": {**GOOD_FAILURE, "reason": 3}}, "failure.reason"),
+        (
+            Report,
+            {"version": "1", "failure": {**GOOD_FAILURE, "reason": "a\nb"}},
+            "failure.reason must be one line",
+        ),
+        (
+            Report,
+            {"version": "1", "failure": {**GOOD_FAILURE, "reason": "x" * 501}},
+            "failure.reason is 501 characters long, at most 500",
+        ),
+        (
+            Report,
+            {"version": "1", "failure": {**GOOD_FAILURE, "resource": 1}},
+            "failure.resource must be a string or null",
+        ),
+        (
+            Report,
+            {"version": "1", "failure": {**GOOD_FAILURE, "resource": "ESP\x1b[2J"}},
+            "failure.resource must be one line",
+        ),
+        (Report, {"version": "1", "staged": "2", "failure": GOOD_FAILURE}, "staged must be null"),
+        (
+            NodeRecord,
+            {
+                "name": "n",
+                "current": "1",
+                "healthy": True,
+                "phase": "failed",
+                "last_transition": 1,
+                "retry_at": "soon",
+            },
+            "retry_at must be a number",
+        ),
+        (
+            NodeRecord,
+            {
+                "name": "n",
+                "current": "1",
+                "healthy": True,
+                "phase": "failed",
+                "last_transition": 1,
+                "failure": {**GOOD_FAILURE, "step": "reboot!"},
+            },
+            "failure.step",
+        ),
+    ],
+)
+def test_failure_refusals_name_the_field(kind: Any, body: Any, names: str) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        kind.from_json(body)
+    assert names in str(caught.value)
+
+
+def test_summarise_makes_any_error_text_one_bounded_line() -> None:
+    failure = StepFailure.summarise(
+        Step.DEPLOY, "2", "ostree admin deploy failed:\n  error: No space left\ton device\r\n"
+    )
+    assert failure.reason == "ostree admin deploy failed: error: No space left on device"
+    long = StepFailure.summarise(Step.FETCH, "2", "y" * 900)
+    assert len(long.reason) == 500
+    assert long.reason.endswith("\u2026")
+    assert StepFailure.summarise(Step.REBOOT, "2", "\n").reason == "failed (no reason given)"

@@ -187,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The update loop starts once the monitor has settled this boot's marker.
         decided = threading.Event()
         start_monitor(args.root, deployments, agent, args.socket, stop, decided)
-        update_loop.start(deployments, stop, args.root, after=decided)
+        update_loop.start(deployments, stop, args.root, after=decided, record=agent.audit.append)
     print(f"atoll-agent: serving on {args.socket} and port {args.port}", file=sys.stderr)
     stop.wait()
     _notify("STOPPING=1")

@@ -4,7 +4,10 @@ The entries' format and the ESP's layout are :mod:`atoll.wire.bootentry`'s
 (``atoll disk`` writes the first ESP with the same code). This module is the
 node's part: find and mount the ESP (:func:`mounted_esp`), mirror the
 sysroot's entries onto it after every deploy (:func:`sync_node`, which the
-agent runs after an upgrade or a rollback), and mark the booted entry good
+agent runs after an upgrade or a rollback; it checks the ESP's free space
+first and fails with :class:`atoll.wire.bootentry.EspFullError` naming the
+ESP by its mount point, or by its device when the agent mounted it
+privately), and mark the booted entry good
 (:func:`bless`, what ``systemd-bless-boot`` does) once the node is healthy.
 Standard library only: the agent calls this on the node.
 """
@@ -26,10 +29,10 @@ from atoll.wire.bootentry import (
     Action,
     EntryError,
     apply_plan,
+    checked_sync,
     ostree_argument,
     parse_entry,
     plan_sync,
-    sync,
 )
 
 ESP_TYPE = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
@@ -105,17 +108,25 @@ def mounted_esp() -> Iterator[Path]:
     mount that cannot be unmounted raises :class:`atoll.agent.command.CommandError`
     and its mount point is left alone (removing it recursively would empty the ESP).
     """
+    with named_esp() as (esp, _):
+        yield esp
+
+
+@contextlib.contextmanager
+def named_esp() -> Iterator[tuple[Path, str]]:
+    """:func:`mounted_esp` and how an error names it: ``ESP (/boot/efi)`` where the
+    system mounts it, ``ESP (/dev/vda1)`` when the mount is the agent's own."""
     vfat = _vfat_mounts()
     for candidate in (Path("/efi"), Path("/boot"), Path("/boot/efi")):
         if candidate in vfat and (candidate / "loader").is_dir():
-            yield candidate
+            yield candidate, f"ESP ({candidate})"
             return
     device = find_esp_device()
     mountpoint = tempfile.mkdtemp(prefix="atoll-esp-", dir="/run")
     try:
         command.run(["mount", "-t", "vfat", device, mountpoint], timeout=MOUNT_TIMEOUT)
         try:
-            yield Path(mountpoint)
+            yield Path(mountpoint), f"ESP ({device})"
         finally:
             command.run(["umount", mountpoint], timeout=MOUNT_TIMEOUT)
     finally:
@@ -124,9 +135,10 @@ def mounted_esp() -> Iterator[Path]:
 
 
 def sync_node(tries: int | None = None, boot_dir: Path = NODE_BOOT_DIR) -> list[Action]:
-    """On the node, after ``ostree admin deploy``/``undeploy``: bring the ESP up to date."""
-    with mounted_esp() as esp:
-        return sync(boot_dir, esp, tries)
+    """On the node, after ``ostree admin deploy``/``undeploy``: bring the ESP up to date,
+    if it has room for the new kernel (:func:`atoll.wire.bootentry.checked_sync`)."""
+    with named_esp() as (esp, name):
+        return checked_sync(boot_dir, esp, name, tries)
 
 
 def bless_node() -> str | None:

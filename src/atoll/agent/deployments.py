@@ -29,6 +29,10 @@ the previous deployment's commit is deployed again as the new default
 (``ostree admin deploy --retain COMMIT``), keeping the booted one as its
 fallback. With neither, there is nothing to roll back to.
 
+A failed boot entries sync is a :class:`BootEntriesError` (with the ESP as
+its ``resource`` when it had no room); :meth:`Deployments.undo_staging`
+removes what a failed step of the update loop left half-staged.
+
 With ``root`` given (the daemon), an upgrade that leaves a new default beside
 the booted deployment records the pending-upgrade marker
 (:mod:`atoll.agent.markers`: new and previous commit, the staging boot), which
@@ -75,6 +79,15 @@ REF = re.compile(
 
 class DeploymentError(RuntimeError):
     """A deployment command failed or there is nothing to do (message names the argv)."""
+
+
+class BootEntriesError(DeploymentError):
+    """The boot entries could not be mirrored onto the ESP; ``resource`` names what ran
+    out (``ESP (/boot/efi)``) when that was the cause."""
+
+    def __init__(self, message: str, *, resource: str | None = None) -> None:
+        super().__init__(message)
+        self.resource = resource
 
 
 @dataclass(frozen=True)
@@ -205,6 +218,16 @@ class Deployments:
                 "(its health trial decides it first); upgrade once it is confirmed or rolled back"
             )
 
+    def _sync(self) -> None:
+        """``sync``, with its failure (no room on the ESP, a mount or an entry that
+        failed) as a :class:`BootEntriesError` carrying the resource when one is named."""
+        try:
+            self.sync()
+        except DeploymentError:
+            raise
+        except (OSError, ValueError, command.CommandError) as e:
+            raise BootEntriesError(str(e), resource=getattr(e, "resource", None)) from e
+
     def finish_staging(self, current: list[Deployment] | None = None) -> None:
         """Make sure a pending default has its marker, mirror the boot entries onto the
         ESP, then mark the upgrade ``staged``.
@@ -219,7 +242,7 @@ class Deployments:
         with self.lock:
             if self.root is not None:
                 self._record_pending(self.status() if current is None else current)
-            self.sync()
+            self._sync()
             if self.root is None:
                 return
             failpoints.hit("upgrade:synced", self.root)
@@ -288,10 +311,53 @@ class Deployments:
                     )
                 argv = ["ostree", "admin", "deploy", "--retain", previous.checksum]
             self._run(argv, DEPLOY_TIMEOUT)
-            self.sync()
+            self._sync()
             if self.root is not None and not keep_marker:
                 markers.clear(self.root / markers.PENDING)
             return {"ran": argv, "deployments": [d.as_dict() for d in self.status()]}
+
+    def undo_staging(self) -> tuple[list[str], list[str]]:
+        """Undo an upgrade a failed step left half-staged (the update loop's undo).
+
+        Every deployment newer than the booted one is undeployed (the booted
+        one is the default again, as after a cut-short upgrade the health
+        monitor undoes), the ESP is synced to match, and a ``deploying`` or
+        ``staged`` marker is removed. Never raises for the sync or the
+        marker: returns (the commits undeployed, what could not be undone);
+        an undeploy that fails raises :class:`DeploymentError`.
+        """
+        undone: list[str] = []
+        problems: list[str] = []
+        with self.lock:
+            current = self.status()
+            for _ in range(len(current)):
+                if not current or current[0].booted:
+                    break
+                self._run(["ostree", "admin", "undeploy", "0"], DEPLOY_TIMEOUT)
+                undone.append(current[0].checksum)
+                current = self.status()
+            if undone:
+                try:
+                    self._sync()
+                except BootEntriesError as e:
+                    problems.append(f"the ESP could not be synced after the undeploy: {e}")
+            problems += self._drop_staging_marker()
+        return undone, problems
+
+    def _drop_staging_marker(self) -> list[str]:
+        if self.root is None:
+            return []
+        path = self.root / markers.PENDING
+        try:
+            marker = markers.read_pending(path)
+        except markers.MarkerError as e:
+            return [str(e)]  # the monitor reports and removes it at the next start
+        if marker is not None and marker.state in (
+            markers.TrialState.DEPLOYING,
+            markers.TrialState.STAGED,
+        ):
+            markers.clear(path)
+        return []
 
     def reboot(self) -> list[str]:
         argv = ["systemctl", "reboot"]

@@ -7,10 +7,12 @@ Used by the agent's upgrade path (standard library only):
    the last document this node accepted (kept in ``state``, written only
    after a successful verification);
 2. :func:`pull_verified` lets ostree pull the commit from
-   ``<server>/repo`` (every object checked against its checksum, deltas used
-   when the server has one from the node's commit, downloads resumed), then
-   verifies the commit's signature before anything deploys it. A refused
-   commit is removed from the node's repository again.
+   ``<server>/repo`` (:func:`pull`: every object checked against its
+   checksum, deltas used when the server has one from the node's commit,
+   downloads resumed), then verifies the commit's signature before anything
+   deploys it (:func:`verify_pulled`). A refused commit is removed from the
+   node's repository again. The update loop runs the two separately, so a
+   failure names its step (fetch or verify).
 
 ostree is run through an injectable ``run``
 (:class:`atoll.agent.command.Runner`, :func:`atoll.agent.command.output` by
@@ -91,10 +93,15 @@ def check_channel(
     return channel
 
 
-def pull_verified(
-    repo: Path, server: str, commit: str, keys: list[TrustedKey], run: Runner = command.output
-) -> None:
-    """Pull ``commit`` from the update server into ``repo`` and verify its signature."""
+class PullError(VerificationError):
+    """ostree could not fetch the commit from the update server (a fetch that
+    failed, not a signature that did not verify; a :class:`VerificationError`
+    for the callers that treat both alike)."""
+
+
+def pull(repo: Path, server: str, commit: str, run: Runner = command.output) -> None:
+    """Let ostree pull ``commit`` from ``<server>/repo`` into ``repo`` (objects checked
+    against their checksums); :class:`PullError` or ``OSError`` naming the URL."""
     url = f"{server.rstrip('/')}/repo"
     ostree = ["ostree", f"--repo={repo}"]
     with contextlib.suppress(command.CommandError):  # a failure shows in the add
@@ -107,11 +114,26 @@ def pull_verified(
         run([*ostree, "pull", REMOTE, commit], timeout=PULL_TIMEOUT)
     except command.CommandError as e:
         detail = e.stderr_tail[-1] if e.stderr_tail and e.status is not None else e.what
-        raise VerificationError(f"pull of {commit[:12]} from {url} failed: {detail}") from e
+        raise PullError(f"pull of {commit[:12]} from {url} failed: {detail}") from e
+
+
+def verify_pulled(
+    repo: Path, commit: str, keys: list[TrustedKey], run: Runner = command.output
+) -> None:
+    """Verify the pulled commit's signature; a refused commit is removed from ``repo``."""
     try:
         verify_commit(repo, commit, keys)
     except VerificationError:
         # Never leave an untrusted commit where a later deploy could pick it up.
+        ostree = ["ostree", f"--repo={repo}"]
         with contextlib.suppress(command.CommandError):  # the VerificationError says more
             run([*ostree, "prune", f"--delete-commit={commit}"], timeout=PRUNE_TIMEOUT)
         raise
+
+
+def pull_verified(
+    repo: Path, server: str, commit: str, keys: list[TrustedKey], run: Runner = command.output
+) -> None:
+    """Pull ``commit`` from the update server into ``repo`` and verify its signature."""
+    pull(repo, server, commit, run)
+    verify_pulled(repo, commit, keys, run)

@@ -10,9 +10,10 @@ Standard library only (runs in the agent daemon on the node). One
 3. if the controller says *stage* and the desired version is neither booted
    nor pending: resolve it to a commit through the signed channel
    (:func:`atoll.agent.fetch.check_channel`; a 64-hex version is a commit
-   already), pull it with :func:`atoll.agent.fetch.pull_verified` (objects
-   checked by ostree, the commit's signature by atoll, an unverifiable commit
-   removed again) and deploy it beside the running one
+   already), pull it with :func:`atoll.agent.fetch.pull` (objects checked by
+   ostree), verify the commit's signature
+   (:func:`atoll.agent.fetch.verify_pulled`, an unverifiable commit removed
+   again) and deploy it beside the running one
    (:meth:`atoll.agent.deployments.Deployments.upgrade`; the running system is
    never modified). Staging does not make the node unavailable;
 4. if the controller says *may reboot* and the desired version is the pending
@@ -20,13 +21,22 @@ Standard library only (runs in the agent daemon on the node). One
    as unavailable; after the reboot the next report says which version booted
    and whether it is healthy.
 
+A step of 3 or 4 that fails (fetch, verify, deploy, boot-entry sync, reboot;
+:class:`atoll.wire.fleet.Step`) is undone
+(:meth:`atoll.agent.deployments.Deployments.undo_staging`: nothing stays
+half-staged), audited (``record``, the agent's audit log) and reported at once
+as the report's typed ``failure`` with ``staged`` null, so the node never
+holds a reboot slot it cannot use; the controller then decides whether and
+when it tries again (the loop follows Desired, it does not retry on its own).
+A hung ``ostree`` fails its step the same way (every command has a timeout,
+:mod:`atoll.agent.command`, and the deployments' lock is free again). A round
+that cannot reach the controller is logged and the next round tries again
+(an unsent failure goes with it): a controller that is down never stops the
+agent.
+
 Every external effect goes through injected callables, so a round is tested
 on the build machine against a real controller and a real ostree repository
-with the deployment commands recorded. Failures of one round are logged and
-the next round tries again: a controller or update server that is down
-never stops the agent, and neither does a hung ``ostree`` (every command has
-a timeout, :mod:`atoll.agent.command`: the round fails naming it, and the
-deployments' lock is free for the next round, the API and the monitor).
+with the deployment commands recorded.
 
 Configuration (:func:`load_config`): ``/etc/atoll/fleet.toml`` (written at
 first boot from the user data's ``[fleet]`` table: ``controller``, optional
@@ -50,10 +60,10 @@ from pathlib import Path
 from typing import Any
 
 from atoll.agent import command, failpoints, markers
-from atoll.agent.deployments import Deployment, DeploymentError, Deployments
-from atoll.agent.fetch import Runner, check_channel, pull_verified
+from atoll.agent.deployments import BootEntriesError, Deployment, DeploymentError, Deployments
+from atoll.agent.fetch import PullError, Runner, check_channel, pull, verify_pulled
 from atoll.wire.channel import TrustedKey, VerificationError, load_trusted_keys
-from atoll.wire.fleet import Backoff, Desired, FleetClient, FleetError
+from atoll.wire.fleet import Backoff, Desired, FleetClient, FleetError, Step, StepFailure
 
 COMMIT = re.compile(r"^[0-9a-f]{64}$")
 FLEET_CONFIG = Path("etc/atoll/fleet.toml")
@@ -63,10 +73,39 @@ CHANNEL_STATE = Path("var/lib/atoll/channels.json")
 NODE_REPO = Path("ostree/repo")  # the sysroot's repository, seen from the booted root
 DEFAULT_INTERVAL = 10.0
 SETTLE_WAIT = 600.0  # at most this long for the health monitor's first decision
+# Seconds a node still running after `systemctl reboot` failed waits before it calls
+# the reboot failed (the shutdown usually kills systemctl, and the agent, first).
+REBOOT_GRACE = 60.0
 
 
 class UpdateError(Exception):
     """One round could not finish (message names the server, channel or version)."""
+
+
+class RolledBackHere(UpdateError):
+    """The version resolves to the very build whose health trial failed on this node."""
+
+
+def failure_of(phase: Step, version: str, error: BaseException) -> StepFailure:
+    """The step failure to report for ``error``, raised while the loop was in ``phase``.
+
+    A failed ESP sync is ``boot-entries`` whatever called it (the deploy runs
+    one), with the resource it names; during the fetch, a channel document
+    that does not verify is ``verify``, a pull ostree could not finish stays
+    ``fetch``. Errors of unexpected types carry their type in the reason.
+    """
+    step, resource = phase, None
+    if isinstance(error, BootEntriesError):
+        step, resource = Step.BOOT_ENTRIES, error.resource
+    elif (
+        phase is Step.FETCH
+        and isinstance(error, VerificationError)
+        and not isinstance(error, PullError)
+    ):
+        step = Step.VERIFY
+    known = (UpdateError, VerificationError, DeploymentError, OSError, command.CommandError)
+    reason = str(error) if isinstance(error, known) else f"{type(error).__name__}: {error}"
+    return StepFailure.summarise(step, version, reason, resource)
 
 
 @dataclass(frozen=True)
@@ -186,8 +225,14 @@ class Updater:
     log: Callable[[str], None] = field(
         default=lambda m: print(f"atoll-agent: {m}", file=sys.stderr)
     )
+    record: Callable[..., object] | None = None  # AuditLog.append: step failures
+    pause: Callable[[float], object] = time.sleep  # the grace after a failed reboot
+    reboot_grace: float = REBOOT_GRACE
+    stopping: threading.Event = field(default_factory=threading.Event)  # the agent stops
     registered: bool = False
     _last_note: str = ""  # said once, not every round
+    _unsent: StepFailure | None = None  # reported in the next report, once
+    _phase: Step = Step.FETCH  # the step stage() is in (failure_of)
 
     def __post_init__(self) -> None:
         self.client = FleetClient(
@@ -219,17 +264,24 @@ class Updater:
         )
 
     def stage(self, version: str) -> str:
+        """Resolve, pull, verify and deploy ``version`` (with its ESP sync); the step it
+        is in stays in ``_phase`` for :func:`failure_of` when one raises."""
+        self._phase = Step.FETCH
         commit = self.resolve(version)
         rolled_back = markers.read_rollback(self.root / markers.ROLLBACK)
         if rolled_back is not None and rolled_back.from_commit == commit:
             # The health check already failed on this very build here; staging it
             # again would only loop. A different build (a fix) is staged as usual.
-            raise UpdateError(
+            raise RolledBackHere(
                 f"{version} ({commit[:12]}) was rolled back on this node at {rolled_back.at} "
                 f"({rolled_back.reason}); waiting for a different build"
             )
-        pull_verified(self.root / NODE_REPO, self.config.server, commit, self.keys, self.run)
+        repo = self.root / NODE_REPO
+        pull(repo, self.config.server, commit, self.run)
+        self._phase = Step.VERIFY
+        verify_pulled(repo, commit, self.keys, self.run)
         failpoints.hit("update:pulled", self.root)
+        self._phase = Step.DEPLOY
         self.deployments.upgrade(commit)
         return commit
 
@@ -257,53 +309,111 @@ class Updater:
             self.log(f"reporting the rollback of {facts.rolled_back_from[:12]}: {e}")
             return True
 
-    def step(self) -> Desired:
-        booted, pending = self._state()
+    def _health(self, booted: Deployment) -> tuple[bool, bool]:
         if self.health:
-            healthy, failed = self.health()
-        else:
-            facts = health_facts(self.root, booted.checksum)
-            healthy = facts.healthy
-            failed = self._failed(facts)
-        staged = _identity(pending) if pending else None
+            return self.health()
+        facts = health_facts(self.root, booted.checksum)
+        return facts.healthy, self._failed(facts)
+
+    def _report(self) -> tuple[Desired, Deployment, Deployment | None]:
+        """Register once, then report what runs, what is staged, health and the step
+        failure not sent yet (with it, ``staged`` is None: the failure undid it).
+        Returns the answer, and the booted and pending deployments it reported."""
+        booted, pending = self._state()
+        healthy, failed = self._health(booted)
         if not self.registered:
             self.client.register(
                 self.config.node, dict(self.config.labels), _identity(booted), healthy=healthy
             )
             self.registered = True
+        failure = self._unsent
+        staged = _identity(pending) if pending and failure is None else None
         desired = self.client.report(
             self.config.node, version=_identity(booted), staged=staged, healthy=healthy,
-            failed=failed,
+            failed=failed, failure=failure,
         )  # fmt: skip
+        self._unsent = None  # sent once; the controller decides whether it is tried again
+        return desired, booted, pending
+
+    def step(self) -> Desired:
+        """One round: report, then stage or reboot as the answer says. A step that
+        fails is undone, audited and reported at once (:meth:`_fail`); the answer
+        to that report is followed from the next round on."""
+        desired, booted, pending = self._report()
         if _matches(booted, desired.version):
             return desired
-        if desired.stage and not _matches(pending, desired.version):
-            trial = self.deployments.trial()
-            if trial is not None:
-                # The marker of the deployment on trial decides it; a new upgrade
-                # would replace it. Staged after the verdict (next rounds).
-                label = trial.new_version or trial.new[:12]
-                note = f"{desired.version} waits: {label} is {trial.state}"
-                if note != self._last_note:
-                    self.log(note)
-                    self._last_note = note
-                return desired
-            self.log(f"staging {desired.version} from {self.config.server}")
-            commit = self.stage(desired.version)
-            self.log(f"staged {desired.version} ({commit[:12]}); the running system is unchanged")
-            booted, pending = self._state()
-        if desired.may_reboot and _matches(pending, desired.version):
-            # Mirror the entries onto the ESP again first (idempotent): a sync that
-            # failed after the deploy must not send the node into its old entry.
-            self.deployments.finish_staging()
-            self.log(f"rebooting into {desired.version} (granted by {self.config.controller})")
-            try:
-                self.deployments.reboot()
-            except DeploymentError as e:
-                # Usually the shutdown it started has already killed systemctl;
-                # if the reboot really did not start, the next round asks again.
-                self.log(f"reboot requested; systemctl: {e}")
+        try:
+            if desired.stage and not _matches(pending, desired.version):
+                if not self._stage_now(desired):
+                    return desired
+                booted, pending = self._state()
+            if desired.may_reboot and _matches(pending, desired.version):
+                self._reboot(desired)
+        except RolledBackHere:
+            raise  # reported as the rollback it is (health_facts), not as a step failure
+        except Exception as e:  # every failed step is reported, whatever its type
+            return self._fail(failure_of(self._phase, desired.version, e))
         return desired
+
+    def _stage_now(self, desired: Desired) -> bool:
+        """Stage ``desired.version`` unless a trial decides first (then False)."""
+        trial = self.deployments.trial()
+        if trial is not None:
+            # The marker of the deployment on trial decides it; a new upgrade
+            # would replace it. Staged after the verdict (next rounds).
+            label = trial.new_version or trial.new[:12]
+            note = f"{desired.version} waits: {label} is {trial.state}"
+            if note != self._last_note:
+                self.log(note)
+                self._last_note = note
+            return False
+        self.log(f"staging {desired.version} from {self.config.server}")
+        commit = self.stage(desired.version)
+        self.log(f"staged {desired.version} ({commit[:12]}); the running system is unchanged")
+        return True
+
+    def _reboot(self, desired: Desired) -> None:
+        # Mirror the entries onto the ESP again first (idempotent): a sync that
+        # failed after the deploy must not send the node into its old entry.
+        self._phase = Step.BOOT_ENTRIES
+        self.deployments.finish_staging()
+        self._phase = Step.REBOOT
+        self.log(f"rebooting into {desired.version} (granted by {self.config.controller})")
+        try:
+            self.deployments.reboot()
+        except DeploymentError as e:
+            # Usually the shutdown it started has already killed systemctl (and
+            # soon the agent). Still running after the grace: it did not start.
+            self.log(f"reboot requested; systemctl: {e}")
+            self.pause(self.reboot_grace)
+            if self.stopping.is_set():
+                return
+            raise DeploymentError(f"{e}; the node still runs {self.reboot_grace:g} s later") from e
+
+    def _fail(self, failure: StepFailure) -> Desired:
+        """Undo what the failed step half-staged, audit it, and report it now (or, with
+        the controller unreachable, in the next round's report)."""
+        try:
+            undone, problems = self.deployments.undo_staging()
+        except (DeploymentError, OSError) as e:
+            undone, problems = [], [f"undoing it failed: {e}"]
+        if problems:
+            reason = f"{failure.reason}; {'; '.join(problems)}"
+            failure = StepFailure.summarise(failure.step, failure.version, reason, failure.resource)
+        self.log(
+            f"{failure.step} of {failure.version} failed: {failure.reason}"
+            + (f"; undeployed {', '.join(c[:12] for c in undone)}" if undone else "")
+        )
+        if self.record is not None:
+            self.record(
+                who="agent:update",
+                role=None,
+                what=f"update: {failure.step} failed",
+                params={**failure.to_json(), "undeployed": undone},
+                result="failed",
+            )
+        self._unsent = failure  # kept if this report does not get through: the next one
+        return self._report()[0]
 
     def run_forever(self, stop: threading.Event, after: threading.Event | None = None) -> None:
         """Run rounds every ``interval`` s until ``stop``; the first once ``after`` is set
@@ -316,6 +426,7 @@ class Updater:
                 if time.monotonic() >= deadline:
                     self.log(f"the health monitor has not settled in {SETTLE_WAIT:g} s: going on")
                     break
+        self.stopping = stop
         while not stop.is_set():
             try:
                 self.step()
@@ -332,8 +443,10 @@ def start(
     stop: threading.Event,
     root: Path = Path("/"),
     after: threading.Event | None = None,
+    record: Callable[..., object] | None = None,
 ) -> threading.Thread | None:
-    """Start the loop in a daemon thread when the node is configured for it."""
+    """Start the loop in a daemon thread when the node is configured for it; ``record``
+    (the agent's :meth:`atoll.agent.audit.AuditLog.append`) audits its step failures."""
     try:
         config = load_config(root)
     except UpdateError as e:
@@ -341,7 +454,7 @@ def start(
         return None
     if config is None:
         return None
-    updater = Updater(config, deployments, load_trusted_keys(), root=root)
+    updater = Updater(config, deployments, load_trusted_keys(), root=root, record=record)
     thread = threading.Thread(target=updater.run_forever, args=(stop, after), daemon=True)
     thread.start()
     return thread

@@ -30,16 +30,23 @@ and boots the first one: ``ostree-2-atoll`` (the newest deployment) before
 Plan, then apply: :func:`plan_sync` compares the entries with what the ESP
 holds and returns the list of actions; :func:`apply_plan` performs them,
 kernels before entries and removals last, so an interrupted sync never leaves
-an entry pointing at a missing kernel. Standard library only (and
-:mod:`atoll.durable`, itself standard library only).
+an entry pointing at a missing kernel. Because removals come last, a sync
+needs room for everything it copies and writes beside what the ESP already
+holds: :func:`checked_sync` compares that (:func:`space_needed`, whole
+clusters) with the ESP's free space first and refuses with
+:class:`EspFullError` naming the ESP, e.g. ``ESP (/boot/efi) has 0 bytes free,
+the new kernel needs 14 MB`` (MB = 2**20 bytes, rounded up). Standard library
+only (and :mod:`atoll.durable`, itself standard library only).
 """
 
 from __future__ import annotations
 
+import errno
+import math
 import os
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
@@ -50,10 +57,19 @@ ENTRIES_DIR = "loader/entries"
 LOADER_CONF = "loader/loader.conf"
 _BOOTLINK = re.compile(r"^/ostree/boot\.\d+(\.\d+)?/")
 _COUNTER = re.compile(r"^(?P<id>.+?)(\+(?P<left>\d+)(-(?P<done>\d+))?)?$")
+MB = 2**20
 
 
 class EntryError(ValueError):
     """A boot entry that cannot be used; the message names the file and key."""
+
+
+class EspFullError(EntryError):
+    """The ESP has no room for what a sync must write; ``resource`` names it (``ESP (/efi)``)."""
+
+    def __init__(self, message: str, *, resource: str) -> None:
+        super().__init__(message)
+        self.resource = resource
 
 
 @dataclass(frozen=True)
@@ -326,3 +342,71 @@ def ostree_argument(options: str) -> str | None:
         if arg.startswith("ostree="):
             return arg
     return None
+
+
+def space_needed(actions: Sequence[Action], boot_dir: Path, cluster: int) -> int:
+    """Bytes ``actions`` write onto the ESP, each file rounded up to whole clusters.
+
+    Copies and writes only: removals come last (:func:`apply_plan`), so the
+    space they free is no help while the new kernel is copied."""
+    total = 0
+    for action in actions:
+        if action.kind is ActionKind.COPY:
+            size = (boot_dir / action.source.lstrip("/")).stat().st_size
+        elif action.kind is ActionKind.WRITE:
+            size = len(action.content.encode())
+        else:
+            continue
+        total += math.ceil(size / cluster) * cluster
+    return total
+
+
+def _free_text(free: int) -> str:
+    return f"{free} bytes" if free < MB else f"{free // MB} MB"
+
+
+def space_shortfall(resource: str, free: int, needed: int, *, kernel: bool) -> str | None:
+    """Why ``needed`` bytes do not fit in ``free`` on ``resource``, or None when they do."""
+    if needed <= free:
+        return None
+    what = "the new kernel needs" if kernel else "the new boot entries need"
+    return f"{resource} has {_free_text(free)} free, {what} {math.ceil(needed / MB)} MB"
+
+
+def check_space(
+    actions: Sequence[Action],
+    boot_dir: Path,
+    esp: Path,
+    resource: str,
+    statvfs: Callable[[Path], os.statvfs_result] = os.statvfs,
+) -> None:
+    """Raise :class:`EspFullError` when the ESP cannot hold what ``actions`` write."""
+    stat = statvfs(esp)
+    cluster = stat.f_frsize or stat.f_bsize or 1
+    needed = space_needed(actions, boot_dir, cluster)
+    kernel = any(a.kind is ActionKind.COPY for a in actions)
+    reason = space_shortfall(resource, stat.f_bavail * cluster, needed, kernel=kernel)
+    if reason is not None:
+        raise EspFullError(reason, resource=resource)
+
+
+def checked_sync(
+    boot_dir: Path,
+    esp: Path,
+    resource: str,
+    tries: int | None = None,
+    statvfs: Callable[[Path], os.statvfs_result] = os.statvfs,
+) -> list[Action]:
+    """:func:`sync` after :func:`check_space`; running out of space while writing
+    anyway (FAT's directories take room too) is an :class:`EspFullError` as well."""
+    actions = plan_sync(boot_dir, esp, tries)
+    check_space(actions, boot_dir, esp, resource, statvfs)
+    try:
+        apply_plan(actions, boot_dir, esp)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        raise EspFullError(
+            f"{resource} ran out of space during the boot entries sync: {e}", resource=resource
+        ) from e
+    return actions

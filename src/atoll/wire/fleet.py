@@ -44,11 +44,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 from urllib.parse import quote
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+REASON_MAX = 500
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class ProtocolError(ValueError):
@@ -133,26 +136,123 @@ class Registration:
         )
 
 
+class Step(StrEnum):
+    """A step of a node's update round that can fail (:class:`StepFailure`)."""
+
+    FETCH = "fetch"
+    VERIFY = "verify"
+    DEPLOY = "deploy"
+    BOOT_ENTRIES = "boot-entries"
+    REBOOT = "reboot"
+
+
+def _one_line(key: str, value: object, *, limit: int = REASON_MAX) -> str:
+    if not isinstance(value, str) or not value:
+        raise ProtocolError(f"{key} must be a non-empty string, not {value!r}")
+    if CONTROL.search(value):
+        raise ProtocolError(f"{key} must be one line without control characters: {value!r}")
+    if len(value) > limit:
+        raise ProtocolError(f"{key} is {len(value)} characters long, at most {limit} allowed")
+    return value
+
+
+@dataclass(frozen=True)
+class StepFailure:
+    """A step of an update round that failed on the node: which step, staging or
+    booting which version, why (one line), and the resource when one ran out
+    (e.g. ``"ESP (/boot/efi)"``). The node undid anything half-staged before
+    it reports one."""
+
+    step: Step
+    version: str
+    reason: str
+    resource: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.step, Step):
+            raise ProtocolError(f"failure.step must be a Step, not {self.step!r}")
+        _one_line("failure.version", self.version, limit=200)
+        _one_line("failure.reason", self.reason)
+        if self.resource is not None:
+            _one_line("failure.resource", self.resource, limit=200)
+
+    @classmethod
+    def summarise(
+        cls, step: Step, version: str, reason: str, resource: str | None = None
+    ) -> StepFailure:
+        """A failure from any error text: control characters and runs of white
+        space become one space, and a reason longer than the limit is cut
+        (ending in an ellipsis)."""
+        line = " ".join(CONTROL.sub(" ", reason).split()) or "failed (no reason given)"
+        if len(line) > REASON_MAX:
+            line = line[: REASON_MAX - 1] + "\u2026"
+        return cls(step, version, line, resource)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "step": self.step.value,
+            "version": self.version,
+            "reason": self.reason,
+            "resource": self.resource,
+        }
+
+    @classmethod
+    def from_json(cls, raw: object) -> StepFailure:
+        if not isinstance(raw, dict):
+            raise ProtocolError(f"failure must be a JSON object, not {type(raw).__name__}")
+        step = raw.get("step")
+        if step not in {s.value for s in Step}:
+            names = ", ".join(s.value for s in Step)
+            raise ProtocolError(f"failure.step must be one of {names}, not {step!r}")
+        resource = raw.get("resource")
+        if resource is not None and not isinstance(resource, str):
+            raise ProtocolError(f"failure.resource must be a string or null, not {resource!r}")
+        return cls(
+            step=Step(step),
+            version=_one_line("failure.version", raw.get("version"), limit=200),
+            reason=_one_line("failure.reason", raw.get("reason")),
+            resource=resource,
+        )
+
+
+def _optional_failure(body: Mapping[str, Any]) -> StepFailure | None:
+    raw = body.get("failure")
+    return None if raw is None else StepFailure.from_json(raw)
+
+
 @dataclass(frozen=True)
 class Report:
     """``POST /v1/nodes/{name}/report``: what a node runs, has staged, and how it fares.
 
     ``healthy: false, failed: false`` while its health trial of a new version
     runs; ``failed: true`` when it rolled back by itself or is unhealthy
-    outside a trial."""
+    outside a trial. ``failure`` when a step of its last update round
+    failed (``staged`` is then None: the node undid what it had half-staged);
+    the key is left out when there is none."""
 
     version: str
     staged: str | None
     healthy: bool = True
     failed: bool = False
+    failure: StepFailure | None = None
+
+    def __post_init__(self) -> None:
+        if self.failure is not None and self.staged is not None:
+            raise ProtocolError(
+                f"staged must be null with a failure (the node undoes what it half-staged), "
+                f"not {self.staged!r}"
+            )
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "version": self.version,
             "staged": self.staged,
             "healthy": self.healthy,
             "failed": self.failed,
         }
+        if self.failure is not None:
+            body["failure"] = self.failure.to_json()
+        return body
 
     @classmethod
     def from_json(cls, raw: object) -> Report:
@@ -168,6 +268,7 @@ class Report:
             staged=staged,
             healthy=_flag(body, "healthy", True),
             failed=_flag(body, "failed", False),
+            failure=_optional_failure(body),
         )
 
 
@@ -210,7 +311,11 @@ class Desired:
 
 @dataclass(frozen=True)
 class NodeRecord:
-    """A node as the controller knows it (answer to a registration, ``GET /v1/nodes``)."""
+    """A node as the controller knows it (answer to a registration, ``GET /v1/nodes``).
+
+    ``failure`` is the last step failure the controller recorded for it,
+    ``retry_at`` when the controller lets it stage again (seconds since the
+    epoch); both keys are left out when None."""
 
     name: str
     labels: Mapping[str, str]
@@ -219,9 +324,11 @@ class NodeRecord:
     healthy: bool
     phase: str  # idle, staging, staged, rebooting, failed
     last_transition: float
+    failure: StepFailure | None = None
+    retry_at: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "name": self.name,
             "labels": dict(self.labels),
             "current": self.current,
@@ -230,6 +337,11 @@ class NodeRecord:
             "phase": self.phase,
             "last_transition": self.last_transition,
         }
+        if self.failure is not None:
+            body["failure"] = self.failure.to_json()
+        if self.retry_at is not None:
+            body["retry_at"] = self.retry_at
+        return body
 
     @classmethod
     def from_json(cls, raw: object) -> NodeRecord:
@@ -239,6 +351,11 @@ class NodeRecord:
             raise ProtocolError(f"last_transition must be a number, not {moment!r}")
         if "healthy" not in body:
             raise ProtocolError("healthy is missing")
+        retry_at = body.get("retry_at")
+        if retry_at is not None and (
+            isinstance(retry_at, bool) or not isinstance(retry_at, int | float)
+        ):
+            raise ProtocolError(f"retry_at must be a number or null, not {retry_at!r}")
         return cls(
             name=_text(body, "name"),
             labels=_labels(body, "labels"),
@@ -247,6 +364,8 @@ class NodeRecord:
             healthy=_flag(body, "healthy", True),
             phase=_text(body, "phase"),
             last_transition=float(moment),
+            failure=_optional_failure(body),
+            retry_at=None if retry_at is None else float(retry_at),
         )
 
 
@@ -389,8 +508,9 @@ class FleetClient:
         staged: str | None,
         healthy: bool,
         failed: bool = False,
+        failure: StepFailure | None = None,
     ) -> Desired:
-        report = Report(version, staged, healthy, failed)
+        report = Report(version, staged, healthy, failed, failure)
         return self._desired("POST", node_path(name, "report"), report.to_json())
 
     def desired(self, name: str) -> Desired:
