@@ -280,7 +280,7 @@ def test_a_hung_deploy_fails_naming_the_timeout_and_frees_the_lock(tmp_path: Pat
     assert fake.synced == 1
 
 
-# --- a failed step undone (issue 20): the update loop leaves nothing half-staged ---------
+# --- a failed step undone (issue 20): nothing is left half-staged -----------------------
 
 
 class Undoing(Deploying):
@@ -310,11 +310,14 @@ def test_a_full_esp_fails_the_upgrade_as_a_boot_entries_error_naming_it(tmp_path
     fake = Undoing(tmp_path, sync_error=full)
     with pytest.raises(BootEntriesError, match=r"^ESP \(/efi\) has 0 bytes free") as failed:
         fake.deployments().upgrade(NEW)
-    assert failed.value.resource == "ESP (/efi)" and failed.value.__cause__ is full
-    # Half-staged: deployed, the marker still says the ESP has not got the entry.
-    marker = markers.read_pending(tmp_path / markers.PENDING)
-    assert fake.status == PENDING and marker is not None
-    assert marker.state is markers.TrialState.DEPLOYING
+    assert failed.value.resource == "ESP (/efi)"
+    assert isinstance(failed.value.__cause__, BootEntriesError)
+    assert failed.value.__cause__.__cause__ is full
+    assert "the new deployment was undeployed" in str(failed.value)
+    # Nothing half-staged is left: the deployment is undone and its marker gone.
+    assert fake.status == BOOTED_ONLY
+    assert ["ostree", "admin", "undeploy", "0"] in fake.calls
+    assert not (tmp_path / markers.PENDING).exists()
     # A sync that fails otherwise (a mount, an I/O error) names no resource.
     fake.sync_error = command.CommandError(["mount", "-t", "vfat"], status=32, stderr="busy\n")
     with pytest.raises(BootEntriesError, match="mount -t vfat") as mount:

@@ -195,7 +195,15 @@ class Deployments:
             self._record_pending(current)
             if self.root is not None:
                 failpoints.hit("upgrade:deployed", self.root)
-            self.finish_staging(current)
+            try:
+                self.finish_staging(current)
+            except BootEntriesError as e:
+                # Nothing half-staged is left behind: the firmware must not find
+                # a deployment whose boot entries never reached the ESP.
+                undone, problems = self.undo_staging()
+                what = "the new deployment was undeployed" if undone else "nothing was deployed"
+                detail = "; ".join([str(e), what, *problems])
+                raise BootEntriesError(detail, resource=e.resource) from e
         return {"ran": ran, "deployments": [d.as_dict() for d in current]}
 
     def trial(self) -> markers.Pending | None:
