@@ -7,7 +7,6 @@ VMs boot with ``snapshot=True``: the disk stays pristine for the next boot.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from atoll.boot.runner import BootSpec, Firmware, Machine
 from atoll.compose import compose
 from atoll.disk import build_disk, plan_disk
 from atoll.disk.layout import MIB
+from atoll.process import run
 from atoll.progress import PlainReporter
 from atoll.tools import ostree
 from tests.conftest import DEFAULT_MANIFEST, TEST_CACHE, TEST_EPOCH, ComposedImage
@@ -88,11 +88,7 @@ def two_versions(
     work = tmp_path_factory.mktemp("two-versions")
     repo = work / "repo"
     ostree.init_repo(repo)
-    subprocess.run(
-        ["ostree", f"--repo={repo}", "pull-local", str(default_image.repo), default_image.commit],
-        check=True,
-        capture_output=True,
-    )
+    run(["ostree", f"--repo={repo}", "pull-local", str(default_image.repo), default_image.commit])
     ostree.set_ref(repo, default_image.ref, default_image.commit)
     site = work / "site.toml"
     site.write_text(

@@ -10,6 +10,8 @@ from atoll.boot.runner import BootFailed, BootSpec, Firmware, KernelOverride, Ma
 from atoll.cli import main
 from atoll.disk import read_default_entry
 from atoll.errors import AtollError
+from atoll.manifest import load_manifest
+from tests.conftest import DEFAULT_MANIFEST
 from tests.vm.conftest import DefaultDisk, SelftestBoot, boot_with_selftest
 
 
@@ -31,12 +33,30 @@ def test_systemd_reports_kernel_userspace_and_critical_chain(direct_boot: Selfte
     assert analysis.slowest_on_chain(), analysis.raw
 
 
+# What a clean boot log means (issue 20): no failed unit, no generator that
+# failed, nothing at warning or worse from systemd-tmpfiles in the journal.
+CLEAN_LOG_CHECKS = ("no-failed-units", "generators", "tmpfiles")
+
+
 @pytest.mark.parametrize(
-    "check", ["usr-readonly", "etc-writable", "var-writable", "no-port-22", "container"]
+    "check",
+    ["usr-readonly", "etc-writable", "var-writable", "no-port-22", "container", *CLEAN_LOG_CHECKS],
 )
 def test_selftest_check(direct_boot: SelftestBoot, check: str) -> None:
     status, detail = direct_boot.console.selftest.get(check, ("missing", ""))
     assert status == "ok", f"{check}: {status} {detail}"
+
+
+def test_boot_logged_no_error(direct_boot: SelftestBoot) -> None:
+    status, detail = direct_boot.console.selftest.get("journal-errors", ("missing", ""))
+    assert status == "info" and detail.startswith("0 line(s)"), f"journal-errors: {detail}"
+
+
+def test_preloaded_image_has_only_its_reference(direct_boot: SelftestBoot) -> None:
+    wanted = [image.reference for image in load_manifest(DEFAULT_MANIFEST).containers.preload]
+    status, detail = direct_boot.console.selftest.get("preload-names", ("missing", ""))
+    assert status == "ok", f"preload-names: {status} {detail}"
+    assert detail.split() == wanted
 
 
 def test_booted_deployment_is_the_composed_commit(
@@ -52,6 +72,10 @@ def test_uefi_boot_passes_the_selftest(default_disk: DefaultDisk) -> None:
     boot = boot_with_selftest(default_disk, Firmware.UEFI)
     assert boot.report.ready
     assert boot.console.selftest_verdict == "pass", boot.console.selftest
+    # The ESP's entries name the deployment directory in ostree= (the direct
+    # boot uses ostree's bootlink), which ostree-system-generator could not parse.
+    for check in CLEAN_LOG_CHECKS:
+        assert boot.console.selftest.get(check, ("missing",))[0] == "ok", boot.console.selftest
     phases = {p.name: p.seconds for p in boot.report.phases}
     assert phases["firmware"] is not None and phases["firmware"] > 0
 

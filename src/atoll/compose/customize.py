@@ -14,8 +14,9 @@ deterministic. In order:
    archives copied to ``/usr/share/atoll/images`` with a list that
    ``atoll-preload.service`` imports at first boot (containerd's store lives
    in ``/var``, which an ostree commit cannot carry);
-6. the agent (``atoll.agent``, standard library only), byte-compiled with
-   checked hashes so the result is reproducible;
+6. the agent (``atoll.agent``, standard library only) and what it imports
+   (``atoll.wire``, ``atoll.durable``: :data:`AGENT_SOURCES`), byte-compiled
+   with checked hashes so the result is reproducible;
 7. systemd units: atoll's own units enabled, then the manifest's enable,
    disable and mask, through ``systemctl --root``.
 """
@@ -28,13 +29,17 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import atoll
+from atoll.durable import write_atomic
 from atoll.errors import AtollError
 from atoll.manifest.model import FileEntry, Group, Manifest, User
 from atoll.process import run
 
 OVERLAY = Path(__file__).resolve().parent.parent / "overlay"
 PACKAGE_ROOT = Path(atoll.__file__).resolve().parent
-AGENT_PREFIX = "usr/lib/atoll/python"
+AGENT_PREFIX = "usr/lib/atoll/python"  # atoll-agent.service's PYTHONPATH
+# What of the atoll package the image ships, relative to it: the agent and all
+# it imports (tests/unit/test_boundaries.py keeps the agent to these).
+AGENT_SOURCES = ("__init__.py", "durable.py", "agent", "wire")
 IMAGES_DIR = "usr/share/atoll/images"
 
 CONTAINERD_CONFIG = """\
@@ -124,7 +129,7 @@ def write_os_release(root: Path, manifest: Manifest) -> None:
         "IMAGE_ID=atoll",
         f"IMAGE_VERSION={version}",
     ]
-    _atomic_write(path, "\n".join(lines) + "\n", 0o644)
+    write_atomic(path, "\n".join(lines) + "\n", mode=0o644)
 
 
 def _read_db(path: Path) -> list[list[str]]:
@@ -134,7 +139,7 @@ def _read_db(path: Path) -> list[list[str]]:
 
 
 def _write_db(path: Path, rows: Iterable[list[str]], mode: int) -> None:
-    _atomic_write(path, "".join(":".join(row) + "\n" for row in rows), mode)
+    write_atomic(path, "".join(":".join(row) + "\n" for row in rows), mode=mode)
 
 
 def _allocate(used: set[int], system: bool) -> int:
@@ -220,7 +225,7 @@ def add_file(root: Path, entry: FileEntry) -> None:
     gid = _lookup(root, "group", entry.group, "group")
     if target.is_symlink():
         target.unlink()
-    _atomic_write(target, data, entry.mode)
+    write_atomic(target, data, mode=entry.mode)
     os.chown(target, uid, gid)
     target.chmod(entry.mode)
 
@@ -233,13 +238,13 @@ def write_sysctl(root: Path, sysctl: tuple[tuple[str, str], ...]) -> None:
     )
     target = root / "usr/lib/sysctl.d/60-atoll.conf"
     target.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(target, text, 0o644)
+    write_atomic(target, text, mode=0o644)
 
 
 def configure_containers(root: Path, manifest: Manifest) -> None:
     config = root / "etc/containerd/config.toml"
     config.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(config, CONTAINERD_CONFIG, 0o644)
+    write_atomic(config, CONTAINERD_CONFIG, mode=0o644)
     images = root / IMAGES_DIR
     images.mkdir(parents=True, exist_ok=True)
     lines = []
@@ -248,7 +253,7 @@ def configure_containers(root: Path, manifest: Manifest) -> None:
         shutil.copyfile(image.archive, images / name)
         (images / name).chmod(0o644)
         lines.append(f"{name} {image.reference}\n")
-    _atomic_write(images / "preload.list", "".join(lines), 0o644)
+    write_atomic(images / "preload.list", "".join(lines), mode=0o644)
 
 
 def link_runc_to_crun(root: Path) -> None:
@@ -262,18 +267,28 @@ def link_runc_to_crun(root: Path) -> None:
         runc.symlink_to("crun")
 
 
+def copy_agent_package(target: Path) -> None:
+    """Copy :data:`AGENT_SOURCES` into ``target`` (a fresh ``atoll`` directory), no caches."""
+    target.mkdir(parents=True)
+    for name in AGENT_SOURCES:
+        source = PACKAGE_ROOT / name
+        if source.is_dir():
+            shutil.copytree(
+                source, target / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+            )
+        else:
+            shutil.copyfile(source, target / name)
+
+
 def install_agent(root: Path) -> None:
-    """Copy ``atoll.agent`` (and the package marker) and byte-compile it reproducibly."""
+    """Copy the agent and what it imports (:data:`AGENT_SOURCES`), byte-compiled reproducibly.
+
+    On the node ``python3 -m atoll.agent`` runs with ``PYTHONPATH`` at
+    :data:`AGENT_PREFIX`, so ``atoll.wire`` and ``atoll.durable`` resolve there."""
     target = root / AGENT_PREFIX / "atoll"
     if target.exists():
         shutil.rmtree(target)
-    target.mkdir(parents=True)
-    shutil.copyfile(PACKAGE_ROOT / "__init__.py", target / "__init__.py")
-    agent = PACKAGE_ROOT / "agent"
-    if agent.is_dir():
-        shutil.copytree(
-            agent, target / "agent", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
-        )
+    copy_agent_package(target)
     # The image's python3 is Debian's 3.11, the same as the build machine's
     # (checked by the caller): checked-hash pycs are valid there and carry no timestamps.
     run(
@@ -308,15 +323,3 @@ def apply_units(root: Path, manifest: Manifest) -> None:
         run([*systemctl, "disable", *units.disable])
     if units.mask:
         run([*systemctl, "mask", *units.mask])
-
-
-def _atomic_write(path: Path, data: str | bytes, mode: int) -> None:
-    payload = data.encode() if isinstance(data, str) else data
-    staged = path.with_name(f".{path.name}.atoll-new")
-    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, payload)
-    finally:
-        os.close(fd)
-    os.chmod(staged, mode)
-    os.replace(staged, path)

@@ -17,8 +17,25 @@
  *   3. bind /usr onto itself read-only;
  *   4. mount a tmpfs on /run holding /run/ostree-booted (ostree's marker that
  *      this system was booted from a deployment; systemd keeps an existing
- *      /run mount);
+ *      /run mount), and mask ostree-system-generator for this boot (below);
  *   5. move the deployment to / and chroot into it, then exec systemd.
+ *
+ * ostree-system-generator is what completes ostree's own prepare-root when
+ * systemd runs in an initramfs: it writes var.mount (the stateroot's var on
+ * /var, unless /etc/fstab mounts /var), creates /run/ostree-booted, and makes
+ * local-fs.target require ostree-remount.service and multi-user.target want
+ * ostree-finalize-staged.path and ostree-boot-complete.service. Here it has
+ * nothing left to do: step 2 bound /var, step 4 made the marker, Debian's
+ * package already enables ostree-remount and finalize-staged.path in /etc,
+ * and boot-complete only reports a staged deployment that failed to finalize
+ * (atoll's agent never stages). It also cannot run: it finds the stateroot by
+ * matching ostree= against ^/ostree/boot.[01]/([^/]+)/, but the entries on
+ * the ESP name the deployment directory (/ostree/deploy/OS/deploy/CSUM.N,
+ * see atoll.wire.bootentry.pin_deployment), so every UEFI boot and every
+ * daemon-reload logged "ostree-system-generator failed with exit status 1".
+ * A link to /dev/null in /run/systemd/system-generators masks it (systemd
+ * reads generators from /run first); the image keeps it, so an initramfs
+ * image that uses ostree's own prepare-root still gets its var.mount.
  *
  * Each failure names the step and the path on the console before PID 1 exits
  * (the kernel then reports "Attempted to kill init").
@@ -155,6 +172,13 @@ int main(int argc, char *argv[]) {
   if (marker < 0)
     fail("create", "/run/ostree-booted");
   close(marker);
+
+  /* Everything ostree-system-generator would do is done (see the header). */
+  ensure_dir("run/systemd", 0755);
+  ensure_dir("run/systemd/system-generators", 0755);
+  if (symlink("/dev/null", "run/systemd/system-generators/ostree-system-generator") < 0 &&
+      errno != EEXIST)
+    fail("mask ostree-system-generator in", "/run/systemd/system-generators");
 
   /* Our /proc and /dev belonged to the physical root; systemd mounts its own. */
   if (umount2("/proc", MNT_DETACH) < 0)
