@@ -59,11 +59,11 @@ from atoll.pki import init as pki_init
 from atoll.pki import issue as pki_issue
 from atoll.progress import Reporter, reporter_for
 from atoll.publish.keys import init_keys, load_private_key
-from atoll.publish.publish import publish
+from atoll.publish.publish import publish, pull_verified
 from atoll.publish.serve import UpdateServer, serve_in_thread, url_of
 from atoll.tools import ostree
 from atoll.tools.qemu import HOST_SERVICES_ADDRESS, HostService
-from atoll.wire.channel import TrustedKey, VerificationError, load_trusted_keys, verify_commit
+from atoll.wire.channel import load_trusted_keys
 from atoll.wire.fleet import FleetError, NodeRecord, request_json
 
 CHECKOUT = Path(__file__).resolve().parents[2]
@@ -207,16 +207,6 @@ def step_publish(reporter: Reporter, workdir: Path, builds: Builds) -> tuple[Pat
     trusted.mkdir(exist_ok=True)
     shutil.copy(keys / "atoll-ed25519.pub", trusted / "demo.pub")
     return updates, trusted, keys
-
-
-def pull_verified(repo: Path, server: str, commit: str, keys: list[TrustedKey]) -> None:
-    """What a node does before it deploys: pull ``commit`` from the update server, check
-    its signature (the node's code does the same with its own runner)."""
-    ostree.pull(repo, f"{server.rstrip('/')}/repo", commit, remote="atoll-updates")
-    try:
-        verify_commit(repo, commit, keys)
-    except VerificationError as e:
-        raise AtollError(f"{server}: {e}") from e
 
 
 def step_download(

@@ -30,26 +30,15 @@ from pathlib import Path
 
 from atoll.compose.oci import write_busybox_archive
 from atoll.compose.pipeline import ComposeResult, compose
-from atoll.errors import AtollError
 from atoll.progress import Reporter
 from atoll.publish.keys import init_keys, load_private_key
-from atoll.publish.publish import publish, served_repo
+from atoll.publish.publish import publish, pull_verified, served_repo
 from atoll.publish.serve import UpdateServer, serve_in_thread, url_of
 from atoll.tools import ostree
-from atoll.wire.channel import TrustedKey, VerificationError, load_trusted_keys, verify_commit
+from atoll.wire.channel import TrustedKey, load_trusted_keys
 
 CHECKOUT = Path(__file__).resolve().parents[3]
 CONCURRENT = 200
-
-
-def pull_verified(repo: Path, server: str, commit: str, keys: list[TrustedKey]) -> None:
-    """What a node does before it deploys: pull ``commit`` from the update server, check
-    its signature (the node's code does the same with its own runner)."""
-    ostree.pull(repo, f"{server.rstrip('/')}/repo", commit, remote="atoll-updates")
-    try:
-        verify_commit(repo, commit, keys)
-    except VerificationError as e:
-        raise AtollError(f"{server}: {e}") from e
 
 
 def _fetch_all(urls: list[str]) -> int:

@@ -41,7 +41,7 @@ from atoll.publish.channels import (
 from atoll.publish.keys import PUBLIC_NAME, public_bytes
 from atoll.publish.sign import sign_commit
 from atoll.tools import ostree
-from atoll.wire.channel import Channel
+from atoll.wire.channel import Channel, TrustedKey, VerificationError, verify_commit
 
 DEFAULT_DELTAS = 3
 
@@ -215,3 +215,13 @@ def prune(updates: Path, keep: int, key: Ed25519PrivateKey, reporter: Reporter) 
         "refs_removed": refs_removed,
         "deltas_removed": deltas_removed,
     }
+
+
+def pull_verified(repo: Path, server: str, commit: str, keys: list[TrustedKey]) -> None:
+    """What a node does before it deploys: pull ``commit`` from the update server, check
+    its signature (the node's code does the same with its own runner)."""
+    ostree.pull(repo, f"{server.rstrip('/')}/repo", commit, remote="atoll-updates")
+    try:
+        verify_commit(repo, commit, keys)
+    except VerificationError as e:
+        raise AtollError(f"{server}: {e}") from e
