@@ -5,9 +5,13 @@ injected clock so timeouts and backoffs pass without waiting) and simulated
 agents speaking the real protocol (:class:`atoll.wire.fleet.FleetClient`):
 
 * a node that registers, stages, gets its reboot grant and goes silent is
-  failed once the pool's reboot timeout passes, with a reason naming the
-  timeout; the failure budget pauses the pool, and ``atoll fleet status
-  --watch --until-done`` ends (exit 1) instead of waiting;
+  stored failed once the pool's reboot timeout passes, with a ``reboot``
+  failure naming the timeout and a ``step-failure`` event; the failure budget
+  pauses the pool, and ``atoll fleet status --watch --until-done`` ends (exit
+  1) instead of waiting;
+* within the budget, a dead node holding the only reboot slot stalls the pool:
+  the status says so and why, ``--until-done`` ends (exit 1) with that reason,
+  and the node's late healthy report on the new version clears its failure;
 * nodes that report a failed step (``on_step_failure = "fail"``) are failed
   with the step, the reason and the resource, which ``atoll fleet status``,
   ``nodes`` and ``events`` show; the pool pauses once the budget is exceeded;
@@ -43,6 +47,9 @@ ESP_FULL = StepFailure(
     "ESP (/boot/efi)",
 )
 NO_SPACE = StepFailure(Step.DEPLOY, "v2", "No space left on device", "/sysroot")
+TIMED_OUT = StepFailure(
+    Step.REBOOT, "v2", "did not come back within the reboot timeout (5 s) after its reboot grant"
+)
 
 
 class Clock:
@@ -113,9 +120,13 @@ def test_a_node_that_never_comes_back_fails_at_the_reboot_timeout(
     fleet.advance(1)
     view = fleet.pool()
     nodes = {n["name"]: n for n in view["nodes"]}
+    # Stored failed (not only counted so): the reason is the recorded failure's.
     assert nodes["silent"]["reason"].startswith(
-        "reboot timeout: granted a reboot into v2 more than 5s ago and not back healthy"
+        "reboot of v2 failed: did not come back within the reboot timeout (5 s) after its "
+        "reboot grant; not retried until the pool is resumed"
     )
+    record = fleet.node("silent")
+    assert (record.phase, record.failure, record.healthy) == ("failed", TIMED_OUT, False)
     assert view["status"]["failed"] == 1
     reason = view["status"]["paused_reason"]
     assert reason.startswith("failure budget exceeded: 1 failed node(s) (silent)")
@@ -127,8 +138,59 @@ def test_a_node_that_never_comes_back_fails_at_the_reboot_timeout(
     captured = capsys.readouterr()
     assert "reboot timeout" in captured.out
     assert "pool web: failure budget exceeded" in captured.err
-    events = request_json("GET", fleet.url + "/v1/events")
-    assert ("pause", None) in [(e["kind"], e["node"]) for e in events]
+    assert "last failure: reboot of v2: did not come back within the reboot timeout" in (
+        captured.out
+    )
+    events = [
+        (e["pool"], e["node"], e["kind"]) for e in request_json("GET", fleet.url + "/v1/events")
+    ]
+    assert ("web", None, "pause") in events
+    # The failure is an event of its own, before the pause it caused.
+    assert events.count(("web", "silent", "step-failure")) == 1
+    assert events.index(("web", "silent", "step-failure")) < events.index(("web", None, "pause"))
+
+
+def test_a_dead_node_holding_the_only_slot_stalls_the_pool_until_done_ends(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fleet.apply(reboot_timeout_seconds=5, max_unavailable=1, failure_budget=1)
+    silent, other = fleet.agent("silent"), fleet.agent("other")
+    assert silent.report("silent", version="v1", staged=None, healthy=True).stage
+    assert other.report("other", version="v1", staged=None, healthy=True).stage
+    assert silent.report("silent", version="v1", staged="v2", healthy=True).may_reboot
+    assert not other.report("other", version="v1", staged="v2", healthy=True).may_reboot
+    fleet.advance(5)
+    assert fleet.pool()["status"]["stalled_reason"] is None  # rebooting, within its timeout
+    fleet.advance(1)
+    status = fleet.pool()["status"]
+    stalled = "every reboot slot is held by failed nodes: silent (reboot timeout)"
+    assert (status["failed"], status["paused_reason"]) == (1, None)  # within the budget
+    assert (status["stalled_reason"], status["unavailable"]) == (stalled, 1)  # still down
+    record = fleet.node("silent")
+    assert (record.phase, record.failure, record.healthy) == ("failed", TIMED_OUT, False)
+    waiting = other.report("other", version="v1", staged="v2", healthy=True)
+    assert not waiting.may_reboot and "waiting for a reboot slot" in waiting.reason
+    # Whoever waits for the rollout is told that it will not go on by itself, and why.
+    capsys.readouterr()
+    assert main(["fleet", "status", "web", "--watch", "--until-done", "--server", fleet.url]) == 1
+    captured = capsys.readouterr()
+    assert "pool web -> v2: stalled: " in captured.out
+    assert f"  stalled: {stalled}" in captured.out
+    assert f"pool web: stalled: {stalled}" in captured.err
+    fleet.advance(60)  # later plans do not fail it again
+    events = [
+        (e["pool"], e["node"], e["kind"]) for e in request_json("GET", fleet.url + "/v1/events")
+    ]
+    assert events.count(("web", "silent", "step-failure")) == 1
+    assert ("web", None, "pause") not in events
+    # It comes back late, healthy on the new version: judged like any report.
+    told = silent.report("silent", version="v2", staged=None, healthy=True)
+    assert not told.may_reboot
+    record = fleet.node("silent")
+    assert (record.phase, record.current, record.failure) == ("idle", "v2", None)
+    fleet.advance(1)
+    assert fleet.pool()["status"]["stalled_reason"] is None
+    assert other.report("other", version="v1", staged="v2", healthy=True).may_reboot
 
 
 def test_step_failures_fail_nodes_and_the_budget_pauses_the_pool(

@@ -38,8 +38,10 @@ from atoll.fleet.rollout import (
     max_unavailable_of,
     plan,
     ranked,
+    reboot_timeout_failure,
     retry_backoff,
     slots,
+    stall,
 )
 from atoll.wire.fleet import Step, StepFailure
 
@@ -105,6 +107,22 @@ def timed_out_fleet() -> list[NodeFacts]:
     return [node("a", staged="v2", phase=Phase.REBOOTING), staged("b")]
 
 
+def timeout(version: str = "v2", seconds: int = 900) -> StepFailure:
+    """The failure the controller records for a reboot that timed out."""
+    reason = f"did not come back within the reboot timeout ({seconds} s) after its reboot grant"
+    return StepFailure(Step.REBOOT, version, reason)
+
+
+def dead(name: str = "a") -> NodeFacts:
+    """Failed by its reboot timeout (stored so): down, holding a slot."""
+    return replace(
+        node(name, staged="v2", phase=Phase.FAILED, healthy=False, since=NOW), failure=timeout()
+    )
+
+
+STALLED = "every reboot slot is held by failed nodes: "
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
@@ -116,6 +134,8 @@ class Case:
     now: float = NOW
     pause: str | None = None  # substring of the pause this plan announces; None: no pause
     failed: int | None = None  # status.failed, when given
+    failures: dict[str, StepFailure] = field(default_factory=dict)  # the plan fails these
+    stalled: str | None = None  # status.stalled_reason; None: not stalled
 
 
 CASES = [
@@ -286,6 +306,7 @@ CASES = [
         waiting={"a": "more than 60s ago and not back healthy", "b": "failure budget"},
         pause="failure budget exceeded: 1 failed node(s) (a)",
         failed=1,
+        failures={"a": timeout(seconds=60)},
     ),
     Case(
         "staging-in-progress-is-not-restaged",
@@ -361,6 +382,7 @@ CASES = [
         now=4000.0,  # 3400 s after the timeout: inside the window
         pause="failure budget exceeded",
         failed=1,
+        failures={"a": timeout(seconds=600)},
     ),
     Case(
         "timed-out-reboot-outside-the-window-from-its-timeout",
@@ -370,6 +392,8 @@ CASES = [
         now=4300.0,  # 3700 s after the timeout: outside (4300 s after the grant alone)
         waiting={"a": "more than 600s ago", "b": "reboot slot"},
         failed=1,
+        failures={"a": timeout(seconds=600)},
+        stalled=f"{STALLED}a (reboot timeout)",  # the only slot: held by the dead node
     ),
     # The reboot timeout's default (900 s) and an explicit 0 (none).
     Case(
@@ -386,6 +410,70 @@ CASES = [
         set(),
         waiting={"a": "reboot timeout: granted a reboot into v2 more than 900s ago"},
         pause="failure budget exceeded: 1 failed node(s) (a)",
+        failed=1,
+        failures={"a": timeout()},
+    ),
+    # A node failed by its reboot timeout, stored so (down: it holds a slot).
+    Case(
+        "a-node-stored-failed-by-its-reboot-timeout-is-not-failed-again",
+        spec(failure_budget=Quantity(1), max_unavailable=Quantity(2)),
+        [dead(), staged("b")],
+        {(R, "b")},
+        waiting={
+            "a": "reboot of v2 failed: did not come back within the reboot timeout (900 s) "
+            "after its reboot grant; not retried until the pool is resumed "
+            "(or it reports back healthy on v2)"
+        },
+        failed=1,
+    ),
+    Case(
+        "failed-nodes-holding-the-only-slot-stall-the-pool-and-say-why",
+        spec(failure_budget=Quantity(1), max_unavailable=Quantity(1)),
+        [dead(), staged("b"), node("c")],
+        {(S, "c")},
+        waiting={"b": "waiting for a reboot slot (1 of maxUnavailable 1 unavailable)"},
+        failed=1,
+        stalled=f"{STALLED}a (reboot timeout)",
+    ),
+    Case(
+        "a-reboot-timing-out-now-stalls-the-pool-in-the-same-plan",
+        spec(failure_budget=Quantity(1), max_unavailable=Quantity(1)),
+        [node("a", staged="v2", phase=Phase.REBOOTING, since=NOW - 901), staged("b")],
+        set(),
+        waiting={"b": "waiting for a reboot slot"},
+        failed=1,
+        failures={"a": timeout()},
+        stalled=f"{STALLED}a (reboot timeout)",
+    ),
+    Case(
+        "a-failed-node-that-is-up-holds-no-slot-not-stalled",
+        spec(failure_budget=Quantity(1), max_unavailable=Quantity(1)),
+        [replace(dead(), healthy=True), staged("b")],
+        {(R, "b")},
+        failed=1,
+    ),
+    Case(
+        "room-beside-the-failed-nodes-is-not-stalled",
+        spec(failure_budget=Quantity(1), max_unavailable=Quantity(2)),
+        [dead(), staged("b"), staged("c")],
+        {(R, "b")},
+        waiting={"c": "waiting for a reboot slot (1 of maxUnavailable 2 unavailable)"},
+        failed=1,
+    ),
+    Case(
+        "nothing-left-to-move-is-not-stalled",
+        spec(failure_budget=Quantity(1), max_unavailable=Quantity(1)),
+        [dead(), node("b", "v2")],
+        set(),
+        failed=1,
+    ),
+    Case(
+        "a-paused-pool-waits-for-its-resume-not-stalled",
+        spec(failure_budget=Quantity(1), max_unavailable=Quantity(1)),
+        [dead(), staged("b")],
+        set(),
+        state=PoolState(pause_reason="operator"),
+        waiting={"b": "pool paused: operator"},
         failed=1,
     ),
     Case(
@@ -499,6 +587,8 @@ def test_rule(case: Case) -> None:
         assert result.pause_reason is not None and case.pause in result.pause_reason
     if case.failed is not None:
         assert result.status.failed == case.failed
+    assert result.failures == case.failures
+    assert result.status.stalled_reason == case.stalled
 
 
 def test_failure_budget_sets_pause_reason_once() -> None:
@@ -880,8 +970,22 @@ DECISIONS = [
             Bucket.FAILED,
             "reboot timeout: granted a reboot into v3 more than 60s ago and not back healthy: "
             "counted as failed and unavailable",
+            failure=timeout("v3", 60),
         ),
         id="reboot-timed-out",
+    ),
+    pytest.param(
+        dead(),
+        target(),
+        OPEN,
+        spec(),
+        Decision(
+            Bucket.FAILED,
+            "reboot of v2 failed: did not come back within the reboot timeout (900 s) after "
+            "its reboot grant; not retried until the pool is resumed "
+            "(or it reports back healthy on v2)",
+        ),
+        id="failed-by-the-reboot-timeout-says-it-may-come-back",
     ),
     pytest.param(
         node("a", phase=Phase.REBOOTING, since=NOW - 60),
@@ -1142,6 +1246,67 @@ def test_slots(
     pool: PoolSpec, nodes: list[NodeFacts], candidates: list[str], expected: Slots
 ) -> None:
     assert _slots(pool, nodes, candidates) == expected
+
+
+# Step 5: stall (failed nodes that are down hold every slot) -------------------
+
+STALLS = [
+    pytest.param(spec(), [dead(), staged("b")], [], None, id="nothing-waits"),
+    pytest.param(
+        spec(), [dead(), staged("b")], ["b"], f"{STALLED}a (reboot timeout)", id="the-only-slot"
+    ),
+    pytest.param(
+        spec(reboot_timeout_seconds=60),
+        [node("a", staged="v2", phase=Phase.REBOOTING, since=NOW - 61), staged("b")],
+        ["b"],
+        f"{STALLED}a (reboot timeout)",
+        id="timing-out-now",
+    ),
+    pytest.param(
+        spec(),
+        [node("a", staged="v2", phase=Phase.REBOOTING, since=NOW - 60), staged("b")],
+        ["b"],
+        None,
+        id="rebooting-within-its-timeout",
+    ),
+    pytest.param(
+        spec(max_unavailable=Quantity(3)),
+        [
+            dead(),
+            replace(node("b", phase=Phase.FAILED, healthy=False), failure=ESP_FULL),
+            node("c", phase=Phase.FAILED, healthy=False),
+            staged("d"),
+        ],
+        ["d"],
+        f"{STALLED}a (reboot timeout), b (boot-entries of v2 failed), c (failed on v1)",
+        id="every-cause-named",
+    ),
+    pytest.param(
+        spec(max_unavailable=Quantity(2)),
+        [dead(), node("b", "v2", healthy=False), staged("c")],
+        ["c"],
+        None,
+        id="an-unhealthy-node-that-did-not-fail-may-recover",
+    ),
+    pytest.param(
+        spec(), [replace(dead(), healthy=True), staged("b")], ["b"], None, id="failed-but-up"
+    ),
+]
+
+
+@pytest.mark.parametrize(("pool", "nodes", "moving", "expected"), STALLS)
+def test_stall(
+    pool: PoolSpec, nodes: list[NodeFacts], moving: list[str], expected: str | None
+) -> None:
+    order = ranked(nodes, pool)
+    assert stall(pool, order, desired_versions(pool, order), moving, NOW) == expected
+
+
+def test_reboot_timeout_failure_is_one_bounded_line() -> None:
+    assert reboot_timeout_failure("v2", 900.0) == timeout()
+    odd = reboot_timeout_failure("v2\nrc " + "x" * 300, 1.5)
+    assert odd.version == ("v2 rc " + "x" * 300)[:200]
+    assert odd.reason.endswith("(1.5 s) after its reboot grant")
 
 
 def _simulate(seed: int) -> dict[ActionKind, int]:

@@ -78,15 +78,22 @@ class Reported:
 
 @dataclass(frozen=True)
 class Decided:
-    """A plan for pool ``web`` with these decisions and self-pause."""
+    """A plan for pool ``web`` with these decisions, self-pause and failures
+    (nodes past their reboot timeout)."""
 
     actions: tuple[Action, ...]
     pause_reason: str | None = None
+    failures: tuple[tuple[str, StepFailure], ...] = ()
 
     def plan(self) -> Plan:
         # A real plan's shape (status, desired) with the decisions under test.
         empty = plan(SPEC, PoolState(), [], NOW)
-        return replace(empty, actions=self.actions, pause_reason=self.pause_reason)
+        return replace(
+            empty,
+            actions=self.actions,
+            pause_reason=self.pause_reason,
+            failures=dict(self.failures),
+        )
 
 
 @dataclass(frozen=True)
@@ -189,6 +196,17 @@ def failing(base: NodeFacts, failure: StepFailure = ESP_FULL, **kw: object) -> N
 
 def step_ev(message: str) -> NewEvent:
     return ev("step-failure", message, "a")
+
+
+TIMEOUT = StepFailure(
+    Step.REBOOT, "v2", "did not come back within the reboot timeout (900 s) after its reboot grant"
+)
+TIMEOUT_TEXT = (
+    "reboot of v2 failed: did not come back within the reboot timeout (900 s) after its "
+    "reboot grant"
+)
+# Failed by its reboot timeout while granted v2 (stored so at THEN): down.
+TIMED_OUT = failing(node("a", FAILED, "v1", "v2", healthy=False), TIMEOUT)
 
 
 TABLE = [
@@ -381,6 +399,41 @@ TABLE = [
         (failing(node("a", FAILED), step_attempts=1),),
     ),
     Case(
+        "failed by its reboot timeout, back healthy on the granted version: idle, forgotten",
+        (TIMED_OUT,),
+        rep("a", "v2"),
+        (node("a", IDLE, "v2", since=NOW),),
+        (ev("phase", "failed -> idle on v2", "a", None),),
+    ),
+    Case(
+        "failed by its reboot timeout, back on the granted version but unhealthy: stays failed",
+        (TIMED_OUT,),
+        rep("a", "v2", healthy=False),
+        (failing(node("a", FAILED, "v2", healthy=False), TIMEOUT),),
+    ),
+    Case(
+        "failed by its reboot timeout, back on the old version: stays failed, up again",
+        (TIMED_OUT,),
+        rep("a", "v1"),
+        (failing(node("a", FAILED, "v1"), TIMEOUT),),
+    ),
+    Case(
+        "failed by its reboot timeout, its agent says failed: stays failed",
+        (TIMED_OUT,),
+        rep("a", "v2", failed=True),
+        (failing(node("a", FAILED, "v2"), TIMEOUT),),
+    ),
+    Case(
+        "a reboot failure its agent reported is not a timeout: a healthy report keeps it failed",
+        (failing(node("a", FAILED), replace(TIMEOUT, reason="reboot refused"), step_attempts=1),),
+        rep("a", "v2"),
+        (
+            failing(
+                node("a", FAILED, "v2"), replace(TIMEOUT, reason="reboot refused"), step_attempts=1
+            ),
+        ),
+    ),
+    Case(
         "landing healthy on the version it failed a step of forgets the failure",
         (failing(GRANTED, step_attempts=2),),
         rep("a", "v2"),
@@ -451,6 +504,40 @@ TABLE = [
         Decided((act(REBOOT, "ghost"),)),
         (node("a", IDLE),),
         (ev("reboot", "v2", "ghost"),),
+    ),
+    Case(
+        "a reboot timeout fails a node still rebooting: unhealthy, recorded, a pool event",
+        (GRANTED,),
+        Decided((), failures=(("a", TIMEOUT),)),
+        (failing(node("a", FAILED, "v1", "v2", healthy=False, since=NOW), TIMEOUT),),
+        (step_ev(f"{TIMEOUT_TEXT}; node failed"),),
+    ),
+    Case(
+        "a reboot timeout leaves a node a report moved meanwhile alone, without an event",
+        (node("a", IDLE, "v2"),),
+        Decided((), failures=(("a", TIMEOUT),)),
+        (node("a", IDLE, "v2"),),
+    ),
+    Case(
+        "a reboot timeout does not fail a grant into another version",
+        (replace(GRANTED, staged_version="v3"),),
+        Decided((), failures=(("a", TIMEOUT), ("ghost", TIMEOUT))),
+        (replace(GRANTED, staged_version="v3"),),
+    ),
+    Case(
+        "a plan's reboot timeouts come first, then its actions, then its self-pause",
+        (GRANTED, node("b", IDLE)),
+        Decided((act(STAGE, "b"),), "failure budget", failures=(("a", TIMEOUT),)),
+        (
+            failing(node("a", FAILED, "v1", "v2", healthy=False, since=NOW), TIMEOUT),
+            node("b", STAGING),
+        ),
+        (
+            step_ev(f"{TIMEOUT_TEXT}; node failed"),
+            ev("stage", "v2", "b"),
+            ev("pause", "failure budget"),
+        ),
+        state_after=PoolState(pause_reason="failure budget"),
     ),
     Case(
         "one plan's decisions apply in order, its self-pause last",
@@ -623,6 +710,14 @@ def test_a_report_says_whether_anything_changed(
     step = transitions.after_report(before, report, "v2", NOW)
     assert step.before == before
     assert (step.changed, len(step.events)) == (changed, events)
+
+
+def test_a_plan_names_the_nodes_its_decisions_are_about() -> None:
+    decided = Decided((act(STAGE, "a"),), failures=(("b", TIMEOUT),)).plan()
+    assert decided.named() == {"a", "b"} and decided.decides
+    assert Decided((), failures=(("b", TIMEOUT),)).plan().decides
+    assert Decided((), "budget").plan().decides
+    assert not Decided(()).plan().decides
 
 
 def test_a_plan_names_only_the_nodes_it_moved() -> None:

@@ -31,6 +31,13 @@ def _status(**over: Any) -> dict[str, Any]:
         (_status(failed=1, paused_reason="failure budget exceeded: 1 failed"), "failed"),
         (_status(updated=2, failed=1, updating=0, pending=0), "failed"),  # within budget
         (_status(updated=1, failed=1, updating=1, pending=0), "rolling"),
+        # Failed nodes hold every reboot slot while others wait: nothing moves by itself.
+        (_status(updated=1, failed=1, updating=0, stalled_reason="every reboot slot"), "stalled"),
+        (
+            _status(failed=2, stalled_reason="every...", paused_reason="failure budget exceeded"),
+            "failed",
+        ),
+        (_status(updated=2, failed=1, updating=0, pending=0, stalled_reason=None), "failed"),
     ],
 )
 def test_rollout_phase(status: dict[str, Any], phase: str) -> None:

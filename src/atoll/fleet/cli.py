@@ -142,10 +142,12 @@ def _apply(args: argparse.Namespace) -> int:
 
 
 def rollout_phase(status: dict[str, Any]) -> str:
-    """``complete``, ``failed``, ``paused`` or ``rolling``.
+    """``complete``, ``failed``, ``stalled``, ``paused`` or ``rolling``.
 
     ``failed``: the failure budget paused the pool, or nothing is left to do but
-    some nodes failed (within the budget: they are not retried until a resume)."""
+    some nodes failed (within the budget: they are not retried until a resume).
+    ``stalled``: failed nodes that are down hold every reboot slot while others
+    wait for one (``stalled_reason``): nothing moves until a resume."""
     total = int(status.get("total") or 0)
     failed = int(status.get("failed") or 0)
     settled = int(status.get("updated") or 0) + int(status.get("held") or 0) + failed
@@ -154,6 +156,8 @@ def rollout_phase(status: dict[str, Any]) -> str:
         return "failed" if failed else "complete"
     if reason and str(reason).startswith("failure budget"):
         return "failed"
+    if status.get("stalled_reason"):
+        return "stalled"
     if reason:
         return "paused"
     return "rolling"
@@ -175,6 +179,9 @@ def _pool_lines(view: dict[str, Any]) -> list[str]:
         lines.append(f"  controller: {controller['replica']}, leader {controller.get('leader')}")
     if paused:
         lines.append(f"  paused: {paused}")
+    stalled = status.get("stalled_reason")
+    if stalled:
+        lines.append(f"  stalled: {stalled}")
     for node in view.get("nodes", []):
         reason = f"  {node['reason']}" if node["reason"] else ""
         health = "" if node.get("healthy", True) else " UNHEALTHY"
@@ -241,13 +248,18 @@ def _watch(args: argparse.Namespace) -> int:
         phase = rollout_phase(view.get("status", {}))
         if args.until_done and phase == "complete":
             return 0
-        if args.until_done and phase == "failed":
-            status = view["status"]
-            why = status["paused_reason"] or f"{status['failed']} node(s) failed"
-            raise AtollError(f"pool {args.pool}: {why}")
+        if args.until_done and phase in ("failed", "stalled"):
+            raise AtollError(f"pool {args.pool}: {_why_done(view['status'], phase)}")
         etag = view.get("etag")
         if etag is None:
             time.sleep(args.interval)  # a controller without long polls: poll
+
+
+def _why_done(status: dict[str, Any], phase: str) -> str:
+    """Why a watched rollout ended without completing."""
+    if phase == "stalled":
+        return f"stalled: {status['stalled_reason']}"
+    return str(status["paused_reason"] or f"{status['failed']} node(s) failed")
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -423,7 +423,7 @@ class EtcdStore:
     def apply_plan(self, pool: str, plan: Plan, now: float) -> None:
         """Persist one plan's decisions atomically; fenced by the leader key when set."""
         pool_key = self._pool_key(pool)
-        node_keys = sorted({self._node_key(a.node) for a in plan.actions})
+        node_keys = sorted(self._node_key(name) for name in plan.named())
 
         def decide(read: _Read) -> tuple[_Changes, None]:
             doc = read.get(pool_key)

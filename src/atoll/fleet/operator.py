@@ -43,7 +43,12 @@ Not done here: the agent side (the agent reports to the standalone controller
 over HTTP; writing its own Node's annotations is not wired into the agent). So
 no step failure reaches the operator yet: ``onStepFailure`` and
 ``maxStepRetries`` are validated and mapped like the other strategy keys, but
-there is no annotation for a node's failure or its ``retry_at``.
+there is no annotation for a node's failure or its ``retry_at``. For the same
+reason a node past its reboot timeout is not stored ``failed`` here (the
+standalone stores do, :func:`atoll.fleet.transitions.after_timeout`): it stays
+``rebooting`` in its annotations and the planner counts it as failed and
+unavailable on every plan, as before; ``status.stalledReason`` says when such
+nodes hold every reboot slot.
 """
 
 from __future__ import annotations
@@ -360,9 +365,10 @@ def pool_status(
         if n.name in result.waiting
     ]
     status: dict[str, Any] = {
-        **{_camel(k): v for k, v in asdict(s).items() if k != "paused_reason"},
+        **{_camel(k): v for k, v in asdict(s).items() if k not in _REASONS},
         "phase": phase,
         "pauseReason": s.paused_reason or "",
+        "stalledReason": s.stalled_reason or "",
         "failurePause": memory.failure_pause or "",
         "canaryReleased": memory.canary_released,
         "unreported": len(unreported),
@@ -373,6 +379,9 @@ def pool_status(
     if memory.resumed is not None:
         status["resumedAt"] = memory.resumed
     return status
+
+
+_REASONS = ("paused_reason", "stalled_reason")  # strings in the status ("" when none)
 
 
 def _camel(snake: str) -> str:

@@ -31,7 +31,14 @@ update" is an atomic OS switch (stage a deployment, then reboot into it):
 * **reboot timeout** (``reboot_timeout_seconds``, default 900 s; 0, set
   explicitly, waits forever): a node still ``rebooting`` longer after its
   grant (silent, or back but not healthy yet) counts as failed (and stays
-  unavailable), with a reason naming the timeout.
+  unavailable), with a reason naming the timeout, and the plan fails it
+  (``Plan.failures``: the caller stores it ``failed`` with a ``reboot`` step
+  failure, :func:`reboot_timeout_failure`).
+* **stalled**: when the failed nodes that are still down hold every slot of
+  maxUnavailable while other nodes wait to move, nothing would ever move
+  again by itself (failed nodes are not retried but by a resume); the status
+  says so and names them (``PoolStatus.stalled_reason``). They keep counting
+  as unavailable: a node that did not come back is down.
 * **step failures** (a node's agent reported that a step of its update round
   failed; :mod:`atoll.fleet.transitions` records it): with
   ``on_step_failure = "fail"`` the node is ``failed`` like any other; with
@@ -44,7 +51,7 @@ update" is an atomic OS switch (stage a deployment, then reboot into it):
   it costs no availability. A window may cross midnight (it belongs to the day
   it starts on).
 
-``plan`` reads as four steps, each a pure function with its own test table:
+``plan`` reads as five steps, each a pure function with its own test table:
 
 1. ``desired_versions``: each node's target (partition, canary, rollback of a
    held node that is on the target);
@@ -53,7 +60,8 @@ update" is an atomic OS switch (stage a deployment, then reboot into it):
 3. ``decide``: one node's bucket, reason and action, given its target and the
    gates;
 4. ``slots``: which reboot/rollback candidates get a slot under
-   maxUnavailable, counting the nodes unavailable for any other reason.
+   maxUnavailable, counting the nodes unavailable for any other reason;
+5. ``stall``: whether failed nodes hold every slot while others wait.
 
 Every node ends up in exactly one status bucket and every node without an
 action that is not done gets a human-readable reason. The caller (the server)
@@ -72,7 +80,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
-from atoll.wire.fleet import StepFailure
+from atoll.wire.fleet import CONTROL, Step, StepFailure
 
 _QUANTITY = re.compile(r"^\s*(\d+)\s*(%?)\s*$")
 
@@ -101,6 +109,29 @@ REBOOT_TIMEOUT_SECONDS = 900.0
 RETRY_BACKOFF_SECONDS = 30.0
 RETRY_BACKOFF_CAP_SECONDS = 30 * 60.0
 MAX_STEP_RETRIES = 3
+
+
+REBOOT_TIMEOUT_REASON = "did not come back within the reboot timeout"
+"""How the reason of a reboot timeout's failure starts (:func:`reboot_timeout_failure`)."""
+
+
+def reboot_timeout_failure(version: str, timeout_seconds: float) -> StepFailure:
+    """The failure the controller records for a node granted a reboot into ``version``
+    that did not come back (healthy) within ``timeout_seconds``."""
+    # A pool's version is any non-empty string: keep the record one bounded line.
+    line = " ".join(CONTROL.sub(" ", version).split())[:200] or "?"
+    reason = f"{REBOOT_TIMEOUT_REASON} ({timeout_seconds:g} s) after its reboot grant"
+    return StepFailure(Step.REBOOT, line, reason)
+
+
+def is_reboot_timeout(failure: StepFailure | None) -> bool:
+    """``failure`` is the controller's reboot timeout, not a step its agent reported."""
+    return (
+        failure is not None
+        and failure.step is Step.REBOOT
+        and failure.resource is None
+        and failure.reason.startswith(REBOOT_TIMEOUT_REASON)
+    )
 
 
 def retry_backoff(attempt: int) -> float:
@@ -260,6 +291,8 @@ class PoolStatus:
     unavailable: int
     max_unavailable: int
     paused_reason: str | None
+    stalled_reason: str | None = None
+    """Set while failed nodes hold every reboot slot and others wait (:func:`stall`)."""
 
 
 @dataclass(frozen=True)
@@ -270,6 +303,17 @@ class Plan:
     status: PoolStatus
     pause_reason: str | None
     """Set when the planner itself paused the pool (failure budget) in this plan."""
+    failures: Mapping[str, StepFailure] = field(default_factory=dict)
+    """Nodes this plan fails, with the failure to record (the reboot timeout)."""
+
+    @property
+    def decides(self) -> bool:
+        """Anything for the caller to persist: an action, a failure or a self-pause."""
+        return bool(self.actions or self.failures or self.pause_reason is not None)
+
+    def named(self) -> set[str]:
+        """The nodes the plan's decisions are about (what persisting it reads)."""
+        return {a.node for a in self.actions} | set(self.failures)
 
 
 def priority_of(node: NodeFacts, label: str | None) -> int:
@@ -448,6 +492,8 @@ class Decision:
     reason: str | None = None
     action: ActionKind | None = None
     """STAGE is planned as is; REBOOT and ROLLBACK wait for a slot (step 4)."""
+    failure: StepFailure | None = None
+    """The controller fails the node with this failure (its reboot timed out)."""
 
 
 def decide(
@@ -465,26 +511,37 @@ def _settled(node: NodeFacts, target: NodeTarget, spec: PoolSpec, now: float) ->
     """Failed, on its desired version, or rebooting: no gate changes that."""
     want = target.version
     if node.phase is Phase.FAILED:
-        why = (
-            f"failed while moving to {want} (on {node.current_version})"
-            if node.failure is None
-            else describe_failure(node.failure)
-        )
-        return Decision(Bucket.FAILED, f"{why}; not retried until the pool is resumed")
+        return Decision(Bucket.FAILED, _failed_reason(node, want))
     if node.current_version == want and node.phase is not Phase.REBOOTING:
         bucket = Bucket.UPDATED if target.in_update_set else Bucket.HELD
         reason = None if node.healthy else f"on {want} but unhealthy: counts as unavailable"
         return Decision(bucket, reason)
     if timed_out(node, spec, now):
+        granted = node.staged_version or want
         return Decision(
             Bucket.FAILED,
-            f"reboot timeout: granted a reboot into {node.staged_version or want} more than "
+            f"reboot timeout: granted a reboot into {granted} more than "
             f"{spec.reboot_timeout_seconds:g}s ago and not back healthy: "
             "counted as failed and unavailable",
+            failure=reboot_timeout_failure(granted, spec.reboot_timeout_seconds),
         )
     if node.phase is Phase.REBOOTING:
         return Decision(Bucket.UPDATING, f"rebooting into {node.staged_version or want}")
     return None
+
+
+_NOT_RETRIED = "not retried until the pool is resumed"
+
+
+def _failed_reason(node: NodeFacts, want: str) -> str:
+    failure = node.failure
+    if failure is None:
+        return f"failed while moving to {want} (on {node.current_version}); " + _NOT_RETRIED
+    why = f"{describe_failure(failure)}; {_NOT_RETRIED}"
+    if is_reboot_timeout(failure):
+        # The controller's verdict, not the node's: a report proves it wrong.
+        return f"{why} (or it reports back healthy on {failure.version})"
+    return why
 
 
 def _gated(node: NodeFacts, target: NodeTarget, gate: Gates) -> Decision | None:
@@ -618,12 +675,58 @@ def slots(
     )
 
 
-# The plan: the four steps, then the counts ----------------------------------
+# Step 5: stall (failed nodes hold every slot) ------------------------------
+
+
+def is_failed(node: NodeFacts, spec: PoolSpec, now: float) -> bool:
+    """Failed, or past its reboot timeout (failed by this plan)."""
+    return node.phase is Phase.FAILED or timed_out(node, spec, now)
+
+
+def why_failed(node: NodeFacts, spec: PoolSpec, now: float) -> str:
+    """A failed node's cause in a few words: ``reboot timeout``, ``deploy of v2 failed``."""
+    if timed_out(node, spec, now) or is_reboot_timeout(node.failure):
+        return "reboot timeout"
+    if node.failure is not None:
+        return f"{node.failure.step} of {node.failure.version} failed"
+    return f"failed on {node.current_version}"
+
+
+def stall(
+    spec: PoolSpec,
+    order: Sequence[NodeFacts],
+    targets: Mapping[str, NodeTarget],
+    moving: Sequence[str],
+    now: float,
+) -> str | None:
+    """Why the pool cannot go on by itself, or None.
+
+    ``moving``: the nodes that still have to move (told to stage, staging,
+    waiting for a slot, a retry or the window). Stalled when the failed nodes
+    that are down fill maxUnavailable: they are not retried but by a resume (or
+    come back by themselves), so none of ``moving`` would ever get a slot.
+    """
+    if not moving:
+        return None
+    limit = max_unavailable_of(spec, len(order))
+    holding = [
+        n
+        for n in order
+        if is_failed(n, spec, now) and is_unavailable(n, targets[n.name].version, spec, now)
+    ]
+    if len(holding) < limit:
+        return None
+    held = ", ".join(f"{n.name} ({why_failed(n, spec, now)})" for n in holding)
+    return f"every reboot slot is held by failed nodes: {held}"
+
+
+# The plan: the five steps, then the counts ----------------------------------
 
 
 def plan(spec: PoolSpec, state: PoolState, nodes: Sequence[NodeFacts], now: float) -> Plan:
     """Decide the next actions for one pool; see the module docstring for the rules."""
     order = ranked(nodes, spec)
+    by_name = {n.name: n for n in order}
     targets = desired_versions(spec, order)
     gate = gates(spec, state, order, targets, now)
     decisions = {n.name: decide(n, targets[n.name], gate, spec, now) for n in order}
@@ -643,6 +746,16 @@ def plan(spec: PoolSpec, state: PoolState, nodes: Sequence[NodeFacts], now: floa
         if d.action is ActionKind.STAGE
     ]
     reasons = {name: d.reason for name, d in decisions.items() if d.reason is not None}
+    moving = [
+        name
+        for name, d in decisions.items()
+        if name not in granted
+        and (
+            d.bucket is Bucket.PENDING
+            or (d.bucket is Bucket.UPDATING and by_name[name].phase is Phase.STAGING)
+        )
+    ]
+    stalled = None if gate.pause_reason is not None else stall(spec, order, targets, moving, now)
     return Plan(
         actions=(*staging, *slot.granted),
         desired={name: t.version for name, t in targets.items()},
@@ -657,6 +770,8 @@ def plan(spec: PoolSpec, state: PoolState, nodes: Sequence[NodeFacts], now: floa
             unavailable=slot.unavailable,
             max_unavailable=slot.limit,
             paused_reason=gate.pause_reason,
+            stalled_reason=stalled,
         ),
         pause_reason=gate.new_pause,
+        failures={name: d.failure for name, d in decisions.items() if d.failure is not None},
     )

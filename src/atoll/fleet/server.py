@@ -117,7 +117,7 @@ class Controller:
             plans: dict[str, Plan] = {}
             for spec, state in pools:
                 result = plan(spec, state, members[spec.name], now)
-                if self.leading and (result.actions or result.pause_reason):
+                if self.leading and result.decides:
                     try:
                         self.store.apply_plan(spec.name, result, now)
                     except NotLeader as e:

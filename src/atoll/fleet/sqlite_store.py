@@ -350,7 +350,7 @@ class SqliteStore:
         with self._tx() as db:
             stored = self._pool(db, pool)
             state = None if stored is None else stored[1]
-            named = (self._node(db, name) for name in {a.node for a in plan.actions})
+            named = (self._node(db, name) for name in plan.named())
             nodes = {n.name: n for n in named if n is not None}
             step = transitions.after_plan(pool, state, nodes, plan, now)
             self._write_nodes(db, step.nodes)

@@ -84,7 +84,8 @@ class FleetStore(Protocol):
 
     A mutation either happens completely (with its events) or not at all, and
     the conditional updates of :meth:`apply_plan` (stage only an idle/staged
-    node, grant a reboot only to a node neither rebooting nor failed, pause only
+    node, grant a reboot only to a node neither rebooting nor failed, fail by
+    the reboot timeout only a node still rebooting into that version, pause only
     an unpaused pool: :func:`atoll.fleet.transitions.after_plan`) are checked
     against the stored state at write time. Failures raise :class:`StoreError`.
     """

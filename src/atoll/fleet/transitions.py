@@ -7,7 +7,9 @@ this module decides what each fact or decision does to the stored state, once:
   version it runs; a re-registration only updates its labels and keeps its phase
   (so a controller counts a grant across an agent's restart);
 * **after an agent's report** (:func:`after_report`): staging, staged, landed
-  on the granted version, failed; a ``failed`` node stays failed until resumed;
+  on the granted version, failed; a ``failed`` node stays failed until resumed,
+  but for one the controller failed by its reboot timeout that reports back
+  healthy on the granted version (the timeout was a guess, the report a fact);
   a step failure for the version the node is moving to fails it or, with the
   pool's ``on_step_failure = "retry"``, sends it back to ``idle`` with a
   ``retry_at`` (exponential backoff, :func:`atoll.fleet.rollout.retry_backoff`)
@@ -18,8 +20,10 @@ this module decides what each fact or decision does to the stored state, once:
   or rollback grant moves a node that is neither ``rebooting`` nor ``failed``
   to ``rebooting`` with the granted version, *as it is persisted*, so the grant
   counts against ``maxUnavailable`` (:func:`atoll.fleet.rollout.is_unavailable`)
-  from the moment it exists, for every controller that reads the store; a
-  self-pause is recorded only on an unpaused pool;
+  from the moment it exists, for every controller that reads the store; a node
+  past its reboot timeout (:func:`after_timeout`) is stored ``failed`` with the
+  timeout as its step failure, unhealthy (nothing says it is up: it keeps its
+  slot); a self-pause is recorded only on an unpaused pool;
 * **operator verbs** on a pool (:func:`applied`, :func:`paused`,
   :func:`resumed`, :func:`rolled_back`): a new target remembers the old one as
   ``previous_version``; a resume clears the pause, releases the canary gate and
@@ -57,6 +61,7 @@ from atoll.fleet.rollout import (
     PoolSpec,
     PoolState,
     describe_failure,
+    is_reboot_timeout,
     retry_backoff,
 )
 from atoll.wire.fleet import Registration, Report, StepFailure
@@ -158,6 +163,8 @@ def _reported_phase(old: NodeFacts, report: Report, desired: str | None) -> Phas
 
 def _after_report(old: NodeFacts, r: Report, desired: str | None, now: float) -> NodeFacts:
     if old.phase is Phase.FAILED:
+        if _back_after_timeout(old, r):
+            return _landed(_moved(old, r, Phase.IDLE, now))
         return replace(old, current_version=r.version, staged_version=r.staged, healthy=r.healthy)
     if r.failed:
         return _moved(old, r, Phase.FAILED, now)
@@ -191,6 +198,20 @@ def _moved(
         healthy=r.healthy if healthy is None else healthy,
         phase=phase,
         last_transition=now,
+    )
+
+
+def _back_after_timeout(old: NodeFacts, r: Report) -> bool:
+    """A node the controller failed by its reboot timeout reports healthy on the
+    version it was granted: it did come back, only late."""
+    f = old.failure
+    return (
+        f is not None
+        and is_reboot_timeout(f)
+        and r.version == f.version
+        and r.healthy
+        and not r.failed
+        and r.failure is None
     )
 
 
@@ -251,7 +272,8 @@ def after_report(
     * ``failed`` (the agent's verdict: its health trial failed and it rolled
       back, or it is unhealthy outside a trial) -> ``failed``; a failed node
       stays failed until the pool is resumed (its versions and health are kept
-      up to date);
+      up to date), except one failed by its reboot timeout that reports
+      healthy on the granted version: ``idle`` from now, the failure forgotten;
     * a step failure (``report.failure``) for the version the node is moving
       to (staging, staged, or granted a reboot into): ``on_step_failure =
       "fail"`` -> ``failed``; ``"retry"`` -> ``idle`` with ``retry_at = now +
@@ -318,6 +340,22 @@ def after_action(node: NodeFacts, action: Action, now: float) -> NodeFacts:
     return replace(node, phase=Phase.REBOOTING, staged_version=action.version, last_transition=now)
 
 
+def after_timeout(node: NodeFacts, failure: StepFailure, now: float) -> NodeFacts:
+    """A node the plan found past its reboot timeout, once that is persisted.
+
+    A node still ``rebooting`` into the failure's version is ``failed`` from
+    ``now`` with ``failure`` recorded (no retry pending) and unhealthy: no
+    report says it is up, so it keeps counting as unavailable until one does.
+    Anything else (a report landed it or failed it meanwhile) is left alone.
+    """
+    granted = node.staged_version or failure.version
+    if node.phase is not Phase.REBOOTING or granted != failure.version:
+        return node
+    return replace(
+        node, phase=Phase.FAILED, healthy=False, failure=failure, retry_at=None, last_transition=now
+    )
+
+
 def after_plan(
     pool: str,
     state: PoolState | None,
@@ -325,15 +363,26 @@ def after_plan(
     plan: Plan,
     now: float,
 ) -> PlanStep:
-    """Persisting ``plan`` for ``pool``: its decisions applied in order to the stored
-    ``nodes`` (those the plan names; unknown ones are skipped) and its self-pause to
-    the pool's ``state`` (``None``: the pool is gone).
+    """Persisting ``plan`` for ``pool``: its failures (reboot timeouts), then its
+    actions, applied in order to the stored ``nodes`` (those the plan names;
+    unknown ones are skipped) and its self-pause to the pool's ``state``
+    (``None``: the pool is gone).
 
-    Every decision and the self-pause emit an event, as the plan made them.
+    Every action and the self-pause emit an event, as the plan made them; a
+    failure emits a ``step-failure`` event of the pool when it failed the node.
     """
     current = dict(nodes)
     moved: dict[str, NodeFacts] = {}
     events: list[NewEvent] = []
+    for name, failure in plan.failures.items():
+        node = current.get(name)
+        if node is None:
+            continue
+        new = after_timeout(node, failure, now)
+        if new != node:
+            current[name] = moved[name] = new
+            message = f"{describe_failure(failure)}; node failed"
+            events.append(NewEvent(now, pool, name, "step-failure", message))
     for action in plan.actions:
         node = current.get(action.node)
         if node is not None:
