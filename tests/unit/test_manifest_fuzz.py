@@ -7,8 +7,10 @@ text) are written into a tree and loaded. Whatever they hold:
 * loading returns a manifest or raises :class:`ManifestError` (exit code 2),
   never another exception; every problem names the file and stays one short line;
 * nothing is opened outside the manifest's tree but the manifest it extends
-  (an audit hook sees every ``open``), and a source that resolves outside the
-  tree is refused (and never read).
+  and the regular files it names as ``[[containers.preload]].archive`` (an
+  audit hook sees every ``open``); a source that resolves outside the tree is
+  refused (and never read); an archive outside the tree is accepted only when
+  it is an OCI image archive, and a FIFO or device is never opened.
 
 Pure: no compose and no package index (``load_manifest`` checks packages only
 when given one), a bounded budget that runs in seconds.
@@ -16,9 +18,12 @@ when given one), a bounded budget that runs in seconds.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import stat
 import sys
+import tarfile
 import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -76,7 +81,24 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (site / "link-dir").symlink_to(outside)
     (site / "link-in").symlink_to("motd")
     os.mkfifo(site / "fifo")
+    (outside / "image.oci.tar").write_bytes(_oci_archive())
+    (site / "image.oci.tar").write_bytes(_oci_archive())
+    (site / "link-image").symlink_to(outside / "image.oci.tar")
     return root
+
+
+def _oci_archive() -> bytes:
+    """The smallest OCI image layout archive: ``oci-layout`` and an empty ``index.json``."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in (
+            ("oci-layout", b'{"imageLayoutVersion": "1.0.0"}'),
+            ("index.json", b'{"schemaVersion": 2, "manifests": []}'),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
 
 
 SOURCES = [
@@ -97,6 +119,9 @@ SOURCES = [
     ".",
     "",
     "missing",
+    "image.oci.tar",
+    "../outside/image.oci.tar",
+    "link-image",
 ]
 
 # --- generated values ----------------------------------------------------------------------
@@ -225,9 +250,13 @@ def test_any_manifest_loads_or_is_refused_as_input(tree: Path, text: str) -> Non
         if manifest is not None:
             manifest_digest(manifest)  # reads every source
     parent = _extends(site, text)  # a manifest may extend one anywhere (docs/manifest.md)
+    archives = _archives(site, text)  # checked to be OCI archives when outside
     for name in opened:
         real = Path(os.path.realpath(name))
-        assert real.is_relative_to(site) or real == parent, name
+        if real.is_relative_to(site) or real == parent:
+            continue
+        assert real in archives, name
+        assert stat.S_ISREG(real.stat().st_mode), name  # an outside FIFO or device: never opened
     if manifest is None:
         return
     for entry in manifest.files:
@@ -247,6 +276,23 @@ def _extends(site: Path, text: str) -> Path | None:
     if not isinstance(parent, str) or "\x00" in parent:
         return None  # refused before any open
     return Path(os.path.realpath(site / parent))
+
+
+def _archives(site: Path, text: str) -> set[Path]:
+    """The preload archives the generated manifest names, resolved as the loader resolves them."""
+    try:
+        preload = tomllib.loads(text).get("containers", {}).get("preload", [])
+    except (ValueError, RecursionError, AttributeError):
+        return set()
+    if not isinstance(preload, list):
+        return set()
+    return {
+        Path(os.path.realpath(site / entry["archive"]))
+        for entry in preload
+        if isinstance(entry, dict)
+        and isinstance(entry.get("archive"), str)
+        and "\x00" not in entry["archive"]
+    }
 
 
 def _raw_files(text: str) -> list[dict[str, Any]]:
@@ -304,3 +350,61 @@ def test_a_source_outside_the_tree_is_refused_and_never_read(
     assert all("source" in p and "--allow-source-outside" in p for p in refused), refused
     for name in opened:
         assert Path(os.path.realpath(name)).is_relative_to(site), name
+
+
+_preloaded: st.SearchStrategy[dict[str, Any]] = st.fixed_dictionaries(
+    {
+        "image": st.just(IMAGE),
+        "containers": st.fixed_dictionaries(
+            {
+                "preload": st.lists(
+                    st.fixed_dictionaries(
+                        {
+                            # every one found (a missing file stops loading earlier)
+                            "archive": st.sampled_from([s for s in SOURCES if s != "missing"]),
+                            "reference": st.sampled_from(
+                                ["docker.io/a/b:1", "docker.io/a/c:1", "example.org/d:2"]
+                            ),
+                        }
+                    ),
+                    min_size=1,
+                    max_size=3,
+                    unique_by=lambda p: p["reference"],
+                )
+            }
+        ),
+    }
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(manifest=_preloaded)
+def test_an_archive_outside_the_tree_must_be_an_oci_archive(
+    tree: Path, manifest: dict[str, Any]
+) -> None:
+    site = tree / "site"
+    entries = manifest["containers"]["preload"]
+    for entry in entries:
+        entry["archive"] = entry["archive"].replace("{outside}", str(tree / "outside"))
+    path = site / "m.toml"
+    path.write_text(_document(manifest))
+    with recording() as opened:
+        try:
+            load_manifest(path)
+            refused: list[str] = []
+        except ManifestError as e:
+            refused = e.problems
+    expected = [e["archive"] for e in entries if not _acceptable(site, e["archive"])]
+    assert len(refused) == len(expected), (refused, expected)
+    assert all("archive" in p for p in refused), refused
+    for name in opened:  # the manifest, and only regular files named as archives
+        real = Path(os.path.realpath(name))
+        assert real == path or stat.S_ISREG(real.stat().st_mode), name
+
+
+def _acceptable(site: Path, archive: str) -> bool:
+    """Inside the tree: any regular file; outside: only an OCI archive."""
+    real = Path(os.path.realpath(site / archive))
+    if not real.is_file():
+        return False
+    return real.is_relative_to(site) or real.read_bytes() == _oci_archive()

@@ -30,8 +30,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=Path,
         default=[],
         metavar="DIR",
-        help="also take [[files]].source from DIR (repeatable); by default a source must lie "
-        "in the directory of the manifest that names it",
+        help="also take [[files]].source, and [[containers.preload]].archive without the OCI "
+        "archive check, from DIR (repeatable); by default a source must lie in the directory "
+        "of the manifest that names it",
     )
     p.set_defaults(handler=_compose)
 

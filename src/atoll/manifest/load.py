@@ -28,7 +28,9 @@ are checked against the base system (:mod:`atoll.manifest.accounts`) here, not
 after a root filesystem build; and a ``[[files]].source`` must resolve inside
 the directory of the manifest that names it unless the user allowed another
 directory (``allowed_sources``, ``--allow-source-outside``), so no file of the
-build machine reaches an image by accident.
+build machine reaches an image by accident. A ``[[containers.preload]].archive``
+outside those trees is accepted only when it is an OCI image archive
+(:mod:`atoll.manifest.archive`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from typing import Any
 
 from atoll.errors import ManifestError
 from atoll.manifest.accounts import BASE_GROUPS, BASE_USERS, id_problem, user_name_problem
+from atoll.manifest.archive import archive_problem
 from atoll.manifest.index import PackageIndex
 from atoll.manifest.model import (
     Agent,
@@ -554,13 +557,27 @@ def _build_containers(table: Raw, problems: _Problems) -> Containers:
     preload = []
     for entry in table.get("preload", ()):
         image = PreloadImage(**_values(entry, "containers.preload"))
+        where = f"{display(entry['__file__'])}: [[containers.preload]]"
         if not _REFERENCE.fullmatch(image.reference):
             problems.append(
-                f"{display(entry['__file__'])}: [[containers.preload]].reference: "
+                f"{where}.reference: "
                 f"{shown(image.reference)} is not a full image reference (registry/name:tag)"
             )
+        _check_archive(image.archive, entry["__file__"], f"{where}.archive", problems)
         preload.append(image)
     return Containers(**_values(table, "containers"), preload=tuple(preload))
+
+
+def _check_archive(archive: Path, manifest: Path, where: str, problems: _Problems) -> None:
+    """An archive (resolved) is a bounded regular file; outside the allowed trees, an OCI archive.
+
+    Unlike a source it may lie outside its manifest's tree without an opt-in
+    (the shipped manifests take theirs from ``build/images``), but then only
+    a file that is an OCI image archive is accepted (:mod:`atoll.manifest.archive`).
+    """
+    problem = archive_problem(archive, confined=_confined(archive, manifest, problems))
+    if problem is not None:
+        problems.append(f"{where}: {shown(str(archive))} {problem}")
 
 
 def _build_file(entry: Raw, problems: _Problems) -> FileEntry:
@@ -594,8 +611,7 @@ def _check_source(source: Path, manifest: Path, where: str, problems: _Problems)
     else would copy a file of the build machine into a published image.
     """
     home = manifest.parent.resolve()
-    allowed = (home, *problems.allowed_sources)
-    if not any(source.is_relative_to(root) for root in allowed):
+    if not _confined(source, manifest, problems):
         problems.append(
             f"{where}: source resolves to {shown(str(source))}, outside {display(home)} "
             "(the manifest's directory); to take it from there, pass "
@@ -603,6 +619,12 @@ def _check_source(source: Path, manifest: Path, where: str, problems: _Problems)
         )
     elif not source.is_file():
         problems.append(f"{where}: source {shown(str(source))} is not a regular file")
+
+
+def _confined(path: Path, manifest: Path, problems: _Problems) -> bool:
+    """Whether ``path`` (resolved) lies in ``manifest``'s directory or an allowed one."""
+    allowed = (manifest.parent.resolve(), *problems.allowed_sources)
+    return any(path.is_relative_to(root) for root in allowed)
 
 
 def _build_units(table: Raw, problems: _Problems) -> Units:
