@@ -26,7 +26,6 @@ import importlib.util
 import json
 import os
 import platform
-import time
 import traceback
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -85,13 +84,12 @@ def run_all(stages: Sequence[str], workdir: Path, reporter: Reporter) -> dict[st
             results[stage] = {"missing": "no benchmark in this tree yet"}
             continue
         module = cast(_Bench, importlib.import_module(name))
-        started = time.monotonic()
-        with reporter.stage(f"bench {stage}"):
+        with reporter.stage(f"bench {stage}") as timed:
             try:
                 figures = module.run_benchmark(workdir / stage, reporter)
             except Exception as e:  # a failed benchmark is reported, not hidden
                 figures = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
-        figures["seconds"] = round(time.monotonic() - started, 1)
+        figures["seconds"] = round(timed.seconds, 1)
         figures["measured"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
         results[stage] = figures
     return results
