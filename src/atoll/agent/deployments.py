@@ -85,9 +85,12 @@ class BootEntriesError(DeploymentError):
     """The boot entries could not be mirrored onto the ESP; ``resource`` names what ran
     out (``ESP (/boot/efi)``) when that was the cause."""
 
-    def __init__(self, message: str, *, resource: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, resource: str | None = None, undone: Sequence[str] = ()
+    ) -> None:
         super().__init__(message)
         self.resource = resource
+        self.undone = list(undone)  # commits undeployed again before this was raised
 
 
 @dataclass(frozen=True)
@@ -201,9 +204,8 @@ class Deployments:
                 # Nothing half-staged is left behind: the firmware must not find
                 # a deployment whose boot entries never reached the ESP.
                 undone, problems = self.undo_staging()
-                what = "the new deployment was undeployed" if undone else "nothing was deployed"
-                detail = "; ".join([str(e), what, *problems])
-                raise BootEntriesError(detail, resource=e.resource) from e
+                detail = "; ".join([str(e), *problems])
+                raise BootEntriesError(detail, resource=e.resource, undone=undone) from e
         return {"ran": ran, "deployments": [d.as_dict() for d in current]}
 
     def trial(self) -> markers.Pending | None:

@@ -54,7 +54,7 @@ import sys
 import threading
 import time
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -352,7 +352,8 @@ class Updater:
         except RolledBackHere:
             raise  # reported as the rollback it is (health_facts), not as a step failure
         except Exception as e:  # every failed step is reported, whatever its type
-            return self._fail(failure_of(self._phase, desired.version, e))
+            undone = e.undone if isinstance(e, BootEntriesError) else []
+            return self._fail(failure_of(self._phase, desired.version, e), undone)
         return desired
 
     def _stage_now(self, desired: Desired) -> bool:
@@ -390,13 +391,15 @@ class Updater:
                 return
             raise DeploymentError(f"{e}; the node still runs {self.reboot_grace:g} s later") from e
 
-    def _fail(self, failure: StepFailure) -> Desired:
-        """Undo what the failed step half-staged, audit it, and report it now (or, with
-        the controller unreachable, in the next round's report)."""
+    def _fail(self, failure: StepFailure, undone_already: Sequence[str] = ()) -> Desired:
+        """Undo what the failed step half-staged (beyond ``undone_already``, what the
+        failing call undid itself), audit it, and report it now (or, with the
+        controller unreachable, in the next round's report)."""
         try:
             undone, problems = self.deployments.undo_staging()
         except (DeploymentError, OSError) as e:
             undone, problems = [], [f"undoing it failed: {e}"]
+        undone = [*undone_already, *undone]
         if problems:
             reason = f"{failure.reason}; {'; '.join(problems)}"
             failure = StepFailure.summarise(failure.step, failure.version, reason, failure.resource)
