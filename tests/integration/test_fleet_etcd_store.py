@@ -12,7 +12,7 @@ import pytest
 from atoll.fleet.etcd import EtcdClient, parse_endpoints
 from atoll.fleet.etcd_store import EtcdStore
 from atoll.fleet.rollout import Phase, PoolSpec, Quantity, plan
-from atoll.fleet.store import NotLeader
+from atoll.fleet.store import NotLeader, Wanted
 from atoll.wire.fleet import Registration, Report
 
 _prefixes = itertools.count()
@@ -32,7 +32,7 @@ def test_concurrent_writers_lose_nothing(etcd_url: str) -> None:
         store = stores[i % 2]
         name = f"n{i}"
         store.register(Registration(name, {}, "v1"), now=1)
-        store.report(name, Report("v1", "v2"), desired="v2", now=2)
+        store.report(name, Report("v1", "v2"), Wanted("v2"), now=2)
         store.pause("web", f"by {i}", now=3)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
@@ -53,7 +53,7 @@ def test_plans_are_fenced_by_the_leader_key(etcd_url: str) -> None:
     store = EtcdStore(client, prefix=prefix)
     store.put_pool(_spec(), now=0)
     store.register(Registration("a", {}, "v1"), now=0)
-    store.report("a", Report("v1", "v2"), desired="v2", now=1)
+    store.report("a", Report("v1", "v2"), Wanted("v2"), now=1)
     spec, state = store.pools()[0]
     grant = plan(spec, state, store.nodes(), 2)
     assert [a.kind.value for a in grant.actions] == ["reboot"]

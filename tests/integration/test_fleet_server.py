@@ -74,6 +74,18 @@ def test_bad_requests_name_their_source(service: FleetService) -> None:
         request_json(
             "POST", url + "/v1/nodes/register", {"name": "../x", "version": "v1"}, backoff=quick
         )
+    # A node cannot pass its failure off as the controller's reboot timeout.
+    claim = {"step": "reboot", "version": "v2", "reason": "late", "by": "controller"}
+    with pytest.raises(FleetError, match=r"400: /v1/nodes/n1/report: failure\.by must be 'node'"):
+        request_json(
+            "POST", url + "/v1/nodes/n1/report", {"version": "v1", "failure": claim}, backoff=quick
+        )
+    [n1] = request_json("GET", url + "/v1/nodes")
+    assert "failure" not in n1
+    with pytest.raises(FleetError, match=r"400: PUT /v1/pools/web: pool\.version: expected print"):
+        request_json(
+            "PUT", url + "/v1/pools/web", {"pool": {"name": "web", "version": "v2\x1b[2J"}}
+        )
 
 
 def test_cli_apply_canary_resume_and_rollback(

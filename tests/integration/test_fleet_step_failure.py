@@ -32,6 +32,7 @@ from atoll.fleet.server import FleetService
 from atoll.fleet.sqlite_store import SqliteStore
 from atoll.wire.fleet import (
     Backoff,
+    By,
     FleetClient,
     NodeRecord,
     Step,
@@ -48,7 +49,10 @@ ESP_FULL = StepFailure(
 )
 NO_SPACE = StepFailure(Step.DEPLOY, "v2", "No space left on device", "/sysroot")
 TIMED_OUT = StepFailure(
-    Step.REBOOT, "v2", "did not come back within the reboot timeout (5 s) after its reboot grant"
+    Step.REBOOT,
+    "v2",
+    "did not come back within the reboot timeout (5 s) after its reboot grant",
+    by=By.CONTROLLER,
 )
 
 

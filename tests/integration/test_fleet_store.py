@@ -25,7 +25,7 @@ from atoll.fleet.etcd_store import EtcdStore
 from atoll.fleet.pool import load_pool_file, spec_from_dict, spec_to_dict
 from atoll.fleet.rollout import NodeFacts, Phase, PoolSpec, PoolState, Quantity, plan
 from atoll.fleet.sqlite_store import SqliteStore, store_path
-from atoll.fleet.store import EVENTS_KEPT, FleetStore
+from atoll.fleet.store import EVENTS_KEPT, FleetStore, Wanted
 from atoll.fleet.transitions import NewEvent
 from atoll.wire.fleet import Registration, Report, Step, StepFailure
 from tests.unit.test_fleet_transitions import (
@@ -123,7 +123,7 @@ def _happen(store: FleetStore, happens: Happening, spec: PoolSpec) -> None:
     elif isinstance(happens, Reported):
         before, report = store.node(happens.name), happens.report
         pool = pool_of(spec, happens)
-        answer = store.report(happens.name, report, desired=happens.desired, now=NOW, spec=pool)
+        answer = store.report(happens.name, report, Wanted(happens.desired, pool), now=NOW)
         after = store.node(happens.name)
         assert answer == (after, after != before)
     elif isinstance(happens, Decided):
@@ -200,11 +200,11 @@ def test_plan_grants_are_persisted_as_rebooting(backend: Backend) -> None:
     store.put_pool(_spec(), now=0)
     for name in ("a", "b"):
         store.register(Registration(name, {}, "v1"), now=0)
-        changed = store.report(name, Report("v1", "v2"), desired="v2", now=1)
+        changed = store.report(name, Report("v1", "v2"), Wanted("v2"), now=1)
         assert changed is not None and changed[1]
-        unchanged = store.report(name, Report("v1", "v2"), desired="v2", now=2)
+        unchanged = store.report(name, Report("v1", "v2"), Wanted("v2"), now=2)
         assert unchanged is not None and not unchanged[1]
-    assert store.report("ghost", Report("v1", None), desired=None, now=1) is None
+    assert store.report("ghost", Report("v1", None), Wanted(None), now=1) is None
     spec, state = store.pools()[0]
     store.apply_plan("web", plan(spec, state, store.nodes(), 2), now=2)
     restarted = backend()
@@ -212,7 +212,7 @@ def test_plan_grants_are_persisted_as_rebooting(backend: Backend) -> None:
     assert sorted(n.phase for n in restarted.nodes()) == [Phase.REBOOTING, Phase.STAGED]
     assert plan(spec, state, restarted.nodes(), 3).actions == ()  # the grant still counts
     granted = next(n for n in restarted.nodes() if n.phase is Phase.REBOOTING)
-    landed = restarted.report(granted.name, Report("v2", None), desired="v2", now=4)
+    landed = restarted.report(granted.name, Report("v2", None), Wanted("v2"), now=4)
     assert landed is not None and landed[0].phase is Phase.IDLE
     assert [e.kind for e in restarted.events()][-2:] == ["reboot", "phase"]
 
@@ -222,7 +222,7 @@ def test_failure_budget_pause_resume_and_rollback(backend: Backend) -> None:
     store.put_pool(_spec("v1"), now=0)
     store.put_pool(_spec("v2"), now=0)
     store.register(Registration("a", {}, "v1"), now=0)
-    store.report("a", Report("v1", None, failed=True), desired="v2", now=1)
+    store.report("a", Report("v1", None, failed=True), Wanted("v2"), now=1)
     spec, state = store.pools()[0]
     store.apply_plan("web", plan(spec, state, store.nodes(), 2), now=2)
     reason = store.pools()[0][1].pause_reason
@@ -277,7 +277,7 @@ def test_a_node_stored_before_step_failures_reads_without_one(backend: Backend) 
     assert store.nodes() == [NodeFacts("a", {}, "v1", None, True, Phase.IDLE, 1.0)]
     failure = StepFailure(Step.FETCH, "v2", "channel unreachable")
     store.put_pool(_spec(), now=2)
-    store.report("a", Report("v1", None, failure=failure), desired="v2", now=2)
+    store.report("a", Report("v1", None, failure=failure), Wanted("v2"), now=2)
     assert store.nodes()[0].failure == failure  # only recorded: it was not told to stage
     store.close()
     assert backend().nodes()[0].failure == failure

@@ -34,6 +34,7 @@ from atoll.fleet.rollout import (
     desired_versions,
     gates,
     grant_slots,
+    is_reboot_timeout,
     is_unavailable,
     max_unavailable_of,
     plan,
@@ -43,7 +44,7 @@ from atoll.fleet.rollout import (
     slots,
     stall,
 )
-from atoll.wire.fleet import Step, StepFailure
+from atoll.wire.fleet import By, Step, StepFailure
 
 NOW = 1000.0
 
@@ -110,7 +111,7 @@ def timed_out_fleet() -> list[NodeFacts]:
 def timeout(version: str = "v2", seconds: int = 900) -> StepFailure:
     """The failure the controller records for a reboot that timed out."""
     reason = f"did not come back within the reboot timeout ({seconds} s) after its reboot grant"
-    return StepFailure(Step.REBOOT, version, reason)
+    return StepFailure(Step.REBOOT, version, reason, by=By.CONTROLLER)
 
 
 def dead(name: str = "a") -> NodeFacts:
@@ -573,6 +574,40 @@ def test_step_failure_strategy_errors_name_file_and_key(
     raw = {"pool": {"name": "p", "version": "v2"}, "strategy": strategy}
     with pytest.raises(InputError, match=error):
         spec_from_dict(raw, "pool.toml")
+
+
+@pytest.mark.parametrize(
+    ("pool", "error"),
+    [
+        ({"version": ""}, r"pool\.toml: pool\.version: expected a non-empty string, got ''"),
+        ({"version": " "}, r"pool\.toml: pool\.version: expected a non-empty string"),
+        ({"version": 2}, r"pool\.toml: pool\.version: expected a non-empty string, got 2"),
+        ({"version": "v2\n"}, r"pool\.toml: pool\.version: expected printable ASCII"),
+        ({"version": "v2\x1b[2J"}, r"pool\.toml: pool\.version: expected printable ASCII"),
+        ({"version": "v\x7f2"}, r"pool\.toml: pool\.version: expected printable ASCII"),
+        ({"version": "v\u00e92"}, r"pool\.toml: pool\.version: expected printable ASCII"),
+        ({"version": "v" * 129}, r"pool\.toml: pool\.version: .*at most 128 characters"),
+        (
+            {"version": "v2", "previous_version": "v1\t"},
+            r"pool\.toml: pool\.previous_version: expected printable ASCII",
+        ),
+        (
+            {"version": "v2", "previous_version": "1" * 129},
+            r"pool\.toml: pool\.previous_version: .*at most 128",
+        ),
+    ],
+)
+def test_pool_versions_are_printable_ascii_names_file_and_key(
+    pool: dict[str, object], error: str
+) -> None:
+    with pytest.raises(InputError, match=error):
+        spec_from_dict({"pool": {"name": "p", **pool}}, "pool.toml")
+
+
+@pytest.mark.parametrize("version", ["v", "2.0.1+build~rc 1", "v" * 128, "a/b:c@d"])
+def test_pool_versions_up_to_128_printable_characters_load(version: str) -> None:
+    pool = spec_from_dict({"pool": {"name": "p", "version": version}}, "pool.toml")
+    assert pool.target_version == version
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -1307,6 +1342,23 @@ def test_reboot_timeout_failure_is_one_bounded_line() -> None:
     odd = reboot_timeout_failure("v2\nrc " + "x" * 300, 1.5)
     assert odd.version == ("v2 rc " + "x" * 300)[:200]
     assert odd.reason.endswith("(1.5 s) after its reboot grant")
+
+
+@pytest.mark.parametrize(
+    ("failure", "expected"),
+    [
+        (timeout(), True),
+        (replace(timeout(), reason="watchdog fired"), True),  # the origin decides, not the words
+        (replace(timeout(), by=By.NODE), False),  # a node's reboot failure, same words
+        (replace(timeout(), step=Step.DEPLOY), False),
+        (ESP_FULL, False),
+        (None, False),
+    ],
+)
+def test_a_reboot_timeout_is_the_controllers_reboot_failure(
+    failure: StepFailure | None, expected: bool
+) -> None:
+    assert is_reboot_timeout(failure) is expected
 
 
 def _simulate(seed: int) -> dict[ActionKind, int]:

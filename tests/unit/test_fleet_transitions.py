@@ -28,7 +28,7 @@ from atoll.fleet.rollout import (
     plan,
 )
 from atoll.fleet.transitions import Instruction, NewEvent
-from atoll.wire.fleet import Registration, Report, Step, StepFailure
+from atoll.wire.fleet import By, Registration, Report, Step, StepFailure
 
 NOW = 100.0
 THEN = 10.0
@@ -199,12 +199,16 @@ def step_ev(message: str) -> NewEvent:
 
 
 TIMEOUT = StepFailure(
-    Step.REBOOT, "v2", "did not come back within the reboot timeout (900 s) after its reboot grant"
+    Step.REBOOT,
+    "v2",
+    "did not come back within the reboot timeout (900 s) after its reboot grant",
+    by=By.CONTROLLER,
 )
 TIMEOUT_TEXT = (
     "reboot of v2 failed: did not come back within the reboot timeout (900 s) after its "
     "reboot grant"
 )
+AGENT_REBOOT = StepFailure(Step.REBOOT, "v2", "reboot refused")  # the node's own
 # Failed by its reboot timeout while granted v2 (stored so at THEN): down.
 TIMED_OUT = failing(node("a", FAILED, "v1", "v2", healthy=False), TIMEOUT)
 
@@ -425,13 +429,15 @@ TABLE = [
     ),
     Case(
         "a reboot failure its agent reported is not a timeout: a healthy report keeps it failed",
-        (failing(node("a", FAILED), replace(TIMEOUT, reason="reboot refused"), step_attempts=1),),
+        (failing(node("a", FAILED), AGENT_REBOOT, step_attempts=1),),
         rep("a", "v2"),
-        (
-            failing(
-                node("a", FAILED, "v2"), replace(TIMEOUT, reason="reboot refused"), step_attempts=1
-            ),
-        ),
+        (failing(node("a", FAILED, "v2"), AGENT_REBOOT, step_attempts=1),),
+    ),
+    Case(
+        "nor is one in the timeout's very words: only the controller's own is (by=controller)",
+        (failing(node("a", FAILED), replace(TIMEOUT, by=By.NODE), step_attempts=1),),
+        rep("a", "v2"),
+        (failing(node("a", FAILED, "v2"), replace(TIMEOUT, by=By.NODE), step_attempts=1),),
     ),
     Case(
         "landing healthy on the version it failed a step of forgets the failure",

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from atoll.wire.fleet import (
+    By,
     Desired,
     NodeRecord,
     ProtocolError,
@@ -131,6 +132,12 @@ ESP_FULL_JSON = (
             f'"failure": {ESP_FULL_JSON}}}',
         ),
         (
+            # The controller's own (a reboot timeout): "by" only when not the node.
+            StepFailure(Step.REBOOT, "2.0", "did not come back", by=By.CONTROLLER),
+            '{"step": "reboot", "version": "2.0", "reason": "did not come back", '
+            '"resource": null, "by": "controller"}',
+        ),
+        (
             NodeRecord("n1", {}, "1.0", None, True, "idle", 12.5, ESP_FULL, 42.0),
             '{"name": "n1", "labels": {}, "current": "1.0", "staged": null, "healthy": true, '
             f'"phase": "idle", "last_transition": 12.5, "failure": {ESP_FULL_JSON}, '
@@ -197,6 +204,13 @@ GOOD_FAILURE = {"step": "deploy", "version": "2", "reason": "x", "resource": Non
             "failure.resource must be one line",
         ),
         (Report, {"version": "1", "staged": "2", "failure": GOOD_FAILURE}, "staged must be null"),
+        (Report, {"version": "1", "failure": {**GOOD_FAILURE, "by": "me"}}, "failure.by"),
+        (Report, {"version": "1", "failure": {**GOOD_FAILURE, "by": None}}, "failure.by"),
+        (
+            Report,
+            {"version": "1", "failure": {**GOOD_FAILURE, "by": "controller"}},
+            "failure.by must be 'node' in a node's report",
+        ),
         (
             NodeRecord,
             {
@@ -227,6 +241,16 @@ def test_failure_refusals_name_the_field(kind: Any, body: Any, names: str) -> No
     with pytest.raises(ProtocolError) as caught:
         kind.from_json(body)
     assert names in str(caught.value)
+
+
+def test_only_the_controller_records_a_failure_by_the_controller() -> None:
+    mine = StepFailure(Step.REBOOT, "2", "did not come back", by=By.CONTROLLER)
+    node = StepFailure.from_json(GOOD_FAILURE)
+    assert node.by is By.NODE and "by" not in node.to_json()
+    with pytest.raises(ProtocolError, match=r"failure\.by must be 'node'"):
+        Report("1", None, failure=mine)  # an agent cannot even build one
+    record = NodeRecord("n", {}, "1", None, False, "failed", 1.0, mine)
+    assert NodeRecord.from_json(record.to_json()).failure == mine
 
 
 def test_summarise_makes_any_error_text_one_bounded_line() -> None:

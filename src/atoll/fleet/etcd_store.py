@@ -55,7 +55,7 @@ from atoll.fleet.etcd import (
 )
 from atoll.fleet.pool import spec_from_dict, spec_to_dict
 from atoll.fleet.rollout import NodeFacts, Phase, Plan, PoolSpec, PoolState
-from atoll.fleet.store import EVENTS_KEPT, Event, NotLeader
+from atoll.fleet.store import EVENTS_KEPT, Event, NotLeader, Reported, Wanted, report_step
 from atoll.fleet.transitions import NewEvent, NodeStep, PoolStep
 from atoll.wire.fleet import ProtocolError, Registration, Report, StepFailure
 
@@ -396,24 +396,16 @@ class EtcdStore:
 
         return self._transact(decide, keys=[key])
 
-    def report(
-        self,
-        name: str,
-        report: Report,
-        *,
-        desired: str | None,
-        now: float,
-        spec: PoolSpec | None = None,
-    ) -> tuple[NodeFacts, bool] | None:
+    def report(self, name: str, report: Report, wanted: Wanted, now: float) -> Reported | None:
         """Apply an agent's report; an unchanged report writes nothing."""
         key = self._node_key(name)
 
-        def decide(read: _Read) -> tuple[_Changes, tuple[NodeFacts, bool] | None]:
+        def decide(read: _Read) -> tuple[_Changes, Reported | None]:
             changes = _Changes()
             doc = read.get(key)
-            if doc is None:
+            step = report_step(None if doc is None else self._node(key, doc), report, wanted, now)
+            if step is None:
                 return changes, None
-            step = transitions.after_report(self._node(key, doc), report, desired, now, spec=spec)
             if step.changed:
                 self._put_reported(changes, step, now)
             return changes, (step.after, step.changed)

@@ -6,7 +6,7 @@ URL) and key::
 
     [pool]
     name = "web"
-    version = "2.0"                 # target version
+    version = "2.0"                 # target version: printable ASCII, at most 128 characters
     previous_version = "1.0"        # optional; defaults to the previous target
     [pool.selector]                 # nodes whose labels match all of these
     role = "web"
@@ -49,6 +49,7 @@ from atoll.fleet.rollout import (
     PoolSpec,
     Quantity,
 )
+from atoll.wire.fleet import ProtocolError, check_version
 
 _POOL_KEYS = {"name", "version", "previous_version", "selector"}
 _STRATEGY_KEYS = {
@@ -117,6 +118,16 @@ def _str(raw: object, source: str, *, optional: bool = False) -> str | None:
     return raw
 
 
+def _version(raw: object, source: str, *, optional: bool = False) -> str | None:
+    """A version by the protocol's rule (:data:`atoll.wire.fleet.VERSION`)."""
+    if raw is None and optional:
+        return None
+    try:
+        return check_version(source, raw)
+    except ProtocolError as e:
+        raise InputError(str(e)) from e
+
+
 def _quantity(table: dict[str, Any], key: str, default: Quantity, source: str) -> Quantity:
     if key not in table:
         return default
@@ -169,8 +180,10 @@ def spec_from_dict(data: dict[str, Any], source: str) -> PoolSpec:
             if key not in allowed:
                 raise InputError(f"{source}: unknown key {prefix}.{key}")
     name = _str(pool.get("name"), f"{source}: pool.name")
-    version = _str(pool.get("version"), f"{source}: pool.version")
-    previous = _str(pool.get("previous_version"), f"{source}: pool.previous_version", optional=True)
+    version = _version(pool.get("version"), f"{source}: pool.version")
+    previous = _version(
+        pool.get("previous_version"), f"{source}: pool.previous_version", optional=True
+    )
     selector = pool.get("selector", {})
     if not isinstance(selector, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in selector.items()
@@ -192,7 +205,7 @@ def spec_from_dict(data: dict[str, Any], source: str) -> PoolSpec:
     scatter = _str(
         strategy.get("scatter_label"), f"{source}: strategy.scatter_label", optional=True
     )
-    assert name is not None and version is not None  # _str without optional never returns None
+    assert name is not None and version is not None  # never None without optional
     return PoolSpec(
         name=name,
         target_version=version,

@@ -33,7 +33,7 @@ update" is an atomic OS switch (stage a deployment, then reboot into it):
   grant (silent, or back but not healthy yet) counts as failed (and stays
   unavailable), with a reason naming the timeout, and the plan fails it
   (``Plan.failures``: the caller stores it ``failed`` with a ``reboot`` step
-  failure, :func:`reboot_timeout_failure`).
+  failure recorded ``by`` the controller, :func:`reboot_timeout_failure`).
 * **stalled**: when the failed nodes that are still down hold every slot of
   maxUnavailable while other nodes wait to move, nothing would ever move
   again by itself (failed nodes are not retried but by a resume); the status
@@ -80,7 +80,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
-from atoll.wire.fleet import CONTROL, Step, StepFailure
+from atoll.wire.fleet import CONTROL, By, Step, StepFailure
 
 _QUANTITY = re.compile(r"^\s*(\d+)\s*(%?)\s*$")
 
@@ -111,27 +111,22 @@ RETRY_BACKOFF_CAP_SECONDS = 30 * 60.0
 MAX_STEP_RETRIES = 3
 
 
-REBOOT_TIMEOUT_REASON = "did not come back within the reboot timeout"
-"""How the reason of a reboot timeout's failure starts (:func:`reboot_timeout_failure`)."""
-
-
 def reboot_timeout_failure(version: str, timeout_seconds: float) -> StepFailure:
-    """The failure the controller records for a node granted a reboot into ``version``
-    that did not come back (healthy) within ``timeout_seconds``."""
-    # A pool's version is any non-empty string: keep the record one bounded line.
+    """The failure the controller records (``by`` it) for a node granted a reboot
+    into ``version`` that did not come back (healthy) within ``timeout_seconds``."""
+    # Keep the record one bounded line whatever a version stored long ago holds.
     line = " ".join(CONTROL.sub(" ", version).split())[:200] or "?"
-    reason = f"{REBOOT_TIMEOUT_REASON} ({timeout_seconds:g} s) after its reboot grant"
-    return StepFailure(Step.REBOOT, line, reason)
+    reason = (
+        f"did not come back within the reboot timeout ({timeout_seconds:g} s) "
+        "after its reboot grant"
+    )
+    return StepFailure(Step.REBOOT, line, reason, by=By.CONTROLLER)
 
 
 def is_reboot_timeout(failure: StepFailure | None) -> bool:
-    """``failure`` is the controller's reboot timeout, not a step its agent reported."""
-    return (
-        failure is not None
-        and failure.step is Step.REBOOT
-        and failure.resource is None
-        and failure.reason.startswith(REBOOT_TIMEOUT_REASON)
-    )
+    """``failure`` is the controller's reboot timeout, not a step its agent reported
+    (a node cannot report a failure ``by`` the controller: the protocol refuses it)."""
+    return failure is not None and failure.by is By.CONTROLLER and failure.step is Step.REBOOT
 
 
 def retry_backoff(attempt: int) -> float:

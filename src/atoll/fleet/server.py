@@ -59,7 +59,7 @@ from atoll.errors import AtollError, InputError
 from atoll.fleet import transitions
 from atoll.fleet.pool import spec_from_dict, spec_to_dict
 from atoll.fleet.rollout import NodeFacts, Plan, PoolSpec, PoolState, plan
-from atoll.fleet.store import Election, FleetStore, NotLeader, StoreError
+from atoll.fleet.store import Election, FleetStore, NotLeader, StoreError, Wanted
 from atoll.wire.fleet import Desired, NodeRecord, ProtocolError, Registration, Report
 
 log = logging.getLogger(__name__)
@@ -144,16 +144,16 @@ class Controller:
             cached = dict(self._plans)
         return cached or self.reconcile()
 
-    def wanted(self, name: str) -> tuple[str | None, PoolSpec | None]:
+    def wanted(self, name: str) -> Wanted:
         """The version the last plans want for node ``name`` and its pool's spec
-        (``None, None``: no pool selects it)."""
+        (both ``None``: no pool selects it)."""
         plans = self.plans()
         with self.plan_lock:
             specs = dict(self._specs)
         for pool, result in plans.items():
             if name in result.desired:
-                return result.desired[name], specs.get(pool)
-        return None, None
+                return Wanted(result.desired[name], specs.get(pool))
+        return Wanted(None)
 
     def desired(self, name: str) -> Desired:
         plans = self.plans()
@@ -338,8 +338,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _report(self, path: str, name: str) -> dict[str, Any]:
         ctl = self.server.controller
         report = self._message(path, Report.from_json)
-        desired, spec = ctl.wanted(name)
-        reported = ctl.store.report(name, report, desired=desired, now=ctl.clock(), spec=spec)
+        reported = ctl.store.report(name, report, ctl.wanted(name), ctl.clock())
         if reported is None:
             raise HttpError(HTTPStatus.NOT_FOUND, f"node {name!r} is not registered")
         if reported[1]:  # only a change can change the plan; the timer does the rest

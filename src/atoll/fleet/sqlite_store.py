@@ -33,7 +33,7 @@ from atoll.errors import InputError
 from atoll.fleet import transitions
 from atoll.fleet.pool import spec_from_dict, spec_to_dict
 from atoll.fleet.rollout import NodeFacts, Phase, Plan, PoolSpec, PoolState
-from atoll.fleet.store import EVENTS_KEPT, Event, StoreError
+from atoll.fleet.store import EVENTS_KEPT, Event, Reported, StoreError, Wanted, report_step
 from atoll.fleet.transitions import NewEvent, PoolStep
 from atoll.wire.fleet import ProtocolError, Registration, Report, StepFailure
 
@@ -321,25 +321,16 @@ class SqliteStore:
             self._append(db, step.events)
         return step.after
 
-    def report(
-        self,
-        name: str,
-        report: Report,
-        *,
-        desired: str | None,
-        now: float,
-        spec: PoolSpec | None = None,
-    ) -> tuple[NodeFacts, bool] | None:
+    def report(self, name: str, report: Report, wanted: Wanted, now: float) -> Reported | None:
         """Apply an agent's report; returns the node and whether anything changed.
 
         An unchanged report writes nothing (no fsync), so a thousand agents
         polling cost reads, not transactions.
         """
         with self._tx() as db:
-            old = self._node(db, name)
-            if old is None:
+            step = report_step(self._node(db, name), report, wanted, now)
+            if step is None:
                 return None
-            step = transitions.after_report(old, report, desired, now, spec=spec)
             if step.changed:
                 self._write_reported(db, step.after, now)
                 self._append(db, step.events)

@@ -22,6 +22,7 @@ from typing import Protocol
 
 from atoll.errors import AtollError
 from atoll.fleet.rollout import NodeFacts, Plan, PoolSpec, PoolState
+from atoll.fleet.transitions import NodeStep, after_report
 from atoll.wire.fleet import Registration, Report
 
 # The newest events a store keeps; older ones are deleted as new ones arrive
@@ -47,6 +48,30 @@ class Event:
     node: str | None
     kind: str
     message: str
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """What the controller wants of a node when its agent reports: ``version``, the
+    version its pool wants (``None``: no pool selects it), and ``spec``, that pool
+    (whose ``on_step_failure`` decides what a step failure does)."""
+
+    version: str | None
+    spec: PoolSpec | None = None
+
+
+Reported = tuple[NodeFacts, bool]
+"""The node after a report and whether anything changed (:meth:`FleetStore.report`)."""
+
+
+def report_step(
+    old: NodeFacts | None, report: Report, wanted: Wanted, now: float
+) -> NodeStep | None:
+    """The stored node ``old`` after its agent's ``report`` (``None``: never registered),
+    as both stores apply it (:func:`atoll.fleet.transitions.after_report`)."""
+    if old is None:
+        return None
+    return after_report(old, report, wanted.version, now, spec=wanted.spec)
 
 
 class Election(Protocol):
@@ -116,20 +141,10 @@ class FleetStore(Protocol):
         """The node after its agent's registration (the protocol's message)."""
         ...
 
-    def report(
-        self,
-        name: str,
-        report: Report,
-        *,
-        desired: str | None,
-        now: float,
-        spec: PoolSpec | None = None,
-    ) -> tuple[NodeFacts, bool] | None:
-        """The node after its agent's report (the protocol's message; ``desired``: the
-        version its pool wants, ``None`` when no pool selects it; ``spec``: that pool,
-        whose ``on_step_failure`` decides what a step failure does) and whether anything
-        changed (an unchanged report writes nothing); ``None`` for a node never
-        registered."""
+    def report(self, name: str, report: Report, wanted: Wanted, now: float) -> Reported | None:
+        """The node after its agent's report (the protocol's message; :class:`Wanted`:
+        what its pool wants of it) and whether anything changed (an unchanged report
+        writes nothing); ``None`` for a node never registered (:func:`report_step`)."""
         ...
 
     def apply_plan(self, pool: str, plan: Plan, now: float) -> None:

@@ -52,6 +52,10 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 REASON_MAX = 500
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+VERSION_MAX = 128
+VERSION = re.compile(rf"[\x20-\x7e]{{1,{VERSION_MAX}}}")
+"""A version an operator names (a pool's target): printable ASCII, at most
+:data:`VERSION_MAX` characters, matched whole (:func:`check_version`)."""
 
 
 class ProtocolError(ValueError):
@@ -136,6 +140,19 @@ class Registration:
         )
 
 
+def check_version(key: str, value: object) -> str:
+    """``value`` if it is a version by :data:`VERSION`; else :class:`ProtocolError`
+    naming ``key``."""
+    if not isinstance(value, str) or not value.strip():
+        raise ProtocolError(f"{key}: expected a non-empty string, got {value!r}")
+    if not VERSION.fullmatch(value):
+        raise ProtocolError(
+            f"{key}: expected printable ASCII without control characters, "
+            f"at most {VERSION_MAX} characters, got {value!r}"
+        )
+    return value
+
+
 class Step(StrEnum):
     """A step of a node's update round that can fail (:class:`StepFailure`)."""
 
@@ -144,6 +161,14 @@ class Step(StrEnum):
     DEPLOY = "deploy"
     BOOT_ENTRIES = "boot-entries"
     REBOOT = "reboot"
+
+
+class By(StrEnum):
+    """Who recorded a :class:`StepFailure`: the node's agent reports its own; the
+    controller records one for a node it gave up on (its reboot timeout)."""
+
+    NODE = "node"
+    CONTROLLER = "controller"
 
 
 def _one_line(key: str, value: object, *, limit: int = REASON_MAX) -> str:
@@ -161,16 +186,20 @@ class StepFailure:
     """A step of an update round that failed on the node: which step, staging or
     booting which version, why (one line), and the resource when one ran out
     (e.g. ``"ESP (/boot/efi)"``). The node undid anything half-staged before
-    it reports one."""
+    it reports one. ``by`` says who recorded it (:class:`By`); its JSON key is
+    left out for the default, ``"node"``."""
 
     step: Step
     version: str
     reason: str
     resource: str | None = None
+    by: By = By.NODE
 
     def __post_init__(self) -> None:
         if not isinstance(self.step, Step):
             raise ProtocolError(f"failure.step must be a Step, not {self.step!r}")
+        if not isinstance(self.by, By):
+            raise ProtocolError(f"failure.by must be a By, not {self.by!r}")
         _one_line("failure.version", self.version, limit=200)
         _one_line("failure.reason", self.reason)
         if self.resource is not None:
@@ -189,12 +218,15 @@ class StepFailure:
         return cls(step, version, line, resource)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "step": self.step.value,
             "version": self.version,
             "reason": self.reason,
             "resource": self.resource,
         }
+        if self.by is not By.NODE:
+            body["by"] = self.by.value
+        return body
 
     @classmethod
     def from_json(cls, raw: object) -> StepFailure:
@@ -207,11 +239,16 @@ class StepFailure:
         resource = raw.get("resource")
         if resource is not None and not isinstance(resource, str):
             raise ProtocolError(f"failure.resource must be a string or null, not {resource!r}")
+        by = raw.get("by", By.NODE.value)
+        if by not in {b.value for b in By}:
+            names = ", ".join(b.value for b in By)
+            raise ProtocolError(f"failure.by must be one of {names}, not {by!r}")
         return cls(
             step=Step(step),
             version=_one_line("failure.version", raw.get("version"), limit=200),
             reason=_one_line("failure.reason", raw.get("reason")),
             resource=resource,
+            by=By(by),
         )
 
 
@@ -228,7 +265,8 @@ class Report:
     runs; ``failed: true`` when it rolled back by itself or is unhealthy
     outside a trial. ``failure`` when a step of its last update round
     failed (``staged`` is then None: the node undid what it had half-staged);
-    the key is left out when there is none."""
+    the key is left out when there is none. A node reports only its own
+    failures: one claiming ``"by": "controller"`` is refused."""
 
     version: str
     staged: str | None
@@ -241,6 +279,11 @@ class Report:
             raise ProtocolError(
                 f"staged must be null with a failure (the node undoes what it half-staged), "
                 f"not {self.staged!r}"
+            )
+        if self.failure is not None and self.failure.by is not By.NODE:
+            raise ProtocolError(
+                f"failure.by must be {By.NODE.value!r} in a node's report "
+                f"(only the controller records {self.failure.by.value!r} failures)"
             )
 
     def to_json(self) -> dict[str, Any]:
