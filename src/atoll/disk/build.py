@@ -46,7 +46,7 @@ from atoll.disk.layout import (
 from atoll.errors import AtollError, InputError, ToolMissing
 from atoll.process import run, which
 from atoll.progress import Reporter
-from atoll.tools import ostree
+from atoll.tools import ostree, qemu
 from atoll.wire import bootentry
 from atoll.wire.userdata import EMBEDDED_PATH, UserDataError, parse_user_data
 
@@ -221,7 +221,7 @@ def build_disk(plan: DiskPlan, reporter: Reporter) -> DiskResult:
         if plan.format is DiskFormat.QCOW2:
             with reporter.stage("qcow2", "qemu-img convert"):
                 final = work / "disk.qcow2"
-                run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", image, final])
+                qemu.convert(image, final, source_format="raw", target_format="qcow2")
         durable.replace(final, plan.output)
     finally:
         _remove_work(work)

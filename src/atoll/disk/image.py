@@ -26,6 +26,7 @@ from typing import TypedDict
 from atoll.disk.layout import ESP_TYPE, ROOT_LABEL
 from atoll.errors import AtollError, InputError
 from atoll.process import run
+from atoll.tools import qemu
 from atoll.wire import bootentry
 
 
@@ -95,7 +96,7 @@ def raw_image(image: Path) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix="atoll-raw-") as tmp:
         raw = Path(tmp) / "disk.raw"
-        run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", image, raw])
+        qemu.convert(image, raw, source_format="qcow2", target_format="raw")
         yield raw
 
 

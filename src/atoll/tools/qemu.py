@@ -252,6 +252,11 @@ def image_format(path: Path) -> str:
     return "qcow2" if magic == b"QFI\xfb" else "raw"
 
 
+def convert(source: Path, target: Path, *, source_format: str, target_format: str) -> None:
+    """``qemu-img convert``: ``source`` (raw or qcow2) written whole as ``target``."""
+    run([QEMU_IMG, "convert", "-f", source_format, "-O", target_format, source, target])
+
+
 def create_overlay(base: Path, overlay: Path) -> None:
     """A qcow2 file that records writes on top of ``base`` (left unchanged)."""
     run(
