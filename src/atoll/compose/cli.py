@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 from atoll.compose.inspect import inspect
 from atoll.compose.oci import BUSYBOX, write_busybox_archive
@@ -52,17 +56,33 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=_oci)
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a CI job's timeout, systemd stopping a unit) ends a compose the
+    way Ctrl-C does: its work directory removed, the repository and caches as they were."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _compose(args: argparse.Namespace) -> int:
     reporter = reporter_for(json_lines=args.json)
     try:
-        result = compose(
-            args.manifest,
-            args.repo,
-            reporter,
-            cache=args.cache,
-            reuse=not args.no_cache,
-            allowed_sources=tuple(args.allow_source_outside),
-        )
+        with _terminate_as_interrupt():
+            result = compose(
+                args.manifest,
+                args.repo,
+                reporter,
+                cache=args.cache,
+                reuse=not args.no_cache,
+                allowed_sources=tuple(args.allow_source_outside),
+            )
     finally:
         reporter.close()
     report = result.report()
