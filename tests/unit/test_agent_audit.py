@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import datetime
 import json
+import socket
 import threading
+from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from atoll.agent.audit import AuditLog, mask_secrets, record_hash, verify
+from atoll.agent.connection import Connection, HttpLimits
+from atoll.agent.framing import RequestError
 
 
 def _log(tmp_path: Path, n: int = 5) -> AuditLog:
@@ -96,6 +101,111 @@ def test_secrets_are_masked_before_they_reach_the_log(tmp_path: Path) -> None:
     text = log.path.read_text()
     assert "hunter2" not in text and '"url":"r"' in text
     assert mask_secrets([{"apiToken": 1}]) == [{"apiToken": "***"}]
+
+
+@pytest.mark.parametrize(
+    ("key", "masked"),
+    [
+        ("password", True),
+        ("registry_password", True),
+        ("apiToken", True),
+        ("X-Auth-Token", True),
+        ("APIKey", True),
+        ("private_key", True),
+        ("client-secret", True),
+        ("credentials", True),
+        ("kernel.keys.maxkeys", False),  # a setting: ordinary words, whole or dotted
+        ("net.ipv6.conf.all.stable_secret", False),  # settings hold no secret (any viewer reads)
+        ("kernel.sysctls", False),
+        ("keys", False),
+        ("monkey", False),
+        ("tokenizer", False),
+        ("key", False),
+        ("reason", False),
+    ],
+)
+def test_only_whole_words_naming_a_secret_are_masked(key: str, masked: bool) -> None:
+    assert (mask_secrets({key: "v"})[key] == "***") is masked
+
+
+def test_settings_are_recorded_as_they_are(tmp_path: Path) -> None:
+    log = _log(tmp_path, 0)
+    params = {"kernel.sysctls": {"kernel.keys.maxkeys": "2000", "net.core.somaxconn": "4096"}}
+    record = log.append(who="otto", what="PATCH /v1/settings", params=params, result=200)
+    assert record["params"] == params
+
+
+def test_a_torn_last_line_is_ended_and_reported_and_appends_go_on(tmp_path: Path) -> None:
+    """A power cut mid-write leaves a partial line: the next request is still recorded,
+    chained from the last whole record, and verify names the torn line."""
+    log = _log(tmp_path, 3)
+    whole = log.path.read_bytes()
+    with log.path.open("ab") as f:
+        f.write(b'{"hash":"ab12","prev":"00')  # cut short, no newline
+    record = log.append(who="otto", what="GET /v1/status", result=200)
+    assert record["seq"] == 3 and record["prev"] == json.loads(whole.splitlines()[-1])["hash"]
+    log.append(who="otto", what="GET /v1/status", result=200)
+    lines = log.path.read_bytes().splitlines()
+    assert lines[:3] == whole.splitlines() and lines[3] == b'{"hash":"ab12","prev":"00'
+    assert [json.loads(line)["seq"] for line in lines[4:]] == [3, 4]
+    verdict = log.verify()
+    assert verdict.problems == (f"{log.path}:4: not an audit record",)
+    assert [r["seq"] for r in log.records()] == [0, 1, 2, 3, 4]
+
+
+def test_a_whole_record_without_its_newline_is_kept_in_the_chain(tmp_path: Path) -> None:
+    log = _log(tmp_path, 2)
+    log.path.write_bytes(log.path.read_bytes().rstrip(b"\n"))
+    log.append(who="otto", what="GET /v1/status", result=200)
+    assert log.verify().ok and log.verify().records == 3
+
+
+def test_a_log_of_nothing_but_a_torn_line_starts_the_chain_again(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl")
+    log.path.write_bytes(b'{"seq":0,"ti')
+    assert log.append(who="otto", what="x")["prev"] == "0" * 64
+    assert log.verify().problems == (f"{log.path}:1: not an audit record",)
+
+
+def test_records_keeps_only_the_last_limit_of_a_long_log(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl")
+    lines = []
+    for seq in range(5000):  # generated, not appended: unchained, only the listing is tested
+        lines.append(json.dumps({"seq": seq, "what": f"GET /{seq}", "pad": "x" * 100}))
+    lines.insert(2500, "not json")
+    log.path.write_text("\n".join(lines) + "\n")
+    assert [r["seq"] for r in log.records(limit=1)] == [4999]
+    assert [r["seq"] for r in log.records(since=10, limit=3)] == [4997, 4998, 4999]
+    assert [r["seq"] for r in log.records(since=4990)] == list(range(4990, 5000))
+    assert [r["seq"] for r in log.records(since=4990, limit=100)] == list(range(4990, 5000))
+    assert len(log.records()) == 5000
+
+
+@dataclass(frozen=True)
+class _Peer:
+    name: str = "alice"
+    role_name: str | None = "viewer"
+
+
+def test_a_refusal_is_answered_when_the_audit_log_cannot_record_it() -> None:
+    def broken(**_: object) -> object:
+        raise OSError(28, "No space left on device")
+
+    lines: list[str] = []
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        conn = Connection(ours, _Peer(), HttpLimits(linger_seconds=0.01), broken, lines.append)
+        conn.what = "GET /v1/status"
+        assert conn.refuse(RequestError(HTTPStatus.BAD_REQUEST, "bad field")) is False
+        ours.shutdown(socket.SHUT_WR)
+        answer = theirs.makefile("rb").read()
+        conn.rfile.close()
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert answer.endswith(b'{"error": "bad field"}')
+    assert lines == [
+        "atoll-agent: audit log: cannot record GET /v1/status "
+        "(OSError: [Errno 28] No space left on device)"
+    ]
 
 
 def _deep(levels: int) -> object:

@@ -10,12 +10,15 @@ from typing import Any
 
 import pytest
 
+from atoll.agent.server import IGNORED_SETTINGS, Agent, AgentConfig, Identity, Reply, Role
 from atoll.agent.settings import (
     ApplyError,
     SettingsError,
     SettingsStore,
     defaults,
     merge,
+    root_karg,
+    root_sysctl,
 )
 
 
@@ -203,13 +206,13 @@ def test_every_rendered_file_is_ascii_and_one_entry_per_line(tmp_path: Path) -> 
         {
             "hostname": "node-1",
             "network.ntp.servers": ["ntp.example", "fe80::1%eth0"],
-            "kernel.sysctls": {"vm.swappiness": 10, "kernel.core_pattern": "|/bin/x %p"},
+            "kernel.sysctls": {"vm.swappiness": 10, "net.ipv4.ip_local_port_range": "32768 60999"},
             "containers.registry_mirrors": {"registry.example:5000": ["https://m.example/v2?x=1"]},
             "fleet.controller": "https://c.example:9443,https://[fd00::1]:9443",
         }
     )
     sysctl = (tmp_path / "etc/sysctl.d/90-atoll.conf").read_text()
-    assert sysctl == "kernel.core_pattern = |/bin/x %p\nvm.swappiness = 10\n"
+    assert sysctl == "net.ipv4.ip_local_port_range = 32768 60999\nvm.swappiness = 10\n"
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert path.read_bytes().isascii(), path
@@ -233,3 +236,127 @@ def test_a_stored_value_refused_today_is_named_and_can_be_replaced(tmp_path: Pat
         path.write_bytes(broken.encode("utf-8", "surrogateescape"))
         with pytest.raises(SettingsError, match=r"settings\.json: "):
             store.current()
+
+
+@pytest.mark.parametrize(
+    ("name", "refused"),
+    [
+        ("kernel.core_pattern", True),  # "|/bin/sh -c ..." runs as root on a crash
+        ("kernel.modprobe", True),
+        ("kernel.hotplug", True),
+        ("kernel.poweroff_cmd", True),
+        ("kernel.usermodehelper.bset", True),
+        ("kernel.usermodehelper.inheritable", True),
+        ("fs.binfmt_misc.register", True),
+        ("fs.binfmt_misc.status", True),
+        ("kernel.core_pattern_x", False),  # whole names only
+        ("kernel.core_uses_pid", False),
+        ("kernel.keys.maxkeys", False),
+        ("vm.swappiness", False),
+        ("net.ipv4.ip_forward", False),
+    ],
+)
+def test_sysctls_that_make_the_kernel_run_a_program_are_refused(name: str, refused: bool) -> None:
+    assert root_sysctl(name) is refused
+    change = {"kernel.sysctls": {name: "|/bin/sh -c id"}}
+    if not refused:
+        assert merge(defaults(), change)["kernel.sysctls"] == {name: "|/bin/sh -c id"}
+        return
+    with pytest.raises(SettingsError) as caught:
+        merge(defaults(), change)
+    assert caught.value.problems == [
+        f"kernel.sysctls.{name}: refused: it makes the kernel run a program or says who may "
+        "(operators cannot gain root through settings)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("arg", "refused"),
+    [
+        ("init=/bin/sh", True),
+        ("rdinit=/bin/sh", True),
+        ("root=/dev/sdb1", True),
+        ("ostree=/ostree/deploy/x", True),
+        ("systemd.debug_shell", True),
+        ("systemd.debug-shell=1", True),
+        ("systemd.unit=emergency.target", True),
+        ("systemd.run=/bin/sh", True),
+        ("systemd.setenv=LD_PRELOAD=/x.so", True),
+        ("rd.break", True),
+        ("rd.shell", True),
+        ("emergency", True),
+        ("rescue", True),
+        ("single", True),
+        ("1", True),
+        ("S", True),
+        ("-s", True),
+        ("--", True),
+        ("LD_PRELOAD=/x.so", True),  # handed to init as an environment variable
+        ("selinux=0", True),
+        ("lsm=landlock", True),
+        ("module.sig_enforce=0", True),
+        ("nowatchdog", False),
+        ("console=ttyS0,115200", False),
+        ("mitigations=auto", False),
+        ("module_blacklist=nouveau", False),
+        ("transparent_hugepage=never", False),
+        ("initcall_debug", False),
+    ],
+)
+def test_kernel_arguments_that_choose_what_runs_as_root_are_refused(
+    arg: str, refused: bool
+) -> None:
+    assert root_karg(arg) is refused
+    change = {"kernel.args": ["quiet", arg]}
+    if not refused:
+        assert merge(defaults(), change)["kernel.args"] == ["quiet", arg]
+        return
+    with pytest.raises(SettingsError) as caught:
+        merge(defaults(), change)
+    assert caught.value.problems == [
+        f"kernel.args[1]: {arg!r} is refused: it chooses what runs as root "
+        "(operators cannot gain root through settings)"
+    ]
+
+
+def test_keys_another_agent_stored_are_ignored_and_dropped_by_the_next_change(
+    tmp_path: Path,
+) -> None:
+    store = SettingsStore(tmp_path, Recorder())
+    store.set({"hostname": "node-1", "network.ntp.servers": ["ntp.example"]})
+    path = tmp_path / "etc/atoll/settings.json"
+    stored = json.loads(path.read_text())
+    path.write_text(json.dumps({**stored, "future.setting": 1, "bad\nkey": 2}))
+    assert store.current() == {**defaults(), **stored}
+    assert store.ignored() == ["'bad\\nkey'", "future.setting"]
+    assert store.set({"kernel.args": ["quiet"]})["kernel.args"] == ["quiet"]
+    assert json.loads(path.read_text()) == {**stored, "kernel.args": ["quiet"]}
+    assert store.ignored() == []
+    assert store.current()["network.ntp.servers"] == ["ntp.example"]
+
+
+def test_get_names_the_ignored_keys_in_its_answer(tmp_path: Path) -> None:
+    def no_command(argv: Sequence[str], *, timeout: float) -> str:
+        raise AssertionError(f"no command expected: {argv}")
+
+    agent = Agent(
+        AgentConfig(
+            root=tmp_path,
+            audit_path=tmp_path / "var/lib/atoll/audit.jsonl",
+            cert=tmp_path / "none",
+            key=tmp_path / "none",
+            ca=tmp_path / "none",
+            crl=None,
+            runner=Recorder(),
+            commands=no_command,
+            sync=lambda: None,
+        )
+    )
+    who = Identity("vera", Role.VIEWER)
+    agent.settings.set({"hostname": "node-1"})
+    assert agent.settings_get(who, {}, {}) == Reply(agent.settings.current())
+    path = tmp_path / "etc/atoll/settings.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "z.new": 1, "a.new": 2}))
+    reply = agent.settings_get(who, {}, {})
+    assert reply.payload["hostname"] == "node-1" and "z.new" not in reply.payload
+    assert reply.fields == ((IGNORED_SETTINGS, "a.new, z.new"),)

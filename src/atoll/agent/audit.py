@@ -26,16 +26,26 @@ import dataclasses
 import datetime
 import fcntl
 import hashlib
+import itertools
 import json
 import math
 import os
+import re
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 GENESIS = "0" * 64
-_SECRET_WORDS = ("password", "secret", "token", "key", "credential")
+# Words of a field name (split at "_", "-", " " and lower-to-upper case changes) that name
+# a secret; "key" only after "api", "private", "access" or "secret" ("apiKey", "private_key").
+_SECRET_WORDS = frozenset(
+    {"password", "passwd", "passphrase", "secret", "secrets", "token", "tokens", "credential",
+     "credentials", "apikey", "privatekey"}
+)  # fmt: skip
+_KEY_OWNERS = frozenset({"api", "private", "access", "secret"})
+_WORD = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 MASK = "***"
 MAX_DEPTH = 64  # nesting kept in a record; deeper values are cut (a body nests at most 32)
 _INT_LIMIT = 2**64  # larger integers are recorded by their size (printing them can fail)
@@ -52,7 +62,18 @@ def _text(value: str) -> str:
 
 
 def _secret(key: str) -> bool:
-    return any(word in key.lower() for word in _SECRET_WORDS)
+    """Whether a field named ``key`` holds a secret: one of its whole words names one.
+
+    A dotted name (a setting's key, a sysctl, a registry host) is never a secret's
+    field: settings hold no secret (any viewer reads them with ``GET /v1/settings``),
+    so ``kernel.keys.maxkeys`` is recorded as it is.
+    """
+    if "." in key:
+        return False
+    words = [w.lower() for w in _WORD.findall(key)]
+    return any(w in _SECRET_WORDS for w in words) or any(
+        a in _KEY_OWNERS and b == "key" for a, b in itertools.pairwise(words)
+    )
 
 
 def _scalar(value: Any) -> Any:
@@ -131,13 +152,20 @@ class AuditLog:
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
 
-    def _tail(self) -> tuple[int, str]:
-        """The next seq and the last hash, read from the file itself (not a cache)."""
-        last = _last_line(self.path)
-        if not last:
-            return 0, GENESIS
-        record = json.loads(last)
-        return int(record["seq"]) + 1, str(record["hash"])
+    def _tail(self, fd: int) -> tuple[int, str]:
+        """The next seq and the last hash, read from the file itself (not a cache).
+
+        A last line cut short (a power cut or a full disk mid-write) is ended with a
+        newline and the chain goes on from the last record that reads as one: the torn
+        line stays in the file, where :func:`verify` names it.
+        """
+        if _torn(self.path):
+            os.write(fd, b"\n")
+        for line in _lines_backwards(self.path):
+            link = _link(line)
+            if link is not None:
+                return link
+        return 0, GENESIS
 
     def append(self, **fields: Any) -> dict[str, Any]:
         """Add one record (secrets masked); returns it with seq, prev and hash filled in."""
@@ -145,7 +173,7 @@ class AuditLog:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
-                seq, prev = self._tail()
+                seq, prev = self._tail(fd)
                 record: dict[str, Any] = {
                     "seq": seq,
                     "time": self._clock().isoformat(timespec="milliseconds"),
@@ -172,35 +200,73 @@ class AuditLog:
         os.replace(tmp, self.head_path)
 
     def records(self, *, since: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
+        """The records from seq ``since`` on, the last ``limit`` of them (streamed: only
+        those are held, however long the log)."""
+        out: deque[dict[str, Any]] = deque(maxlen=limit or None)
         for _, record in _read(self.path):
-            if isinstance(record, dict) and int(record.get("seq", -1)) >= since:
+            if isinstance(record, dict) and _seq(record) >= since:
                 out.append(record)
-        return out[-limit:] if limit else out
+        return list(out)
 
     def verify(self) -> Verdict:
         return verify(self.path)
 
 
-def _last_line(path: Path) -> bytes:
-    """The log's last non-empty line, however long (read backwards in steps)."""
+def _seq(record: Mapping[str, Any]) -> int:
+    seq = record.get("seq")
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) else -1
+
+
+def _link(line: bytes) -> tuple[int, str] | None:
+    """(next seq, hash) of the record on ``line``; None when it does not read as one."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or _seq(record) < 0 or not isinstance(record.get("hash"), str):
+        return None
+    return _seq(record) + 1, record["hash"]
+
+
+def _torn(path: Path) -> bool:
+    """Whether the log's last byte is not a newline (a write cut short)."""
+    try:
+        with path.open("rb") as f:
+            if f.seek(0, os.SEEK_END) == 0:
+                return False
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
+    except FileNotFoundError:
+        return False
+
+
+def _lines_backwards(path: Path) -> Iterator[bytes]:
+    """The log's non-empty lines, last first, however long (read backwards in steps)."""
     try:
         f = path.open("rb")
     except FileNotFoundError:
-        return b""
+        return
     with f:
         end = f.seek(0, os.SEEK_END)
-        tail = b""
+        tail = b""  # the part of the file after `end` not yet yielded (no complete line)
         while end > 0:
             step = min(end, max(_TAIL_STEP, len(tail)))
             end -= step
             f.seek(end)
             tail = f.read(step) + tail
-            text = tail.rstrip()
-            start = text.rfind(b"\n")
-            if start >= 0:
-                return text[start + 1 :]
-        return tail.strip()
+            *complete, tail = _split_last(tail)
+            yield from complete
+        if tail.strip():
+            yield tail.strip()
+
+
+def _split_last(data: bytes) -> list[bytes]:
+    """``data``'s lines after its first newline, last first, then what precedes that newline."""
+    first = data.find(b"\n")
+    if first < 0:
+        return [data]
+    lines = [line.strip() for line in reversed(data[first + 1 :].split(b"\n"))]
+    return [*(line for line in lines if line), data[:first]]
 
 
 def _read(path: Path) -> Iterator[tuple[int, Any]]:

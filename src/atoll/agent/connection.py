@@ -295,7 +295,11 @@ class Connection(Generic[P]):
     def refuse(self, error: RequestError) -> bool:
         """Audit and answer a request refused before dispatch; the connection then closes."""
         reason = str(error)
-        self.record(what=self.what or "(no request line)", result=int(error.status), reason=reason)
+        what = self.what or "(no request line)"
+        try:
+            self.record(what=what, result=int(error.status), reason=reason)
+        except Exception as e:  # the disk, not the client: it still gets its answer
+            self.log(f"atoll-agent: audit log: cannot record {what} ({_why(e)})")
         self.send(answer_bytes(error.status, json_body({"error": reason}), close=True))
         linger(self.sock, self.limits.linger_seconds)
         return False

@@ -120,6 +120,17 @@ class ApiError(Exception):
 
 
 @dataclass(frozen=True)
+class Reply:
+    """A handler's answer with header fields of its own (200, ``payload`` as the body)."""
+
+    payload: Any
+    fields: tuple[tuple[str, str], ...] = ()
+
+
+IGNORED_SETTINGS = "Atoll-Ignored-Settings"  # settings.json keys this agent does not know
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     root: Path  # "/" on a node
     audit_path: Path
@@ -239,9 +250,11 @@ class Agent:
 
     def settings_get(self, _: Identity, __: dict[str, Any], ___: dict[str, list[str]]) -> Any:
         try:
-            return self.settings.current()
+            values = self.settings.current()
         except SettingsError as e:  # settings.json itself, not the request: fix it by a PATCH
             raise ApiError(HTTPStatus.CONFLICT, str(e)) from e
+        ignored = self.settings.ignored()  # stored by another agent version; a PATCH drops them
+        return Reply(values, ((IGNORED_SETTINGS, ", ".join(ignored)),) if ignored else ())
 
     def settings_patch(self, _: Identity, body: dict[str, Any], __: dict[str, list[str]]) -> Any:
         try:
@@ -557,6 +570,8 @@ def serve_request(agent: Agent, conn: Connection[Identity], head: RequestHead) -
         if isinstance(result, ShellSession):
             _open_shell(agent, conn, head, route, result)
             return False
+        if isinstance(result, Reply):
+            result, outcome.fields = result.payload, result.fields
         outcome.status, outcome.payload = HTTPStatus.OK, result
     except RequestError as e:  # the body did not arrive in time: framing, not the handler's
         return conn.refuse(e)

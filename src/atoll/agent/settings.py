@@ -146,6 +146,66 @@ def _sysctl_value(value: Any) -> bool:
     return isinstance(value, str) and bool(_SYSCTL_VALUE.fullmatch(value))
 
 
+# Operators (below admin) change settings; the root shell is admin-only. So no setting
+# may make the kernel run a program of the operator's choosing, or change who may run or
+# load code: each of these is root code execution by another path (docs/agent.md).
+_ROOT_SYSCTLS = frozenset(
+    {
+        "kernel.core_pattern",  # "|/bin/sh ..." runs a program as root on every crash
+        "kernel.modprobe",  # the program the kernel runs to load a module
+        "kernel.hotplug",  # the uevent helper, run by the kernel on every device event
+        "kernel.poweroff_cmd",  # run by the kernel on an orderly power-off
+        "kernel.usermodehelper",  # .bset/.inheritable: the capabilities helpers run with
+        "fs.binfmt_misc",  # registers interpreters the kernel runs for matching files
+    }
+)
+# Kernel arguments (their name, before "=", with "-" read as "_" as systemd reads them)
+# that choose the program PID 1 or the initramfs runs, a shell, the root file system, or
+# switch off the security modules.
+_ROOT_KARGS = frozenset(
+    {
+        "init", "rdinit", "root", "rootflags", "rootfstype", "ostree",
+        "single", "emergency", "rescue", "s", "1", "_b", "_s", "__",
+        "security", "lsm", "selinux", "enforcing", "apparmor", "lockdown",
+        "module.sig_enforce",
+    }
+)  # fmt: skip
+_ROOT_KARG_PREFIXES = (
+    "rd.",  # everything the initramfs reads, rd.break and rd.shell included
+    "systemd.",  # debug_shell, unit, run, setenv, confirm_spawn, crash_shell, mask, wants...
+    "mount.usr",
+)
+
+
+def root_sysctl(name: str) -> bool:
+    """Whether setting sysctl ``name`` makes the kernel run a program (or says who may)."""
+    normal = name.replace("/", ".")
+    return any(normal == n or normal.startswith(n + ".") for n in _ROOT_SYSCTLS)
+
+
+def root_karg(arg: str) -> bool:
+    """Whether kernel argument ``arg`` picks what runs as root at boot, or disarms a guard.
+
+    A name with a capital letter is refused too: the kernel hands arguments it does not
+    know to init as environment variables (``LD_PRELOAD=...``).
+    """
+    name = arg.split("=", 1)[0]
+    normal = name.replace("-", "_")
+    return normal in _ROOT_KARGS or normal.startswith(_ROOT_KARG_PREFIXES) or name != name.lower()
+
+
+def _check_kargs(key: str, value: Any) -> list[str]:
+    problems = _check_list(key, value, lambda s: bool(_KARG.fullmatch(s)), "a kernel argument", 32)
+    if problems:
+        return problems
+    return [
+        f"{key}[{i}]: {_quoted(arg)} is refused: it chooses what runs as root "
+        "(operators cannot gain root through settings)"
+        for i, arg in enumerate(value)
+        if root_karg(arg)
+    ]
+
+
 def _check_sysctls(key: str, value: Any) -> list[str]:
     if not isinstance(value, dict):
         return [f"{key}: expected an object of name -> value, got {type(value).__name__}"]
@@ -153,6 +213,11 @@ def _check_sysctls(key: str, value: Any) -> list[str]:
     for name, v in value.items():
         if not _SYSCTL.fullmatch(name):
             problems.append(f"{key}.{_shown(name)}: not a sysctl name")
+        elif root_sysctl(name):
+            problems.append(
+                f"{key}.{name}: refused: it makes the kernel run a program or says who may "
+                "(operators cannot gain root through settings)"
+            )
         elif not _sysctl_value(v):
             problems.append(
                 f"{key}.{name}: expected a 64-bit integer or up to 4096 printable ASCII characters"
@@ -203,7 +268,7 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "kernel.args",
         [],
-        lambda k, v: _check_list(k, v, lambda s: bool(_KARG.fullmatch(s)), "a kernel argument", 32),
+        _check_kargs,
         "extra kernel arguments, taken into account by the next upgrade or deploy",
     ),
     Field(
@@ -331,8 +396,8 @@ class SettingsStore:
         # changes neither lose each other's values nor share a temporary file.
         self._lock = threading.Lock()
 
-    def _stored(self) -> dict[str, Any] | None:
-        """settings.json over the defaults, not validated; None before the first change."""
+    def _raw(self) -> dict[str, Any] | None:
+        """settings.json as stored; None before the first change."""
         try:
             raw = json.loads(self.path.read_bytes())
         except FileNotFoundError:
@@ -341,7 +406,29 @@ class SettingsStore:
             raise SettingsError([f"{self.path}: unreadable ({e})"]) from e
         if not isinstance(raw, dict):
             raise SettingsError([f"{self.path}: expected a JSON object"])
-        return {**defaults(), **raw}
+        return raw
+
+    def _stored(self) -> dict[str, Any] | None:
+        """settings.json's known keys over the defaults, not validated; None before the first
+        change. Keys this agent does not know (another agent version stored them) are left
+        out: they are ignored, and the next change drops them from the file."""
+        raw = self._raw()
+        if raw is None:
+            return None
+        return {**defaults(), **{k: v for k, v in raw.items() if k in _BY_KEY}}
+
+    def ignored(self) -> list[str]:
+        """The keys in settings.json this agent does not know (and ignores)."""
+        try:
+            raw = self._raw()
+        except SettingsError:
+            return []
+        # ASCII only, no control character: the list also goes into an answer's header.
+        return sorted(
+            k if len(k) <= _SHOWN and _PRINTABLE.fullmatch(k) else ascii(k[:_SHOWN])
+            for k in (raw or {})
+            if k not in _BY_KEY
+        )
 
     def current(self) -> dict[str, Any]:
         """The settings in force; a :class:`SettingsError` naming settings.json if unusable."""
