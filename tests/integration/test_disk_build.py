@@ -25,7 +25,7 @@ from atoll.disk import (
 )
 from atoll.disk import build as disk_build
 from atoll.disk.layout import ESP_TYPE, MIB, ROOT_TYPE_X86_64
-from atoll.errors import InputError
+from atoll.errors import AtollError, InputError
 from atoll.process import run
 from atoll.progress import PlainReporter
 from atoll.tools import ostree
@@ -213,3 +213,15 @@ def test_previous_commit_stays_selectable_as_rollback(tiny: TinyRepo, tmp_path: 
     assert "/loader/entries/ostree-2-atoll+3.conf" in files  # boot counting on the new one
     assert "/loader/entries/ostree-1-atoll.conf" in files
     assert read_esp_file(image, entries[1].linux) == KERNEL
+
+
+def test_an_unreadable_root_file_system_is_an_error_not_an_empty_listing(tmp_path: Path) -> None:
+    """debugfs exits 0 when it cannot open a file system: reading a disk whose root
+    partition holds no ext4 must fail naming it, never report "no boot entries"."""
+    disk = tmp_path / "blank.img"
+    with disk.open("wb") as f:
+        f.truncate(64 * MIB)
+    layout = f"label: gpt\nsize=8MiB, type={ESP_TYPE}\ntype={ROOT_TYPE_X86_64}, name=atoll-root\n"
+    run(["sfdisk", "--quiet", disk], input=layout.encode())
+    with pytest.raises(AtollError, match="cannot read atoll-root"):
+        boot_entries(disk)

@@ -101,7 +101,19 @@ def raw_image(image: Path) -> Iterator[Path]:
 
 
 def _debugfs(image: Path, offset: int, command: str) -> bytes:
-    result = run(["debugfs", "-R", command, f"{image}?offset={offset}"])
+    """Run one read-only debugfs ``command`` on the ext4 file system at ``offset``.
+
+    ``-c`` (catastrophic mode) opens it read-only without its block and inode
+    bitmaps: a node's disk is seldom cleanly unmounted (a power cut, a VM that
+    was quit), and then the bitmaps' checksums may not match. debugfs exits 0
+    even when it could not open the file system: its stderr says so, and that
+    is an error here, never an empty listing.
+    """
+    result = run(["debugfs", "-c", "-R", command, f"{image}?offset={offset}"], check=False)
+    problem = result.stderr.decode(errors="replace")
+    if result.returncode != 0 or "Filesystem not open" in problem:
+        tail = " ".join(problem.split())[-300:]
+        raise AtollError(f"{image}: cannot read {ROOT_LABEL} at offset {offset}: {tail}")
     return result.stdout
 
 
