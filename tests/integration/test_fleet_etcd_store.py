@@ -66,3 +66,50 @@ def test_plans_are_fenced_by_the_leader_key(etcd_url: str) -> None:
     client.put(f"{prefix}/leader", "replica-a")
     store.apply_plan("web", grant, now=3)
     assert store.nodes()[0].phase is Phase.REBOOTING
+
+
+def _big_pool(prefix: str, etcd_url: str, count: int) -> EtcdStore:
+    store = EtcdStore(EtcdClient(parse_endpoints(etcd_url)), prefix=prefix)
+    store.put_pool(_spec(), now=0)
+    for i in range(count):
+        store.register(Registration(f"n{i:03d}", {}, "v1"), now=0)
+    return store
+
+
+def test_a_plan_of_150_nodes_fits_etcd_transactions(etcd_url: str) -> None:
+    """etcd refuses a transaction of more than 128 operations (its default
+    --max-txn-ops): a plan staging 150 nodes is written over a few ticks instead."""
+    store = _big_pool(f"/test-etcd/{next(_prefixes)}", etcd_url, 150)
+    spec, state = store.pools()[0]
+    first = plan(spec, state, store.nodes(), 1)
+    assert len(first.actions) == 150
+    staging = []
+    for tick in range(1, 6):
+        result = plan(spec, state, store.nodes(), tick)
+        if not result.decides:
+            break
+        store.apply_plan("web", result, now=tick)
+        staging.append(sum(n.phase is Phase.STAGING for n in store.nodes()))
+    assert staging[0] >= 40 and staging[-1] == 150 and len(staging) <= 4
+    assert [e.kind for e in store.events(limit=500)].count("stage") == 150
+
+
+def test_a_resume_of_150_failed_nodes_fits_etcd_transactions(etcd_url: str) -> None:
+    store = _big_pool(f"/test-etcd/{next(_prefixes)}", etcd_url, 150)
+    for i in range(150):
+        store.report(f"n{i:03d}", Report("v1", None, failed=True), Wanted("v2"), now=1)
+    assert {n.phase for n in store.nodes()} == {Phase.FAILED}
+    assert store.resume("web", now=2)
+    assert {n.phase for n in store.nodes()} == {Phase.IDLE}
+    assert store.pools()[0][1].canary_released
+
+
+def test_a_plan_read_before_a_pause_is_not_written_after_it(etcd_url: str) -> None:
+    store = _big_pool(f"/test-etcd/{next(_prefixes)}", etcd_url, 3)
+    spec, state = store.pools()[0]
+    stale = plan(spec, state, store.nodes(), 1)
+    assert len(stale.actions) == 3
+    store.pause("web", "operator", now=2)
+    store.apply_plan("web", stale, now=3)
+    assert {n.phase for n in store.nodes()} == {Phase.IDLE}
+    assert "stage" not in [e.kind for e in store.events()]

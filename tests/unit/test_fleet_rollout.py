@@ -504,6 +504,13 @@ CASES = [
         waiting={"a": "told to stage v2"},
     ),
     Case(
+        "a-retry-holds-only-the-version-that-failed-not-a-new-target",
+        replace(RETRYING, target_version="v3", previous_version="v2"),
+        [retrying(retry_at=NOW + 60)],
+        {(S, "a")},
+        waiting={"a": "told to stage v3"},
+    ),
+    Case(
         "a-retry-waits-behind-a-pause-like-everything-else",
         RETRYING,
         [retrying(retry_at=NOW + 60)],

@@ -484,6 +484,72 @@ TABLE = [
         (ev("reboot", "v2", "a"),),
     ),
     Case(
+        "a reboot grant skips a node whose staging was undone since the plan's read",
+        (node("a", IDLE),),
+        Decided((act(REBOOT, "a"),)),
+        (node("a", IDLE),),
+        (ev("reboot", "v2", "a"),),
+    ),
+    Case(
+        "a reboot grant skips a node staged on another version",
+        (node("a", STAGED, "v1", "v3"),),
+        Decided((act(REBOOT, "a"),)),
+        (node("a", STAGED, "v1", "v3"),),
+        (ev("reboot", "v2", "a"),),
+    ),
+    Case(
+        "a reboot grant skips a node that is unhealthy now",
+        (node("a", STAGED, "v1", "v2", healthy=False),),
+        Decided((act(REBOOT, "a"),)),
+        (node("a", STAGED, "v1", "v2", healthy=False),),
+        (ev("reboot", "v2", "a"),),
+    ),
+    Case(
+        "a reboot grant skips a node waiting for a step retry",
+        (failing(node("a", IDLE, "v1", "v2"), retry_at=NOW + 30, step_attempts=1),),
+        Decided((act(REBOOT, "a"),)),
+        (failing(node("a", IDLE, "v1", "v2"), retry_at=NOW + 30, step_attempts=1),),
+        (ev("reboot", "v2", "a"),),
+        spec=RETRY,
+    ),
+    Case(
+        "a reboot grant lands once a step retry's time has passed",
+        (failing(node("a", STAGED, "v1", "v2"), retry_at=THEN, step_attempts=1),),
+        Decided((act(REBOOT, "a"),)),
+        (failing(node("a", REBOOTING, "v1", "v2", since=NOW), retry_at=THEN, step_attempts=1),),
+        (ev("reboot", "v2", "a"),),
+        spec=RETRY,
+    ),
+    Case(
+        "a rollback grant skips a node that is unhealthy now",
+        (node("a", IDLE, "v2", healthy=False),),
+        Decided((act(ROLLBACK, "a", "v1"),)),
+        (node("a", IDLE, "v2", healthy=False),),
+        (ev("rollback", "v1", "a"),),
+    ),
+    Case(
+        "a plan read before a pause writes none of its actions (its self-pause is recorded)",
+        (node("a", IDLE), node("b", STAGED, "v1", "v2")),
+        Decided((act(STAGE, "a"), act(REBOOT, "b")), pause_reason="failure budget"),
+        (node("a", IDLE), node("b", STAGED, "v1", "v2")),
+        (ev("pause", "failure budget"),),
+        state=PoolState(pause_reason="operator"),
+    ),
+    Case(
+        "a plan read before a new target writes no action for a version the pool left",
+        (node("a", IDLE), node("b", STAGED, "v1", "v2")),
+        Decided((act(STAGE, "a", "v0"), act(REBOOT, "b"), act(ROLLBACK, "a", "v1"))),
+        (node("a", REBOOTING, "v1", "v1", since=NOW), node("b", REBOOTING, "v1", "v2", since=NOW)),
+        (ev("reboot", "v2", "b"), ev("rollback", "v1", "a")),
+    ),
+    Case(
+        "a plan read before a rollback-and-new-target writes nothing for the old target",
+        (node("a", STAGED, "v1", "v2"),),
+        Decided((act(REBOOT, "a"),)),
+        (node("a", STAGED, "v1", "v2"),),
+        spec=replace(SPEC, target_version="v3", previous_version="v1"),
+    ),
+    Case(
         "a reboot grant is never given twice (the first one's time stays)",
         (replace(GRANTED, staged_version="v3"),),
         Decided((act(REBOOT, "a"),)),
@@ -599,6 +665,22 @@ TABLE = [
         state_after=PoolState(pause_reason=None, canary_released=True),
     ),
     Case(
+        "resume clears a pending step retry of every node the pool selects",
+        (
+            failing(node("a", IDLE), retry_at=NOW + 30, step_attempts=1),
+            failing(node("b", IDLE, labels={"role": "db"}), retry_at=NOW + 30, step_attempts=1),
+        ),
+        Verb("resume"),
+        (
+            failing(node("a", IDLE), step_attempts=1),
+            failing(node("b", IDLE, labels={"role": "db"}), retry_at=NOW + 30, step_attempts=1),
+        ),
+        (ev("resume", "resumed by operator"),),
+        spec=RETRY,
+        state=PoolState(pause_reason="operator"),
+        state_after=PoolState(pause_reason=None, canary_released=True),
+    ),
+    Case(
         "rollback swaps target and previous, then resumes",
         (node("a", FAILED, "v2"),),
         Verb("rollback"),
@@ -665,7 +747,7 @@ def apply(case: Case) -> Outcome:
         )
         nodes[step.after.name], events = step.after, step.events
     elif isinstance(happens, Decided):
-        planned = transitions.after_plan("web", state, nodes, happens.plan(), NOW)
+        planned = transitions.after_plan("web", (spec, state), nodes, happens.plan(), NOW)
         nodes.update((n.name, n) for n in planned.nodes)
         state, events = planned.state or state, planned.events
     else:
@@ -727,13 +809,26 @@ def test_a_plan_names_the_nodes_its_decisions_are_about() -> None:
 
 
 def test_a_plan_names_only_the_nodes_it_moved() -> None:
-    stored = {"a": node("a", IDLE), "b": node("b", FAILED)}
+    stored = {"a": node("a", STAGED, "v1", "v2"), "b": node("b", FAILED)}
     decided = Decided((act(REBOOT, "b"), act(STAGE, "a"), act(REBOOT, "a"))).plan()
     step = transitions.after_plan("web", None, stored, decided, NOW)
     assert step.nodes == (node("a", REBOOTING, "v1", "v2", since=NOW),)
     assert step.state is None  # no self-pause; a pool that is gone is not written
     gone = transitions.after_plan("web", None, {}, Decided((), "budget").plan(), NOW)
     assert (gone.state, gone.events) == (None, (ev("pause", "budget"),))
+
+
+@pytest.mark.parametrize("version", ["v2", " 2.0  rc1 ", "2.0  rc1", "2.0 "])
+def test_a_reboot_timeout_sticks_whatever_spaces_the_version_has(version: str) -> None:
+    """The planner's timeout names the granted version as stored, so the store's
+    rule recognises the grant it times out (versions may hold any printable ASCII)."""
+    spec = replace(SPEC, target_version=version)
+    granted = node("a", REBOOTING, "v1", version, since=0.0)
+    later = spec.reboot_timeout_seconds + 1
+    result = plan(spec, PoolState(), [granted], later)
+    assert result.failures["a"].version == version
+    step = transitions.after_plan("web", (spec, PoolState()), {"a": granted}, result, later)
+    assert [(n.name, n.phase) for n in step.nodes] == [("a", FAILED)]
 
 
 @pytest.mark.parametrize(

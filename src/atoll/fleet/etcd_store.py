@@ -18,7 +18,11 @@ Design:
   then writes every changed key *and its events* in one etcd transaction that
   succeeds only if none of the written keys changed since it was read. On a
   conflict (another replica or thread wrote first) it reads again and decides
-  again, a bounded number of times;
+  again, a bounded number of times. A plan's transaction also compares the
+  pool's key (a pause or rollback since its read is seen). A transaction holds
+  at most :data:`MAX_TXN_OPS` operations (etcd's ``--max-txn-ops``): a plan
+  writes at most :data:`PLAN_DECISIONS` decisions (:func:`bounded`, the rest
+  at the next tick), a resume its nodes in chunks of :data:`RESUME_CHUNK`;
 * **fencing**: once :meth:`EtcdStore.election` made this store a candidate
   (:attr:`EtcdStore.fence` = ``(leader key, identity)``), :meth:`apply_plan`
   (the only place decisions are written) also requires the leader key to still
@@ -40,7 +44,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from atoll.errors import InputError
@@ -54,7 +58,7 @@ from atoll.fleet.etcd import (
     value_is,
 )
 from atoll.fleet.pool import spec_from_dict, spec_to_dict
-from atoll.fleet.rollout import NodeFacts, Phase, Plan, PoolSpec, PoolState
+from atoll.fleet.rollout import ActionKind, NodeFacts, Phase, Plan, PoolSpec, PoolState
 from atoll.fleet.store import EVENTS_KEPT, Event, NotLeader, Reported, Wanted, report_step
 from atoll.fleet.transitions import NewEvent, NodeStep, PoolStep
 from atoll.wire.fleet import ProtocolError, Registration, Report, StepFailure
@@ -64,6 +68,28 @@ log = logging.getLogger(__name__)
 
 ATTEMPTS = 20
 """Conflicting transactions retried before giving up (each retry re-reads)."""
+MAX_TXN_OPS = 100
+"""Operations (compares, or writes) one transaction may hold: below etcd's default
+``--max-txn-ops`` (128), which refuses a bigger one ("too many operations in txn request")."""
+PLAN_DECISIONS = (MAX_TXN_OPS - 4) // 2
+"""Decisions of a plan written per transaction: each writes a node and an event (and
+compares the node); the pool, its pause event and the fence fit in the rest."""
+RESUME_CHUNK = MAX_TXN_OPS - 8
+"""Nodes a resume (or rollback) writes per transaction."""
+
+
+def bounded(plan: Plan, limit: int = PLAN_DECISIONS) -> Plan:
+    """``plan`` with at most ``limit`` decisions, so one transaction holds it: its
+    reboot timeouts first, then its grants (reboot, rollback), then its stage
+    orders, each in the plan's order; the rest is left for the next tick (the next
+    plan decides them again). Pure."""
+    if len(plan.failures) + len(plan.actions) <= limit:
+        return plan
+    failures = dict(list(plan.failures.items())[:limit])
+    room = limit - len(failures)
+    grants = [a for a in plan.actions if a.kind is not ActionKind.STAGE]
+    stages = [a for a in plan.actions if a.kind is ActionKind.STAGE]
+    return replace(plan, failures=failures, actions=tuple((grants + stages)[:room]))
 
 
 @dataclass
@@ -218,14 +244,17 @@ class EtcdStore:
         keys: Sequence[str] = (),
         prefixes: Sequence[str] = (),
         fenced: bool = False,
+        watched: Sequence[str] = (),
     ) -> T:
-        """Read, decide, then write iff no written key moved since (see the docstring)."""
+        """Read, decide, then write iff no written key (nor any ``watched`` one) moved
+        since (see the docstring)."""
         for _attempt in range(ATTEMPTS):
             read = self._read(keys, prefixes)
             changes, result = decide(read)
             if not changes.puts and not changes.events:
                 return result
-            compares = [mod_revision_is(k, read.revisions.get(k, 0)) for k in changes.puts]
+            compared = [*changes.puts, *(k for k in watched if k not in changes.puts)]
+            compares = [mod_revision_is(k, read.revisions.get(k, 0)) for k in compared]
             if fenced and self.fence is not None:
                 compares.append(value_is(*self.fence))
             token = secrets.token_hex(6)
@@ -310,11 +339,31 @@ class EtcdStore:
                 return changes, None
             result = step(self._pool(key, doc), read)
             changes.puts[key] = _pool_doc(result, now)
-            self._put_nodes(changes, read, result.nodes)
+            self._put_nodes(changes, read, result.nodes[:RESUME_CHUNK])
             changes.append(result.events)
             return changes, result
 
-        return self._transact(decide, keys=[key], prefixes=[f"{self.prefix}/nodes/"])
+        result = self._transact(decide, keys=[key], prefixes=[f"{self.prefix}/nodes/"])
+        if result is not None:
+            rest = [n.name for n in result.nodes[RESUME_CHUNK:]]
+            for i in range(0, len(rest), RESUME_CHUNK):
+                self._resume_nodes(result, rest[i : i + RESUME_CHUNK], now)
+        return result
+
+    def _resume_nodes(self, pool: PoolStep, names: Sequence[str], now: float) -> None:
+        """The nodes a resume moves beyond its first transaction, in one more each
+        chunk: read again and moved by the same rule (a report since may have moved one)."""
+        keys = [self._node_key(name) for name in names]
+
+        def decide(read: _Read) -> tuple[_Changes, None]:
+            changes = _Changes()
+            nodes = self._read_nodes(read)
+            self._put_nodes(
+                changes, read, transitions.resumed(pool.spec, pool.state, nodes, now).nodes
+            )
+            return changes, None
+
+        self._transact(decide, keys=keys)
 
     # pools ---------------------------------------------------------------
     def put_pool(self, spec: PoolSpec, now: float) -> PoolSpec:
@@ -413,15 +462,20 @@ class EtcdStore:
         return self._transact(decide, keys=[key])
 
     def apply_plan(self, pool: str, plan: Plan, now: float) -> None:
-        """Persist one plan's decisions atomically; fenced by the leader key when set."""
+        """Persist one plan's decisions atomically; fenced by the leader key when set.
+
+        The transaction compares the pool's key too (a pause or rollback since the
+        plan's read is seen), and holds at most :data:`PLAN_DECISIONS` decisions
+        (:func:`bounded`): the rest waits for the next tick."""
         pool_key = self._pool_key(pool)
+        plan = bounded(plan)
         node_keys = sorted(self._node_key(name) for name in plan.named())
 
         def decide(read: _Read) -> tuple[_Changes, None]:
             doc = read.get(pool_key)
-            state = None if doc is None else self._pool(pool_key, doc)[1]
+            stored = None if doc is None else self._pool(pool_key, doc)
             nodes = {n.name: n for n in self._read_nodes(read)}
-            step = transitions.after_plan(pool, state, nodes, plan, now)
+            step = transitions.after_plan(pool, stored, nodes, plan, now)
             changes = _Changes()
             self._put_nodes(changes, read, step.nodes)
             if doc is not None and step.state is not None:
@@ -429,7 +483,7 @@ class EtcdStore:
             changes.append(step.events)
             return changes, None
 
-        self._transact(decide, keys=[pool_key, *node_keys], fenced=True)
+        self._transact(decide, keys=[pool_key, *node_keys], fenced=True, watched=[pool_key])
 
     def events(self, limit: int = 100) -> list[Event]:
         kvs = self._client.range(

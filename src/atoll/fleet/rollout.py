@@ -43,7 +43,8 @@ update" is an atomic OS switch (stage a deployment, then reboot into it):
   failed; :mod:`atoll.fleet.transitions` records it): with
   ``on_step_failure = "fail"`` the node is ``failed`` like any other; with
   ``"retry"`` it is back ``idle`` with a ``retry_at``, and the planner does not
-  tell it to stage again before then (the reason says when).
+  tell it to stage the version that failed again before then (the reason says
+  when; a new target is staged at once).
 * **paused** (by the spec or by the state): no new action; nodes already
   rebooting finish.
 * **maintenance window** (days, start ``HH:MM``, length in minutes, IANA time
@@ -114,8 +115,12 @@ MAX_STEP_RETRIES = 3
 def reboot_timeout_failure(version: str, timeout_seconds: float) -> StepFailure:
     """The failure the controller records (``by`` it) for a node granted a reboot
     into ``version`` that did not come back (healthy) within ``timeout_seconds``."""
-    # Keep the record one bounded line whatever a version stored long ago holds.
-    line = " ".join(CONTROL.sub(" ", version).split())[:200] or "?"
+    # The version as granted (versions are validated: one printable line), so the
+    # timeout's record matches the node's staged version exactly; only a version
+    # stored long ago that is not one bounded line is cleaned up.
+    line = version
+    if not version or CONTROL.search(version) or len(version) > 200:
+        line = " ".join(CONTROL.sub(" ", version).split())[:200] or "?"
     reason = (
         f"did not come back within the reboot timeout ({timeout_seconds:g} s) "
         "after its reboot grant"
@@ -554,7 +559,9 @@ def _gated(node: NodeFacts, target: NodeTarget, gate: Gates) -> Decision | None:
 def _next_move(node: NodeFacts, target: NodeTarget, spec: PoolSpec, now: float) -> Decision:
     """Stage first (free), then a reboot or rollback candidate for a slot."""
     want = target.version
-    if node.retry_at is not None and now < node.retry_at:
+    # A retry's backoff holds only the version that failed, not a newer target.
+    failed_want = node.failure is not None and node.failure.version == want
+    if node.retry_at is not None and now < node.retry_at and failed_want:
         return Decision(Bucket.PENDING, _retry_reason(node, node.retry_at, spec, now))
     # Rolling back needs no staging; everything else stages first, which costs
     # no availability.

@@ -117,27 +117,40 @@ class Controller:
             plans: dict[str, Plan] = {}
             for spec, state in pools:
                 result = plan(spec, state, members[spec.name], now)
-                if self.leading and result.decides:
-                    try:
-                        self.store.apply_plan(spec.name, result, now)
-                    except NotLeader as e:
-                        log.warning("%s: %s; following from now on", self.replica, e)
-                        self.leading = False
-                        plans[spec.name] = result
-                        continue
-                    self.persisted += 1
-                    # Re-plan on the persisted facts so the cached answers
-                    # (reasons, may_reboot) describe what agents will see.
-                    spec_state = self.store.pool(spec.name)
-                    if spec_state is not None:
-                        nodes = [n for n in self.store.nodes() if self.owner(pools, n) == spec.name]
-                        result = plan(spec_state[0], spec_state[1], nodes, now)
-                plans[spec.name] = result
+                try:
+                    plans[spec.name] = self._persist(pools, spec.name, result, now)
+                except AtollError as e:  # one pool's failure does not stop the others
+                    log.warning("%s: pool %s: plan not persisted: %s", self.replica, spec.name, e)
+                    plans[spec.name] = result
+                except Exception:
+                    log.exception("%s: pool %s: plan not persisted", self.replica, spec.name)
+                    plans[spec.name] = result
             self._plans = plans
             self._specs = {spec.name: spec for spec, _ in pools}
         with self._changed:
             self._changed.notify_all()
         return plans
+
+    def _persist(
+        self, pools: list[tuple[PoolSpec, PoolState]], name: str, result: Plan, now: float
+    ) -> Plan:
+        """Persist one pool's plan while leading; the plan as agents will now see it."""
+        if not (self.leading and result.decides):
+            return result
+        try:
+            self.store.apply_plan(name, result, now)
+        except NotLeader as e:
+            log.warning("%s: %s; following from now on", self.replica, e)
+            self.leading = False
+            return result
+        self.persisted += 1
+        # Re-plan on the persisted facts so the cached answers
+        # (reasons, may_reboot) describe what agents will see.
+        spec_state = self.store.pool(name)
+        if spec_state is None:
+            return result
+        nodes = [n for n in self.store.nodes() if self.owner(pools, n) == name]
+        return plan(spec_state[0], spec_state[1], nodes, now)
 
     def plans(self) -> dict[str, Plan]:
         with self.plan_lock:
@@ -513,6 +526,8 @@ class FleetService:
             self.controller.reconcile()
         except AtollError as e:  # etcd unreachable: keep serving, retry next tick
             log.warning("%s: reconcile failed: %s", self.controller.replica, e)
+        except Exception:  # any other failure: log it, the timer keeps ticking
+            log.exception("%s: reconcile failed", self.controller.replica)
 
     def start(self) -> None:
         targets: list[Callable[[], None]] = [self.httpd.serve_forever, self._timer]

@@ -155,14 +155,20 @@ class SqliteStore:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction, committed or rolled back; an SQLite
+        error (a failed COMMIT included) is a :class:`StoreError` naming the database."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as e:
+                raise StoreError(f"fleet store {self.path}: {e}") from e
 
     # rows ------------------------------------------------------------------
     def _append(self, db: sqlite3.Connection, events: Iterable[NewEvent]) -> None:
@@ -340,10 +346,9 @@ class SqliteStore:
         """Persist one plan's decisions atomically (grants first, agents learn later)."""
         with self._tx() as db:
             stored = self._pool(db, pool)
-            state = None if stored is None else stored[1]
             named = (self._node(db, name) for name in plan.named())
             nodes = {n.name: n for n in named if n is not None}
-            step = transitions.after_plan(pool, state, nodes, plan, now)
+            step = transitions.after_plan(pool, stored, nodes, plan, now)
             self._write_nodes(db, step.nodes)
             if step.state is not None:
                 db.execute(

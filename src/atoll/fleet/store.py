@@ -11,8 +11,9 @@ implementations keep the same state with the same semantics:
 Both decide nothing themselves: every mutation reads the facts it needs, asks
 :mod:`atoll.fleet.transitions` (pure) what they become, and writes the result
 with its events atomically (one SQLite transaction, one etcd transaction that
-compares what it read). Which implementation a ``--store`` URL names is chosen
-by the CLI (:mod:`atoll.fleet.cli`).
+compares what it read; on etcd, a plan too big for one transaction is bounded
+and a big resume chunked: :mod:`atoll.fleet.etcd_store`). Which implementation
+a ``--store`` URL names is chosen by the CLI (:mod:`atoll.fleet.cli`).
 """
 
 from __future__ import annotations
@@ -109,9 +110,11 @@ class FleetStore(Protocol):
 
     A mutation either happens completely (with its events) or not at all, and
     the conditional updates of :meth:`apply_plan` (stage only an idle/staged
-    node, grant a reboot only to a node neither rebooting nor failed, fail by
-    the reboot timeout only a node still rebooting into that version, pause only
-    an unpaused pool: :func:`atoll.fleet.transitions.after_plan`) are checked
+    node, grant a reboot only to a healthy node neither rebooting nor failed and
+    staged on that version, drop the actions when the pool is paused or left
+    their version, fail by the reboot timeout only a node still rebooting into
+    that version, pause only an unpaused pool:
+    :func:`atoll.fleet.transitions.after_plan`) are checked
     against the stored state at write time. Failures raise :class:`StoreError`.
     """
 

@@ -17,18 +17,20 @@ this module decides what each fact or decision does to the stored state, once:
   is recorded on the node and is an event of its pool;
 * **after a decision of a plan** (:func:`after_action`, :func:`after_plan`): a
   stage order moves only an ``idle``/``staged`` node to ``staging``; a reboot
-  or rollback grant moves a node that is neither ``rebooting`` nor ``failed``
+  or rollback grant moves a healthy node that is neither ``rebooting`` nor
+  ``failed`` (for a reboot: staged on the granted version, no retry pending)
   to ``rebooting`` with the granted version, *as it is persisted*, so the grant
   counts against ``maxUnavailable`` (:func:`atoll.fleet.rollout.is_unavailable`)
   from the moment it exists, for every controller that reads the store; a node
   past its reboot timeout (:func:`after_timeout`) is stored ``failed`` with the
   timeout as its step failure, unhealthy (nothing says it is up: it keeps its
-  slot); a self-pause is recorded only on an unpaused pool;
+  slot); a plan's actions are dropped when the stored pool is paused or left
+  their version; a self-pause is recorded only on an unpaused pool;
 * **operator verbs** on a pool (:func:`applied`, :func:`paused`,
   :func:`resumed`, :func:`rolled_back`): a new target remembers the old one as
-  ``previous_version``; a resume clears the pause, releases the canary gate and
-  retries the pool's failed nodes; a rollback swaps target and previous and
-  resumes;
+  ``previous_version``; a resume clears the pause, releases the canary gate,
+  retries the pool's failed nodes and clears their pending ``retry_at``; a
+  rollback swaps target and previous and resumes;
 * **the events** each of these emits, in order (what ``GET /v1/events`` shows).
 
 Facts come in as frozen dataclasses and go out as frozen dataclasses; time is a
@@ -325,19 +327,33 @@ def after_action(node: NodeFacts, action: Action, now: float) -> NodeFacts:
     """A node once one decision of a plan about it is persisted.
 
     A stage order moves ``idle``/``staged`` to ``staging`` (staging costs no
-    availability); a reboot or rollback grant moves any node neither
+    availability); a reboot or rollback grant moves a healthy node neither
     ``rebooting`` nor ``failed`` to ``rebooting`` with the granted version as its
-    staged one, from ``now`` (the reboot timeout counts from here). Anything
-    else leaves the node as it is: a grant is never given twice, and a failed
-    node is never retried but by a resume.
+    staged one, from ``now`` (the reboot timeout counts from here); a reboot
+    grant also needs the node staged on the granted version and no pending
+    ``retry_at`` (a report since the plan's read may have undone the staging).
+    Anything else leaves the node as it is: a grant is never given twice, and a
+    failed node is never retried but by a resume.
     """
     if action.kind is ActionKind.STAGE:
         if node.phase in (Phase.IDLE, Phase.STAGED):
             return replace(node, phase=Phase.STAGING, retry_at=None)
         return node
-    if node.phase in (Phase.REBOOTING, Phase.FAILED):
+    if not _grantable(node, action, now):
         return node
     return replace(node, phase=Phase.REBOOTING, staged_version=action.version, last_transition=now)
+
+
+def _grantable(node: NodeFacts, action: Action, now: float) -> bool:
+    """A grant lands only on a node that can still use it: neither rebooting nor
+    failed, healthy, and for a reboot staged on the granted version with no retry
+    pending (a report may have undone the staging since the plan read the node)."""
+    if node.phase in (Phase.REBOOTING, Phase.FAILED) or not node.healthy:
+        return False
+    if action.kind is ActionKind.ROLLBACK:
+        return True
+    waiting = node.retry_at is not None and now < node.retry_at
+    return node.staged_version == action.version and not waiting
 
 
 def after_timeout(node: NodeFacts, failure: StepFailure, now: float) -> NodeFacts:
@@ -356,21 +372,37 @@ def after_timeout(node: NodeFacts, failure: StepFailure, now: float) -> NodeFact
     )
 
 
+def _still_wanted(stored: tuple[PoolSpec, PoolState] | None, action: Action) -> bool:
+    """An action of a plan still fits the pool as it is stored now: not paused since
+    the plan read it, and for the pool's target or previous version (a plan read
+    before a pause, a rollback or a new target is not written after it)."""
+    if stored is None:
+        return True
+    spec, state = stored
+    if state.pause_reason is not None:
+        return False
+    return action.version in (spec.target_version, spec.previous_version)
+
+
 def after_plan(
     pool: str,
-    state: PoolState | None,
+    stored: tuple[PoolSpec, PoolState] | None,
     nodes: Mapping[str, NodeFacts],
     plan: Plan,
     now: float,
 ) -> PlanStep:
     """Persisting ``plan`` for ``pool``: its failures (reboot timeouts), then its
     actions, applied in order to the stored ``nodes`` (those the plan names;
-    unknown ones are skipped) and its self-pause to the pool's ``state``
-    (``None``: the pool is gone).
+    unknown ones are skipped) and its self-pause to the pool's state; ``stored``
+    is the pool's spec and state as stored now (``None``: the pool is gone).
 
-    Every action and the self-pause emit an event, as the plan made them; a
-    failure emits a ``step-failure`` event of the pool when it failed the node.
+    Actions are dropped (no change, no event) when the stored pool is paused or
+    an action's version is neither its target nor its previous version: the plan
+    was read before a pause, a rollback or a new target. Every other action and
+    the self-pause emit an event, as the plan made them; a failure emits a
+    ``step-failure`` event of the pool when it failed the node.
     """
+    state = None if stored is None else stored[1]
     current = dict(nodes)
     moved: dict[str, NodeFacts] = {}
     events: list[NewEvent] = []
@@ -384,6 +416,8 @@ def after_plan(
             message = f"{describe_failure(failure)}; node failed"
             events.append(NewEvent(now, pool, name, "step-failure", message))
     for action in plan.actions:
+        if not _still_wanted(stored, action):
+            continue
         node = current.get(action.node)
         if node is not None:
             new = after_action(node, action, now)
@@ -445,15 +479,24 @@ def paused(spec: PoolSpec, state: PoolState, reason: str, now: float) -> PoolSte
 def resumed(spec: PoolSpec, state: PoolState, nodes: Iterable[NodeFacts], now: float) -> PoolStep:
     """Clear the pause, release the canary gate and retry the failed nodes the pool's
     selector matches (``idle`` from ``now``, with their step retries counted afresh;
-    the last failure stays on record)."""
+    the last failure stays on record); every node it matches loses its pending
+    ``retry_at``."""
     retried = tuple(
-        replace(n, phase=Phase.IDLE, last_transition=now, retry_at=None, step_attempts=0)
+        _retried(n, now)
         for n in nodes
-        if n.phase is Phase.FAILED and matches(spec.selector, n.labels)
+        if matches(spec.selector, n.labels) and (n.phase is Phase.FAILED or n.retry_at is not None)
     )
     event = NewEvent(now, spec.name, None, "resume", "resumed by operator")
     new_state = replace(state, pause_reason=None, canary_released=True)
     return PoolStep(spec, new_state, retried, (event,))
+
+
+def _retried(node: NodeFacts, now: float) -> NodeFacts:
+    """A node after a resume: a failed one is ``idle`` from ``now`` with its step
+    retries counted afresh; any other keeps its phase; none waits for a retry."""
+    if node.phase is not Phase.FAILED:
+        return replace(node, retry_at=None)
+    return replace(node, phase=Phase.IDLE, last_transition=now, retry_at=None, step_attempts=0)
 
 
 def rolled_back(
