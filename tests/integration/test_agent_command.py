@@ -49,6 +49,12 @@ def _gone(pids: Sequence[int], within: float = 5.0) -> bool:
     return True
 
 
+def _phase(server: str, name: str) -> str | None:
+    """The controller's phase for node ``name`` (None before it registered)."""
+    nodes = request_json("GET", f"{server}/v1/nodes")
+    return next((str(n["phase"]) for n in nodes if n["name"] == name), None)
+
+
 def _until(condition: Callable[[], bool], within: float = 30.0) -> bool:
     deadline = time.monotonic() + within
     while not condition():
@@ -341,6 +347,10 @@ def test_the_update_loop_reports_a_hung_ostree_and_stages_in_a_later_round(
         # the node try again (it reported the failed step; the operator retries the pool's
         # failed nodes), a round stages v2.
         node.hang(False)
+        # The loop logs the failure before its report reaches the controller: resume only
+        # once the controller has failed the node (a resume before that would find nothing
+        # to retry, and the report would then fail the node and pause the pool).
+        assert _until(lambda: _phase(controller, "node-1") == "failed")
         request_json("POST", f"{controller}/v1/pools/web/resume", {})
         assert _until(lambda: any(m.startswith("staged 1.1.0") for m in logged)), logged
         assert node.pending() == v2
