@@ -1,4 +1,5 @@
-"""``atoll compose`` treats SIGTERM as Ctrl-C, so a killed compose cleans up the same way."""
+"""``atoll compose`` treats SIGTERM as Ctrl-C, and Ctrl-C as Ctrl-C even when it was
+started with SIGINT ignored, so a killed or interrupted compose cleans up the same way."""
 
 from __future__ import annotations
 
@@ -15,3 +16,13 @@ def test_sigterm_during_a_compose_is_an_interrupt_and_the_handler_is_restored() 
     with pytest.raises(KeyboardInterrupt), _terminate_as_interrupt():
         os.kill(os.getpid(), signal.SIGTERM)
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_sigint_interrupts_a_compose_even_when_the_parent_ignored_it() -> None:
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a script's background job
+    try:
+        with pytest.raises(KeyboardInterrupt), _terminate_as_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)

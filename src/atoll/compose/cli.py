@@ -59,16 +59,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 @contextlib.contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM (``kill``, a CI job's timeout, systemd stopping a unit) ends a compose the
-    way Ctrl-C does: its work directory removed, the repository and caches as they were."""
+    way Ctrl-C does: its work directory removed, the repository and caches as they were.
+
+    SIGINT gets Python's own handler back too: a background job of a shell script
+    starts with SIGINT ignored, and Python then never raises KeyboardInterrupt, so
+    an interrupted compose would carry on to the end.
+    """
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous_term = signal.signal(signal.SIGTERM, interrupt)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
+        signal.signal(signal.SIGTERM, previous_term)
 
 
 def _compose(args: argparse.Namespace) -> int:
