@@ -7,6 +7,7 @@ VMs boot with ``snapshot=True``: the disk stays pristine for the next boot.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +18,16 @@ from atoll.boot.console import ConsoleState
 from atoll.boot.report import BootReport
 from atoll.boot.runner import BootSpec, Firmware, Machine
 from atoll.compose import compose
+from atoll.demo import CONTROLLER_PORT, UPDATES_PORT
 from atoll.disk import build_disk, plan_disk
 from atoll.disk.layout import MIB
+from atoll.fleet.server import FleetService
+from atoll.fleet.sqlite_store import SqliteStore
 from atoll.process import run
 from atoll.progress import PlainReporter
+from atoll.publish.serve import serve_in_thread
 from atoll.tools import ostree
+from atoll.tools.qemu import HostService
 from tests.conftest import DEFAULT_MANIFEST, TEST_CACHE, TEST_EPOCH, ComposedImage
 
 READY_TIMEOUT = 240.0
@@ -97,3 +103,25 @@ def two_versions(
     )
     new = compose(site, repo, PlainReporter(), cache=TEST_CACHE, source_date_epoch=TEST_EPOCH)
     return TwoVersions(repo, default_image, new.version, new.commit)
+
+
+@contextlib.contextmanager
+def update_server_and_controller(
+    updates: Path, store_path: Path
+) -> Iterator[tuple[str, tuple[HostService, ...]]]:
+    """Serve ``updates`` and run a fleet controller (SQLite at ``store_path``) on
+    127.0.0.1; yields the controller's URL and the forwards a guest reaches them by."""
+    with contextlib.ExitStack() as stack:
+        server = serve_in_thread(updates)
+        stack.callback(server.server_close)
+        stack.callback(server.shutdown)
+        store = stack.enter_context(SqliteStore(store_path))
+        fleet = FleetService(store, "127.0.0.1", 0, tick=0.5)
+        fleet.start()
+        stack.callback(fleet.stop)
+        _, port = fleet.address
+        services = (
+            HostService(CONTROLLER_PORT, port),
+            HostService(UPDATES_PORT, server.server_address[1]),
+        )
+        yield f"http://127.0.0.1:{port}", services

@@ -13,7 +13,6 @@ boot entries), its audit has the record, and no reboot was asked for or run.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import time
 from collections.abc import Iterator
@@ -24,11 +23,9 @@ from typing import Any
 import pytest
 
 from atoll.boot.runner import BootSpec, Firmware, Machine
-from atoll.demo import AGENT_PORT, CONTROLLER_PORT, UPDATES_PORT, user_data
+from atoll.demo import AGENT_PORT, user_data
 from atoll.disk import boot_entries, build_disk, plan_disk
 from atoll.disk.layout import ALIGN, MIB
-from atoll.fleet.server import FleetService
-from atoll.fleet.sqlite_store import SqliteStore
 from atoll.ops.client import NodeClient
 from atoll.pki import Kind, Role
 from atoll.pki import init as pki_init
@@ -37,12 +34,11 @@ from atoll.process import run
 from atoll.progress import PlainReporter
 from atoll.publish.keys import init_keys, load_private_key
 from atoll.publish.publish import publish
-from atoll.publish.serve import serve_in_thread
 from atoll.tools import ostree
 from atoll.tools.qemu import HostService
 from atoll.wire.fleet import request_json
 from tests.conftest import TEST_EPOCH
-from tests.vm.conftest import READY_TIMEOUT, TwoVersions
+from tests.vm.conftest import READY_TIMEOUT, TwoVersions, update_server_and_controller
 
 # One UEFI boot under TCG with a pull, a deploy and its undo.
 pytestmark = pytest.mark.timeout(2400)
@@ -112,20 +108,8 @@ def host(two_versions: TwoVersions, tmp_path: Path) -> Iterator[tuple[Host, str]
     pki_issue(pki, "esp-admin", kind=Kind.CLIENT, role=Role.ADMIN)
     data = tmp_path / "node.toml"
     data.write_text(user_data(NODE, "stable", (keys / "atoll-ed25519.pub").read_bytes(), pki))
-    with contextlib.ExitStack() as stack:
-        server = serve_in_thread(updates)
-        stack.callback(server.server_close)
-        stack.callback(server.shutdown)
-        store = stack.enter_context(SqliteStore(tmp_path / "fleet.db"))
-        fleet = FleetService(store, "127.0.0.1", 0, tick=0.5)
-        fleet.start()
-        stack.callback(fleet.stop)
-        _, port = fleet.address
-        services = (
-            HostService(CONTROLLER_PORT, port),
-            HostService(UPDATES_PORT, server.server_address[1]),
-        )
-        yield Host(f"http://127.0.0.1:{port}", services, data, pki), new_kernel
+    with update_server_and_controller(updates, tmp_path / "fleet.db") as (controller, services):
+        yield Host(controller, services, data, pki), new_kernel
 
 
 def _node(fleet: str) -> dict[str, Any] | None:

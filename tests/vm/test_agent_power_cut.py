@@ -19,7 +19,6 @@ the agent prints ``atoll-failpoint: NAME`` and stops, and the test kills qemu
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -30,19 +29,16 @@ import pytest
 
 from atoll.agent.failpoints import NAMES
 from atoll.boot.runner import BootSpec, Firmware, Machine
-from atoll.demo import CONTROLLER_PORT, UPDATES_PORT, user_data
+from atoll.demo import user_data
 from atoll.disk import boot_entries, build_disk, plan_disk
 from atoll.disk.layout import MIB
-from atoll.fleet.server import FleetService
-from atoll.fleet.sqlite_store import SqliteStore
 from atoll.pki import init as pki_init
 from atoll.progress import PlainReporter
 from atoll.publish.keys import init_keys, load_private_key
 from atoll.publish.publish import publish
-from atoll.publish.serve import serve_in_thread
 from atoll.tools.qemu import HostService
 from atoll.wire.fleet import request_json
-from tests.vm.conftest import READY_TIMEOUT, TwoVersions
+from tests.vm.conftest import READY_TIMEOUT, TwoVersions, update_server_and_controller
 
 # Five UEFI boots of one node under TCG, with pulls and deploys between them.
 pytestmark = pytest.mark.timeout(3000)
@@ -78,20 +74,8 @@ def host(two_versions: TwoVersions, tmp_path: Path) -> Iterator[Host]:
         + '\n[[files]]\npath = "/etc/atoll/failpoints"\nmode = "0644"\n'
         + f"content = {json.dumps(chr(10).join(NAMES) + chr(10))}\n"
     )
-    with contextlib.ExitStack() as stack:
-        server = serve_in_thread(updates)
-        stack.callback(server.server_close)
-        stack.callback(server.shutdown)
-        store = stack.enter_context(SqliteStore(tmp_path / "fleet.db"))
-        fleet = FleetService(store, "127.0.0.1", 0, tick=0.5)
-        fleet.start()
-        stack.callback(fleet.stop)
-        _, port = fleet.address
-        services = (
-            HostService(CONTROLLER_PORT, port),
-            HostService(UPDATES_PORT, server.server_address[1]),
-        )
-        yield Host(f"http://127.0.0.1:{port}", services, data)
+    with update_server_and_controller(updates, tmp_path / "fleet.db") as (controller, services):
+        yield Host(controller, services, data)
 
 
 def _node(fleet: str) -> dict[str, object] | None:
