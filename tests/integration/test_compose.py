@@ -91,6 +91,16 @@ def test_default_image_is_a_slim_ostree_shaped_container_host(
     result = default_image.result
     assert result.packages == sum(1 for s in names.values() if s == "installed")
     assert result.size > 0
+    # The ops shell's toolbox (the shipped base's default, not named by minimal.toml),
+    # listed for the agent and kept out of the first-boot preload.
+    listed = ostree.cat(repo, commit, "/usr/share/atoll/images/toolbox.list").decode().split()
+    assert (
+        listed[1] == "localhost/atoll/toolbox:1" and f"/usr/share/atoll/images/{listed[0]}" in paths
+    )
+    assert (
+        listed[0] not in ostree.cat(repo, commit, "/usr/share/atoll/images/preload.list").decode()
+    )
+    assert "toolbox" in result.seconds
 
 
 def test_kernel_boots_without_initramfs(default_image: ComposedImage) -> None:

@@ -35,7 +35,11 @@ def test_base_adds_kernel_runtime_agent_and_no_initramfs() -> None:
 @pytest.mark.parametrize(
     ("body", "present", "absent"),
     [
-        ("[containers]\nruntime = false\n", [], ["containerd", "crun"]),
+        (
+            '[containers]\nruntime = false\n[agent]\ntoolbox = ""\n',
+            [],
+            ["containerd", "crun"],
+        ),
         ("[agent]\ninclude = false\n", [], ["python3"]),
         ('[init]\nstrategy = "initramfs"\n', ["initramfs-tools"], [NO_INITRAMFS_PACKAGE]),
     ],

@@ -12,6 +12,7 @@ from atoll.errors import EXIT_BAD_INPUT, ManifestError
 from atoll.manifest import check_packages, load_manifest, manifest_digest
 from atoll.manifest.index import PackageIndex
 from atoll.manifest.model import InitStrategy
+from atoll.manifest.schema import TOOLBOX_PACKAGES
 
 BASE = """
 [image]
@@ -235,9 +236,45 @@ INDEX = PackageIndex(
         "openssh-server": "9.2",
         "linux-image-cloud-amd64": "6.1",
         "initramfs-tools": "0.142",
+        **dict.fromkeys(TOOLBOX_PACKAGES, "1"),
     },
     provides={"linux-initramfs-tool": ("initramfs-tools",), "httpd": ("nginx",)},
 )
+
+
+def test_an_unknown_toolbox_package_is_named_unless_a_site_archive_replaces_it(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, "m.toml", BASE + '\n[agent]\ntoolbox_packages = ["tcpdumpp"]\n')
+    with pytest.raises(ManifestError) as exc:
+        check_packages(load_manifest(path), INDEX)
+    assert exc.value.problems == [
+        f"{os.path.relpath(path)}: [agent].toolbox_packages: "
+        "unknown package 'tcpdumpp' (did you mean 'tcpdump'?)"
+    ]
+    no_shell = BASE + '\n[agent]\ntoolbox = ""\ntoolbox_packages = ["tcpdumpp"]\n'
+    check_packages(load_manifest(write(tmp_path, "n.toml", no_shell)), INDEX)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('toolbox = "toolbox"', "[agent] toolbox: 'toolbox' is not a full image reference"),
+        ('toolbox = "localhost/tb:1"\n[containers]\nruntime = false', "runtime is false"),
+        (
+            'toolbox = "localhost/tb:1"\n[[containers.preload]]\narchive = "tb.tar"\n'
+            'reference = "localhost/tb:1"',
+            "is also a [[containers.preload]] reference",
+        ),
+        ('toolbox_archive = "absent.tar"', "[agent].toolbox_archive: file 'absent.tar' not found"),
+    ],
+)
+def test_a_toolbox_the_node_could_not_run_is_refused(
+    tmp_path: Path, body: str, message: str
+) -> None:
+    (tmp_path / "tb.tar").write_bytes(b"")
+    problems = problems_of(write(tmp_path, "m.toml", BASE + "\n[agent]\n" + body + "\n"))
+    assert any(message in p for p in problems), problems
 
 
 def test_unknown_package_suggests_near_miss(tmp_path: Path) -> None:

@@ -16,14 +16,18 @@ deterministic. In order:
    in ``/var``, which an ostree commit cannot carry);
 6. the agent (``atoll.agent``, standard library only) and what it imports
    (``atoll.wire``, ``atoll.durable``: :data:`AGENT_SOURCES`), byte-compiled
-   with checked hashes so the result is reproducible;
+   with checked hashes so the result is reproducible, and the ops shell's
+   toolbox archive (:mod:`atoll.compose.toolbox`) listed in ``toolbox.list``,
+   which the agent imports the first time a shell needs it;
 7. systemd units: atoll's own units enabled, then the manifest's enable,
    disable and mask, through ``systemctl --root``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -33,6 +37,7 @@ from atoll.durable import write_atomic
 from atoll.errors import AtollError
 from atoll.manifest.model import FileEntry, Group, Manifest, User
 from atoll.process import run
+from atoll.wire.imagelist import DIRECTORY, PRELOAD_LIST, TOOLBOX_LIST, ListedImage, format_list
 
 OVERLAY = Path(__file__).resolve().parent.parent / "overlay"
 PACKAGE_ROOT = Path(atoll.__file__).resolve().parent
@@ -40,7 +45,9 @@ AGENT_PREFIX = "usr/lib/atoll/python"  # atoll-agent.service's PYTHONPATH
 # What of the atoll package the image ships, relative to it: the agent and all
 # it imports (tests/unit/test_boundaries.py keeps the agent to these).
 AGENT_SOURCES = ("__init__.py", "durable.py", "agent", "wire")
-IMAGES_DIR = "usr/share/atoll/images"
+IMAGES_DIR = DIRECTORY
+# What an archive's copy may be named (imagelist's rule): anything else becomes "_".
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 CONTAINERD_CONFIG = """\
 # Written by atoll compose: containerd runs containers with crun.
@@ -71,8 +78,9 @@ disabled_plugins = [
 """
 
 
-def customize(root: Path, manifest: Manifest) -> None:
-    """Apply ``manifest`` to the unpacked tree at ``root``."""
+def customize(root: Path, manifest: Manifest, toolbox: Path | None = None) -> None:
+    """Apply ``manifest`` to the unpacked tree at ``root``; ``toolbox``: the ops
+    shell's toolbox archive (built, or the site's), for an image with the agent."""
     copy_overlay(root, OVERLAY)
     write_os_release(root, manifest)
     for group in manifest.groups:
@@ -86,6 +94,8 @@ def customize(root: Path, manifest: Manifest) -> None:
         configure_containers(root, manifest)
     if manifest.agent.include:
         install_agent(root)
+        if toolbox is not None:
+            install_toolbox(root, toolbox, manifest.agent.toolbox)
     apply_units(root, manifest)
 
 
@@ -247,13 +257,31 @@ def configure_containers(root: Path, manifest: Manifest) -> None:
     write_atomic(config, CONTAINERD_CONFIG, mode=0o644)
     images = root / IMAGES_DIR
     images.mkdir(parents=True, exist_ok=True)
-    lines = []
+    listed = []
     for number, image in enumerate(manifest.containers.preload):
-        name = f"{number:02d}-{image.archive.name}"
-        shutil.copyfile(image.archive, images / name)
-        (images / name).chmod(0o644)
-        lines.append(f"{name} {image.reference}\n")
-    write_atomic(images / "preload.list", "".join(lines), mode=0o644)
+        name = f"{number:02d}-{_UNSAFE.sub('_', image.archive.name)}"
+        _copy_archive(image.archive, images / name)
+        listed.append(ListedImage(name, image.reference))
+    write_atomic(images / PRELOAD_LIST, format_list(listed), mode=0o644)
+
+
+def install_toolbox(root: Path, archive: Path, reference: str) -> None:
+    """The toolbox archive under a name of its content, and ``toolbox.list`` naming it."""
+    digest = hashlib.sha256()
+    with archive.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    name = f"toolbox-{digest.hexdigest()[:16]}.oci.tar"
+    images = root / IMAGES_DIR
+    images.mkdir(parents=True, exist_ok=True)
+    _copy_archive(archive, images / name)
+    listed = [ListedImage(name, reference)]
+    write_atomic(images / TOOLBOX_LIST, format_list(listed), mode=0o644)
+
+
+def _copy_archive(source: Path, target: Path) -> None:
+    shutil.copyfile(source, target)
+    target.chmod(0o644)
 
 
 def link_runc_to_crun(root: Path) -> None:

@@ -56,16 +56,32 @@ def busybox_image(binary: Path, reference: str) -> bytes:
     ]
     entries += [(_info(f"bin/{a}", tarfile.SYMTYPE, 0o777, link="busybox"), None) for a in APPLETS]
     entries += [(_info(d, tarfile.DIRTYPE, 0o755), None) for d in ("etc", "proc", "sys", "tmp")]
-    layer_tar = _tar_bytes(entries)
+    return image_archive(
+        _tar_bytes(entries),
+        reference,
+        {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
+        created_by=f"atoll oci busybox ({binary})",
+    )
+
+
+def image_archive(
+    layer_tar: bytes, reference: str, config: dict[str, object], *, created_by: str
+) -> bytes:
+    """The OCI archive (bytes) of a one-layer image named ``reference``.
+
+    ``layer_tar`` is the layer's uncompressed tar; ``config`` the image config's
+    ``config`` object (Cmd, Env...). Gzip without a name or time: the same layer
+    gives the same bytes and the same image digest.
+    """
     layer = gzip.compress(layer_tar, mtime=0)
-    config = {
+    image_config = {
         "architecture": "amd64",
         "os": "linux",
-        "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
+        "config": config,
         "rootfs": {"type": "layers", "diff_ids": [_digest(layer_tar)]},
-        "history": [{"created_by": f"atoll oci busybox ({binary})"}],
+        "history": [{"created_by": created_by}],
     }
-    config_bytes = _json(config)
+    config_bytes = _json(image_config)
     manifest = {
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",

@@ -7,6 +7,9 @@ result's ``seconds`` are the reporter's measurements):
    against the suite's signed index) before any side effect;
 2. **rootfs**: mmdebstrap, or the cached tarball for the same plan
    (:mod:`atoll.compose.rootfs`);
+   **toolbox**: the ops shell's toolbox image for an image with the agent,
+   built from Debian packages the same way, or its cached archive
+   (:mod:`atoll.compose.toolbox`);
 3. **customize**, **slim**, **shape** an unpacked copy in a private work
    directory;
 4. **commit** into the repository as an orphan commit, and only then move
@@ -42,6 +45,8 @@ from atoll.compose.plan import RootfsPlan, plan_rootfs
 from atoll.compose.rootfs import build_rootfs
 from atoll.compose.shape import shape
 from atoll.compose.slim import slim
+from atoll.compose.toolbox import build_toolbox, plan_toolbox
+from atoll.compose.toolbox import cache_key as toolbox_key
 from atoll.errors import AtollError
 from atoll.manifest import check_packages, load_index, load_manifest, manifest_digest
 from atoll.manifest.model import InitStrategy, Manifest
@@ -125,7 +130,10 @@ def compose(
     with reporter.stage("validate", str(manifest_path)) as validate:
         manifest, plan = _validate(manifest_path, cache, reporter, allowed_sources)
 
-    input_digest = _input_digest(manifest, plan)
+    toolbox_plan = (
+        plan_toolbox(manifest, plan.index_fingerprint) if manifest.agent.builds_toolbox else None
+    )
+    input_digest = _input_digest(manifest, plan, toolbox_plan)
     current = ostree.rev_parse(repo, manifest.ref) if (repo / "config").exists() else None
     if reuse and current is not None:
         existing = _existing(repo, current, manifest, input_digest)
@@ -138,7 +146,22 @@ def compose(
         tarball, cached = build_rootfs(plan, cache, reporter, source_date_epoch=epoch, reuse=reuse)
         reporter.info(f"root filesystem {'from cache' if cached else 'built'}: {tarball.name}")
 
-    tree = _Tree(manifest, repo, parent=current, input_digest=input_digest, epoch=epoch)
+    stages = [validate, rootfs]
+    toolbox = manifest.agent.toolbox_archive if manifest.agent.toolbox else None
+    if toolbox_plan is not None:
+        with reporter.stage("toolbox", manifest.agent.toolbox) as toolboxing:
+            built = build_toolbox(
+                manifest, toolbox_plan, cache, reporter, source_date_epoch=epoch, reuse=reuse
+            )
+            reporter.info(
+                f"toolbox {'from cache' if built.from_cache else 'built'}: {built.archive.name}"
+            )
+        toolbox = built.archive
+        stages.append(toolboxing)
+
+    tree = _Tree(
+        manifest, repo, parent=current, input_digest=input_digest, epoch=epoch, toolbox=toolbox
+    )
     committed = tree.compose(tarball, cache / "work", reporter)
     installed, removed = _package_counts(committed.sbom)
     info = ostree.commit_info(repo, committed.commit)
@@ -152,7 +175,7 @@ def compose(
         size=committed.size,
         content_checksum=info.get("contentchecksum", ""),
         unchanged=False,
-        seconds=_seconds(validate, rootfs, *committed.stages),
+        seconds=_seconds(*stages, *committed.stages),
         sbom=committed.sbom,
     )
 
@@ -189,6 +212,7 @@ class _Tree:
     parent: str | None  # the ref's current commit
     input_digest: str
     epoch: int
+    toolbox: Path | None  # the ops shell's toolbox archive, for an image with the agent
 
     def compose(self, tarball: Path, work_parent: Path, reporter: Reporter) -> _Committed:
         """Unpack, customize, slim, shape and commit, in a private work directory removed after."""
@@ -227,7 +251,7 @@ class _Tree:
                 root,
             ]
         )
-        customize(root, self.manifest)
+        customize(root, self.manifest, self.toolbox)
         if self.manifest.init.strategy is InitStrategy.PREPARE_ROOT:
             prepare_root.install(root)
 
@@ -320,10 +344,11 @@ def _source_digest() -> str:
     return digest.hexdigest()
 
 
-def _input_digest(manifest: Manifest, plan: RootfsPlan) -> str:
+def _input_digest(manifest: Manifest, plan: RootfsPlan, toolbox: RootfsPlan | None) -> str:
     payload = json.dumps(
         {
             "rootfs": plan.cache_key(),
+            "toolbox": toolbox_key(toolbox, manifest.agent.toolbox) if toolbox else None,
             "manifest": manifest_digest(manifest),
             "atoll": _source_digest(),
         },

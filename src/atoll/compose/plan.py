@@ -25,7 +25,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 
-from atoll.manifest.model import InitStrategy, Manifest
+from atoll.manifest.model import Distribution, InitStrategy, Manifest
 
 # Bump when the way a root filesystem is built changes, so old caches are not reused.
 ROOTFS_FORMAT = 3
@@ -92,23 +92,27 @@ def plan_rootfs(manifest: Manifest, index_fingerprint: str) -> RootfsPlan:
         include.update({"containerd", "crun"})
     if manifest.agent.include:
         include.add("python3")
-    sources = [f"deb {dist.mirror} {dist.suite} {' '.join(dist.components)}"]
-    if dist.updates:
-        sources.append(f"deb {dist.mirror} {dist.suite}-updates {' '.join(dist.components)}")
-        sources.append(
-            f"deb {dist.security_mirror} {dist.suite}-security {' '.join(dist.components)}"
-        )
     return RootfsPlan(
         suite=dist.suite,
         architecture=dist.architecture,
         variant="essential",
-        sources=tuple(sources),
+        sources=apt_sources(dist),
         include=tuple(sorted(include)),
         exclude=tuple(sorted(exclude - include)),
         dpkg_options=dpkg_filters(manifest),
         local_packages=tuple(local),
         index_fingerprint=index_fingerprint,
     )
+
+
+def apt_sources(dist: Distribution) -> tuple[str, ...]:
+    """One-line apt sources of the suite (with -updates and -security when asked)."""
+    components = " ".join(dist.components)
+    sources = [f"deb {dist.mirror} {dist.suite} {components}"]
+    if dist.updates:
+        sources.append(f"deb {dist.mirror} {dist.suite}-updates {components}")
+        sources.append(f"deb {dist.security_mirror} {dist.suite}-security {components}")
+    return tuple(sources)
 
 
 def dpkg_filters(manifest: Manifest) -> tuple[str, ...]:

@@ -37,8 +37,9 @@ _SETUP = re.compile(r"^Setting up (\S+) ")
 class _Progress:
     """Turns mmdebstrap's verbose output into download and install progress."""
 
-    def __init__(self, reporter: Reporter) -> None:
+    def __init__(self, reporter: Reporter, stage: str) -> None:
         self.reporter = reporter
+        self.stage = stage
         self.total = 0
         self.fetched = 0
         self.configured = 0
@@ -50,10 +51,12 @@ class _Progress:
             self.total += int(match.group(1))
         if _GET.match(line):
             self.fetched += 1
-            self.reporter.progress("rootfs", self.fetched, None, "packages downloaded")
+            self.reporter.progress(self.stage, self.fetched, None, "packages downloaded")
         elif _SETUP.match(line):
             self.configured += 1
-            self.reporter.progress("rootfs", self.configured, self.total or None, "packages set up")
+            self.reporter.progress(
+                self.stage, self.configured, self.total or None, "packages set up"
+            )
 
 
 def mmdebstrap_argv(
@@ -102,8 +105,10 @@ def build_rootfs(
     *,
     source_date_epoch: int,
     reuse: bool = True,
+    stage: str = "rootfs",
 ) -> tuple[Path, bool]:
-    """Return ``(tarball, from_cache)`` for ``plan``, building it if needed."""
+    """Return ``(tarball, from_cache)`` for ``plan``, building it if needed (progress
+    is reported under the reporter's ``stage``)."""
     rootfs_dir = cache / "rootfs"
     rootfs_dir.mkdir(parents=True, exist_ok=True)
     target = rootfs_dir / f"{plan.cache_key()}.tar"
@@ -117,7 +122,7 @@ def build_rootfs(
     if plan.exclude:
         preferences = rootfs_dir / f"{plan.cache_key()}.pref"
         preferences.write_text(plan.apt_preferences())
-    progress = _Progress(reporter)
+    progress = _Progress(reporter, stage)
     tmp = private_tmpdir(cache)
     try:
         run(

@@ -157,6 +157,9 @@ def check_packages(manifest: Manifest, index: PackageIndex, origin: Origin | Non
     for name in manifest.strip.remove:
         check("strip.remove", name, installable=False)
     check("kernel.package", manifest.kernel.package, installable=True)
+    if manifest.agent.builds_toolbox:
+        for name in manifest.agent.toolbox_packages:
+            check("agent.toolbox_packages", name, installable=True)
     if problems:
         raise ManifestError(problems)
 
@@ -469,7 +472,7 @@ def _build(
         groups=groups,
         sysctl=sysctl,
         strip=strip,
-        agent=Agent(**_values(_section(raw, "agent"), "agent")),
+        agent=_build_agent(_section(raw, "agent"), origin, containers, problems),
     )
 
 
@@ -566,6 +569,34 @@ def _build_containers(table: Raw, problems: _Problems) -> Containers:
         _check_archive(image.archive, entry["__file__"], f"{where}.archive", problems)
         preload.append(image)
     return Containers(**_values(table, "containers"), preload=tuple(preload))
+
+
+def _build_agent(table: Raw, origin: Origin, containers: Containers, problems: _Problems) -> Agent:
+    """The agent and its ops shell toolbox: a full reference, an image the node can run."""
+    agent = Agent(**_values(table, "agent"))
+    if not (agent.include and agent.toolbox):
+        return agent
+    where = f"{display(origin.get('agent.toolbox', Path('manifest')))}: [agent] toolbox"
+    if not _REFERENCE.fullmatch(agent.toolbox):
+        problems.append(
+            f"{where}: {shown(agent.toolbox)} is not a full image reference (registry/name:tag)"
+        )
+    if not containers.runtime:
+        problems.append(
+            f"{where}: the ops shell runs its toolbox in containerd, but [containers] runtime "
+            'is false (set [agent] toolbox = "" for an image without an ops shell)'
+        )
+    if any(image.reference == agent.toolbox for image in containers.preload):
+        problems.append(
+            f"{where}: {shown(agent.toolbox)} is also a [[containers.preload]] reference: "
+            "name the toolbox's archive in [agent] toolbox_archive instead"
+        )
+    if agent.toolbox_archive is not None:
+        file = origin.get("agent.toolbox_archive", Path("manifest"))
+        _check_archive(
+            agent.toolbox_archive, file, f"{display(file)}: [agent] toolbox_archive", problems
+        )
+    return agent
 
 
 def _check_archive(archive: Path, manifest: Path, where: str, problems: _Problems) -> None:

@@ -151,6 +151,16 @@ class Strip:
 @dataclass(frozen=True)
 class Agent:
     include: bool = DEFAULTS["agent.include"]  # install atoll.agent (standard library only)
+    # The ops shell's toolbox image: its reference ("" = no ops shell), the Debian
+    # packages atoll builds it from, or a site's own OCI archive instead.
+    toolbox: str = DEFAULTS["agent.toolbox"]
+    toolbox_packages: tuple[str, ...] = DEFAULTS["agent.toolbox_packages"]
+    toolbox_archive: Path | None = DEFAULTS["agent.toolbox_archive"]
+
+    @property
+    def builds_toolbox(self) -> bool:
+        """Whether compose builds the toolbox from packages (not a site's archive)."""
+        return self.include and bool(self.toolbox) and self.toolbox_archive is None
 
 
 @dataclass(frozen=True)

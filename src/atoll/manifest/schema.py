@@ -66,6 +66,23 @@ class Key:
     multiline: bool = False
 
 
+# The ops shell's toolbox (``atoll node shell``): what atoll builds unless a site
+# names its own archive. The host's ostree and ctr are reached through wrappers
+# (:mod:`atoll.compose.toolbox`), so they are not among these packages.
+TOOLBOX_REFERENCE = "localhost/atoll/toolbox:1"
+TOOLBOX_PACKAGES = (
+    "bash",
+    "procps",
+    "psmisc",
+    "iproute2",
+    "iputils-ping",
+    "tcpdump",
+    "strace",
+    "lsof",
+    "less",
+)
+
+
 def _table(doc: str, keys: Mapping[str, Key], *, required: bool = False) -> Key:
     return Key(Kind.TABLE, doc, keys=keys, required=required)
 
@@ -233,7 +250,23 @@ SCHEMA: Mapping[str, Key] = {
     ),
     "agent": _table(
         "The atoll agent (the node's API).",
-        {"include": Key(Kind.BOOL, "Install the atoll agent.", default=True)},
+        {
+            "include": Key(Kind.BOOL, "Install the atoll agent.", default=True),
+            "toolbox": Key(
+                Kind.STR,
+                "Image reference of the ops shell's toolbox; empty: no ops shell.",
+                default=TOOLBOX_REFERENCE,
+            ),
+            "toolbox_packages": Key(
+                Kind.STR_LIST,
+                "Debian packages atoll builds the toolbox from (the suite of [distribution]).",
+                default=TOOLBOX_PACKAGES,
+            ),
+            "toolbox_archive": Key(
+                Kind.PATH,
+                "A site's own toolbox: an OCI image archive used instead of building one.",
+            ),
+        },
     ),
 }
 

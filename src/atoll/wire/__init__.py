@@ -14,6 +14,9 @@ Each module owns one format, and is the only place that writes or reads it:
 * :mod:`~atoll.wire.shellframe`: the frames of the ops shell (``atoll node
   shell`` and the agent's session relay);
 * :mod:`~atoll.wire.logentry`: one journal entry of ``GET /v1/logs``;
+* :mod:`~atoll.wire.imagelist`: the lists of container image archives in an
+  image (``atoll compose`` writes them, the preload script and the agent's ops
+  shell read them);
 * :mod:`~atoll.wire.fleet`: the fleet protocol as typed messages, and the
   HTTP client of the controller (the agent, the fleet CLI, benchmarks, demo).
 
