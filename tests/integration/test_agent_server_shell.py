@@ -160,7 +160,7 @@ class Leftovers:
     left: list[str]
     stopped: list[str]
 
-    def argv(self, session: SessionId, tty: bool) -> list[str]:
+    def argv(self, session: SessionId, tty: bool, image: str | None = None) -> list[str]:
         return ["/bin/true"]
 
     def stop(self, session: SessionId) -> list[str]:
@@ -173,6 +173,9 @@ class Leftovers:
 
     def running(self, session: SessionId) -> bool:
         return True
+
+    def prepare(self, image: str | None = None) -> None:
+        return
 
 
 def test_containers_left_by_an_earlier_agent_are_reaped_and_audited(tmp_path: Path) -> None:

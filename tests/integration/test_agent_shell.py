@@ -40,7 +40,7 @@ class StandIn:
     checks: int = 0  # calls of running() that answered "not yet"
     checked: threading.Condition = field(default_factory=threading.Condition)
 
-    def argv(self, session: SessionId, tty: bool) -> list[str]:
+    def argv(self, session: SessionId, tty: bool, image: str | None = None) -> list[str]:
         # ctr run without --tty hands the container pipes: no prompts; +i does that here.
         return list(self.command) if tty or len(self.command) > 1 else [*self.command, "+i"]
 
@@ -58,6 +58,9 @@ class StandIn:
             self.checks += 1
             self.checked.notify_all()
         return False
+
+    def prepare(self, image: str | None = None) -> None:
+        return
 
     def wait_checks(self, count: int, timeout: float) -> bool:
         """Whether the session asked ``count`` times (and heard "not yet") within ``timeout`` s."""

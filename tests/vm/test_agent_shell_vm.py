@@ -3,8 +3,8 @@
 The default disk boots (direct mode) with user data carrying the node's TLS
 credentials (made here with ``atoll pki``); the agent's port 7443 is forwarded to
 127.0.0.1. Everything goes through ``python -m atoll node ...`` as a user runs
-it, with the shell's stdin scripted: real containerd, crun and the preloaded
-busybox image on the node.
+it, with the shell's stdin scripted: real containerd, crun, the toolbox atoll
+builds from Debian packages and the preloaded busybox image on the node.
 """
 
 from __future__ import annotations
@@ -133,6 +133,50 @@ def test_ops_shell_sessions_are_isolated_recorded_and_cleaned_up(node: Node) -> 
     assert verify.returncode == 0, verify.stdout
     durations = [r["seconds"] for r in node.audit() if r["what"] == "shell end"]
     print(f"shell sessions (s): {durations}")  # container start under TCG, for the record
+
+
+TOOLBOX = "localhost/atoll/toolbox:1"
+PRELOADED = "docker.io/library/busybox:atoll"
+
+
+def test_the_toolbox_has_the_tools_and_reaches_the_host(node: Node) -> None:
+    """The toolbox atoll builds from Debian packages: an operator's tools, the host's
+    ctr and ostree; a preloaded image for diagnosis is a shell of its own."""
+    script = (
+        "ps -e -o comm= | grep -qx containerd && echo ps-sees-containerd\n"
+        "ip -o link show lo >/dev/null && echo ip-works\n"
+        "ss -ltn | grep -q ':7443 ' && echo ss-sees-the-agent\n"
+        "tcpdump --version 2>&1 | head -n1\n"
+        "strace -V | head -n1\n"
+        "ostree admin status\n"
+        "ctr images ls -q\n"
+        f"ctr run --rm {PRELOADED} diag /bin/true || echo ctr-run-refused=$?\n"
+        f"ctr images rm {TOOLBOX}\n"
+    )
+    done = _shell(node, script)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    out = done.stdout
+    for word in ("ps-sees-containerd", "ip-works", "ss-sees-the-agent", "tcpdump version"):
+        assert word in out, out
+    assert "strace -- version" in out, out
+    assert "* atoll " in out and "Version: 1.0.0" in out, out  # ostree admin status: booted
+    assert TOOLBOX in out and PRELOADED in out, out
+    assert "ctr-run-refused=2" in out and "atoll node shell --image" in done.stderr + out
+    diagnosis = _shell(
+        node, "cat /bin/sh >/dev/null && ls -l /bin/sh; uname -s\n", "--image", PRELOADED
+    )
+    assert diagnosis.returncode == 0, (diagnosis.stdout, diagnosis.stderr)
+    assert "busybox" in diagnosis.stdout and "Linux" in diagnosis.stdout  # busybox's sh
+    assert [r["params"].get("image") for r in node.audit() if r.get("what") == "POST /v1/shell"][
+        -1
+    ] == PRELOADED
+    absent = _shell(node, "exit\n", "--image", "docker.io/library/absent:1")
+    assert absent.returncode == 1 and "HTTP 404" in absent.stderr, absent.stderr
+    assert "docker.io/library/absent:1 is not in containerd" in absent.stderr
+    # The toolbox was removed from containerd (above): the next shell imports it again.
+    again = _shell(node, "ctr images ls -q; echo second-shell\n")
+    assert again.returncode == 0, (again.stdout, again.stderr)
+    assert "second-shell" in again.stdout and TOOLBOX in again.stdout, again.stdout
 
 
 def test_logs_of_the_agent_and_role_checks(node: Node) -> None:

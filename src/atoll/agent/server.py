@@ -80,9 +80,11 @@ from atoll.agent.shell import (
     Clock,
     ContainerdRuntime,
     Runtime,
+    ShellImageMissing,
     ShellInputError,
     ShellResult,
     ShellSession,
+    ShellUnavailable,
     parse_request,
 )
 from atoll.wire.shellframe import PROTOCOL
@@ -314,6 +316,12 @@ class Agent:
             request = parse_request(body)
         except ShellInputError as e:
             raise ApiError(HTTPStatus.BAD_REQUEST, str(e)) from e
+        try:
+            self.config.shell_runtime.prepare(request.image)
+        except ShellImageMissing as e:
+            raise ApiError(HTTPStatus.NOT_FOUND, f"ops shell: {e}") from e
+        except ShellUnavailable as e:
+            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, f"ops shell: {e}") from e
         return ShellSession(
             request,
             self.config.shell_runtime,
@@ -432,6 +440,11 @@ ROUTES: tuple[Route, ...] = (
                 "tty": {"type": "boolean"},
                 "rows": {"type": "integer", "minimum": 1, "maximum": 1000},
                 "cols": {"type": "integer", "minimum": 1, "maximum": 1000},
+                "image": {
+                    "type": "string",
+                    "maxLength": 255,
+                    "description": "a preloaded image instead of the toolbox (diagnosis)",
+                },
             },
             "required": ["reason"],
         },
@@ -628,7 +641,12 @@ def _open_shell(
     try:
         conn.record(
             what=f"POST {route.path}",
-            params={"reason": request.reason, "ttl": request.ttl, "tty": request.tty},
+            params={
+                "reason": request.reason,
+                "ttl": request.ttl,
+                "tty": request.tty,
+                **({"image": request.image} if request.image else {}),
+            },
             result=int(HTTPStatus.SWITCHING_PROTOCOLS),
             session=session.id,
             transcript=str(session.transcript_path),

@@ -1,7 +1,7 @@
 """The ops shell: an interactive container on demand, limited in time, recorded in full.
 
 ``POST /v1/shell`` (role admin) with ``{"reason": str, "ttl"?: seconds, "tty"?: bool,
-"rows"?: int, "cols"?: int}`` and the headers ``Connection: Upgrade`` +
+"rows"?: int, "cols"?: int, "image"?: str}`` and the headers ``Connection: Upgrade`` +
 ``Upgrade: atoll-shell/1`` is answered ``101 Switching Protocols``; from then on
 the same mutual-TLS connection carries *frames* both ways (their format,
 which ``atoll node shell`` speaks too, is :mod:`atoll.wire.shellframe`'s):
@@ -53,13 +53,15 @@ import socket
 import ssl
 import struct
 import termios
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, NewType, Protocol
 
 from atoll.agent import command
+from atoll.wire.imagelist import DIRECTORY, TOOLBOX_LIST, ImageListError, ListedImage, parse_list
 from atoll.wire.shellframe import (
     MAX_FRAME,
     WINSIZE,
@@ -76,6 +78,9 @@ MAX_REASON = 500
 KILL_GRACE = 3.0  # seconds between SIGHUP and SIGKILL
 EXIT_GRACE = 10.0  # seconds for a command that exited to be reaped before SIGKILL
 CTR_TIMEOUT = 30.0  # seconds for one ctr call (list, kill, delete)
+# Seconds to import the toolbox archive (tens of MB; seconds on hardware, more under
+# emulation); less than the client's wait for an answer (atoll.ops.shell.ANSWER_TIMEOUT).
+IMPORT_TIMEOUT = 240.0
 TRANSCRIPT_DIR = "var/log/atoll/shell"
 CONTAINER_PREFIX = "atoll-shell-"
 
@@ -94,10 +99,21 @@ class ShellRequest:
     tty: bool = True
     rows: int = 24
     cols: int = 80
+    image: str | None = None  # a preloaded image instead of the toolbox, for diagnosis
 
 
-_FIELDS: dict[str, type] = {"reason": str, "ttl": int, "tty": bool, "rows": int, "cols": int}
+_FIELDS: dict[str, type] = {
+    "reason": str,
+    "ttl": int,
+    "tty": bool,
+    "rows": int,
+    "cols": int,
+    "image": str,
+}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# A full image reference (registry/name:tag or @sha256:...), as compose accepts them.
+_IMAGE = re.compile(r"[a-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+(:[A-Za-z0-9._-]+|@sha256:[0-9a-f]{64})")
+MAX_IMAGE = 255
 
 
 def parse_request(body: dict[str, Any]) -> ShellRequest:
@@ -119,12 +135,18 @@ def parse_request(body: dict[str, Any]) -> ShellRequest:
     for key in ("rows", "cols"):
         if key in body and not 1 <= body[key] <= 1000:
             raise ShellInputError(f"{key}: {body[key]} is outside 1..1000")
+    image = body.get("image")
+    if image is not None and (len(image) > MAX_IMAGE or not _IMAGE.fullmatch(image)):
+        raise ShellInputError(
+            f"image: not a full image reference (registry/name:tag), at most {MAX_IMAGE} characters"
+        )
     return ShellRequest(
         reason=reason.strip(),
         ttl=ttl,
         tty=body.get("tty", True),
         rows=body.get("rows", 24),
         cols=body.get("cols", 80),
+        image=image,
     )
 
 
@@ -137,7 +159,9 @@ def new_session_id() -> SessionId:
 class Runtime(Protocol):
     """What runs on the pty, and how to make sure it is gone afterwards."""
 
-    def argv(self, session: SessionId, tty: bool) -> list[str]: ...
+    def argv(self, session: SessionId, tty: bool, image: str | None = None) -> list[str]:
+        """The command of a session: in the toolbox, or in ``image`` (already prepared)."""
+        ...
 
     def stop(self, session: SessionId) -> list[str]:
         """Kill and remove what ``argv`` started, idempotently; returns problems, if any."""
@@ -151,25 +175,121 @@ class Runtime(Protocol):
         """Whether the session's process runs (the end of stdin can reach it)."""
         ...
 
+    def prepare(self, image: str | None = None) -> None:
+        """Make sure a session can start (the toolbox, or ``image``, is there); raises
+        :class:`ShellUnavailable` saying why not. Runs before the 101 is sent."""
+        ...
+
+
+class ShellUnavailable(RuntimeError):
+    """The ops shell cannot start on this node; the message says why and names the image."""
+
+
+class ShellImageMissing(ShellUnavailable):
+    """The image a request named is not in containerd (it is not preloaded)."""
+
 
 @dataclass(frozen=True)
 class ContainerdRuntime:
-    """``ctr run`` of the preloaded image as the ops container.
+    """``ctr run`` of the image's toolbox as the ops container.
+
+    The toolbox (built by ``atoll compose`` from Debian packages, or the site's
+    own) is an OCI archive in the image, named by ``toolbox.list``
+    (:mod:`atoll.wire.imagelist`). :meth:`prepare` imports it with the preload
+    script the first time a shell needs it, and again after an upgrade that
+    changed it or when someone removed it from containerd (``imported`` keeps a
+    copy of the list last imported).
 
     Isolation (an ops container is for looking at the host, not for changing it):
     the host's network and PID namespaces (joined by path: ``--net-host`` would also
     bind the host's /etc/hosts, which a node may not have; sockets, interfaces, processes are
-    visible; ``ps``, ``netstat`` work), the host's root bind-mounted read-only
+    visible; ``ps``, ``ss`` work), the host's root bind-mounted read-only
     and recursively so (``rro``: /etc, /var, /sysroot too) at ``/host``, its own
-    mount, UTS and IPC namespaces and root filesystem (the image's tools, not the
+    mount, UTS and IPC namespaces and root filesystem (the toolbox's tools, not the
     host's), and containerd's default capability set: no ``CAP_SYS_ADMIN``, so no
-    remount, no module loading. Changes to the node go through the API.
+    remount, no module loading. Changes to the node go through the API. One
+    exception, for diagnosis: ``/host/run/containerd`` is the host's, writable,
+    so the toolbox's ``ctr`` (the host's, run by ``chroot /host``) can run
+    containers: ``ctr run`` makes its FIFOs there for the host's containerd.
+    That is root on the node, like the shell itself: the session is an admin's,
+    limited in time and recorded.
     """
 
-    image: str = "docker.io/library/busybox:atoll"
+    images: Path = Path("/") / DIRECTORY
+    imported: Path = Path("/var/lib/atoll/toolbox.imported")
+    preload: str = "/usr/lib/atoll/preload"
     namespace: str = "default"
     command: tuple[str, ...] = ("/bin/sh",)
     ctr: str = "ctr"
+    _importing: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
+
+    def toolbox(self) -> ListedImage:
+        """The toolbox this deployment lists; :class:`ShellUnavailable` if there is none."""
+        listed = self.images / TOOLBOX_LIST
+        try:
+            images = parse_list(listed.read_text(), str(listed))
+        except FileNotFoundError:
+            raise ShellUnavailable(
+                f"this image has no ops toolbox ({listed} is missing: its manifest set "
+                '[agent] toolbox = ""); operate the node through the API'
+            ) from None
+        except (OSError, UnicodeDecodeError, ImageListError) as e:
+            raise ShellUnavailable(f"the ops toolbox list is unreadable: {e}") from e
+        if len(images) != 1:
+            raise ShellUnavailable(f"{listed}: expected one toolbox, found {len(images)}")
+        return images[0]
+
+    def prepare(self, image: str | None = None) -> None:
+        if image is not None:
+            if not self._has_image(image):
+                raise ShellImageMissing(
+                    f"image {image} is not in containerd: a diagnosis shell runs an image "
+                    "the node already has (preloaded); `ctr images ls` in the ops shell lists them"
+                )
+            return
+        toolbox = self.toolbox()
+        with self._importing:
+            listed = (self.images / TOOLBOX_LIST).read_text()
+            if self._has_image(toolbox.reference) and self._imported_list() == listed:
+                return
+            archive = self.images / toolbox.archive
+            if not archive.is_file():
+                raise ShellUnavailable(
+                    f"the ops toolbox image {toolbox.reference} is not in containerd and its "
+                    f"archive {archive} is missing from this image"
+                )
+            env = {
+                "ATOLL_PRELOAD_DIR": str(self.images),
+                "ATOLL_PRELOAD_LIST": str(self.images / TOOLBOX_LIST),
+                "ATOLL_PRELOAD_DONE": str(self.imported),
+                "ATOLL_CTR": self.ctr,
+            }
+            try:
+                command.run([self.preload], timeout=IMPORT_TIMEOUT, env=env)
+            except command.CommandError as e:
+                raise ShellUnavailable(
+                    f"importing the ops toolbox image {toolbox.reference} from {archive} "
+                    f"failed: {e}"
+                ) from e
+            if not self._has_image(toolbox.reference):
+                raise ShellUnavailable(
+                    f"the ops toolbox image {toolbox.reference} is not in containerd after "
+                    f"importing {archive}"
+                )
+
+    def _has_image(self, reference: str) -> bool:
+        problems: list[str] = []
+        argv = [self.ctr, "-n", self.namespace, "images", "list", "--quiet", f"name=={reference}"]
+        listed = self._run(argv, problems, quiet=False)
+        if problems:
+            raise ShellUnavailable(f"containerd cannot be asked for the toolbox: {problems[0]}")
+        return reference in listed.split()
+
+    def _imported_list(self) -> str | None:
+        try:
+            return self.imported.read_text()
+        except (OSError, UnicodeDecodeError):
+            return None
 
     @staticmethod
     def container(session: SessionId) -> str:
@@ -195,13 +315,13 @@ class ContainerdRuntime:
         return any(line.split()[:1] == [name] and "RUNNING" in line.split()
                    for line in listed.splitlines())  # fmt: skip
 
-    def argv(self, session: SessionId, tty: bool) -> list[str]:
+    def argv(self, session: SessionId, tty: bool, image: str | None = None) -> list[str]:
         return [
             self.ctr, "-n", self.namespace, "run", "--rm", *(["--tty"] if tty else []),
             "--with-ns", "network:/proc/1/ns/net", "--with-ns", "pid:/proc/1/ns/pid",
             "--mount", "type=bind,src=/,dst=/host,options=rbind:rro",
             "--env", f"ATOLL_SHELL={session}",
-            self.image, self.container(session), *self.command,
+            image or self.toolbox().reference, self.container(session), *self.command,
         ]  # fmt: skip
 
     def stop(self, session: SessionId) -> list[str]:
@@ -238,7 +358,7 @@ class CommandRuntime:
 
     command: tuple[str, ...] = ("/bin/sh",)
 
-    def argv(self, session: SessionId, tty: bool) -> list[str]:
+    def argv(self, session: SessionId, tty: bool, image: str | None = None) -> list[str]:
         return list(self.command)
 
     def stop(self, session: SessionId) -> list[str]:
@@ -249,6 +369,9 @@ class CommandRuntime:
 
     def running(self, session: SessionId) -> bool:
         return True  # a plain process reads its stdin from the start
+
+    def prepare(self, image: str | None = None) -> None:
+        return  # nothing to import
 
 
 @dataclass(frozen=True)
@@ -365,7 +488,7 @@ class ShellSession:
         """Relay until the end; ``on_end`` (the audit) runs before the client hears of it."""
         started = self.clock()
         deadline = started + self.request.ttl
-        argv = self.runtime.argv(self.id, self.request.tty)
+        argv = self.runtime.argv(self.id, self.request.tty, self.request.image)
         transcript = Transcript(
             self.transcript_path,
             {

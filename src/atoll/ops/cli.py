@@ -73,6 +73,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     shell = actions.add_parser("shell", help="an ops container on the node (role admin, recorded)")
     shell.add_argument("--ttl", default="15m", help="session lifetime: seconds or N[smh] (15m)")
     shell.add_argument("--reason", required=True, help="why (goes into the audit log)")
+    shell.add_argument(
+        "--image", help="a preloaded image to run instead of the toolbox (diagnosis)"
+    )
     audit = actions.add_parser("audit", help="the audit log")
     audit.add_argument("--verify", action="store_true", help="verify the hash chain")
     audit.add_argument("--limit", type=int, default=100)
@@ -114,7 +117,7 @@ def _run(args: argparse.Namespace) -> int:
     elif verb == "logs":
         return _logs(node, args)
     elif verb == "shell":
-        return run_shell(node, parse_ttl(args.ttl), args.reason)
+        return run_shell(node, parse_ttl(args.ttl), args.reason, args.image)
     elif args.verify:
         result = node.request("GET", "/v1/audit/verify")
         json.dump(result, sys.stdout, indent=2)

@@ -39,7 +39,11 @@ from atoll.wire.shellframe import (
     encode_resize,
 )
 
-TIMEOUT = 30.0
+TIMEOUT = 30.0  # seconds to connect and send the request
+# Seconds to wait for the agent's answer: the first shell on a node (or after an upgrade
+# that changed the toolbox) waits while the agent imports the toolbox image; the
+# agent gives up on that earlier (atoll.agent.shell.IMPORT_TIMEOUT) and says why.
+ANSWER_TIMEOUT = 300.0
 
 
 class ShellError(AtollError):
@@ -81,6 +85,7 @@ def open_shell(node: NodeClient, body: dict[str, Any]) -> tuple[ssl.SSLSocket, s
         raw = socket.create_connection((node.host, node.port), timeout=TIMEOUT)
         conn = node.context.wrap_socket(raw, server_hostname=node.host)
         conn.sendall(request)
+        conn.settimeout(ANSWER_TIMEOUT)
         status, headers, rest = _read_head(conn)
         if status != 101:
             length = int(headers.get("content-length", "0") or 0)
@@ -180,9 +185,12 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def run_shell(node: NodeClient, ttl: int, reason: str) -> int:
+def run_shell(node: NodeClient, ttl: int, reason: str, image: str | None = None) -> int:
+    """A session in the node's toolbox, or in the preloaded ``image`` (for diagnosis)."""
     stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
     body: dict[str, Any] = {"reason": reason, "ttl": ttl, "tty": os.isatty(stdin)}
+    if image is not None:
+        body["image"] = image
     if body["tty"]:
         size = os.get_terminal_size(stdin)
         body["rows"], body["cols"] = size.lines, size.columns
