@@ -472,7 +472,7 @@ def _build(
         groups=groups,
         sysctl=sysctl,
         strip=strip,
-        agent=_build_agent(_section(raw, "agent"), origin, containers, problems),
+        agent=_build_agent(_section(raw, "agent"), origin, path, containers, problems),
     )
 
 
@@ -571,12 +571,19 @@ def _build_containers(table: Raw, problems: _Problems) -> Containers:
     return Containers(**_values(table, "containers"), preload=tuple(preload))
 
 
-def _build_agent(table: Raw, origin: Origin, containers: Containers, problems: _Problems) -> Agent:
-    """The agent and its ops shell toolbox: a full reference, an image the node can run."""
+def _build_agent(
+    table: Raw, origin: Origin, path: Path, containers: Containers, problems: _Problems
+) -> Agent:
+    """The agent and its ops shell toolbox: a full reference, an image the node can run.
+
+    A problem names the file that set the toolbox, else the one that turned the
+    runtime off, else the manifest the user named (the toolbox is a default there).
+    """
     agent = Agent(**_values(table, "agent"))
     if not (agent.include and agent.toolbox):
         return agent
-    where = f"{display(origin.get('agent.toolbox', Path('manifest')))}: [agent] toolbox"
+    file = origin.get("agent.toolbox") or origin.get("containers.runtime") or path
+    where = f"{display(file)}: [agent] toolbox"
     if not _REFERENCE.fullmatch(agent.toolbox):
         problems.append(
             f"{where}: {shown(agent.toolbox)} is not a full image reference (registry/name:tag)"
@@ -592,7 +599,7 @@ def _build_agent(table: Raw, origin: Origin, containers: Containers, problems: _
             "name the toolbox's archive in [agent] toolbox_archive instead"
         )
     if agent.toolbox_archive is not None:
-        file = origin.get("agent.toolbox_archive", Path("manifest"))
+        file = origin.get("agent.toolbox_archive", path)
         _check_archive(
             agent.toolbox_archive, file, f"{display(file)}: [agent] toolbox_archive", problems
         )
