@@ -27,9 +27,10 @@ from atoll.errors import EXIT_FAILED, EXIT_INTERRUPTED, AtollError
 
 # The stages that contribute verbs, in the order of the data's journey. Each
 # has ``atoll/<stage>/cli.py``; ``demo`` and ``bench`` string them together.
-# ``pki`` (the fleet CA) and ``ops`` (the ``atoll node`` client) are host-side tooling.
+# ``pki`` (the fleet CA) and ``ops`` (the ``atoll node`` client) are host-side tooling;
+# ``cluster`` builds Kubernetes for the nodes.
 # The agent has no verbs (it runs on the node) and the host never imports it.
-STAGES: tuple[str, ...] = ("compose", "publish", "disk", "boot", "fleet", "pki", "ops")
+STAGES: tuple[str, ...] = ("compose", "publish", "disk", "boot", "fleet", "pki", "ops", "cluster")
 
 Handler = Callable[[argparse.Namespace], int]
 
