@@ -31,7 +31,7 @@ print(sorted(name for name in sys.modules if name.startswith("atoll.")))
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="install_agent chowns the tree to root")
 def test_the_installed_agent_imports_with_the_node_python_alone(tmp_path: Path) -> None:
-    install_agent(tmp_path)
+    install_agent(tmp_path, python=[NODE_PYTHON])
     python_dir = tmp_path / AGENT_PREFIX
     shipped = {p.name for p in (python_dir / "atoll").iterdir()}
     assert shipped == {"__init__.py", "__pycache__", "agent", "durable.py", "wire"}

@@ -29,14 +29,14 @@ import hashlib
 import os
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import atoll
 from atoll.durable import write_atomic
 from atoll.errors import AtollError
 from atoll.manifest.model import FileEntry, Group, Manifest, User
-from atoll.process import run
+from atoll.process import StrPath, run
 from atoll.wire.imagelist import DIRECTORY, PRELOAD_LIST, TOOLBOX_LIST, ListedImage, format_list
 
 OVERLAY = Path(__file__).resolve().parent.parent / "overlay"
@@ -308,29 +308,28 @@ def copy_agent_package(target: Path) -> None:
             shutil.copyfile(source, target / name)
 
 
-def install_agent(root: Path) -> None:
+def install_agent(root: Path, *, python: Sequence[StrPath] | None = None) -> None:
     """Copy the agent and what it imports (:data:`AGENT_SOURCES`), byte-compiled reproducibly.
 
     On the node ``python3 -m atoll.agent`` runs with ``PYTHONPATH`` at
-    :data:`AGENT_PREFIX`, so ``atoll.wire`` and ``atoll.durable`` resolve there."""
+    :data:`AGENT_PREFIX`, so ``atoll.wire`` and ``atoll.durable`` resolve there.
+    The image's own python3 compiles it (run in the tree with ``chroot``), so
+    the ``.pyc`` files are the node's version's (3.11 on bookworm, 3.13 on
+    trixie) whatever python runs atoll; checked-hash pycs carry no timestamps.
+    ``python``: another interpreter's argv instead (tests without an image tree).
+    """
     target = root / AGENT_PREFIX / "atoll"
     if target.exists():
         shutil.rmtree(target)
     copy_agent_package(target)
-    # The image's python3 is Debian's 3.11, the same as the build machine's
-    # (checked by the caller): checked-hash pycs are valid there and carry no timestamps.
-    run(
-        [
-            "/usr/bin/python3",
-            "-m",
-            "compileall",
-            "-q",
-            "--invalidation-mode=checked-hash",
-            "-d",
-            f"/{AGENT_PREFIX}/atoll",
-            str(target),
-        ]
-    )
+    inside = f"/{AGENT_PREFIX}/atoll"
+    compile_options = ["-m", "compileall", "-q", "--invalidation-mode=checked-hash", "-d", inside]
+    if python is None:
+        if not (root / "usr/bin/python3").exists():
+            raise AtollError(f"{root}: the image has no /usr/bin/python3 to run the agent")
+        run(["chroot", root, "/usr/bin/python3", *compile_options, inside])
+    else:
+        run([*python, *compile_options, target])
     for path in [target, *target.rglob("*")]:
         os.chown(path, 0, 0, follow_symlinks=False)
         path.chmod(0o755 if path.is_dir() else 0o644)

@@ -31,7 +31,6 @@ import json
 import os
 import shutil
 import stat
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -187,10 +186,6 @@ def _validate(
     manifest = load_manifest(manifest_path, allowed_sources=allowed_sources)
     index = load_index(manifest.distribution, cache, reporter)
     check_packages(manifest, index)
-    if manifest.agent.include and sys.version_info[:2] != (3, 11):
-        raise AtollError(
-            "the agent is byte-compiled for the image's python 3.11: run atoll with python 3.11"
-        )
     return manifest, plan_rootfs(manifest, index.fingerprint)
 
 
