@@ -73,7 +73,7 @@ def test_locale_filters_keep_only_listed_languages(tmp_path: Path) -> None:
 
 def test_updates_off_uses_only_the_suite(tmp_path: Path) -> None:
     plan = plan_rootfs(_manifest(tmp_path, "[distribution]\nupdates = false\n"), "fp")
-    assert plan.sources == ("deb http://deb.debian.org/debian bookworm main",)
+    assert plan.sources == ("deb http://deb.debian.org/debian trixie main",)
 
 
 def test_mmdebstrap_argv_is_sandboxed_and_cached(tmp_path: Path) -> None:
@@ -83,4 +83,4 @@ def test_mmdebstrap_argv_is_sandboxed_and_cached(tmp_path: Path) -> None:
     assert "--mode=unshare" in argv
     assert f"--setup-hook=sync-in {tmp_path / 'apt'} /var/cache/apt/archives/" in argv
     assert argv[-1] == "deb local ./"
-    assert argv[argv.index("bookworm") + 1] == str(tmp_path / "out.tar")
+    assert argv[argv.index("trixie") + 1] == str(tmp_path / "out.tar")

@@ -53,7 +53,7 @@ def test_valid_manifest_builds_the_model(tmp_path: Path) -> None:
     assert m.packages.include == ("systemd", "udev")
     assert m.sysctl == (("net.ipv4.ip_forward", "1"),)
     assert m.init.strategy is InitStrategy.PREPARE_ROOT
-    assert m.distribution.suite == "bookworm"
+    assert m.distribution.suite == "trixie"
     assert m.sources == (tmp_path / "base.toml",)
 
 

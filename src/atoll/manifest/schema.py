@@ -103,7 +103,7 @@ SCHEMA: Mapping[str, Key] = {
     "distribution": _table(
         "Which Debian release and mirrors packages come from.",
         {
-            "suite": Key(Kind.STR, "Debian suite (codename).", default="bookworm"),
+            "suite": Key(Kind.STR, "Debian suite (codename).", default="trixie"),
             "architecture": Key(
                 Kind.ENUM, "Debian architecture.", default="amd64", choices=("amd64", "arm64")
             ),
