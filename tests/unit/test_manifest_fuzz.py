@@ -7,7 +7,8 @@ text) are written into a tree and loaded. Whatever they hold:
 * loading returns a manifest or raises :class:`ManifestError` (exit code 2),
   never another exception; every problem names the file and stays one short line;
 * nothing is opened outside the manifest's tree but the manifest it extends
-  and the regular files it names as ``[[containers.preload]].archive`` (an
+  and the regular files it names as ``[[containers.preload]].archive`` or
+  ``[agent].toolbox_archive`` (an
   audit hook sees every ``open``); a source that resolves outside the tree is
   refused (and never read); an archive outside the tree is accepted only when
   it is an OCI image archive, and a FIFO or device is never opened.
@@ -279,19 +280,24 @@ def _extends(site: Path, text: str) -> Path | None:
 
 
 def _archives(site: Path, text: str) -> set[Path]:
-    """The preload archives the generated manifest names, resolved as the loader resolves them."""
+    """The archives the generated manifest names (preloads, the toolbox), resolved as the
+    loader resolves them."""
     try:
-        preload = tomllib.loads(text).get("containers", {}).get("preload", [])
+        raw = tomllib.loads(text)
+        preload = raw.get("containers", {}).get("preload", [])
+        toolbox = raw.get("agent", {}).get("toolbox_archive")
     except (ValueError, RecursionError, AttributeError):
         return set()
-    if not isinstance(preload, list):
-        return set()
+    names = (
+        [e.get("archive") for e in preload if isinstance(e, dict)]
+        if isinstance(preload, list)
+        else []
+    )
+    names.append(toolbox)
     return {
-        Path(os.path.realpath(site / entry["archive"]))
-        for entry in preload
-        if isinstance(entry, dict)
-        and isinstance(entry.get("archive"), str)
-        and "\x00" not in entry["archive"]
+        Path(os.path.realpath(site / name))
+        for name in names
+        if isinstance(name, str) and "\x00" not in name
     }
 
 

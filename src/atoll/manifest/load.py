@@ -580,6 +580,11 @@ def _build_agent(
     runtime off, else the manifest the user named (the toolbox is a default there).
     """
     agent = Agent(**_values(table, "agent"))
+    if agent.toolbox_archive is not None:  # checked even when unused: the digest reads it
+        file = origin.get("agent.toolbox_archive", path)
+        _check_archive(
+            agent.toolbox_archive, file, f"{display(file)}: [agent] toolbox_archive", problems
+        )
     if not (agent.include and agent.toolbox):
         return agent
     file = origin.get("agent.toolbox") or origin.get("containers.runtime") or path
@@ -597,11 +602,6 @@ def _build_agent(
         problems.append(
             f"{where}: {shown(agent.toolbox)} is also a [[containers.preload]] reference: "
             "name the toolbox's archive in [agent] toolbox_archive instead"
-        )
-    if agent.toolbox_archive is not None:
-        file = origin.get("agent.toolbox_archive", path)
-        _check_archive(
-            agent.toolbox_archive, file, f"{display(file)}: [agent] toolbox_archive", problems
         )
     return agent
 
