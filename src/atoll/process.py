@@ -43,9 +43,9 @@ import shlex
 import shutil
 import signal
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import IO, Final
 
 from atoll.errors import ToolError, ToolMissing
@@ -431,3 +431,26 @@ class Child:
             self.stop()
         finally:
             self.close()
+
+
+@contextlib.contextmanager
+def interrupt_on_sigterm() -> Iterator[None]:
+    """SIGTERM (``kill``, a CI job's timeout, systemd stopping a unit) ends a long verb
+    the way Ctrl-C does: KeyboardInterrupt, so its work is undone (partial entries and
+    work directories removed, children stopped) and the exit code is 130.
+
+    SIGINT gets Python's own handler back too: a background job of a shell script
+    starts with SIGINT ignored, and Python then never raises KeyboardInterrupt, so
+    an interrupted build would carry on to the end.
+    """
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous_term = signal.signal(signal.SIGTERM, interrupt)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous_int)
+        signal.signal(signal.SIGTERM, previous_term)

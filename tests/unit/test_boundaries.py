@@ -27,8 +27,19 @@ import pytest
 from atoll.compose.customize import AGENT_SOURCES
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "atoll"
-STAGES = ["manifest", "compose", "publish", "disk", "boot", "agent", "fleet", "pki", "ops"]
-SHARED = {"errors", "process", "progress", "tools", "durable", "wire"}
+STAGES = [
+    "manifest",
+    "cluster",
+    "compose",
+    "publish",
+    "disk",
+    "boot",
+    "agent",
+    "fleet",
+    "pki",
+    "ops",
+]
+SHARED = {"errors", "process", "progress", "tools", "durable", "wire", "cache"}
 STANDALONE = {"wire", "durable"}  # the standard library only: the node carries them
 STANDALONE_MAY_IMPORT = {"wire": {"wire", "durable"}, "durable": {"durable"}}
 AGENT_MAY_IMPORT = {"agent", *STANDALONE}

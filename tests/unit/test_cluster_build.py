@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from atoll.cache import default_cache
 from atoll.cli import build_parser
 from atoll.cluster import build as kb
 from atoll.errors import AtollError, InputError, ToolMissing
@@ -340,8 +341,8 @@ def test_progress_counts_compiled_packages_only(line: str, counted: bool) -> Non
 
 
 def test_default_cache_follows_atoll_cache(tmp_path: Path) -> None:
-    assert kb.default_cache({"ATOLL_CACHE": str(tmp_path)}) == tmp_path.resolve()
-    assert kb.default_cache({}) == Path.home() / ".cache" / "atoll"
+    assert default_cache({"ATOLL_CACHE": str(tmp_path)}) == tmp_path.resolve()
+    assert default_cache({}) == Path.home() / ".cache" / "atoll"
 
 
 def test_go_is_found_on_path_then_in_gos_own_place(tmp_path: Path) -> None:

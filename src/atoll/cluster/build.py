@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import NewType
 
 from atoll import durable, process
+from atoll.cache import default_cache
 from atoll.errors import AtollError, InputError, ToolError, ToolMissing
 from atoll.progress import Reporter
 
@@ -407,15 +408,6 @@ def compiled_package(line: str) -> bool:
     """Whether a line of ``go build -v`` names a package it compiled (not a ``go:`` note)."""
     stripped = line.strip()
     return bool(stripped) and not stripped.startswith(("go:", "#")) and " " not in stripped
-
-
-def default_cache(environ: Mapping[str, str] = os.environ) -> Path:
-    """``$ATOLL_CACHE``, else ``~/.cache/atoll`` (as :func:`atoll.compose.pipeline.default_cache`:
-    cluster comes before compose, which will ship the kubelet, and may not import it)."""
-    configured = environ.get("ATOLL_CACHE")
-    if configured:
-        return Path(configured).resolve()
-    return Path.home() / ".cache" / "atoll"
 
 
 def find_go(search_path: str, exists: Callable[[str], bool] = os.path.exists) -> str:

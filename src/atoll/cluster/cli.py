@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import signal
-from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 
-from atoll.cluster.build import build, copy_out, default_cache
+from atoll.cache import default_cache
+from atoll.cluster.build import build, copy_out
+from atoll.process import interrupt_on_sigterm
 from atoll.progress import reporter_for
 
 
@@ -28,28 +26,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b.set_defaults(handler=_build)
 
 
-@contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a CI job's timeout) ends a build the way Ctrl-C does: go is stopped and the
-    partial entry removed. SIGINT gets Python's handler back too: a shell script's
-    background job starts with SIGINT ignored (as compose's verb does)."""
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous_term = signal.signal(signal.SIGTERM, interrupt)
-    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous_int)
-        signal.signal(signal.SIGTERM, previous_term)
-
-
 def _build(args: argparse.Namespace) -> int:
     reporter = reporter_for(json_lines=args.json)
     try:
-        with _terminate_as_interrupt():
+        with interrupt_on_sigterm():
             built = build(reporter, cache=args.cache)
     finally:
         reporter.close()

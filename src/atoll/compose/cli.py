@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 
+from atoll.cache import default_cache
 from atoll.compose.inspect import inspect
 from atoll.compose.oci import BUSYBOX, write_busybox_archive
-from atoll.compose.pipeline import compose, default_cache
+from atoll.compose.pipeline import compose
 from atoll.durable import write_atomic
+from atoll.process import interrupt_on_sigterm
 from atoll.progress import reporter_for
 
 
@@ -56,32 +54,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=_oci)
 
 
-@contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (``kill``, a CI job's timeout, systemd stopping a unit) ends a compose the
-    way Ctrl-C does: its work directory removed, the repository and caches as they were.
-
-    SIGINT gets Python's own handler back too: a background job of a shell script
-    starts with SIGINT ignored, and Python then never raises KeyboardInterrupt, so
-    an interrupted compose would carry on to the end.
-    """
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous_term = signal.signal(signal.SIGTERM, interrupt)
-    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous_int)
-        signal.signal(signal.SIGTERM, previous_term)
-
-
 def _compose(args: argparse.Namespace) -> int:
     reporter = reporter_for(json_lines=args.json)
     try:
-        with _terminate_as_interrupt():
+        with interrupt_on_sigterm():
             result = compose(
                 args.manifest,
                 args.repo,

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import atoll
+from atoll.cache import default_cache
 from atoll.compose import prepare_root
 from atoll.compose.customize import AGENT_SOURCES, OVERLAY, customize, link_runc_to_crun
 from atoll.compose.plan import RootfsPlan, plan_rootfs
@@ -94,16 +95,6 @@ class ComposeResult:
             "seconds": self.seconds,
             "sbom": self.sbom,
         }
-
-
-def default_cache() -> Path:
-    """``$ATOLL_CACHE``, else ``~/.cache/atoll``: outside any checkout, so a fresh
-    clone on a machine that has built before starts warm (entries are keyed by
-    content)."""
-    configured = os.environ.get("ATOLL_CACHE")
-    if configured:
-        return Path(configured).resolve()
-    return Path.home() / ".cache" / "atoll"
 
 
 def compose(
