@@ -18,7 +18,7 @@ import pytest
 
 from atoll.agent.logs import LogsQuery, parse_export, parse_query
 from atoll.agent.server import Agent, AgentConfig
-from atoll.agent.shell import CommandRuntime, SessionId
+from atoll.agent.shell import CommandRuntime, SessionId, ShellImageMissing, ShellUnavailable
 from atoll.errors import AtollError
 from atoll.ops.cli import parse_ttl
 from atoll.ops.shell import ShellError, open_shell, relay
@@ -145,6 +145,33 @@ def test_a_shell_session_over_mtls_is_audited_with_its_transcript(live: RunningA
     assert transcript == live.root / f"var/log/atoll/shell/{session}.log"
     assert hashlib.sha256(transcript.read_bytes()).hexdigest() == finish["transcript_sha256"]
     assert live.server.agent.audit.verify().ok
+
+
+@dataclass(frozen=True)
+class NoToolbox(CommandRuntime):
+    """A node whose toolbox is gone; it has one other image."""
+
+    def prepare(self, image: str | None = None) -> None:
+        if image is None:
+            raise ShellUnavailable("the ops toolbox image localhost/atoll/toolbox:1 is missing")
+        if image != "docker.io/library/busybox:1":
+            raise ShellImageMissing(f"image {image} is not in containerd")
+
+
+def test_a_shell_without_its_image_is_refused_naming_it_and_audited(
+    start_agent: Callable[..., RunningAgent],
+) -> None:
+    live = start_agent(hostname=None, shell_runtime=NoToolbox(("/bin/sh",)))
+    upgrade = {"Connection": "Upgrade", "Upgrade": "atoll-shell/1"}
+    status, body = live.call("ada", "POST", "/v1/shell", {"reason": "x"}, **upgrade)
+    assert status == 503 and "localhost/atoll/toolbox:1 is missing" in body["error"]
+    asked = {"reason": "x", "image": "docker.io/library/absent:1"}
+    status, body = live.call("ada", "POST", "/v1/shell", asked, **upgrade)
+    assert status == 404 and "docker.io/library/absent:1 is not in containerd" in body["error"]
+    with pytest.raises(ShellError, match="HTTP 503: ops shell: the ops toolbox"):
+        open_shell(live.client("ada"), {"reason": "x", "tty": False})
+    assert [r["result"] for r in live.records()] == [503, 404, 503]
+    assert not (live.root / "var/log/atoll/shell").exists()
 
 
 def test_client_ttl_durations() -> None:

@@ -316,12 +316,6 @@ class Agent:
             request = parse_request(body)
         except ShellInputError as e:
             raise ApiError(HTTPStatus.BAD_REQUEST, str(e)) from e
-        try:
-            self.config.shell_runtime.prepare(request.image)
-        except ShellImageMissing as e:
-            raise ApiError(HTTPStatus.NOT_FOUND, f"ops shell: {e}") from e
-        except ShellUnavailable as e:
-            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, f"ops shell: {e}") from e
         return ShellSession(
             request,
             self.config.shell_runtime,
@@ -494,6 +488,10 @@ def openapi_document() -> dict[str, Any]:
                 op["responses"]["101"] = {"description": f"Switched to {route.upgrade}"}
                 op["responses"]["409"] = {"description": "Too many shell sessions"}
                 op["responses"]["426"] = {"description": f"Needs Upgrade: {route.upgrade}"}
+                op["responses"]["404"] = {"description": "The image asked for is not on the node"}
+                op["responses"]["503"] = {
+                    "description": "No ops toolbox on this node, or its import failed"
+                }
             else:
                 op["responses"]["409"] = {"description": "ostree failed or nothing to roll back"}
         if route.path == "/v1/logs":
@@ -634,6 +632,12 @@ def _open_shell(
             HTTPStatus.UPGRADE_REQUIRED,
             f"{route.path}: needs Connection: Upgrade and Upgrade: {route.upgrade}",
         )
+    try:  # the toolbox (or the image asked for) is there, imported now if it was not
+        agent.config.shell_runtime.prepare(session.request.image)
+    except ShellImageMissing as e:
+        raise ApiError(HTTPStatus.NOT_FOUND, f"ops shell: {e}") from e
+    except ShellUnavailable as e:
+        raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, f"ops shell: {e}") from e
     agent.shells_ready.wait(60)
     if not agent.shell_slots.acquire(blocking=False):
         raise ApiError(HTTPStatus.CONFLICT, f"{agent.config.max_shells} shells already open")
