@@ -54,5 +54,5 @@ def test_tampered_inrelease_is_refused() -> None:
 
 def test_unreachable_mirror_without_cache_names_the_url(tmp_path: Path) -> None:
     broken = Distribution(mirror="http://127.0.0.1:9/debian", updates=False)
-    with pytest.raises(AtollError, match=r"127\.0\.0\.1:9/debian/dists/bookworm/InRelease"):
+    with pytest.raises(AtollError, match=r"127\.0\.0\.1:9/debian/dists/trixie/InRelease"):
         load_index(broken, tmp_path)
