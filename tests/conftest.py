@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from atoll.cache import default_cache
 from atoll.compose import ComposeResult, compose
 from atoll.compose.oci import write_busybox_archive
 from atoll.progress import PlainReporter
@@ -41,8 +42,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 # Tests build with their own cache (apt archives, root filesystems) and a fixed
 # SOURCE_DATE_EPOCH, so every cached root filesystem in it was built the same
 # way and reproducibility can be checked against it. It lives outside the
-# checkout (entries are keyed by content), so a fresh clone starts warm.
-TEST_CACHE = Path.home() / ".cache" / "atoll" / "test"
+# checkout (entries are keyed by content), so a fresh clone starts warm; under
+# $ATOLL_CACHE when that is set, like every cache of atoll's.
+TEST_CACHE = default_cache() / "test"
 TEST_EPOCH = 1_700_000_000
 DEFAULT_MANIFEST = ROOT / "examples" / "minimal.toml"
 BUSYBOX_ARCHIVE = ROOT / "build" / "images" / "busybox.oci.tar"
@@ -70,3 +72,37 @@ def default_image() -> ComposedImage:
         source_date_epoch=TEST_EPOCH,
     )
     return ComposedImage(repo, result.ref, result.commit, result.version, result)
+
+
+# --- Debian 12 (bookworm), oldstable: still composed, booted and upgraded ---------------
+
+
+@dataclass(frozen=True)
+class BookwormImages:
+    """Two releases of the default image on bookworm, in one repository."""
+
+    old: ComposedImage  # 1.0.0
+    new: ComposedImage  # 1.0.1, a file more
+
+
+@pytest.fixture(scope="session")
+def bookworm_images(
+    default_image: ComposedImage, tmp_path_factory: pytest.TempPathFactory
+) -> BookwormImages:
+    work = tmp_path_factory.mktemp("bookworm")
+    repo = work / "repo"
+    images = []
+    for version, extra in (
+        ("1.0.0", ""),
+        ("1.0.1", '[[files]]\npath = "/usr/lib/atoll/site-marker"\ncontent = "1.0.1"\n'),
+    ):
+        site = work / f"bookworm-{version}.toml"
+        site.write_text(
+            f'extends = "{DEFAULT_MANIFEST}"\n[image]\nname = "bookworm"\nversion = "{version}"\n'
+            f'[distribution]\nsuite = "bookworm"\n{extra}'
+        )
+        result = compose(
+            site, repo, PlainReporter(), cache=TEST_CACHE, source_date_epoch=TEST_EPOCH
+        )
+        images.append(ComposedImage(repo, result.ref, result.commit, result.version, result))
+    return BookwormImages(images[0], images[1])

@@ -195,9 +195,23 @@ def keep_modules(root: Path, patterns: tuple[str, ...]) -> None:
         run(["depmod", "-b", root, moddir.name])
 
 
+# How Debian's kernels ship a module: plain (bookworm) or compressed (trixie's .ko.xz).
+_MODULE_SUFFIXES = (".xz", ".zst", ".gz")
+
+
 def _module_matches(module: str, patterns: tuple[str, ...]) -> bool:
+    """``module`` (a path below the modules directory) is kept by a pattern: a directory,
+    a glob, or a ``.ko`` file that also names its compressed form (``veth.ko`` keeps
+    ``veth.ko.xz``), so one manifest serves kernels that compress modules and those that
+    do not."""
+    plain = module
+    for suffix in _MODULE_SUFFIXES:
+        plain = plain.removesuffix(suffix)
     return any(
-        fnmatch.fnmatch(module, p) or module.startswith(p.rstrip("/") + "/") for p in patterns
+        fnmatch.fnmatch(module, p)
+        or fnmatch.fnmatch(plain, p)
+        or module.startswith(p.rstrip("/") + "/")
+        for p in patterns
     )
 
 
