@@ -1,9 +1,18 @@
-"""Debian 12 (bookworm), oldstable, still composes: its kernel, its python, the toolbox."""
+"""Debian 13 (trixie) is the base and Debian 12 (bookworm), oldstable, still composes: each
+with its kernel, its python, the toolbox; validation names a package of the other suite."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import pytest
+
+from atoll.compose import compose
+from atoll.errors import ManifestError
+from atoll.progress import PlainReporter
 from atoll.tools import ostree
-from tests.conftest import BookwormImages, ComposedImage
+from tests.conftest import DEFAULT_MANIFEST, TEST_CACHE, BookwormImages, ComposedImage
 
 
 def test_a_bookworm_site_image_composes_on_its_own_suite(bookworm_images: BookwormImages) -> None:
@@ -43,3 +52,19 @@ def test_the_default_image_is_trixie_with_its_own_python(default_image: Composed
     }
     for module in ("qemu_fw_cfg", "virtio_net", "virtio_blk", "veth", "nls_cp437", "vfat"):
         assert f"{module}.ko.xz" in modules, module
+
+
+def test_a_bookworm_package_on_trixie_is_named_as_bookworm_s(tmp_path: Path) -> None:
+    """trixie renamed libssl3 (libssl3t64, the 64-bit time_t transition)."""
+    site = tmp_path / "site.toml"
+    site.write_text(
+        f'extends = "{DEFAULT_MANIFEST}"\n[image]\nname = "t"\nversion = "1"\n'
+        '[packages]\ninclude = ["libssl3"]\n'
+    )
+    with pytest.raises(ManifestError) as caught:
+        compose(site, tmp_path / "repo", PlainReporter(), cache=TEST_CACHE)
+    assert caught.value.problems == [
+        f"{os.path.relpath(site)}: [packages].include: "
+        "unknown package 'libssl3': it is in bookworm, not in trixie"
+    ]
+    assert not (tmp_path / "repo").exists()

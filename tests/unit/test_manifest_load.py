@@ -288,6 +288,18 @@ def test_unknown_package_suggests_near_miss(tmp_path: Path) -> None:
     ]
 
 
+def test_a_package_of_the_other_suite_is_named_as_such(tmp_path: Path) -> None:
+    bookworm = PackageIndex(fingerprint="b", versions={"libssl3": "3.0"}, provides={})
+    path = write(tmp_path, "m.toml", BASE.replace('"udev"', '"libssl3"'))
+    m = load_manifest(path)
+    with pytest.raises(ManifestError) as exc:
+        check_packages(m, INDEX, elsewhere=("bookworm", bookworm))
+    assert exc.value.problems == [
+        f"{os.path.relpath(m.path)}: [packages].include: "
+        "unknown package 'libssl3': it is in bookworm, not in trixie"
+    ]
+
+
 def test_virtual_package_asks_for_a_provider(tmp_path: Path) -> None:
     m = load_manifest(write(tmp_path, "m.toml", BASE.replace('"udev"', '"httpd"')))
     with pytest.raises(ManifestError) as exc:

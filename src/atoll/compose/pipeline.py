@@ -33,7 +33,7 @@ import shutil
 import stat
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +47,15 @@ from atoll.compose.shape import shape
 from atoll.compose.slim import slim
 from atoll.compose.toolbox import build_toolbox, plan_toolbox
 from atoll.compose.toolbox import cache_key as toolbox_key
-from atoll.errors import AtollError
+from atoll.errors import AtollError, ManifestError
 from atoll.manifest import check_packages, load_index, load_manifest, manifest_digest
 from atoll.manifest.model import InitStrategy, Manifest
 from atoll.process import run
 from atoll.progress import Reporter, Stage
 from atoll.tools import ostree
+
+# Debian's stable and oldstable: a package unknown in one is looked up in the other.
+OTHER_SUITE = {"trixie": "bookworm", "bookworm": "trixie"}
 
 METADATA_KEYS = (
     "version",
@@ -176,7 +179,17 @@ def _validate(
     """The whole manifest, every package against the signed index, then the rootfs plan."""
     manifest = load_manifest(manifest_path, allowed_sources=allowed_sources)
     index = load_index(manifest.distribution, cache, reporter)
-    check_packages(manifest, index)
+    try:
+        check_packages(manifest, index)
+    except ManifestError:
+        other = OTHER_SUITE.get(manifest.distribution.suite)
+        if other is None:
+            raise
+        # Say which unknown names are the other stable suite's (renamed or dropped).
+        distribution = replace(manifest.distribution, suite=other)
+        check_packages(
+            manifest, index, elsewhere=(other, load_index(distribution, cache, reporter))
+        )
     return manifest, plan_rootfs(manifest, index.fingerprint)
 
 

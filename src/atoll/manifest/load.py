@@ -131,10 +131,21 @@ def load_manifest(
     return manifest
 
 
-def check_packages(manifest: Manifest, index: PackageIndex, origin: Origin | None = None) -> None:
-    """Every package the manifest names must exist in the suite's index."""
+def check_packages(
+    manifest: Manifest,
+    index: PackageIndex,
+    origin: Origin | None = None,
+    *,
+    elsewhere: tuple[str, PackageIndex] | None = None,
+) -> None:
+    """Every package the manifest names must exist in the suite's index.
+
+    ``elsewhere``: another suite's name and index; an unknown package that exists
+    there is named as such (a package of bookworm's that trixie renamed or dropped).
+    """
     origin = origin or {}
     problems: list[str] = []
+    suite = manifest.distribution.suite
 
     def check(key: str, name: str, *, installable: bool) -> None:
         where = display(origin.get(f"{key}:{name}", manifest.path))
@@ -142,6 +153,8 @@ def check_packages(manifest: Manifest, index: PackageIndex, origin: Origin | Non
         if not index.has(name):
             near = index.suggest(name)
             hint = f" (did you mean {_quoted(near)}?)" if near else ""
+            if elsewhere is not None and elsewhere[1].has(name):
+                hint = f": it is in {elsewhere[0]}, not in {suite}{hint}"
             problems.append(f"{where}: {label}: unknown package {shown(name)}{hint}")
         elif installable and index.is_virtual_only(name):
             providers = index.provides.get(name, ())
