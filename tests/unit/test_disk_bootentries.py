@@ -139,6 +139,22 @@ def test_sync_removes_what_ostree_dropped(tmp_path: Path) -> None:
     assert not (esp / "ostree/atoll-aa").exists()
 
 
+def test_the_same_boot_under_another_ostree_s_file_name_is_kept(tmp_path: Path) -> None:
+    """The disk's entries came from the build machine's ostree (bookworm's names them
+    ostree-1-atoll.conf), the node's from its own (trixie's: ostree-1.conf): on a full
+    ESP a rename would fail for nothing."""
+    boot = _boot_dir(tmp_path, {"ostree-1-atoll.conf": (1, "aa", 0)})
+    esp = tmp_path / "esp"
+    sync(boot, esp)
+    (boot / "loader/entries/ostree-1-atoll.conf").rename(boot / "loader/entries/ostree-1.conf")
+    assert plan_sync(boot, esp) == []
+    # A new deployment is still written, and the old name kept for the old one.
+    shutil.rmtree(boot / "loader")
+    boot = _boot_dir(tmp_path / "next", {"ostree-2.conf": (2, "bb", 0)})
+    written = [a.target for a in plan_sync(boot, esp) if a.kind is ActionKind.WRITE]
+    assert written == ["loader/entries/ostree-2.conf"]
+
+
 def test_missing_kernel_fails_before_touching_the_esp(tmp_path: Path) -> None:
     boot = _boot_dir(tmp_path, {"ostree-1-atoll.conf": (1, "aa", 0)})
     (boot / "ostree/atoll-aa/vmlinuz-6.1").unlink()

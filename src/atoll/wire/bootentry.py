@@ -245,14 +245,24 @@ def _entry_writes(
     entries: Sequence[BootEntry], esp: Path, tries: int | None
 ) -> tuple[list[Action], set[str]]:
     """Entries to (re)write, newest with the boot counter, and the entry files to keep."""
-    existing = {e.id: e for e in read_entries(esp / ENTRIES_DIR)}
+    on_esp = read_entries(esp / ENTRIES_DIR)
+    existing = {e.id: e for e in on_esp}
     existing_names = _entry_file_names(esp / ENTRIES_DIR)
     writes: list[Action] = []
     keep: set[str] = set()
     for index, entry in enumerate(entries):
         current = existing.get(entry.id)
+        if current is None or not _same_boot(current, entry):
+            # The same boot under another name: ostree releases name their entry files
+            # differently (bookworm's 2022.7 ostree-1-atoll.conf, trixie's 2025.2
+            # ostree-1.conf), and the disk was made by the build machine's ostree.
+            # Renaming would need room on a full ESP for nothing.
+            current = next(
+                (e for e in on_esp if _same_boot(e, entry) and existing_names[e.id] not in keep),
+                None,
+            )
         if current is not None and _same_boot(current, entry):
-            keep.add(existing_names[entry.id])
+            keep.add(existing_names[current.id])
             continue
         counter = f"+{tries}" if tries is not None and index == 0 else ""
         name = f"{entry.id}{counter}.conf"
