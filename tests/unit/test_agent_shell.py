@@ -40,6 +40,8 @@ from atoll.wire.shellframe import Frame, FrameReader, encode_frame
         ({"reason": "x", "shell": "/bin/bash"}, "shell: unknown field"),
         ({"reason": "x", "image": "busybox"}, "image: not a full image reference"),
         ({"reason": "x", "image": "docker.io/x:1 --privileged"}, "image: not a full"),
+        ({"reason": "x", "image": "--privileged/x:1"}, "image: not a full"),  # a ctr flag
+        ({"reason": "x", "image": ".x/y:1"}, "image: not a full"),
         ({"reason": "x", "image": "docker.io/" + "x" * 250 + ":1"}, "at most 255"),
         ({"reason": "x", "image": 7}, "image: expected str"),
     ],

@@ -260,6 +260,7 @@ def test_an_unknown_toolbox_package_is_named_unless_a_site_archive_replaces_it(
     ("body", "message"),
     [
         ('toolbox = "toolbox"', "[agent] toolbox: 'toolbox' is not a full image reference"),
+        ('toolbox = "-h/x:1"', "is not a full image reference"),  # read by ctr as a flag
         ('toolbox = "localhost/tb:1"\n[containers]\nruntime = false', "runtime is false"),
         (
             'toolbox = "localhost/tb:1"\n[[containers.preload]]\narchive = "tb.tar"\n'

@@ -112,7 +112,9 @@ _FIELDS: dict[str, type] = {
 }
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # A full image reference (registry/name:tag or @sha256:...), as compose accepts them.
-_IMAGE = re.compile(r"[a-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+(:[A-Za-z0-9._-]+|@sha256:[0-9a-f]{64})")
+_IMAGE = re.compile(
+    r"[a-z0-9][a-z0-9.-]*(:[0-9]+)?/[a-z0-9._/-]+(:[A-Za-z0-9._-]+|@sha256:[0-9a-f]{64})"
+)
 MAX_IMAGE = 255
 
 

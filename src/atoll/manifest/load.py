@@ -90,7 +90,7 @@ _UNIT = re.compile(
 _ACCOUNT = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _SYSCTL = re.compile(r"[a-z0-9_*-]+(\.[A-Za-z0-9_*-]+)+")
 _REFERENCE = re.compile(
-    r"[a-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+(:[A-Za-z0-9._-]+|@sha256:[0-9a-f]{64})"
+    r"[a-z0-9][a-z0-9.-]*(:[0-9]+)?/[a-z0-9._/-]+(:[A-Za-z0-9._-]+|@sha256:[0-9a-f]{64})"
 )
 # Values of a sources.list line (URL, suite, component), which separates them by spaces.
 _URL = re.compile(r"(https?|file)://[^\s]+")
