@@ -168,11 +168,17 @@ def toolbox_layer(tarball: Path, mtime: int) -> bytes:
         tarfile.open(tarball) as source,
         tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as layer,
     ):
+        dropped: set[str] = set()
         for member in source:
             name = member.name.removeprefix("./")
             if not name or name == "." or any(fnmatch(name, p) for p in _DROPPED):
+                dropped.add(name)
                 continue
             member.name = name
+            if member.islnk():  # a hard link names its target as a member: the same form
+                member.linkname = member.linkname.removeprefix("./")
+                if member.linkname in dropped:
+                    continue  # its target is not in the layer (e.g. perl's second name)
             data = source.extractfile(member) if member.isreg() else None
             layer.addfile(member, data)
         for path, text in sorted(WRAPPERS.items()):
