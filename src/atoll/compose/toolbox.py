@@ -42,7 +42,7 @@ from atoll.manifest.model import Manifest
 from atoll.progress import Reporter
 
 # Bump when the way the toolbox is assembled changes, so old caches are not reused.
-TOOLBOX_FORMAT = 1
+TOOLBOX_FORMAT = 2
 # Installed on the image only to set packages up (usr-is-merged does the job of
 # usrmerge under mmdebstrap's merged-usr hooks); never in the toolbox.
 ALWAYS_EXCLUDED = ("usrmerge",)
