@@ -181,15 +181,17 @@ def _validate(
     index = load_index(manifest.distribution, cache, reporter)
     try:
         check_packages(manifest, index)
-    except ManifestError:
+    except ManifestError as unknown:
         other = OTHER_SUITE.get(manifest.distribution.suite)
         if other is None:
             raise
-        # Say which unknown names are the other stable suite's (renamed or dropped).
-        distribution = replace(manifest.distribution, suite=other)
-        check_packages(
-            manifest, index, elsewhere=(other, load_index(distribution, cache, reporter))
-        )
+        # Say which unknown names are the other stable suite's (renamed or dropped);
+        # without that suite's index (no network, no cache), the problems as they are.
+        try:
+            elsewhere = load_index(replace(manifest.distribution, suite=other), cache, reporter)
+        except AtollError:
+            raise unknown from None
+        check_packages(manifest, index, elsewhere=(other, elsewhere))
     return manifest, plan_rootfs(manifest, index.fingerprint)
 
 
