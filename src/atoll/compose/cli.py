@@ -5,15 +5,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from atoll.cache import default_cache
 from atoll.compose.inspect import inspect
-from atoll.compose.oci import BUSYBOX, write_busybox_archive
+from atoll.compose.oci import PAUSE_REFERENCE, write_busybox_archive, write_pause_archive
 from atoll.compose.pipeline import compose
 from atoll.durable import write_atomic
 from atoll.process import interrupt_on_sigterm
 from atoll.progress import reporter_for
+
+# What `atoll oci KIND` writes by default: the reference, and the writer.
+OCI_DEFAULTS: dict[str, tuple[str, Callable[[Path, str], str]]] = {
+    "busybox": ("docker.io/library/busybox:atoll", write_busybox_archive),
+    "pause": (PAUSE_REFERENCE, write_pause_archive),
+}
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -46,11 +53,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=_inspect)
 
     p = sub.add_parser("oci", help="build a local OCI archive to preload into images")
-    p.add_argument("kind", choices=["busybox"], help="what to build")
     p.add_argument(
-        "-o", "--output", type=Path, default=Path("build/images/busybox.oci.tar"), help="archive"
+        "kind", choices=sorted(OCI_DEFAULTS), help="busybox, or atoll's pause (a pod's sandbox)"
     )
-    p.add_argument("--reference", default="docker.io/library/busybox:atoll")
+    p.add_argument("-o", "--output", type=Path, help="archive (default build/images/KIND.oci.tar)")
+    p.add_argument("--reference", help="image reference (default: by kind)")
     p.set_defaults(handler=_oci)
 
 
@@ -116,6 +123,9 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _oci(args: argparse.Namespace) -> int:
-    digest = write_busybox_archive(args.output, args.reference, BUSYBOX)
-    print(f"{args.output} {args.reference} {digest}")
+    reference, write = OCI_DEFAULTS[args.kind]
+    reference = args.reference or reference
+    output = args.output or Path(f"build/images/{args.kind}.oci.tar")
+    digest = write(output, reference)
+    print(f"{output} {reference} {digest}")
     return 0

@@ -1,6 +1,7 @@
 """Build small OCI image archives locally, for preloading without a registry.
 
-``atoll oci busybox`` turns Debian's ``busybox-static`` binary into a
+``atoll oci busybox`` turns Debian's ``busybox-static`` binary, ``atoll oci
+pause`` atoll's own static pause (``pause.c``, a pod's sandbox process), into a
 one-layer OCI image layout in a tar archive (what ``skopeo copy
 oci-archive:`` or ``docker save`` would give), the default image's preloaded
 container. The archive is reproducible: fixed timestamps and owners, sorted
@@ -15,12 +16,17 @@ import hashlib
 import io
 import json
 import tarfile
+import tempfile
 from pathlib import Path
 
+from atoll.compose.prepare_root import compile_static
 from atoll.durable import write_atomic
 from atoll.errors import InputError
 
 BUSYBOX = Path("/bin/busybox")
+PAUSE_SOURCE = Path(__file__).resolve().with_name("pause.c")
+# The pod sandbox image a node's containerd is told to use (issue 16's variant preloads it).
+PAUSE_REFERENCE = "localhost/atoll/pause:1"
 # Applets linked into /bin of the image; enough for a shell and the tests.
 APPLETS = ("sh", "echo", "cat", "ls", "sleep", "uname", "id", "env", "true", "false", "wget")
 
@@ -119,9 +125,35 @@ def image_archive(
     return _tar_bytes(files)
 
 
+def pause_image(binary: Path, reference: str) -> bytes:
+    """The OCI archive (bytes) of a pod sandbox image: ``binary`` as /pause, run as 65535."""
+    data = binary.read_bytes()
+    entries: list[tuple[tarfile.TarInfo, bytes | None]] = [
+        (_info("pause", tarfile.REGTYPE, 0o755, len(data)), data),
+    ]
+    return image_archive(
+        _tar_bytes(entries),
+        reference,
+        {"Entrypoint": ["/pause"], "User": "65535:65535"},
+        created_by="atoll oci pause (atoll/compose/pause.c, static)",
+    )
+
+
+def write_pause_archive(output: Path, reference: str) -> str:
+    """Compile ``pause.c`` statically and write its image archive; return the manifest digest."""
+    with tempfile.TemporaryDirectory() as tmp:
+        binary = Path(tmp) / "pause"
+        compile_static(PAUSE_SOURCE, binary)
+        archive = pause_image(binary, reference)
+    return _write_archive(output, archive)
+
+
 def write_busybox_archive(output: Path, reference: str, binary: Path = BUSYBOX) -> str:
     """Write the archive atomically; return the image manifest's digest."""
-    archive = busybox_image(binary, reference)
+    return _write_archive(output, busybox_image(binary, reference))
+
+
+def _write_archive(output: Path, archive: bytes) -> str:
     write_atomic(output, archive)
     with tarfile.open(output) as tar:
         member = tar.extractfile("index.json")

@@ -27,6 +27,12 @@ TARGET = "usr/lib/ostree/ostree-prepare-root"
 
 def build(output: Path) -> None:
     """Compile the static binary to ``output``."""
+    compile_static(SOURCE, output)
+
+
+def compile_static(source: Path, output: Path) -> None:
+    """Compile the C program ``source`` to a static, stripped, reproducible ``output``
+    (also atoll's pause, :func:`atoll.compose.oci.write_pause_archive`)."""
     run(
         [
             "gcc",
@@ -34,11 +40,12 @@ def build(output: Path) -> None:
             "-Os",
             "-s",
             "-Wall",
+            "-Wextra",
             "-Werror",
-            "-ffile-prefix-map=" + str(SOURCE.parent) + "=.",
+            "-ffile-prefix-map=" + str(source.parent) + "=.",
             "-o",
             output,
-            SOURCE,
+            source,
         ]
     )
     if b"ld-linux" in output.read_bytes()[:8192]:
