@@ -209,12 +209,13 @@ class ContainerdRuntime:
     and recursively so (``rro``: /etc, /var, /sysroot too) at ``/host``, its own
     mount, UTS and IPC namespaces and root filesystem (the toolbox's tools, not the
     host's), and containerd's default capability set: no ``CAP_SYS_ADMIN``, so no
-    remount, no module loading. Changes to the node go through the API. One
-    exception, for diagnosis: ``/host/run/containerd`` is the host's, writable,
-    so the toolbox's ``ctr`` (the host's, run by ``chroot /host``) can run
-    containers: ``ctr run`` makes its FIFOs there for the host's containerd.
-    That is root on the node, like the shell itself: the session is an admin's,
-    limited in time and recorded.
+    remount, no module loading. Changes to the node go through the API. The
+    toolbox's ``ctr`` (the host's, run by ``chroot /host``) reaches containerd's
+    socket on the read-only mount (a connect writes nothing), which is root on
+    the node, like the shell itself: the session is an admin's, limited in time
+    and recorded. ``ctr run`` cannot work in here (ctr mounts the image on its
+    own side); a request's ``image`` runs a preloaded image as the ops container
+    instead, with the same isolation.
     """
 
     images: Path = Path("/") / DIRECTORY
