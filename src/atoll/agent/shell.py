@@ -285,7 +285,7 @@ class ContainerdRuntime:
         argv = [self.ctr, "-n", self.namespace, "images", "list", "--quiet", f"name=={reference}"]
         listed = self._run(argv, problems, quiet=False)
         if problems:
-            raise ShellUnavailable(f"containerd cannot be asked for the toolbox: {problems[0]}")
+            raise ShellUnavailable(f"containerd cannot be asked for {reference}: {problems[0]}")
         return reference in listed.split()
 
     def _imported_list(self) -> str | None:
