@@ -3,37 +3,23 @@ answers ``-v``, sleeps, and exits 0 when the runtime stops the sandbox (SIGTERM,
 
 from __future__ import annotations
 
-import gzip
-import io
-import json
 import signal
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
 
 from atoll.errors import ToolError
 from atoll.process import run, start
+from tests.oci_archive import image_parts
 
 
 def _pause_binary(archive: Path, into: Path) -> Path:
-    with tarfile.open(archive) as tar:
-
-        def blob(digest: str) -> bytes:
-            member = tar.extractfile("blobs/sha256/" + digest.split(":", 1)[1])
-            assert member is not None
-            return member.read()
-
-        index = tar.extractfile("index.json")
-        assert index is not None
-        manifest = json.loads(blob(json.load(index)["manifests"][0]["digest"]))
-        layer = gzip.decompress(blob(manifest["layers"][0]["digest"]))
-    with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
-        member = tar.extractfile("pause")
-        assert member is not None
-        binary = into / "pause"
-        binary.write_bytes(member.read())
+    _, layer = image_parts(archive)
+    member = layer.extractfile("pause")
+    assert member is not None
+    binary = into / "pause"
+    binary.write_bytes(member.read())
     binary.chmod(0o755)
     return binary
 

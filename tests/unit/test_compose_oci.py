@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import json
 import tarfile
 from pathlib import Path
 
 from atoll.compose.oci import BUSYBOX, busybox_image, pause_image, write_busybox_archive
+from tests.oci_archive import image_parts
 
 
 def test_archive_is_a_valid_reproducible_oci_layout(tmp_path: Path) -> None:
@@ -43,29 +42,12 @@ def test_archive_is_a_valid_reproducible_oci_layout(tmp_path: Path) -> None:
     assert "oci-layout" in names
 
 
-def _image_parts(archive: bytes) -> tuple[dict[str, object], tarfile.TarFile]:
-    """The image config and the (only) layer of an archive."""
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-
-        def blob(digest: str) -> bytes:
-            member = tar.extractfile("blobs/sha256/" + digest.split(":", 1)[1])
-            assert member is not None
-            return member.read()
-
-        index_file = tar.extractfile("index.json")
-        assert index_file is not None
-        manifest = json.loads(blob(json.load(index_file)["manifests"][0]["digest"]))
-        config = json.loads(blob(manifest["config"]["digest"]))
-        layer = gzip.decompress(blob(manifest["layers"][0]["digest"]))
-    return config, tarfile.open(fileobj=io.BytesIO(layer))
-
-
 def test_the_pause_image_runs_its_binary_as_nobody(tmp_path: Path) -> None:
     binary = tmp_path / "pause"
     binary.write_bytes(b"\x7fELF a static pause")
     archive = pause_image(binary, "localhost/atoll/pause:1")
     assert archive == pause_image(binary, "localhost/atoll/pause:1")  # reproducible
-    config, layer = _image_parts(archive)
+    config, layer = image_parts(archive)
     assert config["config"] == {"Entrypoint": ["/pause"], "User": "65535:65535"}
     (member,) = layer.getmembers()
     assert (member.name, member.mode, member.uid) == ("pause", 0o755, 0)
