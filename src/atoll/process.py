@@ -43,6 +43,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -243,7 +244,9 @@ def _run_streaming(
     on_line: Callable[[str], None],
 ) -> Completed[bytes]:
     collected: list[bytes] = []
-    child = _spawn(args, cwd=cwd, env=env, stdin=DEVNULL, stdout=PIPE, stderr=STDOUT)
+    # Its own process group: a long tool starts helpers (mmdebstrap's user
+    # namespace, go's compilers) that must end with it, whoever stops it.
+    child = _spawn(args, cwd=cwd, env=env, stdin=DEVNULL, stdout=PIPE, stderr=STDOUT, session=True)
     stream = child.stdout
     assert stream is not None
     try:
@@ -253,8 +256,9 @@ def _run_streaming(
         returncode = child.wait(timeout)
     except BaseException as e:
         # Ctrl-C or a failing callback: the child must not outlive us. On
-        # Ctrl-C it gets SIGINT, as from a terminal, so it cleans up the way
-        # it does for a user (else SIGTERM); SIGKILL if it lingers past a minute.
+        # Ctrl-C its whole group gets SIGINT, as from a terminal, so it cleans
+        # up the way it does for a user (else SIGTERM); SIGKILL if it lingers
+        # past a minute.
         if isinstance(e, KeyboardInterrupt):
             child.send_signal(signal.SIGINT)
             with contextlib.suppress(ToolError):
@@ -264,6 +268,7 @@ def _run_streaming(
             child.stop(60.0)
         raise
     finally:
+        child.end_group()
         child.close()
     output = b"".join(collected)
     return subprocess.CompletedProcess(args, returncode, stdout=output, stderr=output)
@@ -396,6 +401,30 @@ class Child:
         """SIGKILL: no chance to clean up; wait for the end and return the exit status."""
         self.send_signal(signal.SIGKILL)
         return self._popen.wait()
+
+    def end_group(self, timeout: float = 10.0) -> None:
+        """Once the program has ended: SIGKILL what it left running in its group and
+        wait until none of it remains, at most ``timeout`` seconds.
+
+        What a program leaves behind may still be writing into its work
+        directories (mmdebstrap's namespace after its main process ends), so a
+        caller that removes them must wait for this first. Nothing for a child
+        that does not lead a group, or that still runs. Its pid names the group
+        as long as a member lives (the kernel reuses no pid that is a group's id).
+        """
+        if not self._group or self._popen.poll() is None:
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                return
+            if time.monotonic() > deadline:
+                log.warning("%s (pid %d): its process group outlived it by %g s",
+                            self.name, self.pid, timeout)  # fmt: skip
+                return
+            time.sleep(0.05)
 
     def stop(self, grace: float = STOP_GRACE) -> int:
         """SIGTERM, up to ``grace`` seconds to end by itself, then SIGKILL; the exit status.

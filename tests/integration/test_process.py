@@ -24,15 +24,16 @@ IGNORES_TERM = "trap '' TERM; echo ready; while :; do sleep 0.1; done"
 def _gone(pid: int, within: float = 10.0) -> bool:
     """Whether ``pid`` ends (or is only a zombie left to init) within ``within`` s."""
     deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
+    while True:
         try:
             state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except FileNotFoundError:
             return True
         if state == "Z":
             return True
+        if time.monotonic() >= deadline:
+            return False
         time.sleep(0.05)
-    return False
 
 
 # -- run -----------------------------------------------------------------------
@@ -94,6 +95,28 @@ def test_a_callback_that_fails_stops_the_streamed_program(tmp_path: Path) -> Non
         run(["sh", "-c", f"echo $$ > {pid_file}; echo started; exec sleep 30"], on_line=fail)
     assert _gone(int(pid_file.read_text()), within=1.0)
     assert time.monotonic() - started < 10
+
+
+def test_ctrl_c_during_a_streamed_run_ends_everything_the_program_started(
+    tmp_path: Path,
+) -> None:
+    # A stand-in for mmdebstrap: its helper ignores SIGINT and would keep writing
+    # into the work directory after the main process has ended on Ctrl-C.
+    helper_pid = tmp_path / "helper"
+    script = (
+        # (bounded: 30 s at most, should it ever escape)
+        f"(trap '' INT; for i in $(seq 600); do touch {tmp_path}/work.$$; sleep 0.05; done) & "
+        f"echo $! > {helper_pid}; echo started; wait"
+    )
+
+    def interrupt(line: str) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(["sh", "-c", script], on_line=interrupt)
+    # Gone when run() returns, not some time later: the caller removes work
+    # directories next.
+    assert _gone(int(helper_pid.read_text()), within=0.0)
 
 
 # -- start ---------------------------------------------------------------------

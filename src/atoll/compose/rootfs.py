@@ -135,8 +135,11 @@ def build_rootfs(
         partial.unlink(missing_ok=True)
         if preferences is not None:
             preferences.unlink(missing_ok=True)
-        # Whatever an interrupted mmdebstrap left behind (its chroot, its gpg home).
+        # Whatever an interrupted mmdebstrap left behind (its chroot, its gpg home);
+        # run() has waited for all of its processes, so nothing writes there now.
         shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists():
+            reporter.warning(f"could not remove mmdebstrap's temporary directory {tmp}")
     return target, False
 
 
