@@ -15,6 +15,10 @@ programs only through these (``atoll.process.run``/``start`` and
 they would start one, also when a module imported ``run`` by name; what they
 check before that (an empty argv, a timeout that is not finite) stays testable
 here.
+
+matplotlib lists the system's fonts with ``fc-list`` the first time it is
+imported on a machine (then caches the list): the ``matplotlib_fonts`` fixture
+does that before the guard is in place, for the tests that draw plots.
 """
 
 from __future__ import annotations
@@ -62,3 +66,9 @@ def _no_programs_sockets_or_ptys(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.setattr(f"{target}.{attribute}", refused)
         else:
             monkeypatch.setattr(target, attribute, refused)
+
+
+@pytest.fixture(scope="session")
+def matplotlib_fonts() -> None:
+    """matplotlib's font list, built (``fc-list``) before any test's guard is set."""
+    import matplotlib.font_manager  # noqa: F401, PLC0415 - builds and caches the font list

@@ -10,6 +10,9 @@ import pytest
 from atoll.bench.page import render
 from atoll.bench.plots import attach, boot_phases
 
+# Drawing imports matplotlib, which lists the fonts once per machine.
+pytestmark = pytest.mark.usefixtures("matplotlib_fonts")
+
 PNG = b"\x89PNG\r\n\x1a\n"
 
 BOOT = {
