@@ -28,7 +28,7 @@ lint: setup
 	$(VENV)/bin/mypy
 
 test: lint
-	$(PYTEST) tests
+	$(PYTEST) --durations=40 tests
 
 test-unit: setup
 	$(PYTEST) tests/unit

@@ -10,14 +10,17 @@ built once per run.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from atoll.cache import default_cache
+from atoll.cluster.build import KubernetesBinaries, build
 from atoll.compose import ComposeResult, compose
 from atoll.compose.oci import write_busybox_archive
+from atoll.process import STDOUT, Child, start
 from atoll.progress import PlainReporter
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,6 +38,59 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(getattr(pytest.mark, tier))
         elif tier == "unit" and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(UNIT_TIMEOUT))
+    # Tests that need the Kubernetes binaries run last (in their tiers' order), so
+    # that the background build (below) has the whole run to finish.
+    items[:] = [i for i in items if not _uses_kubernetes(i)] + [
+        i for i in items if _uses_kubernetes(i)
+    ]
+
+
+# --- The Kubernetes binaries, built in the background -----------------------------
+#
+# A cold build is about 13 minutes of CPU here (docs/kubernetes.md). Guests run on
+# one vCPU, so a second core is mostly idle while the vm tier runs: the build is
+# started at the lowest priority as soon as tests that need it are collected, and
+# fills that idle time. The fixture then finds it in the cache (or waits for the
+# build's lock, or builds itself if the background build failed, with its error).
+
+KUBERNETES_FIXTURE = "kubernetes_binaries"
+KUBERNETES_BUILD_LOG = ROOT / "build" / "test" / "kubernetes-build.log"
+_background_builds: list[Child] = []
+
+
+def _uses_kubernetes(item: pytest.Item) -> bool:
+    return KUBERNETES_FIXTURE in getattr(item, "fixturenames", ())
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly or not any(map(_uses_kubernetes, session.items)):
+        return
+    KUBERNETES_BUILD_LOG.parent.mkdir(parents=True, exist_ok=True)
+    with KUBERNETES_BUILD_LOG.open("wb") as log:
+        argv = ["nice", "-n", "19", sys.executable, "-m", "atoll", "cluster", "build"]
+        _background_builds.append(start(argv, stdout=log, stderr=STDOUT, session=True))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # An aborted run stops the build (SIGTERM: it removes its partial entry).
+    for child in _background_builds:
+        child.stop(grace=30)
+
+
+@pytest.fixture(scope="session")
+def kubernetes_binaries() -> KubernetesBinaries:
+    """The pinned release's kubelet, control plane and kubectl (``atoll cluster build``).
+
+    Composes with ``TEST_CACHE`` (an image with a ``[kubernetes]`` table) then find
+    this build, and Go's caches, instead of starting a build of their own.
+    """
+    binaries = build(PlainReporter())
+    for name in ("kubernetes", "go"):
+        shared, here = default_cache() / name, TEST_CACHE / name
+        if not (here.exists() or here.is_symlink()):
+            here.parent.mkdir(parents=True, exist_ok=True)
+            here.symlink_to(shared)
+    return binaries
 
 
 # --- The default image, composed once per run -------------------------------

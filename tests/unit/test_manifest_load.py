@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import textwrap
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 import pytest
 
-from atoll.errors import EXIT_BAD_INPUT, ManifestError
-from atoll.manifest import check_packages, load_manifest, manifest_digest
+from atoll.errors import EXIT_BAD_INPUT, InputError, ManifestError
+from atoll.manifest import PinnedRelease, check_packages, load_manifest, manifest_digest
 from atoll.manifest.index import PackageIndex
 from atoll.manifest.model import InitStrategy
 from atoll.manifest.schema import TOOLBOX_PACKAGES
@@ -323,3 +324,100 @@ def test_digest_follows_content_not_location(tmp_path: Path) -> None:
     assert da == manifest_digest(load_manifest(b / "m.toml"))
     (b / "motd").write_text("changed\n")
     assert da != manifest_digest(load_manifest(b / "m.toml"))
+
+
+def _pin(version: str = "v1.35.4") -> PinnedRelease:
+    return PinnedRelease(version, "kubernetes/go.mod")
+
+
+def test_the_pinned_kubernetes_release_is_accepted_and_read_only_when_named(
+    tmp_path: Path,
+) -> None:
+    reads: list[str] = []
+
+    def pin() -> PinnedRelease:
+        reads.append("read")
+        return _pin()
+
+    plain = load_manifest(write(tmp_path, "p.toml", BASE), kubernetes_pin=pin)
+    assert not plain.kubernetes.enabled
+    assert reads == []
+    node = write(tmp_path, "k.toml", BASE + '\n[kubernetes]\nversion = "v1.35.4"\n')
+    manifest = load_manifest(node, kubernetes_pin=pin)
+    assert manifest.kubernetes.enabled
+    assert manifest.kubernetes.version == "v1.35.4"
+    assert reads == ["read"]
+
+
+def _kubernetes_problems(path: Path, pin: Callable[[], PinnedRelease]) -> list[str]:
+    with pytest.raises(ManifestError) as exc:
+        load_manifest(path, kubernetes_pin=pin)
+    assert exc.value.exit_code == EXIT_BAD_INPUT
+    return exc.value.problems
+
+
+def _unreadable_pin() -> PinnedRelease:
+    raise InputError("kubernetes/go.mod: cannot read the Kubernetes build wrapper: gone")
+
+
+@pytest.mark.parametrize(
+    ("body", "pin", "expected"),
+    [
+        (
+            '[kubernetes]\nversion = "v1.34.2"\n',
+            _pin,
+            "[kubernetes].version: 'v1.34.2' is not the release atoll builds: "
+            "kubernetes/go.mod pins v1.35.4",
+        ),
+        (
+            '[kubernetes]\nversion = "1.35.4"\n',
+            _pin,
+            "[kubernetes].version: '1.35.4' is not a release (vMAJOR.MINOR.PATCH)",
+        ),
+        (
+            '[kubernetes]\nversion = "v1.35.4\\n"\n',
+            _pin,
+            "[kubernetes].version: control character",
+        ),
+        ("[kubernetes]\n", _pin, "[kubernetes].version: required key is missing"),
+        ("[kubernetes]\nversion = 135\n", _pin, "[kubernetes].version: expected a string"),
+        ('[kubernetes]\nversoin = "v1.35.4"\n', _pin, "(did you mean 'version'?)"),
+        (
+            '[kubernetes]\nversion = "v1.35.4"\n[containers]\nruntime = false\n'
+            '[agent]\ntoolbox = ""\n',
+            _pin,
+            "[kubernetes]: the kubelet runs pods in containerd, but [containers] runtime is false",
+        ),
+        (
+            '[kubernetes]\nversion = "v1.35.4"\n',
+            _unreadable_pin,
+            "[kubernetes].version: cannot tell which release atoll builds: kubernetes/go.mod: "
+            "cannot read",
+        ),
+    ],
+)
+def test_a_kubernetes_release_atoll_cannot_build_is_refused_naming_the_file(
+    tmp_path: Path, body: str, pin: Callable[[], PinnedRelease], expected: str
+) -> None:
+    path = write(tmp_path, "m.toml", BASE + "\n" + body)
+    problems = _kubernetes_problems(path, pin)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(os.path.relpath(path) + ": "), problems
+    assert expected in problems[0], problems
+
+
+def test_a_kubernetes_problem_names_the_file_that_wrote_it(tmp_path: Path) -> None:
+    write(tmp_path, "base.toml", BASE + '\n[kubernetes]\nversion = "v1.34.0"\n')
+    child = write(tmp_path, "node.toml", 'extends = "base.toml"\n')
+    (problem,) = _kubernetes_problems(child, _pin)
+    assert problem.startswith(os.path.relpath(tmp_path / "base.toml") + ": [kubernetes].version")
+    fixed = write(
+        tmp_path, "fixed.toml", 'extends = "base.toml"\n[kubernetes]\nversion = "v1.35.4"\n'
+    )
+    assert load_manifest(fixed, kubernetes_pin=_pin).kubernetes.version == "v1.35.4"
+
+
+def test_the_kubernetes_release_is_part_of_the_digest(tmp_path: Path) -> None:
+    plain = load_manifest(write(tmp_path, "p.toml", BASE))
+    node = load_manifest(write(tmp_path, "k.toml", BASE + '[kubernetes]\nversion = "v1.35.4"\n'))
+    assert manifest_digest(plain) != manifest_digest(node)

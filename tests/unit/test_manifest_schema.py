@@ -20,6 +20,7 @@ from atoll.manifest.model import (
     Init,
     InitStrategy,
     Kernel,
+    Kubernetes,
     Manifest,
     Packages,
     PreloadImage,
@@ -44,6 +45,7 @@ MODEL: dict[str, type[Any]] = {
     "users": User,
     "groups": Group,
     "strip": Strip,
+    "kubernetes": Kubernetes,
     "agent": Agent,
 }
 NOT_FROM_THE_FILE = {"path", "sources"}  # Manifest: where it was loaded from

@@ -14,8 +14,17 @@ Where it comes from, first found wins (:func:`find_user_data`):
 3. ``/var/lib/atoll/user-data.toml``, written into the disk by ``atoll disk --user-data``.
 
 Design: parse and validate everything into a frozen :class:`UserData`, then
-compute a pure plan (:func:`plan`, a list of :class:`FileWrite`) and apply it
-under a root directory, so tests apply it to a temporary tree. The record
+compute a pure plan (:func:`plan`, a list of :class:`FileWrite`, from the user
+data and the few :class:`NodeFacts` observed on the node) and apply it under a
+root directory, so tests apply it to a temporary tree.
+
+A ``[kubernetes]`` section gives the kubelet what it needs to join (the image's
+``kubelet.service`` waits for these files, :mod:`atoll.compose.kubernetes`):
+the cluster CA, a bootstrap kubeconfig with the token (the kubelet then asks
+for its client certificate with a CSR and writes ``kubelet.conf`` itself) or a
+``kubelet.conf`` with a pre-issued certificate, and its KubeletConfiguration.
+Kubeconfigs and the configuration are written as JSON (which YAML readers take),
+so no value can change their structure; the Node's name is the host name. The record
 ``/var/lib/atoll/firstboot.json`` is written last, atomically; the unit has
 ``ConditionPathExists=!`` on it, so a later boot never re-applies, even when
 the user data is still attached. A node with no user data also gets a record
@@ -26,6 +35,7 @@ node, exactly like cloud-init's per-instance semantics.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import os
@@ -40,11 +50,13 @@ from typing import Any
 
 from atoll.agent import command
 from atoll.durable import write_atomic
+from atoll.wire import kubelet
 from atoll.wire.userdata import (
     CONFIG_DRIVE_FILE,
     CONFIG_DRIVE_LABEL,
     EMBEDDED_PATH,
     FW_CFG_NAME,
+    KubernetesJoin,
     UserData,
     UserDataError,
     parse_user_data,
@@ -56,6 +68,13 @@ CREDENTIALS_DIR = "etc/atoll/credentials"
 FLEET_CONFIG = "etc/atoll/fleet.toml"
 TIMESYNCD_DROPIN = "etc/systemd/timesyncd.conf.d/50-atoll.conf"
 MOUNT_TIMEOUT = 60.0  # seconds for mount/umount of the config drive (atoll.agent.command)
+# What kubelet.service waits for (format owner: atoll.wire.kubelet).
+KUBERNETES_CA = kubelet.CA
+BOOTSTRAP_KUBECONFIG = kubelet.BOOTSTRAP_KUBECONFIG
+KUBECONFIG = kubelet.KUBECONFIG
+KUBELET_CONFIG = kubelet.CONFIG
+CONTAINERD_SOCKET = kubelet.CONTAINERD_SOCKET
+RESOLV_CONF = "etc/resolv.conf"
 
 
 @dataclass(frozen=True)
@@ -68,7 +87,21 @@ class FileWrite:
     reason: str
 
 
-def plan(data: UserData) -> list[FileWrite]:
+@dataclass(frozen=True)
+class NodeFacts:
+    """What first boot's plan depends on besides the user data, observed on the node."""
+
+    # The host's resolver configuration for the kubelet to give pods (None: the node
+    # has none, so pods get no host name servers rather than failing to start).
+    resolv_conf: str | None = None
+
+
+def observe(root: Path) -> NodeFacts:
+    present = os.path.lexists(root / RESOLV_CONF)
+    return NodeFacts(resolv_conf="/" + RESOLV_CONF if present else None)
+
+
+def plan(data: UserData, facts: NodeFacts | None = None) -> list[FileWrite]:
     """The files first boot writes for ``data``, relative to the root, in order."""
     writes: list[FileWrite] = []
     if data.hostname:
@@ -94,7 +127,73 @@ def plan(data: UserData) -> list[FileWrite]:
         writes.append(FileWrite(f"{CREDENTIALS_DIR}/{name}", content, 0o600, "credential"))
     for extra in data.files:
         writes.append(FileWrite(extra.path.lstrip("/"), extra.content, extra.mode, "file"))
+    if data.kubernetes is not None:
+        writes.extend(kubelet_files(data.kubernetes, facts or NodeFacts()))
     return writes
+
+
+def kubelet_files(join: KubernetesJoin, facts: NodeFacts) -> list[FileWrite]:
+    """The cluster CA, the kubelet's (bootstrap) kubeconfig and its configuration."""
+    ca = FileWrite(KUBERNETES_CA, join.ca.encode(), 0o644, "kubernetes cluster CA")
+    if join.token is not None:
+        user: dict[str, str] = {"token": join.token}
+        name, reason = BOOTSTRAP_KUBECONFIG, "kubelet bootstrap kubeconfig"
+    else:
+        user = {
+            "client-certificate-data": _base64(join.certificate or ""),
+            "client-key-data": _base64(join.key or ""),
+        }
+        name, reason = KUBECONFIG, "kubelet kubeconfig"
+    kubeconfig = FileWrite(name, _json(_kubeconfig(join.server, user)), 0o600, reason)
+    config = FileWrite(KUBELET_CONFIG, _json(kubelet_configuration(facts)), 0o644, "kubelet")
+    return [ca, kubeconfig, config]
+
+
+def _kubeconfig(server: str, user: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "cluster",
+                "cluster": {"server": server, "certificate-authority": "/" + KUBERNETES_CA},
+            }
+        ],
+        "users": [{"name": "kubelet", "user": user}],
+        "contexts": [{"name": "kubelet", "context": {"cluster": "cluster", "user": "kubelet"}}],
+        "current-context": "kubelet",
+    }
+
+
+def kubelet_configuration(facts: NodeFacts) -> dict[str, Any]:
+    """The KubeletConfiguration: systemd cgroups (as containerd's SystemdCgroup), containerd's
+    socket, rotating client certificates, only authenticated and API-server-authorized
+    access to the kubelet's API, no static pods."""
+    return {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        "cgroupDriver": "systemd",
+        "containerRuntimeEndpoint": CONTAINERD_SOCKET,
+        "rotateCertificates": True,
+        # The image has no swap; a node given some still runs (NoSwap for pods).
+        "failSwapOn": False,
+        "authentication": {
+            "anonymous": {"enabled": False},
+            "webhook": {"enabled": True},
+            "x509": {"clientCAFile": "/" + KUBERNETES_CA},
+        },
+        "authorization": {"mode": "Webhook"},
+        # staticPodPath is left unset: this node runs no static pods.
+        "resolvConf": facts.resolv_conf or "",
+    }
+
+
+def _json(value: dict[str, Any]) -> bytes:
+    return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _base64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
 
 
 def apply(writes: Sequence[FileWrite], root: Path) -> None:
@@ -161,7 +260,7 @@ def provision(root: Path, fw_cfg: Path = FW_CFG_PATH, live: bool = False) -> dic
     if found is not None:
         source, raw = found
         data = parse_user_data(raw, source)
-        writes = plan(data)
+        writes = plan(data, observe(root))
         apply(writes, root)
         if live and data.hostname:
             socket.sethostname(data.hostname)

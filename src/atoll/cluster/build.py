@@ -512,6 +512,7 @@ class _Go:
     path: str
     env: dict[str, str]
     module: Path
+    what: str = "the Kubernetes binaries"  # what is built, for error messages (kwok.py: kwok)
 
     def prepare(self, found: _Wrapper) -> None:
         self.module.mkdir(exist_ok=True)
@@ -526,7 +527,7 @@ class _Go:
             return process.run([self.path, *args], env=self.env, cwd=self.module, on_line=on_line)
         except ToolError as e:
             raise ToolError(
-                f"building the Kubernetes binaries: {e.message}",
+                f"building {self.what}: {e.message}",
                 argv=e.argv,
                 returncode=e.returncode,
                 stderr_tail=e.stderr_tail,
@@ -583,14 +584,16 @@ def _cached(entry: Path, plan: BuildPlan) -> KubernetesBinaries | None:
 
 
 @contextlib.contextmanager
-def _locked(entries: Path, reporter: Reporter) -> Iterator[None]:
+def _locked(
+    entries: Path, reporter: Reporter, what: str = "the Kubernetes binaries"
+) -> Iterator[None]:
     """One build at a time per cache: a second waits, then finds the first's entry."""
     entries.mkdir(parents=True, exist_ok=True)
     with open(entries / ".lock", "a+b") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            reporter.info(f"waiting for another build of the Kubernetes binaries in {entries}")
+            reporter.info(f"waiting for another build of {what} in {entries}")
             fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield

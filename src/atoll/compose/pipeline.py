@@ -39,7 +39,7 @@ from typing import Any
 
 import atoll
 from atoll.cache import default_cache
-from atoll.compose import prepare_root
+from atoll.compose import kubernetes, prepare_root
 from atoll.compose.customize import AGENT_SOURCES, OVERLAY, customize, link_runc_to_crun
 from atoll.compose.plan import RootfsPlan, plan_rootfs
 from atoll.compose.rootfs import build_rootfs
@@ -126,7 +126,12 @@ def compose(
     toolbox_plan = (
         plan_toolbox(manifest, plan.index_fingerprint) if manifest.agent.builds_toolbox else None
     )
-    input_digest = _input_digest(manifest, plan, toolbox_plan)
+    kubelet, kubelet_stages = None, []
+    if manifest.kubernetes.enabled:
+        with reporter.stage("kubelet", f"Kubernetes {manifest.kubernetes.version}") as finding:
+            kubelet = kubernetes.find_kubelet(manifest, cache, reporter)
+        kubelet_stages.append(finding)
+    input_digest = _input_digest(manifest, plan, toolbox_plan, kubelet)
     current = ostree.rev_parse(repo, manifest.ref) if (repo / "config").exists() else None
     if reuse and current is not None:
         existing = _existing(repo, current, manifest, input_digest)
@@ -139,7 +144,7 @@ def compose(
         tarball, cached = build_rootfs(plan, cache, reporter, source_date_epoch=epoch, reuse=reuse)
         reporter.info(f"root filesystem {'from cache' if cached else 'built'}: {tarball.name}")
 
-    stages = [validate, rootfs]
+    stages = [validate, *kubelet_stages, rootfs]
     toolbox = manifest.agent.toolbox_archive if manifest.agent.toolbox else None
     if toolbox_plan is not None:
         with reporter.stage("toolbox", manifest.agent.toolbox) as toolboxing:
@@ -153,7 +158,13 @@ def compose(
         stages.append(toolboxing)
 
     tree = _Tree(
-        manifest, repo, parent=current, input_digest=input_digest, epoch=epoch, toolbox=toolbox
+        manifest,
+        repo,
+        parent=current,
+        input_digest=input_digest,
+        epoch=epoch,
+        toolbox=toolbox,
+        kubelet=kubelet,
     )
     committed = tree.compose(tarball, cache / "work", reporter)
     installed, removed = _package_counts(committed.sbom)
@@ -177,7 +188,9 @@ def _validate(
     manifest_path: Path, cache: Path, reporter: Reporter, allowed_sources: tuple[Path, ...]
 ) -> tuple[Manifest, RootfsPlan]:
     """The whole manifest, every package against the signed index, then the rootfs plan."""
-    manifest = load_manifest(manifest_path, allowed_sources=allowed_sources)
+    manifest = load_manifest(
+        manifest_path, allowed_sources=allowed_sources, kubernetes_pin=kubernetes.pinned_release
+    )
     index = load_index(manifest.distribution, cache, reporter)
     try:
         check_packages(manifest, index)
@@ -214,6 +227,7 @@ class _Tree:
     input_digest: str
     epoch: int
     toolbox: Path | None  # the ops shell's toolbox archive, for an image with the agent
+    kubelet: kubernetes.Kubelet | None = None  # for an image with [kubernetes]
 
     def compose(self, tarball: Path, work_parent: Path, reporter: Reporter) -> _Committed:
         """Unpack, customize, slim, shape and commit, in a private work directory removed after."""
@@ -253,6 +267,8 @@ class _Tree:
             ]
         )
         customize(root, self.manifest, self.toolbox)
+        if self.kubelet is not None:
+            kubernetes.install(root, self.manifest, self.kubelet)
         if self.manifest.init.strategy is InitStrategy.PREPARE_ROOT:
             prepare_root.install(root)
 
@@ -345,11 +361,19 @@ def _source_digest() -> str:
     return digest.hexdigest()
 
 
-def _input_digest(manifest: Manifest, plan: RootfsPlan, toolbox: RootfsPlan | None) -> str:
+def _input_digest(
+    manifest: Manifest,
+    plan: RootfsPlan,
+    toolbox: RootfsPlan | None,
+    kubelet: kubernetes.Kubelet | None = None,
+) -> str:
     payload = json.dumps(
         {
             "rootfs": plan.cache_key(),
             "toolbox": toolbox_key(toolbox, manifest.agent.toolbox) if toolbox else None,
+            # The build's key fixes the kubelet's bytes (the build is reproducible);
+            # absent for an image without [kubernetes].
+            **({"kubelet": kubelet.key} if kubelet is not None else {}),
             "manifest": manifest_digest(manifest),
             "atoll": _source_digest(),
         },

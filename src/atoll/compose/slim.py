@@ -10,6 +10,11 @@ Docs, man pages and locales never reach the disk (dpkg path filters, see
   ``package_manager``, of dpkg, apt and debconf, plus their databases. A file
   that another, kept package also ships stays;
 * keep only ``[kernel] modules_keep`` modules (then ``depmod``);
+* do at compose time the work systemd would otherwise do at every first boot
+  (:func:`settle_first_boot`): the linker cache, system users, the journal
+  catalog, kmod's static device nodes, and the ``/etc/.updated`` and
+  ``/var/.updated`` stamps that tell ``ConditionNeedsUpdate=`` units it is done
+  (``docs/boot.md``, "First boot, unit by unit");
 * check the result: every ELF program and library left must still find each
   library it needs (``DT_NEEDED``) and its interpreter, so removing a package
   can never leave a binary that fails at run time. A miss fails the compose,
@@ -26,6 +31,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from atoll.durable import write_atomic
 from atoll.errors import AtollError
 from atoll.manifest.model import Manifest
 from atoll.process import run
@@ -106,6 +112,7 @@ def slim(root: Path, manifest: Manifest) -> dict[str, object]:
     if manifest.kernel.modules_keep:
         keep_modules(root, manifest.kernel.modules_keep)
     check_libraries(root, libraries_before)
+    settle_first_boot(root)
     sbom: dict[str, object] = {
         "format": SBOM_FORMAT,
         "image": {"name": manifest.image.name, "version": manifest.image.version},
@@ -213,6 +220,115 @@ def _module_matches(module: str, patterns: tuple[str, ...]) -> bool:
         or module.startswith(p.rstrip("/") + "/")
         for p in patterns
     )
+
+
+# --- first-boot work done at compose time ---------------------------------
+
+# kmod-static-nodes.service writes /run/tmpfiles.d/static-nodes.conf at every
+# boot; the same file under /usr/lib is what it would write (a file of the same
+# name in /run takes precedence, so the unit, if left enabled, changes nothing).
+STATIC_NODES = "usr/lib/tmpfiles.d/static-nodes.conf"
+# What systemd-update-done writes: ConditionNeedsUpdate=/etc and =/var are
+# false while the stamp is not older than /usr. ostree gives /usr the mtime 0,
+# so any stamp will do. ostree carries /var's copy (shape's factory) but never
+# a .updated into a deployment's /etc: atoll disk copies that one.
+UPDATED_STAMP = """\
+# Written by atoll compose: what ConditionNeedsUpdate= units do at first boot
+# (linker cache, system users, journal catalog, hardware database) was done
+# when the image was composed. See man:systemd-update-done.service(8).
+TIMESTAMP_NSEC=000000000
+"""
+# systemd-update-done must see /var/.updated, which systemd-tmpfiles-setup
+# copies into a fresh /var (compose's factory copy of /var, atoll.compose.shape).
+UPDATE_DONE_DROPIN = "usr/lib/systemd/system/systemd-update-done.service.d/50-atoll.conf"
+UPDATE_DONE_ORDER = """\
+# Written by atoll compose: /var/.updated is copied into a fresh /var by
+# systemd-tmpfiles-setup; decide whether /var needs an update after that.
+[Unit]
+After=systemd-tmpfiles-setup.service
+"""
+# systemd-tmpfiles-setup-dev-early creates /dev's static nodes, skipping lines
+# whose user or group does not exist yet (--graceful); systemd-tmpfiles-setup-dev
+# runs the same lines again after systemd-sysusers. When sysusers does not run
+# (its conditions, copied here) no account can have appeared in between: the
+# second pass would repeat the first. Only with an -early unit (systemd >= 254):
+# bookworm's systemd-tmpfiles-setup-dev is the one and only pass.
+DEV_NODES_EARLY = "usr/lib/systemd/system/systemd-tmpfiles-setup-dev-early.service"
+DEV_NODES_DROPIN = "usr/lib/systemd/system/systemd-tmpfiles-setup-dev.service.d/50-atoll.conf"
+DEV_NODES_CONDITION = """\
+# Written by atoll compose: a second pass over /dev only when systemd-sysusers
+# runs (the same conditions), i.e. when an account may have appeared since
+# systemd-tmpfiles-setup-dev-early.service.
+[Unit]
+ConditionNeedsUpdate=|/etc
+ConditionCredential=|sysusers.extra
+"""
+_DROP_INS = ((UPDATE_DONE_DROPIN, UPDATE_DONE_ORDER), (DEV_NODES_DROPIN, DEV_NODES_CONDITION))
+LDCONFIG_AUX_CACHE = "var/cache/ldconfig/aux-cache"
+# Programs of the image run in it (chroot) when it has them: (program, argv).
+_FIRST_BOOT_TOOLS = (
+    ("usr/sbin/ldconfig", ["/usr/sbin/ldconfig", "-X"]),  # ldconfig.service
+    ("usr/bin/systemd-sysusers", ["/usr/bin/systemd-sysusers"]),  # systemd-sysusers.service
+    ("usr/bin/journalctl", ["/usr/bin/journalctl", "--update-catalog"]),  # ...-catalog-update
+)
+
+
+def static_nodes_tmpfiles(devname: str) -> str:
+    """``kmod static-nodes --format=tmpfiles`` of a ``modules.devname`` text.
+
+    Each ``module devname cMAJ:MIN`` line becomes ``c! /dev/devname 0600 - - - MAJ:MIN``,
+    preceded by a ``d`` line for a devname in a subdirectory (``net/tun``).
+    """
+    lines: list[str] = []
+    for line in devname.splitlines():
+        fields = line.split()
+        if len(fields) != 3 or line.startswith("#"):
+            continue
+        _module, name, number = fields
+        kind, numbers = number[:1], number[1:]
+        if kind not in {"c", "b"} or ":" not in numbers:
+            continue
+        if "/" in name:
+            lines.append(f"d /dev/{name.rsplit('/', 1)[0]} 0755 - - -")
+        lines.append(f"{kind}! /dev/{name} 0600 - - - {numbers}")
+    return "".join(f"{line}\n" for line in lines)
+
+
+def settle_first_boot(root: Path) -> None:
+    """Do in the tree what systemd's first-boot units would do on the node, and say so.
+
+    The linker cache (after the removals above), system users from
+    ``sysusers.d``, the journal catalog (into ``/var``, which shape turns into a
+    factory copy), kmod's static device nodes, then the ``.updated`` stamps
+    that make ``ldconfig``, ``systemd-sysusers``, ``systemd-hwdb-update`` (its
+    sources are stripped), ``systemd-journal-catalog-update`` and
+    ``systemd-update-done`` skip themselves on the node, and the second pass of
+    ``systemd-tmpfiles-setup-dev`` with them (:data:`DEV_NODES_CONDITION`).
+    """
+    for program, argv in _FIRST_BOOT_TOOLS:
+        if (root / program).exists():
+            run(["chroot", root, *argv])
+    # ldconfig's own speed-up cache records inodes and ctimes: a different file at
+    # every compose, so it goes (ldconfig makes a new one whenever it runs).
+    _remove_path(root / LDCONFIG_AUX_CACHE)
+    devnames = sorted((root / "usr/lib/modules").glob("*/modules.devname"))
+    if devnames:
+        lines = [static_nodes_tmpfiles(path.read_text()) for path in devnames]
+        # One line per node even with two kernels in the tree (tmpfiles warns on duplicates).
+        _write(root / STATIC_NODES, "".join(dict.fromkeys("".join(lines).splitlines(True))))
+    for directory in ("etc", "var"):
+        if (root / directory).is_dir():
+            _write(root / directory / ".updated", UPDATED_STAMP)
+    for dropin, text in _DROP_INS:
+        if dropin == DEV_NODES_DROPIN and not (root / DEV_NODES_EARLY).exists():
+            continue
+        if (root / dropin).parent.with_suffix("").exists():  # the unit it changes
+            _write(root / dropin, text)
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, text, mode=0o644)
 
 
 # --- ELF dependency check -------------------------------------------------

@@ -257,9 +257,26 @@ def _deploy(plan: DiskPlan, sysroot: Path) -> None:
     # Offline there is no booted deployment: keep the first one explicitly.
     retain = plan.previous is not None
     ostree.admin_deploy(sysroot, OS_NAME, deploy_target, kernel_arguments=kargs, retain=retain)
+    _copy_update_stamps(sysroot)
     if plan.user_data is not None:
         target = sysroot / "ostree" / "deploy" / OS_NAME / EMBEDDED_PATH
         durable.write_atomic(target, plan.user_data, mode=0o600)  # a secret: 0600 throughout
+
+
+def _copy_update_stamps(sysroot: Path) -> None:
+    """Each deployment's ``/etc/.updated``, from the stamp compose left in ``/usr/etc``.
+
+    compose does the first-boot work of systemd's ``ConditionNeedsUpdate=/etc``
+    units (linker cache, system users) and stamps ``/usr/etc/.updated``
+    (:func:`atoll.compose.slim.settle_first_boot`), but ostree never copies a
+    ``.updated`` into a deployment's ``/etc``, so each new deployment runs those
+    units once. A fresh disk's deployments are exactly what compose settled.
+    """
+    deployments = sysroot / "ostree" / "deploy" / OS_NAME / "deploy"
+    for deployment in sorted(deployments.glob("*.[0-9]*")):
+        stamp, target = deployment / "usr/etc/.updated", deployment / "etc/.updated"
+        if stamp.is_file() and (deployment / "etc").is_dir() and not target.exists():
+            durable.write_atomic(target, stamp.read_bytes(), mode=0o644)
 
 
 def _stage_esp(sysroot: Path, esp: Path, tries: int | None) -> None:

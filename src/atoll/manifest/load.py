@@ -45,7 +45,7 @@ from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from atoll.errors import ManifestError
+from atoll.errors import AtollError, ManifestError
 from atoll.manifest.accounts import BASE_GROUPS, BASE_USERS, id_problem, user_name_problem
 from atoll.manifest.archive import archive_problem
 from atoll.manifest.index import PackageIndex
@@ -59,6 +59,7 @@ from atoll.manifest.model import (
     Init,
     InitStrategy,
     Kernel,
+    Kubernetes,
     Manifest,
     Packages,
     PreloadImage,
@@ -100,16 +101,37 @@ _ACCOUNT_PATH = re.compile(r"/[A-Za-z0-9._/+@-]{0,254}")
 # Not part of an ostree commit: runtime mounts, per-node state, the kernel's old home.
 _FORBIDDEN_ROOTS = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var", "/boot")  # noqa: S108
 
+_KUBERNETES_RELEASE = re.compile(r"v[1-9][0-9]{0,3}\.[0-9]{1,4}\.[0-9]{1,4}")
+
 Origin = dict[str, Path]  # "packages.include:nginx" / "files:/etc/motd" -> file that wrote it
 
 
+@dataclass(frozen=True)
+class PinnedRelease:
+    """The one Kubernetes release atoll can build, and the file that pins it."""
+
+    version: str  # "v1.35.4"
+    source: str  # the file that pins it, for messages ("kubernetes/go.mod")
+
+
+# Reads the pin when a manifest names a release (the caller knows where the pin lives:
+# atoll.compose.kubernetes reads the checkout's kubernetes/go.mod); raises AtollError.
+PinReader = Callable[[], PinnedRelease]
+
+
 def load_manifest(
-    path: Path, *, index: PackageIndex | None = None, allowed_sources: Iterable[Path] = ()
+    path: Path,
+    *,
+    index: PackageIndex | None = None,
+    allowed_sources: Iterable[Path] = (),
+    kubernetes_pin: PinReader | None = None,
 ) -> Manifest:
     """Parse, merge and validate ``path``; raise :class:`ManifestError` listing every problem.
 
     ``[[files]].source`` must resolve inside the directory of the manifest that
     names it, or inside one of ``allowed_sources`` (the user's explicit opt-in).
+    ``kubernetes_pin``: how to read the release atoll builds; a ``[kubernetes]
+    version`` other than it is refused (without it, only the version's form is checked).
     """
     path = Path(os.path.abspath(path))
     problems: list[str] = []
@@ -122,7 +144,9 @@ def load_manifest(
         raise ManifestError(problems)
     merged, origin = _merge(chain)
     allowed = tuple(Path(p).resolve() for p in allowed_sources)
-    checks = _Problems(origin, path, problems, allowed_sources=allowed)
+    checks = _Problems(
+        origin, path, problems, allowed_sources=allowed, kubernetes_pin=kubernetes_pin
+    )
     manifest = _build(merged, origin, path, tuple(f for f, _ in chain), checks)
     if problems:
         raise ManifestError(problems)
@@ -436,6 +460,7 @@ class _Problems:
     lines: list[str]
     # Directories (resolved) outside their manifest's tree that sources may come from.
     allowed_sources: tuple[Path, ...] = ()
+    kubernetes_pin: PinReader | None = None
 
     def at(self, key: str) -> str:
         """``file: [section].key`` for a key (``packages.include:nginx`` names one item)."""
@@ -470,6 +495,7 @@ def _build(
     groups = _build_groups(raw.get("groups", ()), problems)
     sysctl = _build_sysctl(_section(raw, "sysctl"), problems)
     strip = _build_strip(_section(raw, "strip"), kernel, problems)
+    kubernetes = _build_kubernetes(raw, containers, problems)
     return Manifest(
         path=path,
         sources=sources,
@@ -485,6 +511,7 @@ def _build(
         groups=groups,
         sysctl=sysctl,
         strip=strip,
+        kubernetes=kubernetes,
         agent=_build_agent(_section(raw, "agent"), origin, path, containers, problems),
     )
 
@@ -617,6 +644,48 @@ def _build_agent(
             "name the toolbox's archive in [agent] toolbox_archive instead"
         )
     return agent
+
+
+def _build_kubernetes(raw: Raw, containers: Containers, problems: _Problems) -> Kubernetes:
+    """The release, if any: present with the table, of the right form, the one atoll builds.
+
+    The pin is read only for a manifest that names a release, so an image without
+    Kubernetes composes where the checkout's ``kubernetes/`` is absent.
+    """
+    if "kubernetes" not in raw:
+        return Kubernetes()
+    kubernetes = Kubernetes(**_values(_section(raw, "kubernetes"), "kubernetes"))
+    version = kubernetes.version
+    if version is None:
+        problems.add("kubernetes.version", 'required key is missing (e.g. "v1.35.4")')
+    elif not _KUBERNETES_RELEASE.fullmatch(version):
+        problems.add(
+            "kubernetes.version", f"{shown(version)} is not a release (vMAJOR.MINOR.PATCH)"
+        )
+    elif problems.kubernetes_pin is not None:
+        _check_pin(version, problems.kubernetes_pin, problems)
+    if not containers.runtime:
+        file = problems.origin.get("containers.runtime", problems.path)
+        problems.append(
+            f"{display(file)}: [kubernetes]: the kubelet runs pods in containerd, but "
+            "[containers] runtime is false"
+        )
+    return kubernetes
+
+
+def _check_pin(version: str, read_pin: PinReader, problems: _Problems) -> None:
+    try:
+        pinned = read_pin()
+    except AtollError as e:
+        problems.add("kubernetes.version", f"cannot tell which release atoll builds: {e.message}")
+        return
+    if version != pinned.version:
+        problems.add(
+            "kubernetes.version",
+            f"{shown(version)} is not the release atoll builds: {pinned.source} pins "
+            f"{pinned.version} (a cold build of another would take many minutes; "
+            "see docs/kubernetes.md to move the pin)",
+        )
 
 
 def _check_archive(archive: Path, manifest: Path, where: str, problems: _Problems) -> None:

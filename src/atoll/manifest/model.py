@@ -29,6 +29,7 @@ __all__ = [
     "Init",
     "InitStrategy",
     "Kernel",
+    "Kubernetes",
     "Manifest",
     "Packages",
     "PreloadImage",
@@ -149,6 +150,19 @@ class Strip:
 
 
 @dataclass(frozen=True)
+class Kubernetes:
+    """The Kubernetes node components: absent (``version`` None) or the pinned release."""
+
+    # The release whose kubelet the image carries, e.g. "v1.35.4"; validated against
+    # the release kubernetes/go.mod pins (the one atoll cluster build makes).
+    version: str | None = DEFAULTS["kubernetes.version"]
+
+    @property
+    def enabled(self) -> bool:
+        return self.version is not None
+
+
+@dataclass(frozen=True)
 class Agent:
     include: bool = DEFAULTS["agent.include"]  # install atoll.agent (standard library only)
     # The ops shell's toolbox image: its reference ("" = no ops shell), the Debian
@@ -179,6 +193,7 @@ class Manifest:
     groups: tuple[Group, ...] = DEFAULTS["groups"]
     sysctl: tuple[tuple[str, str], ...] = DEFAULTS["sysctl"]  # sorted (key, value) pairs
     strip: Strip = field(default_factory=Strip)
+    kubernetes: Kubernetes = field(default_factory=Kubernetes)
     agent: Agent = field(default_factory=Agent)
 
     @property

@@ -248,6 +248,16 @@ SCHEMA: Mapping[str, Key] = {
             ),
         },
     ),
+    "kubernetes": _table(
+        "The Kubernetes node components: the kubelet atoll builds (atoll cluster build).",
+        {
+            # No default: an image without the table has no kubelet; a table
+            # without a version is refused (the loader says so).
+            "version": Key(
+                Kind.STR, "The Kubernetes release; must be the one kubernetes/go.mod pins."
+            ),
+        },
+    ),
     "agent": _table(
         "The atoll agent (the node's API).",
         {

@@ -25,6 +25,12 @@ so a typo costs a second, not a build; applied on the node at first boot by
     content = "hello"
     mode = "0644"                   # optional, default 0644
     encoding = "utf-8"              # or "base64"
+    [kubernetes]                    # join a cluster (needs [node].hostname: the Node's name)
+    server = "https://10.0.2.100:6443"   # atoll cluster up: its join.json
+    ca = "-----BEGIN CERTIFICATE-----..."
+    token = "abcdef.0123456789abcdef"   # a bootstrap token, or a pre-issued client
+    # certificate = "-----BEGIN CERTIFICATE-----..."   certificate and its key
+    # key = "-----BEGIN EC PRIVATE KEY-----..."
 
 Where a node finds it (the places are part of the format, first found wins):
 qemu fw_cfg ``opt/atoll/user-data`` (:data:`FW_CFG_NAME`), a filesystem
@@ -55,7 +61,7 @@ _CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _NTP_SERVER = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.:-]{0,252})$")
 _CONTROLLER = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+(:\d+)?(/\S*)?$")
 _WRITABLE_PREFIXES = ("/etc/", "/var/")
-_SECTIONS = {"node", "time", "fleet", "updates", "credentials", "files"}
+_SECTIONS = {"node", "time", "fleet", "updates", "credentials", "files", "kubernetes"}
 _LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,62})$")
 _CHANNEL = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
@@ -78,6 +84,19 @@ class ExtraFile:
 
 
 @dataclass(frozen=True)
+class KubernetesJoin:
+    """How the node's kubelet joins a cluster: the API server, its CA, and either a
+    bootstrap token (TLS bootstrapping: the kubelet asks for its certificate with a
+    CSR) or a pre-issued client certificate and key. All of it already validated."""
+
+    server: str  # https URL of the API server
+    ca: str  # PEM: the cluster CA certificate(s), "\n" line ends
+    token: str | None = None  # "<id>.<secret>", a bootstrap token
+    certificate: str | None = None  # PEM: a client certificate (CN system:node:<host name>)
+    key: str | None = None  # PEM: its private key
+
+
+@dataclass(frozen=True)
 class UserData:
     hostname: str | None = None
     ntp: tuple[str, ...] = ()
@@ -88,6 +107,7 @@ class UserData:
     channel: str | None = None
     credentials: tuple[tuple[str, bytes], ...] = ()
     files: tuple[ExtraFile, ...] = ()
+    kubernetes: KubernetesJoin | None = None
     digest: str = ""  # sha256 of the raw TOML, for the record
 
 
@@ -120,6 +140,14 @@ def parse_user_data(raw: bytes, source: str) -> UserData:
     )
     credentials = _credentials(_table(doc, "credentials", problems, None), problems)
     files = _files(doc.get("files", []), problems)
+    kubernetes = _kubernetes(
+        _table(doc, "kubernetes", problems, _KUBERNETES_KEYS), "kubernetes" in doc, problems
+    )
+    if "kubernetes" in doc and hostname is None:
+        problems.add(
+            "[kubernetes]",
+            "needs [node].hostname: it is the Node's name, the same across reboots and upgrades",
+        )
     if problems.items:
         raise UserDataError(source, problems.items)
     return UserData(
@@ -132,6 +160,7 @@ def parse_user_data(raw: bytes, source: str) -> UserData:
         channel=channel,
         credentials=credentials,
         files=files,
+        kubernetes=kubernetes,
         digest=hashlib.sha256(raw).hexdigest(),
     )
 
@@ -286,3 +315,142 @@ def _files(value: object, problems: _Problems) -> tuple[ExtraFile, ...]:
             continue
         found.append(ExtraFile(path=path, content=data, mode=int(mode_text, 8)))
     return tuple(found)
+
+
+# --- [kubernetes]: joining a cluster ---------------------------------------------------
+
+_KUBERNETES_KEYS = {"server", "ca", "token", "certificate", "key"}
+# https://host[:port][/path]: a DNS name, an IPv4 address or a bracketed IPv6 address.
+_API_SERVER = re.compile(
+    r"https://(?P<host>\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9][A-Za-z0-9.-]{0,252})"
+    r"(:(?P<port>\d{1,5}))?(/[\x21-\x7e]*)?"
+)
+_BOOTSTRAP_TOKEN = re.compile(r"[a-z0-9]{6}\.[a-z0-9]{16}")
+MAX_SERVER = 2048  # characters of [kubernetes].server
+MAX_PEM = 65536  # characters of each PEM value (a CA bundle, a certificate, a key)
+_PEM_BLOCK = re.compile(
+    r"-----BEGIN (?P<label>[A-Z ]{1,40})-----\n(?P<body>[A-Za-z0-9+/=\n]+?)\n"
+    r"-----END (?P=label)-----\n"
+)
+_CERTIFICATE_LABELS = frozenset({"CERTIFICATE"})
+_KEY_LABELS = frozenset({"PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY"})
+
+
+def _kubernetes(
+    section: dict[str, Any], present: bool, problems: _Problems
+) -> KubernetesJoin | None:
+    """The join data, or None when the section is absent (or wrong: problems say why;
+    an empty ``[kubernetes]`` is wrong, not absent)."""
+    if not present:
+        return None
+    before = len(problems.items)
+    server = _api_server(section.get("server"), problems)
+    ca = _pem("[kubernetes].ca", section.get("ca"), _CERTIFICATE_LABELS, problems, many=True)
+    token, certificate, key = _kubernetes_credentials(section, problems)
+    if len(problems.items) > before or server is None or ca is None:
+        return None
+    return KubernetesJoin(server=server, ca=ca, token=token, certificate=certificate, key=key)
+
+
+def _api_server(value: object, problems: _Problems) -> str | None:
+    key = "[kubernetes].server"
+    if value is None:
+        problems.add(key, "required: the API server's https:// URL")
+        return None
+    found = (
+        _API_SERVER.fullmatch(value)
+        if isinstance(value, str) and len(value) <= MAX_SERVER
+        else None
+    )
+    if found is None:
+        problems.add(
+            key, f"{_clip(value)} must be an https:// URL (host or [IPv6], optional port and path)"
+        )
+        return None
+    if found["port"] is not None and not 1 <= int(found["port"]) <= 65535:
+        problems.add(key, f"{_clip(value)}: port {found['port']} is not 1-65535")
+        return None
+    return str(value)
+
+
+def _kubernetes_credentials(
+    section: dict[str, Any], problems: _Problems
+) -> tuple[str | None, str | None, str | None]:
+    """A bootstrap token, or a client certificate and its key: exactly one of the two."""
+    has_token = "token" in section
+    if has_token == ("certificate" in section or "key" in section):
+        problems.add(
+            "[kubernetes]",
+            "give either token (a bootstrap token) or certificate and key (a pre-issued "
+            "client certificate), not both or neither",
+        )
+        return None, None, None
+    if has_token:
+        token = section["token"]
+        if not isinstance(token, str) or not _BOOTSTRAP_TOKEN.fullmatch(token):
+            # Never echo a secret back: say what is wrong with it, not what it is.
+            problems.add(
+                "[kubernetes].token", "must be a bootstrap token, [a-z0-9]{6}.[a-z0-9]{16}"
+            )
+            return None, None, None
+        return token, None, None
+    certificate = _pem(
+        "[kubernetes].certificate", section.get("certificate"), _CERTIFICATE_LABELS, problems
+    )
+    key = _pem("[kubernetes].key", section.get("key"), _KEY_LABELS, problems, secret=True)
+    return None, certificate, key
+
+
+def _pem(
+    key: str,
+    value: object,
+    labels: frozenset[str],
+    problems: _Problems,
+    *,
+    many: bool = False,
+    secret: bool = False,
+) -> str | None:
+    """A PEM text of ``labels`` blocks (one; with ``many`` one or more), with ``\n`` line
+    ends; each block's body must be base64 of a DER structure. A ``secret`` is never
+    quoted in a message."""
+    wanted = " or ".join(sorted(labels))
+    if value is None:
+        problems.add(key, f"required: a PEM {wanted}")
+        return None
+    if not isinstance(value, str) or len(value) > MAX_PEM:
+        problems.add(key, f"must be a PEM {wanted} of at most {MAX_PEM} characters")
+        return None
+    text = value.replace("\r\n", "\n").strip("\n") + "\n"
+    problem = _pem_problem(text, labels, many=many)
+    if problem is not None:
+        quoted = "" if secret else f" {_clip(value)}"
+        problems.add(key, f"not a PEM {wanted}{quoted}: {problem}")
+        return None
+    return text
+
+
+def _pem_problem(text: str, labels: frozenset[str], *, many: bool) -> str | None:
+    if any((ord(c) < 0x20 and c != "\n") or ord(c) >= 0x7F for c in text):
+        return "it holds a control or non-ASCII character"
+    blocks = list(_PEM_BLOCK.finditer(text))
+    if not blocks or "".join(b.group(0) for b in blocks) != text:
+        return "expected -----BEGIN ...----- base64 -----END ...----- blocks and nothing else"
+    if len(blocks) > 1 and not many:
+        return f"{len(blocks)} blocks, expected one"
+    return next(filter(None, (_block_problem(b, labels) for b in blocks)), None)
+
+
+def _block_problem(block: re.Match[str], labels: frozenset[str]) -> str | None:
+    if block["label"] not in labels:
+        return f"a {block['label']} block"
+    try:
+        der = base64.b64decode(block["body"].replace("\n", ""), validate=True)
+    except binascii.Error as e:
+        return f"bad base64 ({e})"
+    return None if der.startswith(b"\x30") else "its base64 is not a DER structure"
+
+
+def _clip(value: object) -> str:
+    """A value for a message: its repr, at most 60 characters of it."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:60]}... ({len(text)} characters)"
