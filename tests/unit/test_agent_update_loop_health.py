@@ -111,3 +111,33 @@ def test_the_update_loop_waits_for_the_monitor_to_settle_this_boot(tmp_path: Pat
     stop.set()
     loop.join(5)
     assert not loop.is_alive() and rounds == []
+
+
+def test_an_error_in_a_watch_does_not_end_the_update_loop(tmp_path: Path) -> None:
+    """A watch that raises something unexpected counts as a failed watch; rounds go on."""
+    rounds: list[float] = []
+    watches: list[str] = []
+    logged: list[str] = []
+
+    class Failing(Updater):
+        _acted = False
+
+        def step(self) -> Desired:
+            rounds.append(time.monotonic())
+            if len(rounds) == 2:
+                stop.set()
+            return Desired("1.0", False, False, "", "web", etag="e1")
+
+        def _watch(self, schedule: Any, etag: str, stop: threading.Event) -> float:
+            watches.append(etag)
+            raise ValueError("filedescriptor out of range in select()")
+
+    config = UpdaterConfig("http://127.0.0.1:9", "http://127.0.0.1:9", "stable", "n1", interval=0)
+    deployments = Deployments(lambda _, *, timeout: "", lambda: None)
+    updater = Failing(config, deployments, [], root=tmp_path, log=logged.append)
+    stop = threading.Event()
+    loop = threading.Thread(target=updater.run_forever, args=(stop,))
+    loop.start()
+    loop.join(15)
+    assert not loop.is_alive() and len(rounds) == 2 and watches[0] == "e1"
+    assert any("watch failed: ValueError: filedescriptor out of range" in m for m in logged)

@@ -31,7 +31,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from atoll.agent import bootentries, command, health, update_loop
+from atoll.agent import bootentries, command, health, softreboot
 from atoll.agent.deployments import CommandRunner, Deployments, SyncHook
 from atoll.agent.server import Agent, AgentConfig, AgentServer, UnixAgentServer, serve_in_thread
 from atoll.agent.settings import Runner
@@ -78,14 +78,43 @@ def counting_sync(commands: CommandRunner) -> SyncHook:
 
 
 def bless_if_counted() -> str | None:
-    """Drop the booted entry's boot counter, when systemd-boot counted this boot."""
+    """Drop the booted entry's boot counter, when systemd-boot counted this boot.
+
+    After a soft-reboot the firmware booted another entry than the deployment
+    that runs: the entry blessed is the one of the deployment the agent switched
+    into (:mod:`atoll.agent.softreboot`'s record in /run), whose counter the
+    firmware never consumed."""
     efi = Path("/sys/firmware/efi")
     if not efi.exists():
         return None  # direct kernel boot: no boot loader counts anything
+    soft = softreboot.read_soft_record()
+    if soft is not None:
+        return bootentries.bless_node(ostree=soft.ostree)
     efivars = efi / "efivars"
     if efivars.is_dir() and any(efivars.iterdir()) and not BOOT_COUNT_VAR.exists():
         return None  # efivarfs is mounted and says this entry has no counter
     return bootentries.bless_node()
+
+
+def _log(message: str) -> None:
+    print(f"atoll-agent: {message}", file=sys.stderr)
+
+
+def _recover_from_a_soft_reboot_that_did_not_switch() -> bool:
+    """A soft-reboot that left systemd in the old root without /sysroot: reboot fully
+    (:func:`atoll.agent.softreboot.switch_failed`). True when a reboot was asked for."""
+    failed = softreboot.switch_failed()
+    if failed is None:
+        return False
+    _log(
+        f"the soft-reboot into {failed.into_commit[:12]} did not switch root "
+        "(/sysroot is not mounted): rebooting fully"
+    )
+    try:
+        command.run(["systemctl", "reboot"], timeout=softreboot.SOFT_REBOOT_TIMEOUT)
+    except command.CommandError as e:
+        _log(f"reboot: {e}")
+    return True
 
 
 def start_monitor(
@@ -96,6 +125,8 @@ def start_monitor(
     stop: threading.Event,
     decided: threading.Event,
 ) -> threading.Thread | None:
+    if _recover_from_a_soft_reboot_that_did_not_switch():
+        return None
     try:
         config = health.load_config(root)
     except health.HealthConfigError as e:
@@ -109,12 +140,60 @@ def start_monitor(
         clock=health.EventClock(stop),
         record=agent.audit.append,
         bless=bless_if_counted,
+        restart=softreboot.Restarter(deployments.run, root=root, log=_log).restart,
         stop=stop,
         decided=decided,
     )
     thread = threading.Thread(target=monitor.run_forever, name="atoll-health", daemon=True)
     thread.start()
     return thread
+
+
+def start_update_loop(
+    root: Path,
+    deployments: Deployments,
+    agent: Agent,
+    stop: threading.Event,
+    after: threading.Event,
+) -> None:
+    """The fleet/update loop, imported only now: it brings the HTTP client (urllib,
+    http.client, email), about a third of the agent's imports, which nothing
+    before READY needs (seconds under TCG, on the path to agent-ready)."""
+    from atoll.agent import update_loop  # noqa: PLC0415 - not needed before READY
+
+    update_loop.start(deployments, stop, root, after=after, record=agent.audit.append)
+
+
+def start_node_publisher(root: Path, deployments: Deployments, stop: threading.Event) -> None:
+    """The OS state on the node's Kubernetes Node (:mod:`atoll.agent.kubenode`), and the
+    join data's verdict until the kubelet has joined; idle on a node without join data.
+    Imported after READY, like the update loop."""
+    from atoll.agent import kubenode, update_loop  # noqa: PLC0415 - not needed before READY
+    from atoll.agent.deployments import DeploymentError  # noqa: PLC0415
+    from atoll.wire.kubenode import NodeState  # noqa: PLC0415
+
+    def state() -> NodeState | None:
+        try:
+            found = [d.as_dict() for d in deployments.status()]
+        except DeploymentError:
+            found = []  # said by the API and the health monitor already
+        booted = next((d for d in found if d.get("booted")), None)
+        heard = update_loop.health_facts(root, booted["checksum"] if booted else None)
+        facts = kubenode.Facts(heard.healthy, heard.unhealthy, heard.rolled_back_from)
+        return kubenode.node_state(found, health.read_record(root), facts)
+
+    def log(message: str) -> None:
+        print(f"atoll-agent: {message}", file=sys.stderr)
+
+    publisher = kubenode.Publisher(root, state, log=log)
+    threading.Thread(
+        target=publisher.run_forever, args=(stop,), name="atoll-kubernetes-node", daemon=True
+    ).start()
+    # Until the kubelet has joined: does the join data work? (GET /v1/status says.)
+    watch = kubenode.JoinWatch(root, log=log)
+    threading.Thread(
+        target=watch.run_forever, args=(stop,), name="atoll-kubernetes-join", daemon=True
+    ).start()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -187,7 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The update loop starts once the monitor has settled this boot's marker.
         decided = threading.Event()
         start_monitor(args.root, deployments, agent, args.socket, stop, decided)
-        update_loop.start(deployments, stop, args.root, after=decided, record=agent.audit.append)
+        start_update_loop(args.root, deployments, agent, stop, decided)
+        start_node_publisher(args.root, deployments, stop)
     print(f"atoll-agent: serving on {args.socket} and port {args.port}", file=sys.stderr)
     stop.wait()
     _notify("STOPPING=1")

@@ -141,9 +141,11 @@ def sync_node(tries: int | None = None, boot_dir: Path = NODE_BOOT_DIR) -> list[
         return checked_sync(boot_dir, esp, name, tries)
 
 
-def bless_node() -> str | None:
-    """On the node: mark the entry that booted this system as good."""
-    cmdline = Path("/proc/cmdline").read_text()
+def bless_node(ostree: str | None = None) -> str | None:
+    """On the node: mark the entry that booted this system as good: the one the
+    kernel command line names, or the one whose ``ostree=`` is ``ostree`` (the
+    deployment a soft-reboot switched into, :mod:`atoll.agent.softreboot`)."""
+    cmdline = f"ostree={ostree}" if ostree else Path("/proc/cmdline").read_text()
     with mounted_esp() as esp:
         return bless(esp, cmdline)
 

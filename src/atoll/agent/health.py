@@ -33,7 +33,9 @@ deployment was staged says which commit is new and which is the fallback:
   ``max_boots`` boots into it: the marker becomes ``rolled-back`` *first* (so a
   power cut cannot lose the decision), the previous deployment is made the
   default again (:meth:`atoll.agent.deployments.Deployments.rollback`, which
-  also syncs the ESP), the rollback is recorded and audited, and the node reboots;
+  also syncs the ESP), the rollback is recorded and audited, and the node
+  restarts into it (``restart``: a soft-reboot when the kernel allows it,
+  :mod:`atoll.agent.softreboot`; without it ``systemctl reboot``);
 * booted into the *previous* commit after a rollback: done, marker removed;
 * booted into the previous commit in a later boot than the one that staged
   the new one, without a rollback: the new deployment never reached the agent
@@ -316,6 +318,10 @@ class Monitor:
     clock: Clock
     record: Callable[..., object]  # AuditLog.append
     bless: Callable[[], str | None] = lambda: None
+    # Restarts into the previous deployment after a rollback (``booted``, the new
+    # default, why); None: ``systemctl reboot``. The daemon passes a soft-reboot
+    # when the kernel allows it (:class:`atoll.agent.softreboot.Restarter`).
+    restart: Callable[[Deployment, Deployment, str], object] | None = None
     boot_id: Callable[[], str] = markers.current_boot_id
     now: Callable[[], str] = _utc_now
     log: Callable[[str], None] = field(
@@ -552,12 +558,23 @@ class Monitor:
         self.round(booted, marker)
         self.log("rebooting into the previous deployment")
         try:
-            self.deployments.reboot()
+            self._restart(booted, reason)
         except DeploymentError as e:
             # Usually the shutdown it started has already killed systemctl; if
             # not, the next boot (whenever) still lands on the previous commit.
             self.log(f"reboot: {e}")
         return Outcome.ROLLED_BACK
+
+    def _restart(self, booted: Deployment, reason: str) -> None:
+        if self.restart is None:
+            self.deployments.reboot()
+            return
+        _, current = self._booted()
+        into = current[0] if current and not current[0].booted else None
+        if into is None:
+            self.deployments.reboot()  # no new default to switch into: the firmware decides
+            return
+        self.restart(booted, into, f"rollback: {reason}")
 
     # -- the daemon's loop ---------------------------------------------------
 

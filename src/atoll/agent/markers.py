@@ -3,7 +3,8 @@
 When the agent deploys a new default deployment beside the running one
 (:meth:`atoll.agent.deployments.Deployments.upgrade`), it writes
 ``/var/lib/atoll/pending.json`` with the new commit, the commit it was running
-(the fallback) and the boot it was staged in (``/proc/sys/kernel/random/boot_id``).
+(the fallback) and the boot it was staged in (``/proc/sys/kernel/random/boot_id``, with the number
+of soft-reboots since the firmware boot: :func:`current_boot_id`).
 :class:`atoll.agent.health.Monitor` reads it at every start of the agent and
 moves it along (see ``docs/agent.md``, "Health and automatic rollback")::
 
@@ -37,6 +38,9 @@ from atoll.durable import write_atomic
 PENDING = Path("var/lib/atoll/pending.json")
 ROLLBACK = Path("var/lib/atoll/rollback.json")
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+# Written by the agent before `systemctl soft-reboot` (atoll.agent.softreboot); /run
+# survives a soft-reboot and not a firmware boot.
+SOFT_RECORD = Path("/run/atoll-soft-reboot.json")
 
 
 class MarkerError(ValueError):
@@ -149,8 +153,20 @@ def read_rollback(path: Path) -> Rollback | None:
         return None
 
 
-def current_boot_id(path: Path = BOOT_ID) -> str:
+def current_boot_id(path: Path = BOOT_ID, soft: Path = SOFT_RECORD) -> str:
+    """This boot's identity: the kernel's ``boot_id``, and after a soft-reboot the
+    number of soft-reboots since (``<boot_id>+soft<N>``).
+
+    A soft-reboot keeps the kernel and its ``boot_id``, yet for a trial it is a
+    new boot: counted once more, and a return to the previous commit after it is
+    a fall-back, not a wait for a reboot still to come.
+    """
     try:
-        return path.read_text().strip()
+        boot = path.read_text().strip()
     except OSError:
         return ""
+    try:
+        count = json.loads(soft.read_text())["count"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return boot
+    return f"{boot}+soft{count}" if type(count) is int and count > 0 else boot

@@ -17,8 +17,9 @@ is a 4xx whose ``error`` names the field, and a handler bug is a 500 that is
 still audited.
 
 Routes (``ROUTES`` drives dispatch and the OpenAPI document):
-``GET /v1/status``, ``GET /v1/health`` (the last record of
-:mod:`atoll.agent.health`), ``GET /v1/settings``, ``PATCH /v1/settings``,
+``GET /v1/status`` (with ``kubernetes``: the verdict of
+:mod:`atoll.agent.kubejoin` on the join data, or null), ``GET /v1/health``
+(the last record of :mod:`atoll.agent.health`), ``GET /v1/settings``, ``PATCH /v1/settings``,
 ``GET /v1/audit``, ``GET /v1/audit/verify``, ``GET /v1/openapi.json``,
 ``POST /v1/upgrade`` (``{"to"?: commit|ref, "reboot"?: bool}``),
 ``POST /v1/rollback`` (``{"reboot"?: bool}``) and ``POST /v1/reboot`` (``{}``):
@@ -52,7 +53,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from atoll.agent import bootentries, command, health
+from atoll.agent import bootentries, command, health, kubejoin, softreboot
 from atoll.agent.audit import AuditLog
 from atoll.agent.connection import (
     Connection,
@@ -196,6 +197,10 @@ class Agent:
             "agent_uptime_seconds": round(time.monotonic() - self.started, 3),
             **self._deployments(),
             "health": self._health_summary(),
+            # Whether the join data works (atoll.agent.kubejoin); None: no verdict (yet).
+            "kubernetes": kubejoin.read_report(self.config.root),
+            # The restart the last upgrade or rollback used: soft or full, and why.
+            "restart": softreboot.read_last_restart(self.config.root),
         }
 
     def _hostname(self) -> str:

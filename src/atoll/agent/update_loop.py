@@ -17,9 +17,23 @@ Standard library only (runs in the agent daemon on the node). One
    (:meth:`atoll.agent.deployments.Deployments.upgrade`; the running system is
    never modified). Staging does not make the node unavailable;
 4. if the controller says *may reboot* and the desired version is the pending
-   deployment: reboot into it. The controller has already counted the node
-   as unavailable; after the reboot the next report says which version booted
+   deployment: restart into it, with a soft-reboot when the kernel and its
+   arguments are unchanged (:class:`atoll.agent.softreboot.Restarter`; the
+   ESP is synced first, so a power cut boots it under the same trial rules),
+   else a full reboot. The controller has already counted the node as
+   unavailable; after the restart the next report says which version runs
    and whether it is healthy.
+
+Between rounds the loop watches the controller
+(:meth:`atoll.wire.fleet.FleetClient.watch`, ``docs/fleet.md``): the next
+round starts the moment the controller changes the node's grant, when the
+node's own health facts change, or when the controller's wait (about a
+minute at most) runs out. A controller without watches (no ``etag`` in its
+answers) is polled every ``interval`` seconds; a refused watch (503) is
+retried after the controller's ``Retry-After`` with jitter, polling
+meanwhile; a failed one (a controller restarting) after an exponential,
+jittered delay (:class:`atoll.wire.fleet.WatchSchedule`). A round that
+staged is followed by the next at once, so the controller hears it.
 
 A step of 3 or 4 that fails (fetch, verify, deploy, boot-entry sync, reboot;
 :class:`atoll.wire.fleet.Step`) is undone
@@ -62,8 +76,19 @@ from typing import Any
 from atoll.agent import command, failpoints, markers
 from atoll.agent.deployments import BootEntriesError, Deployment, DeploymentError, Deployments
 from atoll.agent.fetch import PullError, Runner, check_channel, pull, verify_pulled
+from atoll.agent.softreboot import Restarter, RestartKind
 from atoll.wire.channel import TrustedKey, VerificationError, load_trusted_keys
-from atoll.wire.fleet import Backoff, Desired, FleetClient, FleetError, Step, StepFailure
+from atoll.wire.fleet import (
+    Backoff,
+    Desired,
+    FleetClient,
+    FleetError,
+    Step,
+    StepFailure,
+    Watched,
+    WatchRefused,
+    WatchSchedule,
+)
 
 COMMIT = re.compile(r"^[0-9a-f]{64}$")
 FLEET_CONFIG = Path("etc/atoll/fleet.toml")
@@ -76,6 +101,8 @@ SETTLE_WAIT = 600.0  # at most this long for the health monitor's first decision
 # Seconds a node still running after `systemctl reboot` failed waits before it calls
 # the reboot failed (the shutdown usually kills systemctl, and the agent, first).
 REBOOT_GRACE = 60.0
+# Seconds the loop waits for the agent's own stop after `systemctl soft-reboot`.
+SOFT_REBOOT_WAIT = 300.0
 
 
 class UpdateError(Exception):
@@ -228,11 +255,15 @@ class Updater:
     record: Callable[..., object] | None = None  # AuditLog.append: step failures
     pause: Callable[[float], object] = time.sleep  # the grace after a failed reboot
     reboot_grace: float = REBOOT_GRACE
+    restarter: Restarter | None = None  # soft or full (softreboot); None: systemctl reboot
     stopping: threading.Event = field(default_factory=threading.Event)  # the agent stops
     registered: bool = False
     _last_note: str = ""  # said once, not every round
     _unsent: StepFailure | None = None  # reported in the next report, once
     _phase: Step = Step.FETCH  # the step stage() is in (failure_of)
+    _acted: bool = False  # this round staged: report it at once
+    _booted: str | None = None  # the booted commit at the last report
+    _local: object = None  # the health facts at the last report (a change ends a watch)
 
     def __post_init__(self) -> None:
         self.client = FleetClient(
@@ -321,6 +352,8 @@ class Updater:
         Returns the answer, and the booted and pending deployments it reported."""
         booted, pending = self._state()
         healthy, failed = self._health(booted)
+        self._booted = booted.checksum
+        self._local = self._local_now()
         if not self.registered:
             self.client.register(
                 self.config.node, dict(self.config.labels), _identity(booted), healthy=healthy
@@ -339,6 +372,7 @@ class Updater:
         """One round: report, then stage or reboot as the answer says. A step that
         fails is undone, audited and reported at once (:meth:`_fail`); the answer
         to that report is followed from the next round on."""
+        self._acted = False
         desired, booted, pending = self._report()
         if _matches(booted, desired.version):
             return desired
@@ -346,6 +380,7 @@ class Updater:
             if desired.stage and not _matches(pending, desired.version):
                 if not self._stage_now(desired):
                     return desired
+                self._acted = True
                 booted, pending = self._state()
             if desired.may_reboot and _matches(pending, desired.version):
                 self._reboot(desired)
@@ -363,10 +398,7 @@ class Updater:
             # The marker of the deployment on trial decides it; a new upgrade
             # would replace it. Staged after the verdict (next rounds).
             label = trial.new_version or trial.new[:12]
-            note = f"{desired.version} waits: {label} is {trial.state}"
-            if note != self._last_note:
-                self.log(note)
-                self._last_note = note
+            self._note(f"{desired.version} waits: {label} is {trial.state}")
             return False
         self.log(f"staging {desired.version} from {self.config.server}")
         commit = self.stage(desired.version)
@@ -381,7 +413,7 @@ class Updater:
         self._phase = Step.REBOOT
         self.log(f"rebooting into {desired.version} (granted by {self.config.controller})")
         try:
-            self.deployments.reboot()
+            self._restart(desired)
         except DeploymentError as e:
             # Usually the shutdown it started has already killed systemctl (and
             # soon the agent). Still running after the grace: it did not start.
@@ -390,6 +422,22 @@ class Updater:
             if self.stopping.is_set():
                 return
             raise DeploymentError(f"{e}; the node still runs {self.reboot_grace:g} s later") from e
+
+    def _restart(self, desired: Desired) -> None:
+        """Soft-reboot when the kernel allows it (:mod:`atoll.agent.softreboot`), else reboot."""
+        if self.restarter is None:
+            self.deployments.reboot()
+            return
+        booted, pending = self._state()
+        if pending is None or not _matches(pending, desired.version):
+            raise UpdateError(f"{desired.version} is no longer the pending deployment")
+        decision = self.restarter.restart(booted, pending, f"upgrade to {desired.version}")
+        # A soft-reboot's stop reaches the agent only once systemd gets to it: the
+        # next round must not run meanwhile (it would prepare the next root again).
+        if decision.kind is RestartKind.SOFT and not self.stopping.wait(SOFT_REBOOT_WAIT):
+            raise DeploymentError(
+                f"systemctl soft-reboot: the agent still runs {SOFT_REBOOT_WAIT:g} s later"
+            )
 
     def _fail(self, failure: StepFailure, undone_already: Sequence[str] = ()) -> Desired:
         """Undo what the failed step half-staged (beyond ``undone_already``, what the
@@ -419,8 +467,12 @@ class Updater:
         return self._report()[0]
 
     def run_forever(self, stop: threading.Event, after: threading.Event | None = None) -> None:
-        """Run rounds every ``interval`` s until ``stop``; the first once ``after`` is set
-        (the health monitor has settled this boot's marker), or after ``SETTLE_WAIT`` s."""
+        """Run rounds until ``stop``; the first once ``after`` is set (the health monitor
+        has settled this boot's marker), or after ``SETTLE_WAIT`` s.
+
+        Between rounds the node watches the controller (:meth:`_watch`) when it
+        takes watches, else waits ``interval`` s; a round that staged is
+        followed by the next one at once (the controller must hear it)."""
         if after is not None:
             deadline = time.monotonic() + SETTLE_WAIT
             while not after.wait(1.0):
@@ -430,15 +482,67 @@ class Updater:
                     self.log(f"the health monitor has not settled in {SETTLE_WAIT:g} s: going on")
                     break
         self.stopping = stop
+        schedule = WatchSchedule(self.config.interval)
         while not stop.is_set():
+            desired: Desired | None = None
             try:
-                self.step()
+                desired = self.step()
             except (FleetError, UpdateError, VerificationError, OSError, RuntimeError) as e:
                 self.log(f"update round failed: {e}")
             except Exception as e:
                 # A bug in one round must not end the loop: say what it was, go on.
                 self.log(f"update round failed: {type(e).__name__}: {e}")
-            stop.wait(self.config.interval)
+            if desired is not None and self._acted:
+                continue
+            wait = schedule.next(None if desired is None else desired.etag, time.monotonic())
+            if wait.watch and desired is not None and desired.etag is not None:
+                try:
+                    wait_s = self._watch(schedule, desired.etag, stop)
+                except Exception as e:
+                    # As for a round: a bug or an unexpected error in the watch must
+                    # not end the loop; it counts as a failed watch (backoff).
+                    self.log(f"watch failed: {type(e).__name__}: {e}")
+                    wait_s = schedule.ended(Watched.FAILED, time.monotonic())
+                stop.wait(wait_s)
+            else:
+                stop.wait(wait.seconds)
+
+    def _local_now(self) -> object:
+        """What the node's health facts are now (compared with the last report's)."""
+        if self.health:
+            return self.health()
+        return health_facts(self.root, self._booted)
+
+    def _watch(self, schedule: WatchSchedule, etag: str, stop: threading.Event) -> float:
+        """Wait for the controller to change this node's grant (a watch), for the
+        node's health facts to change, or for ``stop``; the seconds to wait
+        before the next round (a refused or failed watch backs off with jitter)."""
+
+        def interrupted() -> bool:
+            return stop.is_set() or self._local_now() != self._local
+
+        try:
+            answer = self.client.watch(self.config.node, etag, interrupted=interrupted)
+        except WatchRefused as e:
+            self._note(f"watch refused, polling meanwhile: {e}")
+            return schedule.ended(Watched.REFUSED, time.monotonic(), e.retry_after)
+        except FleetError as e:
+            self._note(f"watch failed: {e}")
+            return schedule.ended(Watched.FAILED, time.monotonic())
+        if answer is None:
+            return schedule.ended(Watched.INTERRUPTED, time.monotonic())
+        changed = answer.etag != etag
+        return schedule.ended(Watched.CHANGED if changed else Watched.UNCHANGED, time.monotonic())
+
+    def _note(self, note: str) -> None:
+        """Log ``note`` unless it is the last one logged (said once, not every round)."""
+        if note != self._last_note:
+            self.log(note)
+            self._last_note = note
+
+
+def _log(message: str) -> None:
+    print(f"atoll-agent: {message}", file=sys.stderr)
 
 
 def start(
@@ -457,7 +561,14 @@ def start(
         return None
     if config is None:
         return None
-    updater = Updater(config, deployments, load_trusted_keys(), root=root, record=record)
+    updater = Updater(
+        config,
+        deployments,
+        load_trusted_keys(),
+        root=root,
+        record=record,
+        restarter=Restarter(deployments.run, root=root, log=_log),
+    )
     thread = threading.Thread(target=updater.run_forever, args=(stop, after), daemon=True)
     thread.start()
     return thread

@@ -1,0 +1,337 @@
+"""The atoll Node protocol: what the node's agent and the fleet operator write on a
+Kubernetes ``Node`` object for each other, typed.
+
+On a cluster the Node is the mailbox of the rollout (docs/kubernetes.md, "The
+Node protocol"): the agent (:mod:`atoll.agent.kubenode`, with the kubelet's own
+credential, which NodeRestriction limits to its own Node) writes its OS state,
+:class:`NodeState`; the operator (:mod:`atoll.fleet.operator`) writes its answer,
+:class:`Grant`, the standalone controller's :class:`atoll.wire.fleet.Desired`.
+Each side writes only its own keys, with one JSON merge patch
+(``metadata.labels``/``annotations``; ``None`` removes a key), and reads the
+other's with ``from_node``, which validates every value and raises
+:class:`NodeProtocolError` naming the node and the key. Keys of ``atoll.dev/``
+that neither structure names are ignored (the operator's own bookkeeping, a key
+a newer side added first). The operator's private bookkeeping on the Node
+(phase, cordon, drain) is :mod:`atoll.fleet.nodepool`'s, never read by the agent.
+
+The current version is an annotation, the exact value; it is also the label
+:data:`LABEL_VERSION` (``kubectl get nodes -L atoll.dev/version``, selectors) when
+it is a valid label value (at most 63 of ``A-Z a-z 0-9 . _ -``, alphanumeric at
+both ends). A manifest's version may be longer or hold ``+`` or ``~``: such a
+node has no label (a stale one is removed), and its annotation still says it.
+
+Standard library only: the agent imports this module on the node.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from atoll.wire.fleet import (
+    CONTROL,
+    REASON_MAX,
+    VERSION,
+    VERSION_MAX,
+    Desired,
+    ProtocolError,
+    Report,
+)
+
+# --- written by the node's agent: its OS state ---------------------------------------------
+LABEL_VERSION = "atoll.dev/version"
+CURRENT_VERSION = "atoll.dev/current-version"
+COMMIT = "atoll.dev/commit"
+STAGED_VERSION = "atoll.dev/staged-version"
+HEALTHY = "atoll.dev/healthy"
+FAILED = "atoll.dev/failed"
+FAILURE = "atoll.dev/failure"
+HEALTH = "atoll.dev/health"
+AGENT_LABELS = (LABEL_VERSION,)
+AGENT_ANNOTATIONS = (CURRENT_VERSION, COMMIT, STAGED_VERSION, HEALTHY, FAILED, FAILURE, HEALTH)
+RETIRED = ("atoll.dev/update",)
+"""Keys an earlier agent wrote (``staged <version>``, now :data:`STAGED_VERSION`):
+the agent's patch removes them."""
+
+# --- written by the operator: its answer to the agent --------------------------------------
+POOL = "atoll.dev/pool"
+DESIRED_VERSION = "atoll.dev/desired-version"
+STAGE = "atoll.dev/stage"
+MAY_REBOOT = "atoll.dev/may-reboot"
+REASON = "atoll.dev/reason"
+GRANT_ANNOTATIONS = (POOL, DESIRED_VERSION, STAGE, MAY_REBOOT, REASON)
+
+COMMIT_MAX = 128
+LABEL_VALUE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
+"""A Kubernetes label value (empty aside): at most 63 characters, matched whole."""
+_COMMIT = re.compile(rf"[0-9A-Za-z]{{1,{COMMIT_MAX}}}")
+_POOL = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?")  # an object name (RFC 1123)
+
+
+class NodeProtocolError(ProtocolError):
+    """A Node's label or annotation that does not follow the protocol; the message
+    names the node and the key."""
+
+
+class Health(StrEnum):
+    """The agent's health checks and the trial of a new deployment."""
+
+    UNKNOWN = "unknown"  # no health round yet
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"  # outside a trial
+    TRIAL = "in trial"  # a new deployment's health trial runs
+    ROLLED_BACK = "rolled back"  # a trial failed and the node went back by itself
+
+
+def version_label(version: str) -> str | None:
+    """``version`` as the value of :data:`LABEL_VERSION`, or ``None`` when it is not
+    a valid label value (the label is then removed; the annotation keeps the value)."""
+    return version if LABEL_VALUE.fullmatch(version) else None
+
+
+def one_line(text: str, limit: int = REASON_MAX) -> str:
+    """``text`` as one line of at most ``limit`` characters: control characters and
+    runs of white space become one space, a longer text is cut (ending in an ellipsis)."""
+    line = " ".join(CONTROL.sub(" ", text).split())
+    return line if len(line) <= limit else line[: limit - 1] + "\u2026"
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """What the agent says about its node: the four facts of the fleet protocol's
+    :class:`Report` (``version``, ``staged``, ``healthy``, ``failed``), why it
+    failed, the booted commit and its health checks' state."""
+
+    version: str
+    staged: str | None = None
+    healthy: bool = True
+    failed: bool = False
+    failure: str | None = None
+    """Why ``failed`` (one line); only with ``failed``."""
+    commit: str | None = None
+    health: Health = Health.UNKNOWN
+
+    def __post_init__(self) -> None:
+        _version("version", self.version)
+        if self.staged is not None:
+            _version("staged", self.staged)
+        if self.commit is not None and not _COMMIT.fullmatch(self.commit):
+            raise ProtocolError(
+                f"commit: expected 1-{COMMIT_MAX} letters and digits, got {_shown(self.commit)}"
+            )
+        if self.failure is not None:
+            if not self.failed:
+                raise ProtocolError(f"failure {_shown(self.failure)} without failed")
+            _line("failure", self.failure)
+        if not isinstance(self.health, Health):
+            raise ProtocolError(f"health must be a Health, not {self.health!r}")
+
+    def labels(self) -> dict[str, str | None]:
+        return {LABEL_VERSION: version_label(self.version)}
+
+    def annotations(self) -> dict[str, str | None]:
+        """Every agent annotation (``None``: absent, removed by a merge patch)."""
+        return {
+            CURRENT_VERSION: self.version,
+            COMMIT: self.commit,
+            STAGED_VERSION: self.staged,
+            HEALTHY: _bool(self.healthy),
+            FAILED: _bool(self.failed),
+            FAILURE: self.failure,
+            HEALTH: self.health.value,
+            **dict.fromkeys(RETIRED),
+        }
+
+    def patch(self) -> dict[str, Any]:
+        """The JSON merge patch of ``nodes/<name>`` that says this state (and removes
+        what it does not say: a stale staged version, failure or label)."""
+        return {"metadata": {"labels": self.labels(), "annotations": self.annotations()}}
+
+    def report(self) -> Report:
+        """The same facts in the standalone controller's protocol."""
+        return Report(self.version, self.staged, self.healthy, self.failed)
+
+    @classmethod
+    def from_node(cls, node: Mapping[str, Any]) -> NodeState | None:
+        """The agent's state on ``node`` (a Node object as the API returns it); ``None``
+        when its agent has not said anything yet (no :data:`CURRENT_VERSION`)."""
+        name, notes = _name(node), _annotations(node)
+        if notes.get(CURRENT_VERSION) is None:
+            return None
+        with _naming(name):
+            health = notes.get(HEALTH, Health.UNKNOWN.value)
+            if health not in {h.value for h in Health}:
+                allowed = ", ".join(repr(h.value) for h in Health)
+                raise _KeyError(HEALTH, f"expected one of {allowed}, got {_shown(health)}")
+            failed = _read_bool(notes, FAILED, default=False)
+            return cls(
+                version=_read(notes, CURRENT_VERSION, _version),
+                staged=_read_optional(notes, STAGED_VERSION, _version),
+                healthy=_read_bool(notes, HEALTHY, default=True),
+                failed=failed,
+                failure=_read_optional(notes, FAILURE, _line) if failed else None,
+                commit=_read_optional(notes, COMMIT, _commit),
+                health=Health(health),
+            )
+
+
+@dataclass(frozen=True)
+class Grant:
+    """The operator's answer to a node's agent: the standalone controller's
+    :class:`Desired` (``GET /v1/nodes/{name}/desired``). Stage ``version`` when
+    ``stage``; switch to it and reboot only when ``may_reboot`` (the operator has
+    then cordoned and drained the node and counts it unavailable). ``reason``
+    says why it waits (cut to one line of :data:`REASON_MAX` characters)."""
+
+    version: str
+    stage: bool
+    may_reboot: bool
+    pool: str
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        _version("version", self.version)
+        if not _POOL.fullmatch(self.pool):
+            raise ProtocolError(f"pool: expected an object name, got {self.pool!r}")
+        object.__setattr__(self, "reason", one_line(self.reason))
+
+    def annotations(self) -> dict[str, str]:
+        return {
+            POOL: self.pool,
+            DESIRED_VERSION: self.version,
+            STAGE: _bool(self.stage),
+            MAY_REBOOT: _bool(self.may_reboot),
+            REASON: self.reason,
+        }
+
+    def patch(self) -> dict[str, Any]:
+        """The JSON merge patch of ``nodes/<name>`` that says this grant."""
+        return {"metadata": {"annotations": self.annotations()}}
+
+    def desired(self) -> Desired:
+        """The same answer in the standalone controller's protocol."""
+        return Desired(self.version, self.stage, self.may_reboot, self.reason, self.pool)
+
+    @classmethod
+    def from_node(cls, node: Mapping[str, Any]) -> Grant | None:
+        """The operator's grant on ``node``; ``None`` before any (no :data:`DESIRED_VERSION`:
+        no pool selects the node, or the operator has not planned it yet)."""
+        name, notes = _name(node), _annotations(node)
+        if notes.get(DESIRED_VERSION) is None:
+            return None
+        with _naming(name):
+            return cls(
+                version=_read(notes, DESIRED_VERSION, _version),
+                stage=_read_bool(notes, STAGE, default=False),
+                may_reboot=_read_bool(notes, MAY_REBOOT, default=False),
+                pool=_read(notes, POOL, _pool),
+                reason=_read_optional(notes, REASON, _reason) or "",
+            )
+
+
+# --- validation ---------------------------------------------------------------------------
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _version(key: str, value: object) -> str:
+    if not isinstance(value, str) or not value.strip() or not VERSION.fullmatch(value):
+        raise ProtocolError(
+            f"{key}: expected a version (1-{VERSION_MAX} printable ASCII characters), "
+            f"got {_shown(value)}"
+        )
+    return value
+
+
+def _commit(key: str, value: object) -> str:
+    if not isinstance(value, str) or not _COMMIT.fullmatch(value):
+        raise ProtocolError(
+            f"{key}: expected 1-{COMMIT_MAX} letters and digits, got {_shown(value)}"
+        )
+    return value
+
+
+def _pool(key: str, value: object) -> str:
+    if not isinstance(value, str) or not _POOL.fullmatch(value):
+        raise ProtocolError(f"{key}: expected a NodePool's name, got {_shown(value)}")
+    return value
+
+
+def _line(key: str, value: object) -> str:
+    if not isinstance(value, str) or not value or value != one_line(value):
+        raise ProtocolError(
+            f"{key}: expected one line of at most {REASON_MAX} characters without control "
+            f"characters, got {_shown(value)}"
+        )
+    return value
+
+
+def _reason(key: str, value: object) -> str:
+    return "" if value == "" else _line(key, value)
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
+
+
+_Check = Callable[[str, object], str]
+
+
+class _KeyError(ProtocolError):
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"annotation {key}: {message}")
+
+
+def _read(notes: Mapping[str, object], key: str, check: _Check) -> str:
+    value = notes.get(key)
+    try:
+        return check(key, value)
+    except ProtocolError as e:
+        raise _KeyError(key, str(e).removeprefix(f"{key}: ")) from e
+
+
+def _read_optional(notes: Mapping[str, object], key: str, check: _Check) -> str | None:
+    return None if notes.get(key) is None else _read(notes, key, check)
+
+
+def _read_bool(notes: Mapping[str, object], key: str, *, default: bool) -> bool:
+    value = notes.get(key)
+    if value is None:
+        return default
+    if value not in ("true", "false"):
+        raise _KeyError(key, f'expected "true" or "false", got {_shown(value)}')
+    return value == "true"
+
+
+@contextmanager
+def _naming(node: str) -> Iterator[None]:
+    """A :class:`ProtocolError` inside becomes a :class:`NodeProtocolError` naming ``node``."""
+    try:
+        yield
+    except NodeProtocolError:
+        raise
+    except ProtocolError as e:
+        raise NodeProtocolError(f"node {node}: {e}") from e
+
+
+def _name(node: Mapping[str, Any]) -> str:
+    meta = node.get("metadata")
+    name = meta.get("name") if isinstance(meta, Mapping) else None
+    return name if isinstance(name, str) else "(no name)"
+
+
+def _annotations(node: Mapping[str, Any]) -> Mapping[str, object]:
+    meta = node.get("metadata")
+    notes = meta.get("annotations") if isinstance(meta, Mapping) else None
+    if notes is None:
+        return {}
+    if not isinstance(notes, Mapping):
+        raise NodeProtocolError(f"node {_name(node)}: metadata.annotations is not an object")
+    return notes
