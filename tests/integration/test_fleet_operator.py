@@ -1,14 +1,15 @@
 """The fleet operator (kopf) against kmock's Kubernetes API emulator over real HTTP.
 
-No kube-apiserver can be installed on this machine, so the real kopf operator
-(login, discovery, watch, handlers, timers) runs against ``kmock``'s in-memory
+The fast tier of the operator's tests: the real kopf operator (login,
+discovery, watch, handlers, timers) runs against ``kmock``'s in-memory
 emulator on a loopback port, in a thread of this process or as the
 ``atoll fleet operator`` process. The rollout decisions themselves are the
 shared planner's, tested in tests/unit/test_fleet_rollout.py, and the pure
 translation of objects in tests/unit/test_fleet_operator.py; these tests check
 the wiring: the planner's decisions land on the right Node objects,
 maxUnavailable and partition hold across ticks, and a failed report pauses the
-pool in its status. Not tested against a real cluster.
+pool in its status. The same operator against a real API server (RBAC, the
+CRD's schema, real evictions and budgets): test_fleet_operator_cluster.py.
 
 "Nothing more happens" is asserted after counted plans (:meth:`Cluster.plans`:
 the emulator counts the operator's status patches), never after a sleep, so a
@@ -25,6 +26,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,8 @@ import kopf
 from atoll.fleet import operator as op
 from atoll.fleet.rollout import Phase
 from atoll.process import DEVNULL, Child, start
+from atoll.wire import kubenode
+from atoll.wire.kubenode import NodeState
 
 POOLS = f"/apis/{op.GROUP}/{op.VERSION}/{op.PLURAL}"
 TIMEOUT = 20.0
@@ -62,26 +66,20 @@ class Cluster:
             {
                 "apiVersion": "v1",
                 "kind": "Node",
-                "metadata": {
-                    "name": name,
-                    "labels": labels,
-                    "annotations": {op.A_CURRENT: version, op.A_HEALTHY: "true"},
-                },
+                "metadata": {"name": name, "labels": labels},
                 "spec": {},
                 "status": {"conditions": [{"type": "Ready", "status": "True"}]},
             },
         )
+        await self._json("PATCH", f"/api/v1/nodes/{name}", NodeState(version).patch())
 
-    async def report(self, name: str, **notes: str) -> None:
-        """What the node's agent does: annotate its own Node."""
-        keys = {
-            "current": op.A_CURRENT,
-            "staged": op.A_STAGED,
-            "healthy": op.A_HEALTHY,
-            "failed": op.A_FAILED,
-        }
-        patch = {keys[k]: v for k, v in notes.items()}
-        await self._json("PATCH", f"/api/v1/nodes/{name}", {"metadata": {"annotations": patch}})
+    async def report(self, name: str, **changes: Any) -> None:
+        """What the node's agent does: publish its whole state on its own Node
+        (:class:`NodeState`'s patch), changed by ``changes`` (its fields)."""
+        state = NodeState.from_node(await self._json("GET", f"/api/v1/nodes/{name}"))
+        assert state is not None, f"node {name} has no state"
+        patch = replace(state, **changes).patch()
+        await self._json("PATCH", f"/api/v1/nodes/{name}", patch)
 
     async def add_pool(self, name: str, spec: dict[str, Any]) -> None:
         body = {
@@ -148,6 +146,12 @@ class EvictingEmulator(kmock.KubernetesEmulator):
         return counts[pool]
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        # The operator's preflight: every permission is granted here (RBAC is
+        # tested against a real API server, test_fleet_operator_cluster.py).
+        if request.url.path.endswith("/selfsubjectaccessreviews"):
+            return aiohttp.web.json_response({"status": {"allowed": True}}, status=201)
+        if request.url.path.endswith("/selfsubjectreviews"):
+            return aiohttp.web.json_response({"status": {"userInfo": {"username": "kmock"}}})
         if request.subresource != "eviction" or request.resource is None or request.name is None:
             response = await super()._handle(request)
             if _is_plan(request) and response.status < 400:
@@ -156,9 +160,16 @@ class EvictingEmulator(kmock.KubernetesEmulator):
             return response
         key = (request.resource, request.namespace, request.name)
         if f"{request.namespace}/{request.name}" in getattr(self, "protected", set()):
-            return aiohttp.web.json_response(
-                {"kind": "Status", "code": 429, "reason": "TooManyRequests"}, status=429
-            )
+            # The real API server's refusal names the budget as a cause (an overloaded
+            # server's 429 does not, and the operator retries that one).
+            cause = {"reason": "DisruptionBudget", "message": "The disruption budget allows none"}
+            body = {
+                "kind": "Status",
+                "code": 429,
+                "reason": "TooManyRequests",
+                "details": {"causes": [cause]},
+            }
+            return aiohttp.web.json_response(body, status=429)
         if key not in self.objects or self.objects[key].deleted:
             return aiohttp.web.json_response({"kind": "Status", "code": 404}, status=404)
         self.objects[key].delete()
@@ -192,6 +203,12 @@ async def cluster(*, operator: bool = True) -> AsyncIterator[Cluster]:
         )
         emulator.resources["v1/pods"] = kmock.ResourceInfo(
             kind="Pod", singular="pod", namespaced=True, verbs={"list", "get", "create"}
+        )
+        emulator.resources["policy/v1/poddisruptionbudgets"] = kmock.ResourceInfo(
+            kind="PodDisruptionBudget",
+            singular="poddisruptionbudget",
+            namespaced=True,
+            verbs={"list", "create"},
         )
         # kopf's backbone: it waits for these to be discoverable before it watches anything.
         emulator.resources["v1/events"] = kmock.ResourceInfo(
@@ -257,10 +274,10 @@ async def reboot_when_allowed(c: Cluster, names: set[str], version: str) -> None
     for name in sorted(names):
 
         async def allowed(name: str = name) -> bool:
-            return notes((await c.nodes())[name]).get(op.A_MAY_REBOOT) == "true"
+            return notes((await c.nodes())[name]).get(kubenode.MAY_REBOOT) == "true"
 
         await c.until(f"may-reboot on {name}", allowed)
-        await c.report(name, current=version)
+        await c.report(name, version=version)
 
 
 def test_pool_rolls_nodes_within_max_unavailable_and_partition() -> None:
@@ -282,11 +299,11 @@ def test_pool_rolls_nodes_within_max_unavailable_and_partition() -> None:
         # once; the last by name (n5) is held on 1.0 by the partition.
         async def staged_orders() -> bool:
             nodes = await c.nodes()
-            return all(notes(nodes[f"n{i}"]).get(op.A_STAGE) == "true" for i in range(1, 5))
+            return all(notes(nodes[f"n{i}"]).get(kubenode.STAGE) == "true" for i in range(1, 5))
 
         await c.until("stage orders", staged_orders)
         nodes = await c.nodes()
-        assert {n: notes(nodes[n]).get(op.A_DESIRED) for n in nodes} == {
+        assert {n: notes(nodes[n]).get(kubenode.DESIRED_VERSION) for n in nodes} == {
             "n1": "2.0",
             "n2": "2.0",
             "n3": "2.0",
@@ -348,8 +365,8 @@ def test_pool_rolls_nodes_within_max_unavailable_and_partition() -> None:
         for i in range(1, 5):
             assert nodes[f"n{i}"]["spec"].get("unschedulable") is False  # uncordoned
             assert notes(nodes[f"n{i}"])[op.A_PHASE] == Phase.IDLE.value
-        assert notes(nodes["n5"]).get(op.A_MAY_REBOOT) == "false"
-        assert notes(nodes["n5"])[op.A_CURRENT] == "1.0"
+        assert notes(nodes["n5"]).get(kubenode.MAY_REBOOT) == "false"
+        assert notes(nodes["n5"])[kubenode.CURRENT_VERSION] == "1.0"
 
     run(scenario)
 
@@ -377,11 +394,11 @@ def test_failed_node_pauses_the_pool_until_resumed() -> None:
         assert first == {"n1"}
 
         async def allowed() -> bool:
-            return notes((await c.nodes())["n1"]).get(op.A_MAY_REBOOT) == "true"
+            return notes((await c.nodes())["n1"]).get(kubenode.MAY_REBOOT) == "true"
 
         await c.until("may-reboot on n1", allowed)
         # n1 reboots into 2.0 and its health trial fails (the agent's verdict).
-        await c.report("n1", current="2.0", healthy="false", failed="true")
+        await c.report("n1", version="2.0", healthy=False, failed=True, failure="unhealthy")
 
         async def paused() -> dict[str, Any] | None:
             status = await c.pool_status("web")
@@ -400,7 +417,7 @@ def test_failed_node_pauses_the_pool_until_resumed() -> None:
         assert notes(nodes["n2"])[op.A_PHASE] != Phase.REBOOTING.value
 
         # The agent rolled back; the operator resumes the pool by annotation.
-        await c.report("n1", current="1.0", staged="2.0", healthy="true")
+        await c.report("n1", version="1.0", staged="2.0", healthy=True)
         await c._json(
             "PATCH",
             f"{POOLS}/web",
@@ -541,20 +558,20 @@ def test_granted_node_is_drained_through_evictions_before_it_may_reboot() -> Non
 
         async def refused() -> dict[str, Any] | None:
             node = (await c.nodes())["n1"]
-            return node if "PodDisruptionBudget" in notes(node).get(op.A_REASON, "") else None
+            return node if "PodDisruptionBudget" in notes(node).get(kubenode.REASON, "") else None
 
         node = await c.until("an eviction refused by the budget", refused)
         assert notes(node)[op.A_PHASE] == Phase.REBOOTING.value
-        assert notes(node)[op.A_MAY_REBOOT] == "false"
+        assert notes(node)[kubenode.MAY_REBOOT] == "false"
         assert node["spec"]["unschedulable"] is True
-        assert "apps/db-0" in notes(node)[op.A_REASON]
+        assert "apps/db-0" in notes(node)[kubenode.REASON]
         pods = {p["metadata"]["name"] for p in (await c._json("GET", "/api/v1/pods"))["items"]}
         assert pods == {"db-0", "logs-0", "web-1"}  # web-0 evicted; DaemonSet pod stays
 
         c.emulator.protected = set()  # the budget allows a disruption again
 
         async def may_reboot() -> bool:
-            return notes((await c.nodes())["n1"]).get(op.A_MAY_REBOOT) == "true"
+            return notes((await c.nodes())["n1"]).get(kubenode.MAY_REBOOT) == "true"
 
         await c.until("may-reboot after the drain", may_reboot)
         pods = {p["metadata"]["name"] for p in (await c._json("GET", "/api/v1/pods"))["items"]}
@@ -567,7 +584,7 @@ def test_granted_node_is_drained_through_evictions_before_it_may_reboot() -> Non
             "/api/v1/nodes/n1",
             {"status": {"conditions": [{"type": "Ready", "status": "False"}]}},
         )
-        await c.report("n1", current="2.0")
+        await c.report("n1", version="2.0")
         await c.plans("web")  # several ticks: the gate stays closed, not failed
         node = (await c.nodes())["n1"]
         assert notes(node)[op.A_PHASE] == Phase.REBOOTING.value
@@ -598,6 +615,37 @@ def test_invalid_pool_is_reported_in_its_status_and_touches_no_node() -> None:
 
         status = await c.until("phase Invalid", invalid)
         assert "NodePool web: strategy.max_unavailable" in status["pauseReason"]
-        assert op.A_DESIRED not in notes((await c.nodes())["n1"])
+        assert kubenode.DESIRED_VERSION not in notes((await c.nodes())["n1"])
+
+    run(scenario)
+
+
+def test_a_node_breaking_the_node_protocol_blocks_its_pool_until_it_reads_again() -> None:
+    async def scenario(c: Cluster) -> None:
+        for i in (1, 2):
+            await c.add_node(f"n{i}", "1.0", role="web")
+        broken = {"metadata": {"annotations": {kubenode.HEALTHY: "yes"}}}
+        await c._json("PATCH", "/api/v1/nodes/n2", broken)
+        await c.add_pool("web", {"version": "2.0", "selector": {"matchLabels": {"role": "web"}}})
+
+        async def blocked() -> dict[str, Any] | None:
+            status = await c.pool_status("web")
+            return status if status.get("phase") == "Blocked" else None
+
+        status = await c.until("the pool blocked", blocked)
+        assert "node n2: annotation atoll.dev/healthy" in status["pauseReason"]
+        await c.plans("web")  # blocked reconciles patch the status too: counted
+        nodes = await c.nodes()
+        assert all(kubenode.DESIRED_VERSION not in notes(n) for n in nodes.values())
+
+        # The agent publishes its whole state again: n2 reads again.
+        await c._json("PATCH", "/api/v1/nodes/n2", NodeState("1.0").patch())
+
+        async def staging() -> bool:
+            nodes = await c.nodes()
+            return all(notes(nodes[n]).get(kubenode.STAGE) == "true" for n in ("n1", "n2"))
+
+        await c.until("stage orders once n2 reads again", staging)
+        assert (await c.pool_status("web"))["unreadable"] == []
 
     run(scenario)

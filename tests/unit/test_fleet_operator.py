@@ -16,8 +16,11 @@ import yaml  # type: ignore[import-untyped]  # pyyaml, a kopf dependency, ships 
 
 from atoll.cli import main
 from atoll.errors import InputError
+from atoll.fleet import nodepool
 from atoll.fleet import operator as op
-from atoll.fleet.rollout import Phase, Quantity
+from atoll.fleet.drain import DRAIN_KEYS, OnTimeout
+from atoll.fleet.rollout import NodeFacts, Phase, Quantity
+from atoll.wire import kubenode
 
 CRD = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes" / "nodepool-crd.yaml"
 
@@ -64,7 +67,10 @@ def test_crd_schema_matches_the_operator() -> None:
     assert version["name"] == op.VERSION
     assert version["subresources"] == {"status": {}}
     spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
-    assert set(spec["properties"]) == {"version", "previousVersion", "selector", "strategy"}
+    assert set(spec["properties"]) == set(op.SPEC_KEYS)
+    drain_keys = spec["properties"]["drain"]["properties"]
+    assert set(drain_keys) == set(DRAIN_KEYS)
+    assert drain_keys["onTimeout"]["enum"] == [o.value for o in OnTimeout]
     strategy = spec["properties"]["strategy"]["properties"]
     assert set(strategy) == set(op.STRATEGY_KEYS)
     assert set(strategy["maintenanceWindow"]["properties"]) == set(op.WINDOW_KEYS)
@@ -93,8 +99,8 @@ def _node(annotations: dict[str, str] | None = None, *, ready: bool = True) -> d
     }
 
 
-C, S, H, F = op.A_CURRENT, op.A_STAGED, op.A_HEALTHY, op.A_FAILED
-P, G, D = op.A_PHASE, op.A_GRANTED, op.A_DESIRED
+C, S, H, F = kubenode.CURRENT_VERSION, kubenode.STAGED_VERSION, kubenode.HEALTHY, kubenode.FAILED
+P, G, D, POOL = op.A_PHASE, op.A_GRANTED, kubenode.DESIRED_VERSION, kubenode.POOL
 
 
 @pytest.mark.parametrize(
@@ -104,40 +110,43 @@ P, G, D = op.A_PHASE, op.A_GRANTED, op.A_DESIRED
         pytest.param(_node({C: "1"}, ready=False), Phase.IDLE, False, id="not Ready: unhealthy"),
         pytest.param(_node({C: "1", H: "false"}), Phase.IDLE, False, id="agent unhealthy"),
         pytest.param(
-            _node({C: "1", S: "2", P: "staging", D: "2"}), Phase.STAGED, True, id="staged"
+            _node({C: "1", S: "2", P: "staging", D: "2", POOL: "web"}),
+            Phase.STAGED,
+            True,
+            id="staged",
         ),
         pytest.param(
-            _node({C: "1", S: "2", P: "rebooting", G: "2", D: "2"}),
+            _node({C: "1", S: "2", P: "rebooting", G: "2", D: "2", POOL: "web"}),
             Phase.REBOOTING,
             True,
             id="granted, not rebooted yet",
         ),
         pytest.param(
-            _node({C: "2", P: "rebooting", G: "2", D: "2"}),
+            _node({C: "2", P: "rebooting", G: "2", D: "2", POOL: "web"}),
             Phase.IDLE,
             True,
             id="back on the granted version, Ready: idle",
         ),
         pytest.param(
-            _node({C: "2", P: "rebooting", G: "2", D: "2"}, ready=False),
+            _node({C: "2", P: "rebooting", G: "2", D: "2", POOL: "web"}, ready=False),
             Phase.REBOOTING,
             False,
             id="back on the granted version, kubelet not Ready yet: still rebooting",
         ),
         pytest.param(
-            _node({C: "2", H: "false", P: "rebooting", G: "2", D: "2"}),
+            _node({C: "2", H: "false", P: "rebooting", G: "2", D: "2", POOL: "web"}),
             Phase.REBOOTING,
             False,
             id="agent not healthy yet on the granted version (its trial): still rebooting",
         ),
         pytest.param(
-            _node({C: "2", H: "false", F: "true", P: "rebooting", G: "2", D: "2"}),
+            _node({C: "2", H: "false", F: "true", P: "rebooting", G: "2", D: "2", POOL: "web"}),
             Phase.FAILED,
             False,
             id="agent unhealthy outside a trial on the granted version: failed",
         ),
         pytest.param(
-            _node({C: "1", F: "true", P: "rebooting", G: "2", D: "2"}),
+            _node({C: "1", F: "true", P: "rebooting", G: "2", D: "2", POOL: "web"}),
             Phase.FAILED,
             True,
             id="agent rolled back by itself: failed",
@@ -156,8 +165,74 @@ def test_unreported_node_is_not_planned() -> None:
     assert op.facts_of(_node(), now=0.0) is None
 
 
+def _published(state: kubenode.NodeState, **grant: Any) -> dict[str, Any]:
+    """A Node as the agent's patch (and the operator's grant, if any) leave it."""
+    notes = {k: v for k, v in state.annotations().items() if v is not None}
+    if grant:
+        notes.update(kubenode.Grant(**grant).annotations())
+    return _node(notes)
+
+
+def test_facts_of_what_the_agent_publishes() -> None:
+    trial = kubenode.NodeState("2", healthy=False, commit="c2", health=kubenode.Health.TRIAL)
+    node = _published(trial, version="2", stage=False, may_reboot=True, pool="web")
+    node["metadata"]["annotations"].update({P: "rebooting", G: "2"})
+    facts = op.facts_of(node, now=1.0)
+    assert facts is not None
+    assert (facts.current_version, facts.phase, facts.healthy) == ("2", Phase.REBOOTING, False)
+    staged = _published(kubenode.NodeState("1", staged="2"), version="2", stage=True,
+                        may_reboot=False, pool="web")  # fmt: skip
+    staged["metadata"]["annotations"][P] = "staging"
+    facts = op.facts_of(staged, now=1.0)
+    assert facts is not None
+    assert (facts.staged_version, facts.phase) == ("2", Phase.STAGED)
+
+
+@pytest.mark.parametrize(
+    ("notes", "error"),
+    [
+        ({C: "1", H: "yes"}, 'node n1: annotation atoll.dev/healthy: expected "true" or "false"'),
+        ({C: "1", D: "2", POOL: "web", kubenode.STAGE: "1"}, "annotation atoll.dev/stage"),
+        ({C: "1\n"}, "node n1: annotation atoll.dev/current-version: expected a version"),
+    ],
+)
+def test_a_node_breaking_the_protocol_blocks_its_pool(notes: dict[str, str], error: str) -> None:
+    good = _node({C: "1"})
+    good["metadata"]["name"] = "n2"
+    seen = nodepool.observe([_node(notes), good, {"metadata": {"name": "n3"}}], 0.0)
+    assert [n.name for n in seen.facts] == ["n2"]
+    assert seen.unreported == ["n3"]
+    assert len(seen.unreadable) == 1
+    assert error in seen.unreadable[0]
+    status = nodepool.unreadable_status(seen.unreadable)
+    assert status["phase"] == "Blocked"
+    assert error in status["pauseReason"]
+
+
 def test_owner_is_the_first_matching_pool_by_name() -> None:
     web = op.spec_from_object("web", {"version": "2", "selector": {"matchLabels": {"role": "web"}}})
     every = op.spec_from_object("all", {"version": "3"})
     assert op.owner([("web", web), ("all", every)], {"role": "web"}) == "all"
     assert op.owner([("web", web)], {"role": "db"}) is None
+
+
+def _facts(name: str, phase: Phase) -> NodeFacts:
+    return NodeFacts(name, {}, "1", None, True, phase, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("phases", "order"),
+    [
+        # a node finishing (c) and the next granted (b): the uncordon is written first
+        ({"a": Phase.IDLE, "b": Phase.REBOOTING, "c": Phase.IDLE}, ["a", "c", "b"]),
+        ({"a": Phase.REBOOTING, "b": Phase.STAGED, "c": Phase.FAILED}, ["b", "c", "a"]),
+        ({"a": Phase.REBOOTING, "b": Phase.REBOOTING}, ["a", "b"]),  # each group in order
+        ({"a": Phase.STAGING, "b": Phase.IDLE}, ["a", "b"]),
+        ({}, []),
+    ],
+)
+def test_nodes_leaving_rebooting_are_written_before_nodes_entering_it(
+    phases: dict[str, Phase], order: list[str]
+) -> None:
+    facts = [_facts(name, phase) for name, phase in phases.items()]
+    assert [n.name for n in nodepool.release_first(facts)] == order

@@ -10,8 +10,11 @@ other verbs work without it.
 
 Credentials: the in-cluster service account when running in a Pod, else the
 kubeconfig (``--kubeconfig``, ``$KUBECONFIG`` or ``~/.kube/config``). NodePools
-and Nodes are cluster-scoped, so there is no ``--namespace``. Runs until
-SIGTERM/SIGINT (kopf handles both and stops gracefully).
+and Nodes are cluster-scoped, so there is no ``--namespace``. Before kopf
+starts, the CRD and every permission the operator uses are checked
+(:mod:`atoll.fleet.preflight`): one missing exits 1 naming the identity and
+each missing permission. Runs until SIGTERM/SIGINT (kopf handles both and
+stops gracefully).
 """
 
 from __future__ import annotations

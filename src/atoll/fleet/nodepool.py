@@ -1,0 +1,558 @@
+"""NodePool objects and Node annotations: the operator's pure translation.
+
+What :mod:`atoll.fleet.operator` reads from the API server becomes the
+planner's facts here, and the planner's decisions become annotations, a pool
+status and events here; nothing in this module talks to the API server, so
+all of it is table-tested (tests/unit/test_fleet_operator.py). What the node's
+agent writes on its Node and the operator's answer to it are the Node
+protocol's, :mod:`atoll.wire.kubenode` (:class:`~atoll.wire.kubenode.NodeState`,
+:class:`~atoll.wire.kubenode.Grant`), read and written only through it; the
+``A_*`` annotations here are the operator's private bookkeeping, which the agent
+never reads. The keys are documented in docs/kubernetes.md ("The Node
+protocol"), the NodePool spec's keys and the status's fields in docs/fleet.md
+("As a Kubernetes operator").
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from atoll.errors import InputError
+from atoll.fleet import drain
+from atoll.fleet.pool import spec_from_dict
+from atoll.fleet.preflight import GROUP, VERSION
+from atoll.fleet.rollout import (
+    Action,
+    ActionKind,
+    NodeFacts,
+    Phase,
+    Plan,
+    PoolSpec,
+    PoolState,
+    plan,
+)
+from atoll.fleet.transitions import (
+    after_action,
+    after_report,
+    instruction,
+    matches,
+    resumed,
+)
+from atoll.wire.kubenode import Grant, NodeProtocolError, NodeState
+
+KIND = "NodePool"
+
+# The operator's private bookkeeping on a Node (the agent never reads it): its memory
+# of the node between reconciles, the cordon and the drain. What the agent writes and
+# the operator's answer to it (the grant) are atoll.wire.kubenode's.
+A_PHASE = "atoll.dev/phase"
+A_SINCE = "atoll.dev/phase-since"
+A_GRANTED = "atoll.dev/granted-version"
+A_CORDONED = "atoll.dev/cordoned"
+A_DRAINED = "atoll.dev/drained"
+A_DRAIN_SINCE = "atoll.dev/drain-since"
+A_DRAIN_BLOCKED = "atoll.dev/drain-blocked"
+A_SKIPPED = "atoll.dev/drain-skipped"
+# On the NodePool: a new value resumes the pool.
+A_RESUME = "atoll.dev/resume"
+
+_STATUS_NODES_LIMIT = 50  # waiting nodes listed in the status; counts cover all
+
+# The CR's strategy keys (camelCase) and pool.toml's (snake_case): one table.
+STRATEGY_KEYS: Mapping[str, str] = {
+    "partition": "partition",
+    "maxUnavailable": "max_unavailable",
+    "paused": "paused",
+    "minReadySeconds": "min_ready_seconds",
+    "canary": "canary",
+    "priorityLabel": "priority_label",
+    "scatterLabel": "scatter_label",
+    "failureBudget": "failure_budget",
+    "rebootTimeoutSeconds": "reboot_timeout_seconds",
+    "canarySoakSeconds": "canary_soak_seconds",
+    "failureWindowSeconds": "failure_window_seconds",
+    "maintenanceWindow": "maintenance_window",
+    "onStepFailure": "on_step_failure",
+    "maxStepRetries": "max_step_retries",
+}
+WINDOW_KEYS: Mapping[str, str] = {
+    "days": "days",
+    "start": "start",
+    "lengthMinutes": "length_minutes",
+    "timezone": "timezone",
+}
+
+
+SPEC_KEYS = ("version", "previousVersion", "selector", "strategy", "drain")
+
+
+def spec_from_object(name: str, raw: Mapping[str, Any]) -> PoolSpec:
+    """A NodePool's ``spec`` -> :class:`PoolSpec`, through pool.toml's validator.
+
+    Errors name the object and key, e.g. ``NodePool web: strategy.canary: ...``.
+    """
+    source = f"{KIND} {name}"
+    unknown = set(raw) - set(SPEC_KEYS)
+    if unknown:
+        raise InputError(f"{source}: unknown key(s) spec.{sorted(unknown)}")
+    drain.policy_from_object(source, raw.get("drain"))  # validated with the rest
+    pool: dict[str, Any] = {"name": name, "version": raw.get("version")}
+    if raw.get("previousVersion") is not None:
+        pool["previous_version"] = raw["previousVersion"]
+    selector = raw.get("selector", {})
+    if not isinstance(selector, dict) or set(selector) - {"matchLabels"}:
+        raise InputError(f"{source}: spec.selector: only matchLabels is supported, got {selector}")
+    pool["selector"] = selector.get("matchLabels", {})
+    strategy_raw = raw.get("strategy", {})
+    if not isinstance(strategy_raw, dict):
+        raise InputError(f"{source}: spec.strategy must be an object, got {strategy_raw!r}")
+    strategy: dict[str, Any] = {}
+    for key, value in strategy_raw.items():
+        if key not in STRATEGY_KEYS:
+            raise InputError(f"{source}: unknown key spec.strategy.{key}")
+        if key == "maintenanceWindow" and isinstance(value, dict):
+            unknown_w = set(value) - set(WINDOW_KEYS)
+            if unknown_w:
+                raise InputError(
+                    f"{source}: unknown key(s) spec.strategy.{key}.{sorted(unknown_w)}"
+                )
+            strategy[STRATEGY_KEYS[key]] = {WINDOW_KEYS[k]: v for k, v in value.items()}
+            continue
+        strategy[STRATEGY_KEYS[key]] = value
+    return spec_from_dict({"pool": pool, "strategy": strategy}, source)
+
+
+@dataclass(frozen=True)
+class Pool:
+    """One valid NodePool as a reconcile uses it."""
+
+    name: str
+    obj: Mapping[str, Any]
+    spec: PoolSpec
+    policy: drain.DrainPolicy
+
+    @classmethod
+    def of(cls, obj: Mapping[str, Any]) -> Pool:
+        """:class:`InputError` naming the object and key when its spec is invalid."""
+        name, raw = str(obj["metadata"]["name"]), obj.get("spec") or {}
+        spec = spec_from_object(name, raw)
+        return cls(name, obj, spec, drain.policy_from_object(f"{KIND} {name}", raw.get("drain")))
+
+
+@dataclass(frozen=True)
+class PoolMemory:
+    """What the operator keeps in a NodePool's status between reconciles."""
+
+    failure_pause: str | None
+    canary_released: bool
+    resumed: str | None
+
+    @classmethod
+    def of(cls, status: Mapping[str, Any]) -> PoolMemory:
+        failure_pause = status.get("failurePause")
+        resumed = status.get("resumedAt")
+        return cls(
+            failure_pause if isinstance(failure_pause, str) and failure_pause else None,
+            status.get("canaryReleased") is True,
+            resumed if isinstance(resumed, str) else None,
+        )
+
+
+def annotations_of(obj: Mapping[str, Any]) -> dict[str, str]:
+    meta = obj.get("metadata") or {}
+    return dict(meta.get("annotations") or {})
+
+
+def labels_of(obj: Mapping[str, Any]) -> dict[str, str]:
+    meta = obj.get("metadata") or {}
+    return dict(meta.get("labels") or {})
+
+
+def node_ready(node: Mapping[str, Any]) -> bool:
+    """The Node's ``Ready`` condition is ``True`` (the kubelet's health gate)."""
+    for condition in (node.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Ready":
+            return bool(condition.get("status") == "True")
+    return False
+
+
+def facts_of(node: Mapping[str, Any], now: float) -> NodeFacts | None:
+    """The planner's facts for one Node, after applying its agent's latest report.
+
+    ``None`` when the node's agent has not reported yet (no current version):
+    such a node is counted as ``unreported`` and never planned. A state or a
+    grant on the Node that breaks the Node protocol raises
+    :class:`atoll.wire.kubenode.NodeProtocolError` naming the node and the key.
+    """
+    state = NodeState.from_node(node)
+    if state is None:
+        return None
+    grant = Grant.from_node(node)
+    notes = annotations_of(node)
+    name = str(node["metadata"]["name"])
+    try:
+        phase = Phase(notes.get(A_PHASE, Phase.IDLE.value))
+    except ValueError:
+        phase = Phase.IDLE  # an annotation edited by hand: start over from idle
+    try:
+        since = float(notes.get(A_SINCE, "0"))
+    except ValueError:
+        since = 0.0
+    healthy = state.healthy and node_ready(node)
+    # Before this report: the operator's memory (a grant remembers its version
+    # as the staged one, exactly as the standalone store does).
+    remembered = NodeFacts(
+        name,
+        labels_of(node),
+        state.version,
+        notes.get(A_GRANTED) if phase is Phase.REBOOTING else state.staged,
+        healthy,
+        phase,
+        since,
+    )
+    # Back on the granted version but not healthy yet (the kubelet is not Ready,
+    # or the agent's trial runs): after_report keeps the node rebooting, bounded
+    # by the reboot timeout, until it is healthy or its agent says it failed.
+    report = replace(state.report(), healthy=healthy)
+    desired = None if grant is None else grant.version
+    return after_report(remembered, report, desired, now).after
+
+
+def after_plan(
+    node: NodeFacts, kinds: Mapping[str, tuple[ActionKind, str]], now: float
+) -> NodeFacts:
+    """A node's facts once the plan's decision about it is persisted (pure).
+
+    The stores' transition (:func:`atoll.fleet.transitions.after_action`): a stage
+    order moves ``idle``/``staged`` to ``staging``; a reboot or rollback grant
+    moves the node to ``rebooting`` with the granted version.
+    """
+    decision = kinds.get(node.name)
+    if decision is None:
+        return node
+    kind, version = decision
+    return after_action(node, Action(kind, node.name, version), now)
+
+
+def release_first(nodes: Sequence[NodeFacts]) -> list[NodeFacts]:
+    """The order the nodes' patches are written in: every node out of ``rebooting``
+    (an uncordon among them) before any node in it (a new grant and its cordon), each
+    group in its own order. A node finishing and the next one granted in the same
+    reconcile are then never both cordoned, even for a moment, and an operator killed
+    between the two patches leaves fewer nodes unavailable, not more."""
+    return sorted(nodes, key=lambda n: n.phase is Phase.REBOOTING)
+
+
+def grant_of(node: NodeFacts, result: Plan, pool: str) -> Grant:
+    """The operator's answer to the node's agent (the Node protocol's :class:`Grant`)."""
+    told = instruction(node, result.desired[node.name])
+    return Grant(told.version, told.stage, told.may_reboot, pool, result.waiting.get(node.name, ""))
+
+
+def memory_of(node: NodeFacts) -> dict[str, str]:
+    """The operator's memory of one node (private annotations): phase, since when and,
+    while ``rebooting``, the version the slot was granted for."""
+    notes = {A_PHASE: node.phase.value, A_SINCE: f"{node.last_transition:.3f}"}
+    if node.phase is Phase.REBOOTING and node.staged_version:
+        notes[A_GRANTED] = node.staged_version
+    return notes
+
+
+def owner(pools: Sequence[tuple[str, PoolSpec]], labels: Mapping[str, str]) -> str | None:
+    """A node belongs to the first pool, by name, whose selector matches (as standalone)."""
+    for name, spec in sorted(pools, key=lambda p: p[0]):
+        if matches(spec.selector, labels):
+            return name
+    return None
+
+
+# --- drains: what the Node's annotations and the pool's status say ------------------------
+
+
+@dataclass(frozen=True)
+class DrainReport:
+    """The drains of one reconcile, for the pool's status."""
+
+    blocked: Sequence[Mapping[str, Any]] = ()
+    """Each pod blocking a drain: ``node``, ``pod``, ``budgets``, ``reason``."""
+    skipped: Sequence[str] = ()
+    """Nodes whose drain timed out with ``onTimeout: skip``, left out until a resume."""
+
+
+def skipped_nodes(raw_nodes: Sequence[Mapping[str, Any]], version: str) -> list[str]:
+    """Nodes skipped for the pool's current target (a new version plans them again)."""
+    return [
+        str(n["metadata"]["name"]) for n in raw_nodes if annotations_of(n).get(A_SKIPPED) == version
+    ]
+
+
+def released(old: Mapping[str, str]) -> dict[str, str | None]:
+    """Out of ``rebooting``: the grant's and the drain's bookkeeping goes."""
+    keys = (A_GRANTED, A_DRAINED, A_DRAIN_SINCE, A_DRAIN_BLOCKED)
+    return {key: None for key in keys if key in old}
+
+
+def cordon_change(old: Mapping[str, str], rebooting: bool) -> bool | None:
+    """``True``: cordon (and mark) now; ``False``: uncordon (and unmark); ``None``: as is."""
+    cordoned = old.get(A_CORDONED) == "true"
+    if rebooting and not cordoned:
+        return True
+    if not rebooting and cordoned:
+        return False
+    return None
+
+
+def skip_changes(
+    node: NodeFacts, old: Mapping[str, str], target: str, reason: str, pool: str
+) -> tuple[Grant, dict[str, str | None]]:
+    """A drain given up with ``onTimeout: skip``: the grant is given back (the node
+    is told to stay on its version), the node uncordoned and unmarked, and left out
+    of the pool (``atoll.dev/drain-skipped``) until the pool is resumed or
+    retargeted. The new grant, and the changes of the private annotations."""
+    grant = Grant(node.current_version, False, False, pool, f"{reason} (resume the pool to retry)")
+    changes: dict[str, str | None] = {
+        **released(old),
+        **drain.unmark(old),
+        A_CORDONED: None,
+        A_SKIPPED: target,
+        A_PHASE: Phase.IDLE.value,
+    }
+    return grant, changes
+
+
+def seconds_or(text: str | None, default: float) -> float:
+    try:
+        return float(text) if text else default
+    except ValueError:
+        return default
+
+
+def pool_event(pool: Mapping[str, Any], reason: str, message: str, now: float) -> dict[str, Any]:
+    """A Warning Event about a NodePool (``kubectl describe nodepool`` lists it)."""
+    meta = pool.get("metadata") or {}
+    stamp = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        # Events of cluster-scoped objects go to the default namespace (as kubectl looks).
+        "metadata": {"generateName": f"{meta.get('name')}.", "namespace": "default"},
+        "involvedObject": {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "name": meta.get("name"),
+            "uid": meta.get("uid"),
+        },
+        "reason": reason,
+        "message": message[:1000],
+        "type": "Warning",
+        "source": {"component": "atoll-fleet-operator"},
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
+
+
+def pool_phase(result: Plan, skipped: Sequence[str] = ()) -> str:
+    """``Paused``, ``Progressing``, ``Completed``, or ``Incomplete``: done but for
+    nodes skipped after a drain timeout (``status.skipped``)."""
+    s = result.status
+    if s.paused_reason is not None:
+        return "Paused"
+    if s.updating == 0 and s.pending == 0 and s.failed == 0:
+        return "Incomplete" if skipped else "Completed"
+    return "Progressing"
+
+
+def _condition(
+    kind: str, on: bool, reason: str, message: str, old: Sequence[Any], now: float
+) -> dict[str, Any]:
+    """A status condition; its ``lastTransitionTime`` is kept from ``old`` while its
+    status stays, else it is ``now``."""
+    status = "True" if on else "False"
+    since = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for previous in old:
+        if (
+            isinstance(previous, dict)
+            and previous.get("type") == kind
+            and previous.get("status") == status
+            and previous.get("lastTransitionTime")
+        ):
+            since = str(previous["lastTransitionTime"])
+    return {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since,
+    }
+
+
+def pool_status(
+    result: Plan,
+    memory: PoolMemory,
+    nodes: Sequence[NodeFacts],
+    unreported: Sequence[str],
+    generation: object,
+    old: Mapping[str, Any],
+    drains: DrainReport = DrainReport(),
+    *,
+    now: float,
+) -> dict[str, Any]:
+    """The NodePool's ``status`` for one plan, made at ``now`` (a condition that
+    changes gets it as its ``lastTransitionTime``)."""
+    s = result.status
+    phase = pool_phase(result, drains.skipped)
+    old_conditions = old.get("conditions") or []
+    blocked_nodes = sorted({str(b["node"]) for b in drains.blocked})
+    conditions = [
+        _condition(
+            "DrainBlocked",
+            bool(drains.blocked),
+            "DrainBlocked" if drains.blocked else "NoneBlocked",
+            "; ".join(f"node {b['node']}: {b['reason']}" for b in drains.blocked),
+            old_conditions,
+            now,
+        ),
+        _condition(
+            "Paused",
+            s.paused_reason is not None,
+            "Paused" if s.paused_reason else "Running",
+            s.paused_reason or "",
+            old_conditions,
+            now,
+        ),
+        _condition(
+            "Complete",
+            phase == "Completed",
+            phase,
+            f"{s.updated} of {s.total} node(s) on the target, {s.held} held by the partition"
+            + (f", {len(drains.skipped)} skipped after a drain timeout" if drains.skipped else ""),
+            old_conditions,
+            now,
+        ),
+    ]
+    waiting = [
+        {
+            "name": n.name,
+            "current": n.current_version,
+            "desired": result.desired[n.name],
+            "phase": n.phase.value,
+            "healthy": n.healthy,
+            "reason": result.waiting[n.name],
+        }
+        for n in nodes
+        if n.name in result.waiting
+    ]
+    status: dict[str, Any] = {
+        **{_camel(k): v for k, v in asdict(s).items() if k not in _REASONS},
+        "phase": phase,
+        "pauseReason": s.paused_reason or "",
+        "stalledReason": s.stalled_reason or "",
+        "failurePause": memory.failure_pause or "",
+        "canaryReleased": memory.canary_released,
+        "unreported": len(unreported),
+        "waiting": waiting[:_STATUS_NODES_LIMIT],
+        "blockedDrains": list(drains.blocked)[:_STATUS_NODES_LIMIT],
+        "drainBlockedNodes": blocked_nodes,
+        "skipped": sorted(drains.skipped),
+        "unreadable": [],
+        "conditions": conditions,
+        "observedGeneration": generation,
+    }
+    if memory.resumed is not None:
+        status["resumedAt"] = memory.resumed
+    return status
+
+
+_REASONS = ("paused_reason", "stalled_reason")  # strings in the status ("" when none)
+
+
+def _camel(snake: str) -> str:
+    head, *rest = snake.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """A pool's Nodes as the planner sees them (:func:`observe`)."""
+
+    facts: list[NodeFacts]
+    unreported: list[str]
+    """Nodes whose agent has not said anything yet (never planned)."""
+    unreadable: list[str]
+    """One error per Node whose labels or annotations break the Node protocol."""
+
+
+def observe(raw_nodes: Sequence[Mapping[str, Any]], now: float) -> Observed:
+    """The planner's facts of a pool's Nodes, those not reported yet, and the errors
+    of those that cannot be read."""
+    seen = Observed([], [], [])
+    for raw in raw_nodes:
+        try:
+            node = facts_of(raw, now)
+        except NodeProtocolError as e:
+            seen.unreadable.append(str(e))
+            continue
+        if node is None:
+            seen.unreported.append(str(raw["metadata"]["name"]))
+        else:
+            seen.facts.append(node)
+    return seen
+
+
+def unreadable_status(errors: Sequence[str]) -> dict[str, Any]:
+    """The pool's status while Nodes of it break the Node protocol: nothing is planned
+    (a node whose state is unknown might hold a reboot slot, so granting another could
+    exceed maxUnavailable) until every Node reads again."""
+    shown = "; ".join(errors[:_STATUS_NODES_LIMIT])
+    more = (
+        f" (and {len(errors) - _STATUS_NODES_LIMIT} more)"
+        if len(errors) > _STATUS_NODES_LIMIT
+        else ""
+    )
+    return {
+        "phase": "Blocked",
+        "pauseReason": f"nothing planned while Nodes break the Node protocol: {shown}{more}",
+        "unreadable": list(errors[:_STATUS_NODES_LIMIT]),
+    }
+
+
+def on_resume(
+    spec: PoolSpec,
+    memory: PoolMemory,
+    resume: str | None,
+    facts: list[NodeFacts],
+    now: float,
+) -> tuple[PoolMemory, list[NodeFacts]]:
+    """A new ``atoll.dev/resume`` value (``fleet resume``): clear the self-pause,
+    release the canary, retry failed nodes. Unchanged otherwise (pure)."""
+    if resume is None or resume == memory.resumed:
+        return memory, facts
+    step = resumed(spec, PoolState(memory.failure_pause), facts, now)
+    retried = {n.name: n for n in step.nodes}
+    return (
+        PoolMemory(step.state.pause_reason, step.state.canary_released, resume),
+        [retried.get(n.name, n) for n in facts],
+    )
+
+
+def decide(
+    spec: PoolSpec, memory: PoolMemory, facts: list[NodeFacts], now: float
+) -> tuple[Plan, PoolMemory, list[NodeFacts]]:
+    """Plan the pool; the facts and memory once its decisions are persisted (pure).
+
+    The plan is made again on the decided facts, so the reasons it gives
+    describe what the agents will see.
+    """
+    result = plan(spec, PoolState(memory.failure_pause, memory.canary_released), facts, now)
+    if not result.actions and result.pause_reason is None:
+        return result, memory, facts
+    decided = {a.node: (a.kind, a.version) for a in result.actions}
+    facts = [after_plan(n, decided, now) for n in facts]
+    if result.pause_reason is not None:
+        memory = replace(memory, failure_pause=result.pause_reason)
+    state = PoolState(memory.failure_pause, memory.canary_released)
+    return plan(spec, state, facts, now), memory, facts
