@@ -262,3 +262,22 @@ def test_summarise_makes_any_error_text_one_bounded_line() -> None:
     assert len(long.reason) == 500
     assert long.reason.endswith("\u2026")
     assert StepFailure.summarise(Step.REBOOT, "2", "\n").reason == "failed (no reason given)"
+
+
+def test_an_answer_with_watches_carries_the_etag_of_its_grant_not_of_its_reason() -> None:
+    waiting = Desired("2.0", stage=True, may_reboot=False, reason="slot 1 of 1 taken", pool="web")
+    tagged = waiting.tagged()
+    assert tagged.etag is not None and len(tagged.etag) == 16
+    assert Desired.from_json(json.loads(json.dumps(tagged.to_json()))) == tagged
+    assert "etag" not in waiting.to_json()  # a controller without watches: no key
+    other_reason = Desired("2.0", True, False, "window closed", "web").tagged()
+    assert other_reason.etag == tagged.etag  # a new reason wakes no watch
+    for changed in (
+        Desired("2.0", True, True, "", "web"),  # the grant
+        Desired("3.0", True, False, "", "web"),
+        Desired("2.0", False, False, "", "web"),
+        Desired("2.0", True, False, "", None),
+    ):
+        assert changed.tagged().etag != tagged.etag
+    with pytest.raises(ProtocolError, match="etag must be"):
+        Desired.from_json({**tagged.to_json(), "etag": "../x"})

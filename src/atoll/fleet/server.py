@@ -29,6 +29,17 @@ Design:
   A replica never campaigns during one of its own plans (the plan lock), so a
   plan that passes the fence was read while this replica led throughout.
 
+* **pushed grants**: ``GET /v1/nodes/NAME/desired?wait=ETAG`` is a node's
+  watch: answered at once when the node's grant (pool, version, stage,
+  may_reboot; the answer's ``etag``) differs from ``ETAG``, else parked in the
+  watch hub (:mod:`atoll.fleet.watch`: one selector thread, no thread per
+  watch) and answered by the first plan that changes it, or unchanged after
+  the server's wait (45 s, jittered, at most 60). Watches are bounded apart
+  from ``max_in_flight`` (``max_watches``, and the open files limit, which the
+  server raises to its hard limit); beyond, ``503`` with ``Retry-After``.
+  Reports that change something share plans (:meth:`Controller.replan`), so a
+  wave of agents answering at once costs a few plans, not one each.
+
 * **watching** (``atoll fleet status POOL --watch``): a pool view carries an
   ``etag`` (a digest of the view); ``GET /v1/pools/NAME?wait=ETAG&timeout=S``
   answers as soon as the view differs from ``ETAG``, or after ``S`` seconds
@@ -45,7 +56,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 import re
+import resource
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -60,7 +74,8 @@ from atoll.fleet import transitions
 from atoll.fleet.pool import spec_from_dict, spec_to_dict
 from atoll.fleet.rollout import NodeFacts, Plan, PoolSpec, PoolState, plan
 from atoll.fleet.store import Election, FleetStore, NotLeader, StoreError, Wanted
-from atoll.wire.fleet import Desired, NodeRecord, ProtocolError, Registration, Report
+from atoll.fleet.watch import DEFAULT_MAX_WATCHES, DEFAULT_WATCH_SECONDS, WatchHub, watch_seconds
+from atoll.wire.fleet import WATCH_MAX, Desired, NodeRecord, ProtocolError, Registration, Report
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +83,53 @@ _Message = TypeVar("_Message", Registration, Report)
 
 
 class HttpError(Exception):
-    def __init__(self, status: HTTPStatus, message: str) -> None:
+    def __init__(
+        self, status: HTTPStatus, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = headers or {}
+
+
+class _Parked:
+    """A route's answer meaning: no answer from this thread, the watch hub answers."""
+
+
+PARKED = _Parked()
+
+
+@dataclass(frozen=True)
+class _Latest:
+    """What the last plan says: each node's answer is computed from it on demand."""
+
+    plans: dict[str, Plan]
+    owners: dict[str, str]
+    nodes: dict[str, NodeFacts]
+
+    def answer(self, name: str) -> Desired | None:
+        node = self.nodes.get(name)
+        return None if node is None else _answer(self.plans, self.owners.get(name), node)
+
+
+def _answer(plans: dict[str, Plan], pool: str | None, node: NodeFacts) -> Desired:
+    """What the node's agent is told (with its etag), given its pool's plan."""
+    result = plans.get(pool) if pool is not None else None
+    if pool is None or result is None or node.name not in result.desired:
+        return Desired(
+            pool=None,
+            version=node.current_version,
+            stage=False,
+            may_reboot=False,
+            reason="no pool selects this node",
+        ).tagged()
+    told = transitions.instruction(node, result.desired[node.name])
+    return Desired(
+        pool=pool,
+        version=told.version,
+        stage=told.stage,
+        may_reboot=told.may_reboot,
+        reason=result.waiting.get(node.name, ""),
+    ).tagged()
 
 
 class Controller:
@@ -99,6 +158,12 @@ class Controller:
         self._plans: dict[str, Plan] = {}
         self._specs: dict[str, PoolSpec] = {}
         self._changed = threading.Condition()
+        self.watches = WatchHub()
+        """The parked watches of nodes (:mod:`atoll.fleet.watch`); told of every plan."""
+        self._latest = _Latest({}, {}, {})
+        """The last plan's view: every node's answer (the watch hub's too)."""
+        self._begun = 0  # plans begun (each reads the store after it begins)
+        self._done = 0  # the last plan finished
 
     @staticmethod
     def owner(pools: list[tuple[PoolSpec, PoolState]], node: NodeFacts) -> str | None:
@@ -107,28 +172,57 @@ class Controller:
     def reconcile(self) -> dict[str, Plan]:
         """Plan every pool and persist the decisions; returns the plans."""
         with self.plan_lock:
-            now = self.clock()
-            pools = self.store.pools()
-            members: dict[str, list[NodeFacts]] = {spec.name: [] for spec, _ in pools}
-            for node in self.store.nodes():
-                owner = self.owner(pools, node)
-                if owner is not None:
-                    members[owner].append(node)
-            plans: dict[str, Plan] = {}
-            for spec, state in pools:
-                result = plan(spec, state, members[spec.name], now)
-                try:
-                    plans[spec.name] = self._persist(pools, spec.name, result, now)
-                except AtollError as e:  # one pool's failure does not stop the others
-                    log.warning("%s: pool %s: plan not persisted: %s", self.replica, spec.name, e)
-                    plans[spec.name] = result
-                except Exception:
-                    log.exception("%s: pool %s: plan not persisted", self.replica, spec.name)
-                    plans[spec.name] = result
-            self._plans = plans
-            self._specs = {spec.name: spec for spec, _ in pools}
+            plans = self._reconcile_locked()
         with self._changed:
             self._changed.notify_all()
+        return plans
+
+    def replan(self) -> None:
+        """Make sure a plan reads the store after this call (a report changed it).
+
+        Reports arriving together share one plan: a caller that finds a plan
+        begun after its call already finished returns at once, so a wave of
+        reports costs a few plans, not one each."""
+        target = self._begun + 1
+        with self.plan_lock:
+            if self._done >= target:
+                return
+            self._reconcile_locked()
+        with self._changed:
+            self._changed.notify_all()
+
+    def _reconcile_locked(self) -> dict[str, Plan]:
+        self._begun += 1
+        generation = self._begun
+        now = self.clock()
+        pools = self.store.pools()
+        nodes = self.store.nodes()
+        members: dict[str, list[NodeFacts]] = {spec.name: [] for spec, _ in pools}
+        owners: dict[str, str] = {}
+        for node in nodes:
+            owner = self.owner(pools, node)
+            if owner is not None:
+                members[owner].append(node)
+                owners[node.name] = owner
+        plans: dict[str, Plan] = {}
+        persisted = self.persisted
+        for spec, state in pools:
+            result = plan(spec, state, members[spec.name], now)
+            try:
+                plans[spec.name] = self._persist(pools, spec.name, result, now)
+            except AtollError as e:  # one pool's failure does not stop the others
+                log.warning("%s: pool %s: plan not persisted: %s", self.replica, spec.name, e)
+                plans[spec.name] = result
+            except Exception:
+                log.exception("%s: pool %s: plan not persisted", self.replica, spec.name)
+                plans[spec.name] = result
+        self._plans = plans
+        self._specs = {spec.name: spec for spec, _ in pools}
+        if self.persisted != persisted:  # decisions written: answer from the stored nodes
+            nodes = self.store.nodes()
+        self._latest = _Latest(plans, owners, {n.name: n for n in nodes})
+        self.watches.publish(self._latest.answer)
+        self._done = generation
         return plans
 
     def _persist(
@@ -153,9 +247,11 @@ class Controller:
         return plan(spec_state[0], spec_state[1], nodes, now)
 
     def plans(self) -> dict[str, Plan]:
+        """The last plans (made now if none was made yet)."""
         with self.plan_lock:
-            cached = dict(self._plans)
-        return cached or self.reconcile()
+            if self._done:
+                return dict(self._plans)
+        return self.reconcile()
 
     def wanted(self, name: str) -> Wanted:
         """The version the last plans want for node ``name`` and its pool's spec
@@ -169,29 +265,14 @@ class Controller:
         return Wanted(None)
 
     def desired(self, name: str) -> Desired:
+        if name not in self._latest.nodes:
+            self.replan()  # registered after the last plan (shared with others meanwhile)
         plans = self.plans()
-        if not any(name in p.desired for p in plans.values()):
-            plans = self.reconcile()  # registered after the last plan
         node = self.store.node(name)  # after planning: the plan may have moved it
         if node is None:
             raise HttpError(HTTPStatus.NOT_FOUND, f"node {name!r} is not registered")
-        for pool, result in plans.items():
-            if name in result.desired:
-                told = transitions.instruction(node, result.desired[name])
-                return Desired(
-                    pool=pool,
-                    version=told.version,
-                    stage=told.stage,
-                    may_reboot=told.may_reboot,
-                    reason=result.waiting.get(name, ""),
-                )
-        return Desired(
-            pool=None,
-            version=node.current_version,
-            stage=False,
-            may_reboot=False,
-            reason="no pool selects this node",
-        )
+        pool = next((pool for pool, result in plans.items() if name in result.desired), None)
+        return _answer(plans, pool, node)
 
     def pool_view(self, name: str) -> dict[str, Any]:
         spec_state = self.store.pool(name)
@@ -201,7 +282,9 @@ class Controller:
         nodes = {n.name: n for n in self.store.nodes()}
         view: dict[str, Any] = {
             "spec": spec_to_dict(spec_state[0]),
-            "controller": self.controller_view(),
+            # Who decides, not the counters (watches, plans): those change with every
+            # plan and would change the view's etag, waking its long polls for nothing.
+            "controller": self.leadership(),
         }
         if result is not None:
             view["status"] = asdict(result.status)
@@ -233,8 +316,16 @@ class Controller:
                 # Woken by the next plan; the bound covers a notify that raced us.
                 self._changed.wait(min(left, 1.0))
 
-    def controller_view(self) -> dict[str, Any]:
+    def leadership(self) -> dict[str, Any]:
+        """This replica, whether it leads, the leader."""
         return {"replica": self.replica, "leading": self.leading, "leader": self.leader}
+
+    def controller_view(self) -> dict[str, Any]:
+        return {
+            **self.leadership(),
+            "watches": {"parked": self.watches.parked, "limit": self.watches.limit},
+            "plans": self._begun,
+        }
 
 
 def _failure_json(n: NodeFacts | None) -> dict[str, Any]:
@@ -269,14 +360,30 @@ class FleetHTTPServer(ThreadingHTTPServer):
         controller: Controller,
         max_in_flight: int,
         max_watchers: int = 32,
+        *,
+        watch_seconds: float = DEFAULT_WATCH_SECONDS,
     ) -> None:
         if address[0] != "127.0.0.1":
             raise InputError(f"--listen {address[0]}: the controller listens on 127.0.0.1 only")
         self.controller = controller
         self.in_flight = threading.BoundedSemaphore(max_in_flight)
         self.watchers = threading.BoundedSemaphore(max_watchers)
+        """Pool long polls (``fleet status --watch``), each holding its thread."""
+        self.watch_seconds = watch_seconds
+        """The longest a node's watch is held (:func:`atoll.fleet.watch.watch_seconds`)."""
         self.rejected = 0
+        self._detached: set[socket.socket] = set()
         super().__init__(address, _Handler)
+
+    def detach(self, request: socket.socket) -> None:
+        """The watch hub owns ``request`` now: do not close it after its handler."""
+        self._detached.add(request)
+
+    def shutdown_request(self, request: Any) -> None:
+        if request in self._detached:
+            self._detached.discard(request)
+            return
+        super().shutdown_request(request)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -309,8 +416,10 @@ class _Handler(BaseHTTPRequestHandler):
         return data
 
     def _serve(self, method: str) -> None:
-        # A long poll waits most of its time: it has its own, separate bound.
-        slots = self.server.watchers if "wait=" in self.path else self.server.in_flight
+        # A pool's long poll waits most of its time in its thread: it has its own,
+        # separate bound. A node's watch parks without its thread (atoll.fleet.watch).
+        pool_poll = "wait=" in self.path and self.path.startswith("/v1/pools/")
+        slots = self.server.watchers if pool_poll else self.server.in_flight
         if not slots.acquire(blocking=False):
             self.server.rejected += 1
             # Drain the body so the connection stays in sync for the retry.
@@ -319,9 +428,13 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             status, payload = self._route(method)
-            self._send(status, payload)
+            if payload is PARKED:
+                self.close_connection = True
+                self.server.detach(self.request)
+            else:
+                self._send(status, payload)
         except HttpError as e:
-            self._send(e.status, {"error": str(e)})
+            self._send(e.status, {"error": str(e)}, e.headers)
         except AtollError as e:
             self._send(HTTPStatus.BAD_REQUEST, {"error": str(e)})
         finally:
@@ -355,8 +468,42 @@ class _Handler(BaseHTTPRequestHandler):
         if reported is None:
             raise HttpError(HTTPStatus.NOT_FOUND, f"node {name!r} is not registered")
         if reported[1]:  # only a change can change the plan; the timer does the rest
-            ctl.reconcile()
+            ctl.replan()
         return ctl.desired(name).to_json()
+
+    def _desired(self, path: str, query: str, name: str) -> Any:
+        """``GET /v1/nodes/NAME/desired``; with ``?wait=ETAG[&timeout=S]``, a watch:
+        answered at once when the node's grant differs from ``ETAG``, else parked
+        in the watch hub (which answers on a change or when the wait runs out)."""
+        ctl = self.server.controller
+        params = parse_qs(query)
+        if "wait" not in params:
+            return ctl.desired(name).to_json()
+        raw = params.get("timeout", [str(WATCH_MAX)])[0]
+        try:
+            asked = float(raw)
+        except ValueError:
+            asked = -1.0
+        if not 0 <= asked <= WATCH_MAX:
+            raise HttpError(
+                HTTPStatus.BAD_REQUEST,
+                f"GET {path}: timeout {raw!r}: expected 0..{WATCH_MAX:g} s",
+            )
+        hub = ctl.watches
+        since = hub.generation  # noted before the read: a plan after it is news
+        fresh = ctl.desired(name)
+        seconds = watch_seconds(asked, self.server.watch_seconds, random.random())  # noqa: S311
+        if fresh.etag != params["wait"][0] or seconds <= 0:
+            return fresh.to_json()
+        refused = hub.park(self.request, name, fresh, seconds, since)
+        if refused is not None:
+            raise HttpError(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                f"GET {path}: {hub.limit} watches are waiting already: poll, "
+                f"and watch again in {refused} s",
+                {"Retry-After": str(refused)},
+            )
+        return PARKED
 
     # operators: pools -----------------------------------------------------
     def _pool(self, path: str, query: str, name: str) -> dict[str, Any]:
@@ -425,7 +572,7 @@ _ROUTES: tuple[tuple[str, re.Pattern[str], Callable[[_Handler, _Request], Any]],
     (
         "GET",
         re.compile(r"^/v1/nodes/([^/]+)/desired$"),
-        lambda h, r: h.server.controller.desired(*r.args).to_json(),
+        lambda h, r: h._desired(r.path, r.query, *r.args),
     ),
     # operators
     ("GET", re.compile(r"^/v1/controller$"), lambda h, _: h.server.controller.controller_view()),
@@ -472,10 +619,18 @@ class FleetService:
         tick: float = 1.0,
         clock: Callable[[], float] = time.time,
         election: Election | None = None,
+        max_watches: int = DEFAULT_MAX_WATCHES,
+        watch_seconds: float = DEFAULT_WATCH_SECONDS,
     ) -> None:
         replica = "standalone" if election is None else election.identity
         self.controller = Controller(store, clock, replica=replica, leading=election is None)
-        self.httpd = FleetHTTPServer((host, port), self.controller, max_in_flight)
+        # Bounded by the open files limit in start(), which raises it: constructing a
+        # service changes nothing process-wide.
+        self.max_watches = max_watches
+        self.controller.watches.limit = max_watches
+        self.httpd = FleetHTTPServer(
+            (host, port), self.controller, max_in_flight, watch_seconds=watch_seconds
+        )
         self.tick = tick
         self.election = election
         self._stop = threading.Event()
@@ -530,6 +685,8 @@ class FleetService:
             log.exception("%s: reconcile failed", self.controller.replica)
 
     def start(self) -> None:
+        self.controller.watches.limit = min(self.max_watches, _watch_room())
+        self.controller.watches.start()
         targets: list[Callable[[], None]] = [self.httpd.serve_forever, self._timer]
         if self.election is not None:
             self.campaign()
@@ -547,6 +704,7 @@ class FleetService:
         self._stop.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+        self.controller.watches.stop()  # its agents reconnect (elsewhere, or here later)
         for thread in self._threads:
             thread.join(timeout=5)
         if self.election is not None and resign:
@@ -554,3 +712,21 @@ class FleetService:
                 self.election.resign()
             except StoreError as e:
                 log.warning("%s: resign: %s", self.controller.replica, e)
+
+
+FDS_KEPT = 256
+"""File descriptors kept for everything but parked watches (store, requests, logs)."""
+
+
+def _watch_room() -> int:
+    """How many watches the process's file descriptors allow: the soft limit is raised
+    to the hard one first (a watch is an open socket), less :data:`FDS_KEPT`."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as e:
+            log.warning("cannot raise the open files limit from %d to %d: %s", soft, target, e)
+    return max(0, soft - FDS_KEPT)

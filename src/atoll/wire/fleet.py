@@ -14,6 +14,12 @@ keys it does not know are ignored, so either side may add one first.
   of time when ``stage`` is true; switch to it and reboot only when
   ``may_reboot`` is true (the controller has then already counted this node
   as unavailable)
+* ``GET /v1/nodes/{name}/desired?wait=ETAG[&timeout=S]`` -> :class:`Desired`,
+  a watch (:meth:`FleetClient.watch`): answered when the node's grant differs
+  from ``ETAG`` (:func:`grant_etag`), or unchanged after the controller's wait
+  (at most ``S`` and :data:`WATCH_MAX`); ``503`` with ``Retry-After`` when the
+  controller holds too many. :class:`WatchSchedule` is how a node waits
+  between rounds (watch, or poll a controller without watches; jittered backoff)
 * ``GET /v1/nodes`` -> a list of :class:`NodeRecord`
 
 The operator's side of the API (pools, events) is read by ``atoll fleet``
@@ -35,20 +41,30 @@ so the schedule is testable without waiting.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
+import io
 import json
 import random
 import re
+import selectors
+import socket
+import ssl
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+ETAG = re.compile(r"[0-9a-z]{1,64}")
+WATCH_MAX = 60.0
+MAX_WATCH_ANSWER = 1 << 20  # bytes of a watch's whole answer (a few hundred, really)
+"""The longest a controller holds a watch (``?wait=``) before it answers unchanged:
+a client's read timeout is longer than this."""
 NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 REASON_MAX = 500
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -320,22 +336,29 @@ class Desired:
     """The controller's answer to a report or ``GET /v1/nodes/{name}/desired``.
 
     ``pool`` is None when no pool selects the node (``version`` is then what it
-    runs); ``reason`` says why it waits."""
+    runs); ``reason`` says why it waits. ``etag`` (:func:`grant_etag`) names the
+    grant state (pool, version, stage, may_reboot; not the reason): a controller
+    that sends it takes watches (``?wait=ETAG``, :meth:`FleetClient.watch`); the
+    key is left out when None (a controller without watches)."""
 
     version: str
     stage: bool
     may_reboot: bool
     reason: str
     pool: str | None
+    etag: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "pool": self.pool,
             "version": self.version,
             "stage": self.stage,
             "may_reboot": self.may_reboot,
             "reason": self.reason,
         }
+        if self.etag is not None:
+            body["etag"] = self.etag
+        return body
 
     @classmethod
     def from_json(cls, raw: object) -> Desired:
@@ -343,13 +366,31 @@ class Desired:
         for key in ("version", "stage", "may_reboot"):
             if key not in body:
                 raise ProtocolError(f"{key} is missing")
+        etag = _optional_text(body, "etag")
+        if etag is not None and not ETAG.fullmatch(etag):
+            raise ProtocolError(f"etag must be 1-64 of 0-9 a-z, not {etag!r}")
         return cls(
             version=_text(body, "version"),
             stage=_flag(body, "stage", False),
             may_reboot=_flag(body, "may_reboot", False),
             reason=_optional_text(body, "reason") or "",
             pool=_optional_text(body, "pool"),
+            etag=etag,
         )
+
+    def grant(self) -> tuple[str | None, str, bool, bool]:
+        """What a watch waits on: everything but the reason and the etag."""
+        return (self.pool, self.version, self.stage, self.may_reboot)
+
+    def tagged(self) -> Desired:
+        """This answer with its :func:`grant_etag` (what a controller with watches sends)."""
+        return replace(self, etag=grant_etag(self.grant()))
+
+
+def grant_etag(grant: tuple[str | None, str, bool, bool]) -> str:
+    """The etag of a grant state (:meth:`Desired.grant`): 16 hex digits of a digest."""
+    text = json.dumps(list(grant), separators=(",", ":"))
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -436,6 +477,75 @@ class Backoff:
         self.sleep(seconds)
 
 
+class WatchRefused(FleetError):
+    """The controller would not hold another watch (503, or 429 when busy): poll
+    meanwhile and watch again no sooner than ``retry_after`` seconds (plus jitter)."""
+
+    def __init__(self, message: str, *, status: int, retry_after: float | None) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+
+class Watched(StrEnum):
+    """How a watch (:meth:`FleetClient.watch`) ended."""
+
+    CHANGED = "changed"  # the grant state differs from the etag the node knew
+    UNCHANGED = "unchanged"  # the controller's wait ran out
+    INTERRUPTED = "interrupted"  # the node gave up waiting (something changed on the node)
+    REFUSED = "refused"  # 503/429: too many watches
+    FAILED = "failed"  # no answer: connection refused or cut (a controller restarting)
+
+
+@dataclass(frozen=True)
+class Wait:
+    """How a node waits before its next round: ``watch`` the controller (``seconds`` 0),
+    or sleep ``seconds`` and poll."""
+
+    watch: bool
+    seconds: float
+
+
+@dataclass
+class WatchSchedule:
+    """How a node waits between rounds (the agent's update loop and the benchmark's
+    simulated agents).
+
+    A controller that sends an etag (:class:`Desired`) takes watches: the node
+    waits on one, and a round follows at once whatever ended it, but for a
+    refused or failed watch: then the next round comes after ``delay``, exponential
+    with full jitter (``uniform(0, min(cap, base * 2**n))`` for the n-th failure
+    in a row, after the controller's ``Retry-After`` for a refusal), so the
+    agents of a restarted controller do not reconnect all at once; until
+    then the node polls every ``interval``. A controller without an etag (older)
+    is polled every ``interval``. ``now`` is passed in, ``rand`` injected."""
+
+    interval: float
+    base: float = 1.0
+    cap: float = 60.0
+    rand: Callable[[], float] = random.random
+    failures: int = 0
+    watch_from: float = 0.0
+
+    def next(self, etag: str | None, now: float) -> Wait:
+        if etag is None:
+            return Wait(False, self.interval)
+        if now < self.watch_from:
+            return Wait(False, min(self.interval, self.watch_from - now))
+        return Wait(True, 0.0)
+
+    def ended(self, outcome: Watched, now: float, retry_after: float | None = None) -> float:
+        """Seconds to wait before the next round, after a watch ended so."""
+        if outcome not in (Watched.REFUSED, Watched.FAILED):
+            self.failures, self.watch_from = 0, 0.0
+            return 0.0
+        jitter = float(self.rand()) * min(self.cap, self.base * 2.0**self.failures)
+        self.failures += 1
+        refused = outcome is Watched.REFUSED
+        delay = jitter + ((retry_after or 0.0) if refused else 0.0)
+        self.watch_from = now + delay
+        return min(delay, self.interval) if refused else delay
+
+
 def _retry_after(raw: str | None) -> float | None:
     if raw is None:
         return None
@@ -486,11 +596,7 @@ def request_replicas(
             with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - http(s) URL from config
                 return json.loads(resp.read() or b"null"), index
         except urllib.error.HTTPError as e:
-            text = e.read().decode(errors="replace")
-            try:
-                message = str(json.loads(text).get("error", text))
-            except (ValueError, AttributeError):
-                message = text
+            message = _error_text(e.read().decode(errors="replace"))
             if e.code not in RETRY_STATUSES and e.code < 500:
                 raise FleetError(f"{method} {url}: HTTP {e.code}: {message}", status=e.code) from e
             last = f"HTTP {e.code}: {message}"
@@ -558,6 +664,122 @@ class FleetClient:
 
     def desired(self, name: str) -> Desired:
         return self._desired("GET", node_path(name, "desired"))
+
+    def watch(
+        self,
+        name: str,
+        etag: str,
+        *,
+        timeout: float = WATCH_MAX,
+        interrupted: Callable[[], bool] = lambda: False,
+        check_every: float = 1.0,
+    ) -> Desired | None:
+        """Wait until the node's grant state differs from ``etag``: one long poll
+        (``GET /v1/nodes/{name}/desired?wait=ETAG&timeout=S``), no retry.
+
+        Returns the answer: its etag differs on a change, or is ``etag`` when the
+        controller's wait (``timeout`` at most; it may choose less, never more than
+        :data:`WATCH_MAX`) ran out. None when ``interrupted()`` (asked every
+        ``check_every`` seconds) turned true first: the request is dropped.
+        Raises :class:`WatchRefused` for 503/429, :class:`FleetError` for anything
+        else; a request that got no answer moves to the next replica."""
+        base = self.base_urls[0]
+        parts = urlsplit(base)
+        seconds = max(0.0, min(timeout, WATCH_MAX))
+        path = f"{parts.path}{node_path(name, 'desired')}?wait={quote(etag)}&timeout={seconds:g}"
+        url = base + path[len(parts.path) :]
+        https = parts.scheme == "https"
+        connection = http.client.HTTPSConnection if https else http.client.HTTPConnection
+        conn = connection(parts.hostname or "", parts.port, timeout=self.timeout)
+        try:
+            conn.request("GET", path, headers={"Connection": "close"})
+            assert conn.sock is not None  # request() connected it
+            answer = _read_answer(conn.sock, seconds + self.timeout, interrupted, check_every)
+            if answer is None:
+                return None
+            response = http.client.HTTPResponse(_Answered(answer), method="GET")  # type: ignore[arg-type]
+            response.begin()
+            status, raw = response.status, response.read()
+            retry_after = _retry_after(response.getheader("Retry-After"))
+        except (OSError, http.client.HTTPException) as e:
+            self.base_urls = self.base_urls[1:] + self.base_urls[:1]
+            self.base_url = self.base_urls[0]
+            raise FleetError(f"GET {url}: {e}") from e
+        finally:
+            conn.close()
+        return _watch_answer(url, status, raw, retry_after)
+
+
+def _read_answer(
+    sock: socket.socket,
+    seconds: float,
+    interrupted: Callable[[], bool],
+    check_every: float,
+) -> bytes | None:
+    """The whole answer to a ``Connection: close`` request (up to the server's close);
+    None when ``interrupted()`` turned true before any of it came. ``TimeoutError``
+    after ``seconds``; :class:`http.client.HTTPException` beyond
+    :data:`MAX_WATCH_ANSWER` bytes.
+
+    The socket is read without blocking: over TLS 1.3 the server's session tickets
+    make it readable long before the answer, and a blocking read would then wait
+    with the client's short timeout instead of the watch's."""
+    deadline = time.monotonic() + seconds
+    chunks: list[bytes] = []
+    size = 0
+    sock.setblocking(False)
+    with selectors.DefaultSelector() as selector:
+        selector.register(sock, selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no answer in {seconds:g} s")
+            if not selector.select(min(check_every, left)):
+                if not chunks and interrupted():
+                    return None
+                continue
+            while True:  # what is there now (TLS may hold more than one record)
+                try:
+                    data = sock.recv(65536)
+                except (ssl.SSLWantReadError, BlockingIOError):
+                    break  # a TLS record without data (a ticket), or nothing yet
+                if not data:
+                    return b"".join(chunks)
+                chunks.append(data)
+                size += len(data)
+                if size > MAX_WATCH_ANSWER:
+                    raise http.client.HTTPException(f"answer larger than {MAX_WATCH_ANSWER} bytes")
+
+
+class _Answered:
+    """An answer already read, as :class:`http.client.HTTPResponse` reads a socket."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def makefile(self, mode: str) -> io.BytesIO:
+        return io.BytesIO(self._data)
+
+
+def _watch_answer(url: str, status: int, raw: bytes, retry_after: float | None) -> Desired:
+    text = raw.decode(errors="replace")
+    if status in (429, 503):
+        raise WatchRefused(
+            f"GET {url}: HTTP {status}: {_error_text(text)}", status=status, retry_after=retry_after
+        )
+    if status != 200:
+        raise FleetError(f"GET {url}: HTTP {status}: {_error_text(text)}", status=status)
+    try:
+        return Desired.from_json(json.loads(text or "null"))
+    except (ValueError, ProtocolError) as e:
+        raise FleetError(f"{url}: unexpected answer {text[:200]!r}: {e}") from e
+
+
+def _error_text(text: str) -> str:
+    try:
+        return str(json.loads(text).get("error", text))
+    except (ValueError, AttributeError):
+        return text
 
 
 def node_path(name: str, verb: str) -> str:
