@@ -20,12 +20,19 @@ def test_small_benchmark(tmp_path: Path) -> None:
     )
     figures = result["figures"]
     assert isinstance(figures, dict)
-    burst, rollout, scale = figures["registration burst"], figures["rollout"], figures["scale"]
+    burst, scale = figures["registration burst"], figures["scale"]
     assert burst["registered"] == 30 and burst["errors"] == 0
-    assert rollout["updated (agents)"] == 10 and rollout["updated (controller)"] == 10
-    assert rollout["max_unavailable"] == 1 and rollout["first failure"] is None
-    assert rollout["ideal wave time (s)"] == 1.0
+    for rollout in (figures["rollout, grants pushed"], figures["rollout, agents polling"]):
+        assert rollout["updated (agents)"] == 10 and rollout["updated (controller)"] == 10
+        assert rollout["max_unavailable"] == 1 and rollout["first failure"] is None
+        assert rollout["controller plans during rollout (timer and reports)"] > 0
+        assert rollout["ideal wave time (s)"] == 1.0
+        assert rollout["controller CPU per node per minute (ms)"] >= 0
+    assert figures["rollout, grants pushed"]["agents"] == "watch (grants pushed)"
     assert scale["nodes in pool"] == 50 and scale["controller peak RSS (MB)"] > 0
+    # Every idle node's watch was parked, and the pool's first plan answered each one.
+    assert scale["watches parked"] == 50
+    assert scale["watches answered on apply"] == 50
     series = result["series"]
     assert isinstance(series, dict)
     timeline = series["rollout timeline"]
@@ -33,3 +40,4 @@ def test_small_benchmark(tmp_path: Path) -> None:
     assert max(timeline["unavailable"]) <= 1  # maxUnavailable, seen from the agents
     targets = result["targets"]
     assert isinstance(targets, list) and targets[0]["met"] is True
+    assert targets[-1]["met"] is True  # every watch parked and answered

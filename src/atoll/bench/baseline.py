@@ -7,7 +7,9 @@ index, by the same mmdebstrap with the same apt cache. Nothing is slimmed.
 The tarball is cached by its inputs like an atoll root filesystem.
 
 The boot benchmark turns it into a bootable disk (it has an initramfs, so a
-plain ext4 root works); the compose benchmark counts its packages and bytes.
+plain ext4 root works); the compose benchmark counts its packages and bytes;
+the ready benchmark (:mod:`atoll.bench.ready`) adds the packages a conventional
+Kubernetes node installs from the same suite (``extra``).
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import hashlib
 import json
 import shutil
 import tarfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from atoll import durable
 from atoll.compose.rootfs import private_tmpdir
+from atoll.errors import AtollError
 from atoll.manifest.model import Distribution
 from atoll.process import run
 from atoll.progress import Reporter
@@ -33,6 +37,7 @@ class BaselineRootfs:
     tarball: Path
     packages: int
     size: int  # bytes of regular files, hard links once
+    names: frozenset[str]  # the installed packages
 
 
 def build_baseline_rootfs(
@@ -43,8 +48,11 @@ def build_baseline_rootfs(
     reporter: Reporter,
     *,
     source_date_epoch: int,
+    extra: Sequence[str] = (),
 ) -> BaselineRootfs:
-    include = sorted({*BASELINE_PACKAGES, kernel_package})
+    """The baseline's tarball, built once per inputs; ``extra`` packages on top
+    (the ready benchmark's conventional Kubernetes node: containerd, CNI plugins)."""
+    include = sorted({*BASELINE_PACKAGES, kernel_package, *extra})
     sources = [
         f"deb {distribution.mirror} {distribution.suite} {' '.join(distribution.components)}"
     ]
@@ -87,14 +95,14 @@ def build_baseline_rootfs(
         finally:
             partial.unlink(missing_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
-    packages, size = measure_tarball(target)
-    return BaselineRootfs(tarball=target, packages=packages, size=size)
+    names, size = measure_tarball(target)
+    return BaselineRootfs(tarball=target, packages=len(names), size=size, names=names)
 
 
-def measure_tarball(tarball: Path) -> tuple[int, int]:
+def measure_tarball(tarball: Path) -> tuple[frozenset[str], int]:
     """Installed packages (from dpkg's status inside) and bytes of regular files."""
     size = 0
-    packages = 0
+    names: frozenset[str] = frozenset()
     with tarfile.open(tarball) as tar:
         for member in tar:
             if member.isfile():  # hard links are LNKTYPE entries: counted once
@@ -102,10 +110,36 @@ def measure_tarball(tarball: Path) -> tuple[int, int]:
                 if member.name.lstrip("./") == "var/lib/dpkg/status":
                     handle = tar.extractfile(member)
                     assert handle is not None
-                    text = handle.read().decode()
-                    packages = sum(
-                        1
-                        for stanza in text.split("\n\n")
-                        if "Status: install ok installed" in stanza
-                    )
-    return packages, size
+                    names = installed_packages(handle.read().decode())
+    return names, size
+
+
+def installed_packages(status: str) -> frozenset[str]:
+    """The names dpkg's status file lists as installed."""
+    names = set()
+    for stanza in status.split("\n\n"):
+        fields = dict(
+            line.split(":", 1) for line in stanza.splitlines() if ":" in line and line[:1] != " "
+        )
+        if fields.get("Status", "").strip() == "install ok installed" and "Package" in fields:
+            names.add(fields["Package"].strip())
+    return frozenset(names)
+
+
+def tree_disk(
+    tree: Path, source: Path, work: Path, name: str, size: str
+) -> tuple[Path, Path, Path]:
+    """An ext4 disk (label ``baseline``) of an unpacked conventional host's ``tree`` and
+    copies of its newest kernel and initrd, as ``work/<name>.img``, ``-vmlinuz``,
+    ``-initrd``; ``source`` (the tarball) names the tree in errors."""
+    kernels = sorted((tree / "boot").glob("vmlinuz-*"))
+    initrds = sorted((tree / "boot").glob("initrd.img-*"))
+    if not kernels or not initrds:
+        raise AtollError(f"{source}: /boot has no vmlinuz-* and initrd.img-*")
+    kernel, initrd = work / f"{name}-vmlinuz", work / f"{name}-initrd"
+    shutil.copyfile(kernels[-1], kernel)
+    shutil.copyfile(initrds[-1], initrd)
+    disk = work / f"{name}.img"
+    disk.unlink(missing_ok=True)
+    run(["mkfs.ext4", "-q", "-L", "baseline", "-d", tree, disk, size])
+    return disk, kernel, initrd

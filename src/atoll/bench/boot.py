@@ -24,14 +24,13 @@ import statistics
 import time
 from pathlib import Path
 
-from atoll.bench.baseline import build_baseline_rootfs
+from atoll.bench.baseline import build_baseline_rootfs, tree_disk
 from atoll.boot.report import BootReport
 from atoll.boot.runner import BootSpec, Firmware, KernelOverride, Machine
 from atoll.compose.oci import write_busybox_archive
 from atoll.compose.pipeline import compose
 from atoll.disk import build_disk, plan_disk
 from atoll.disk.layout import MIB
-from atoll.errors import AtollError
 from atoll.manifest import load_index, load_manifest
 from atoll.process import run
 from atoll.progress import Reporter
@@ -79,16 +78,7 @@ def _baseline_disk(tarball: Path, work: Path) -> tuple[Path, KernelOverride]:
     for unit in ("atoll-ready.service", "atoll-boot-report.service"):
         (wants / unit).unlink(missing_ok=True)
         (wants / unit).symlink_to(f"/etc/systemd/system/{unit}")
-    kernels = sorted((tree / "boot").glob("vmlinuz-*"))
-    initrds = sorted((tree / "boot").glob("initrd.img-*"))
-    if not kernels or not initrds:
-        raise AtollError(f"{tarball}: /boot has no vmlinuz-* and initrd.img-* for the baseline")
-    kernel, initrd = work / "baseline-vmlinuz", work / "baseline-initrd"
-    shutil.copyfile(kernels[-1], kernel)
-    shutil.copyfile(initrds[-1], initrd)
-    disk = work / "baseline.img"
-    disk.unlink(missing_ok=True)
-    run(["mkfs.ext4", "-q", "-L", "baseline", "-d", tree, disk, "4G"])
+    disk, kernel, initrd = tree_disk(tree, tarball, work, "baseline", "4G")
     shutil.rmtree(tree, ignore_errors=True)
     return disk, KernelOverride(kernel, "root=LABEL=baseline rw console=ttyS0,115200", initrd)
 

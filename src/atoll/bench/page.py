@@ -34,10 +34,10 @@ from typing import Any, Protocol, cast
 
 from atoll.bench.plots import attach
 from atoll.durable import write_atomic
-from atoll.process import run
+from atoll.process import interrupt_on_sigterm, run
 from atoll.progress import Reporter, reporter_for
 
-STAGES = ("compose", "boot", "publish", "agent", "fleet")
+STAGES = ("compose", "boot", "ready", "publish", "agent", "fleet", "operator")
 CHECKOUT = Path(__file__).resolve().parents[3]
 
 
@@ -149,7 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     reporter = reporter_for(json_lines=args.json)
     args.workdir.mkdir(parents=True, exist_ok=True)
     try:
-        results = run_all(args.only or STAGES, args.workdir, reporter)
+        # SIGTERM stops a run as Ctrl-C does: its VMs and servers are stopped on the way out.
+        with interrupt_on_sigterm():
+            results = run_all(args.only or STAGES, args.workdir, reporter)
     finally:
         reporter.close()
     about = machine()

@@ -140,11 +140,51 @@ def latency_distribution(series: Mapping[str, Any], out: Path) -> Path:
     return _save(fig, out)
 
 
+def ready_distributions(series: Mapping[str, Any], out: Path) -> Path:
+    """Cumulative distribution of qemu start to Node Ready, one line per kind and N
+    (colour: the kind; line style: how many nodes were started at once)."""
+    colours = {"atoll": "#4c72b0", "conventional": "#dd8452"}
+    styles = ("-", "--", ":", "-.")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    drawn = 0
+    for row, (nodes, kinds) in enumerate(sorted(series.items(), key=lambda item: int(item[0]))):
+        for kind, values in kinds.items():
+            seconds = sorted(float(v) for v in values)
+            if not seconds:
+                continue
+            shares = [100 * (i + 1) / len(seconds) for i in range(len(seconds))]
+            label = f"{kind}, {'1 node' if nodes == '1' else nodes + ' at once'}"
+            ax.step(
+                [0.0, *seconds],
+                [0.0, *shares],
+                where="post",
+                color=colours.get(kind, "grey"),
+                ls=styles[row % len(styles)],
+                label=label,
+            )
+            drawn += 1
+    if not drawn:
+        raise ValueError("ready series: no times")
+    ax.set_xlabel("seconds from qemu start to Node Ready (qemu TCG)")
+    ax.set_ylabel("% of nodes Ready")
+    ax.set_title("Node Ready: atoll vs conventional Debian host with the same kubelet")
+    ax.legend(loc="lower right", fontsize="small")
+    ax.grid(alpha=0.3)
+    ax.set_xlim(left=0)
+    return _save(fig, out)
+
+
 def _boot(data: Mapping[str, Any], img: Path) -> list[Path]:
     figures = data.get("figures") or {}
     if "atoll boot to ready, median (s)" not in figures:
         return []
     return [boot_phases(figures, img / "boot-phases.png")]
+
+
+def _ready(data: Mapping[str, Any], img: Path) -> list[Path]:
+    seconds = (data.get("series") or {}).get("ready seconds")
+    return [ready_distributions(seconds, img / "ready-distribution.png")] if seconds else []
 
 
 def _fleet(data: Mapping[str, Any], img: Path) -> list[Path]:
@@ -159,6 +199,7 @@ def _agent(data: Mapping[str, Any], img: Path) -> list[Path]:
 
 PLOTTERS: dict[str, Callable[[Mapping[str, Any], Path], list[Path]]] = {
     "boot": _boot,
+    "ready": _ready,
     "fleet": _fleet,
     "agent": _agent,
 }

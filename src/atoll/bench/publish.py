@@ -3,7 +3,7 @@
 Measured in one run on loopback:
 
 * a security update: the default image composed from Debian's point release
-  alone (v0) and with bookworm-security/-updates (v1, the default): the
+  alone (v0) and with the suite's -security and -updates (v1, the default): the
   packages fixed since the point release differ, the kernel among them. A
   node on v0 pulls v1 (the static delta) and a fresh node pulls v1 in full,
   through :func:`pull_verified` (ostree's pull, then the commit's signature
@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from atoll.bench.compose import largest_parts
 from atoll.compose.oci import write_busybox_archive
 from atoll.compose.pipeline import ComposeResult, compose
 from atoll.progress import Reporter
@@ -59,6 +60,13 @@ def _changed_packages(old: dict[str, object], new: dict[str, object]) -> list[st
     return sorted(name for name in a.keys() | b.keys() if a.get(name) != b.get(name))
 
 
+def _changed_paths(repo: Path, old: str, new: str) -> dict[str, float]:
+    """MB of the files added or modified from ``old`` to ``new``, by part of the tree."""
+    changed = {c.path for c in ostree.diff(repo, old, new) if c.kind in {"A", "M"}}
+    entries = ostree.list_tree(repo, new)
+    return largest_parts((e for e in entries if e.path in changed), depth=4, count=8)
+
+
 @dataclass(frozen=True)
 class _Versions:
     """The composed builds: v0 (point release), v1 (with security updates), v2 (a feature)."""
@@ -74,7 +82,7 @@ def _compose_versions(workdir: Path, reporter: Reporter) -> _Versions:
     )
     build = workdir / "build-repo"
     # The security update: the default image from Debian's point release
-    # alone, then with bookworm-security and -updates (the packages fixed
+    # alone, then with the suite's -security and -updates (the packages fixed
     # since the point release, the kernel among them).
     point_release = workdir / "point-release.toml"
     point_release.write_text(
@@ -182,6 +190,7 @@ def run_benchmark(workdir: Path, reporter: Reporter) -> dict[str, object]:
     workdir.mkdir(parents=True)
     versions = _compose_versions(workdir, reporter)
     changed = _changed_packages(versions.v0.sbom, versions.v1.sbom)
+    changed_paths = _changed_paths(workdir / "build-repo", versions.v0.commit, versions.v1.commit)
     published = _publish_versions(workdir, versions, reporter)
     server = serve_in_thread(published.updates)
     try:
@@ -200,6 +209,8 @@ def run_benchmark(workdir: Path, reporter: Reporter) -> dict[str, object]:
             "image size (MB, uncompressed tree)": round(versions.v2.size / 1e6, 1),
             "security update: packages changed": len(changed),
             "security update: changed packages": ", ".join(changed),
+            # What the delta has to carry, measured: the new files' sizes.
+            "security update: largest changed parts (MB, uncompressed)": changed_paths,
             "security update: full pull (MB downloaded)": round(pulled["full_v1"] / 1e6, 2),
             "security update: delta (MB downloaded)": round(pulled["security"] / 1e6, 2),
             "security update: publish with delta generation (s)": round(
