@@ -36,8 +36,9 @@ def plane(
         yield cp
 
 
-def _node_root(plane: ControlPlane, name: str, root: Path) -> Path:
-    """A node's root as first boot and the kubelet leave it, and its Node created."""
+def _node_root(plane: ControlPlane, name: str, root: Path, *, create: bool = True) -> Path:
+    """A node's root as first boot and the kubelet leave it, and its Node created
+    (unless ``create`` is false: a test's stand-in kubelet creates it)."""
     cert = _bootstrap(plane, name, root)
     client = root / kubenode.CLIENT_CERT
     client.parent.mkdir(parents=True)
@@ -46,10 +47,11 @@ def _node_root(plane: ControlPlane, name: str, root: Path) -> Path:
     (root / kubelet.CA).write_bytes(plane.ca_file.read_bytes())
     config = {"clusters": [{"cluster": {"server": plane.server}}]}
     (root / kubelet.BOOTSTRAP_KUBECONFIG).write_text(json.dumps(config))
-    code, created = Api(plane, cert=cert).call(
-        "POST", "/api/v1/nodes", {"metadata": {"name": name}}
-    )
-    assert code == 201, created
+    if create:
+        code, created = Api(plane, cert=cert).call(
+            "POST", "/api/v1/nodes", {"metadata": {"name": name}}
+        )
+        assert code == 201, created
     return root
 
 

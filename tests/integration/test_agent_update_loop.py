@@ -3,7 +3,8 @@
 Only ``ostree admin`` and ``systemctl reboot`` are emulated (a node's
 sysroot cannot be changed on the build machine); the pull and its signature
 check run for real into a node-side repository. The VM test
-``tests/vm/test_fleet_rollout_vms.py`` runs the same loop on three booted nodes.
+``tests/vm/test_cluster_rollout_vms.py`` runs the same loop on three booted nodes (following
+their Nodes), the power-cut and full-ESP vm tests on one (following the controller).
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ import pytest
 from atoll.agent import markers
 from atoll.agent.audit import AuditLog
 from atoll.agent.deployments import Deployments
-from atoll.agent.update_loop import HEALTH, UpdateError, Updater, UpdaterConfig, load_config
+from atoll.agent.update_loop import (
+    HEALTH,
+    KUBERNETES,
+    UpdateError,
+    Updater,
+    UpdaterConfig,
+    load_config,
+)
 from atoll.fleet.server import FleetService
 from atoll.fleet.sqlite_store import SqliteStore
 from atoll.progress import PlainReporter
@@ -30,7 +38,8 @@ from atoll.publish.publish import publish, served_repo
 from atoll.tools import ostree
 from atoll.wire.bootentry import MB, checked_sync
 from atoll.wire.channel import VerificationError
-from atoll.wire.fleet import Step, StepFailure, request_json
+from atoll.wire.fleet import FleetClient, Step, StepFailure, request_json
+from atoll.wire.kubelet import BOOTSTRAP_KUBECONFIG
 from tests.integration.test_publish import World, _node, _publish, world  # noqa: F401
 
 
@@ -192,6 +201,26 @@ def test_config_comes_from_first_boot_and_settings(tmp_path: Path) -> None:
         load_config(tmp_path)
 
 
+def test_a_node_that_joins_a_cluster_and_names_no_controller_follows_its_node(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "etc/atoll").mkdir(parents=True)
+    (tmp_path / "etc/hostname").write_text("k-1\n")
+    (tmp_path / "etc/atoll/fleet.toml").write_text('server = "http://10.0.2.100:8080"\n')
+    assert load_config(tmp_path) is None  # neither a controller nor a cluster
+    bootstrap = tmp_path / BOOTSTRAP_KUBECONFIG
+    bootstrap.parent.mkdir(parents=True)
+    bootstrap.write_text("{}")
+    config = load_config(tmp_path)
+    assert config is not None and config.controller == KUBERNETES
+    # A controller named in user data or settings still wins (a site without the operator).
+    (tmp_path / "etc/atoll/settings.json").write_text(
+        json.dumps({"fleet.controller": "http://10.0.2.100:9443"})
+    )
+    config = load_config(tmp_path)
+    assert config is not None and config.controller == "http://10.0.2.100:9443"
+
+
 def test_a_rollback_fails_the_node_until_a_fix_is_published_then_the_fix_is_staged(
     world: World,  # noqa: F811
     tmp_path: Path,
@@ -308,13 +337,15 @@ def _free(free: int) -> Callable[[Path], os.statvfs_result]:
 def _sent(updater: Updater) -> list[tuple[str, str, Any]]:
     """What the updater sends the controller (still sent, and answered, for real)."""
     sent: list[tuple[str, str, Any]] = []
-    call = updater.client._call
+    client = updater.client
+    assert isinstance(client, FleetClient)
+    call = client._call
 
     def recording(method: str, path: str, body: Any = None) -> Any:
         sent.append((method, path, body))
         return call(method, path, body)
 
-    updater.client._call = recording  # type: ignore[method-assign]
+    client._call = recording  # type: ignore[method-assign]
     return sent
 
 

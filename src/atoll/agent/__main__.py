@@ -30,11 +30,15 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from atoll.agent import bootentries, command, health, softreboot
 from atoll.agent.deployments import CommandRunner, Deployments, SyncHook
 from atoll.agent.server import Agent, AgentConfig, AgentServer, UnixAgentServer, serve_in_thread
 from atoll.agent.settings import Runner
+
+if TYPE_CHECKING:
+    from atoll.agent import kubenode
 
 DEFAULT_PORT = 7443
 # Tries systemd-boot gives a new default entry before it boots the previous one.
@@ -155,16 +159,22 @@ def start_update_loop(
     agent: Agent,
     stop: threading.Event,
     after: threading.Event,
+    publisher: kubenode.Publisher,
 ) -> None:
     """The fleet/update loop, imported only now: it brings the HTTP client (urllib,
     http.client, email), about a third of the agent's imports, which nothing
-    before READY needs (seconds under TCG, on the path to agent-ready)."""
+    before READY needs (seconds under TCG, on the path to agent-ready). On a
+    cluster it reports through ``publisher``, the one writer of the Node's state."""
     from atoll.agent import update_loop  # noqa: PLC0415 - not needed before READY
 
-    update_loop.start(deployments, stop, root, after=after, record=agent.audit.append)
+    update_loop.start(
+        deployments, stop, root, after=after, record=agent.audit.append, publisher=publisher
+    )
 
 
-def start_node_publisher(root: Path, deployments: Deployments, stop: threading.Event) -> None:
+def start_node_publisher(
+    root: Path, deployments: Deployments, stop: threading.Event
+) -> kubenode.Publisher:
     """The OS state on the node's Kubernetes Node (:mod:`atoll.agent.kubenode`), and the
     join data's verdict until the kubelet has joined; idle on a node without join data.
     Imported after READY, like the update loop."""
@@ -194,6 +204,7 @@ def start_node_publisher(root: Path, deployments: Deployments, stop: threading.E
     threading.Thread(
         target=watch.run_forever, args=(stop,), name="atoll-kubernetes-join", daemon=True
     ).start()
+    return publisher
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -266,8 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The update loop starts once the monitor has settled this boot's marker.
         decided = threading.Event()
         start_monitor(args.root, deployments, agent, args.socket, stop, decided)
-        start_update_loop(args.root, deployments, agent, stop, decided)
-        start_node_publisher(args.root, deployments, stop)
+        publisher = start_node_publisher(args.root, deployments, stop)
+        start_update_loop(args.root, deployments, agent, stop, decided, publisher)
     print(f"atoll-agent: serving on {args.socket} and port {args.port}", file=sys.stderr)
     stop.wait()
     _notify("STOPPING=1")

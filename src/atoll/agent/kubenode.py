@@ -48,7 +48,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -188,6 +188,38 @@ def _context(ca: Path, client_cert: Path | None) -> ssl.SSLContext:
     return context
 
 
+def client_context(join: Join) -> ssl.SSLContext:
+    """TLS as the node: the cluster's CA, the kubelet's client certificate."""
+    return _context(join.ca, join.client_cert)
+
+
+def connection(server: str, context: ssl.SSLContext, timeout: float) -> http.client.HTTPSConnection:
+    """A connection to the API server at ``server`` (an https URL), not yet opened."""
+    parts = urlsplit(server)
+    return http.client.HTTPSConnection(
+        parts.hostname or "", parts.port or 443, timeout=timeout, context=context
+    )
+
+
+def server_path(server: str, path: str) -> str:
+    """``path`` (``/api/...``) under the server's URL (which may carry a path prefix)."""
+    return f"{urlsplit(server).path.rstrip('/')}{path}"
+
+
+def request(
+    server: str, context: ssl.SSLContext, method: str, path: str, *, timeout: float = TIMEOUT
+) -> tuple[int, bytes]:
+    """One HTTPS request without a body (a GET); the answer's status and (the start
+    of) its body. Raises OSError, ssl.SSLError or http.client.HTTPException."""
+    conn = connection(server, context, timeout)
+    try:
+        conn.request(method, server_path(server, path))
+        answer = conn.getresponse()
+        return answer.status, answer.read(MAX_ANSWER)
+    finally:
+        conn.close()
+
+
 def _send(
     server: str,
     context: ssl.SSLContext,
@@ -195,16 +227,13 @@ def _send(
     headers: Mapping[str, str] | None = None,
     timeout: float = TIMEOUT,
 ) -> tuple[int, bytes]:
-    """One HTTPS request; the answer's status and (the start of) its body. Raises
-    OSError, ssl.SSLError or http.client.HTTPException."""
-    parts = urlsplit(server)
-    conn = http.client.HTTPSConnection(
-        parts.hostname or "", parts.port or 443, timeout=timeout, context=context
-    )
+    """One HTTPS request with a JSON body; the answer's status and (the start of) its
+    body. Raises OSError, ssl.SSLError or http.client.HTTPException."""
+    conn = connection(server, context, timeout)
     try:
         conn.request(
             call.method,
-            f"{parts.path.rstrip('/')}{call.path}",
+            server_path(server, call.path),
             body=json.dumps(call.body).encode(),
             headers={"Content-Type": call.content_type, **(headers or {})},
         )
@@ -219,11 +248,11 @@ def _patch_as_node(join: Join, node: str, call: _Call) -> None:
         raise NodeError(f"node name {node!r} is not a Kubernetes node name")
     where = f"{join.server}: node {node}"
     try:
-        status, raw = _send(join.server, _context(join.ca, join.client_cert), call)
+        status, raw = _send(join.server, client_context(join), call)
     except (OSError, ssl.SSLError, http.client.HTTPException) as e:
         raise NodeError(f"{where}: {e}") from e
     if status != 200:
-        raise NodeError(f"{where}: HTTP {status}: {_message(raw)}")
+        raise NodeError(f"{where}: HTTP {status}: {message_of(raw)}")
 
 
 def patch_node(join: Join, node: str, body: Mapping[str, Any]) -> None:
@@ -237,7 +266,8 @@ def patch_node_status(join: Join, node: str, body: Mapping[str, Any]) -> None:
     _patch_as_node(join, node, call)
 
 
-def _message(raw: bytes) -> str:
+def message_of(raw: bytes) -> str:
+    """The API server's ``message`` in an answer (else its first 200 bytes)."""
     try:
         message = json.loads(raw).get("message")
     except (ValueError, AttributeError):
@@ -273,15 +303,32 @@ class Publisher:
         self.published: dict[str, Any] | None = None
         self.condition: dict[str, str] | None = None  # the last one the Node took
         self._last_error = ""
+        self._heard: tuple[bool, bool, str | None] | None = None  # adopt()
+        self._lock = threading.Lock()  # the publisher's thread and the update loop
+
+    def adopt(self, *, healthy: bool, failed: bool, failure: str | None) -> None:
+        """What the update loop reported last (:mod:`atoll.agent.kubegrant`): it knows
+        more than the health record (a failed step, a rollback that a fix has
+        superseded), so these three facts replace the record's from now on."""
+        with self._lock:
+            self._heard = (healthy, failed, failure)
 
     def once(self) -> bool:
         """Publish what changed (or what failed last time); whether anything was sent."""
+        with self._lock:
+            return self._once()
+
+    def _once(self) -> bool:
         join = find_join(self.root)
         if join is None:
             return False
         state = self.state()
         if state is None:  # nothing booted (ostree could not say): nothing to publish
             return False
+        if self._heard is not None:
+            healthy, failed, failure = self._heard
+            failure = (failure or state.failure) if failed else None
+            state = replace(state, healthy=healthy, failed=failed, failure=failure)
         body, condition = state.patch(), node_condition(state)
         sent = False
         try:
@@ -329,7 +376,7 @@ def probe_join(data: JoinData, timeout: float = TIMEOUT) -> tuple[int, str]:
             pem = Path(private) / "client.pem"
             pem.write_bytes((data.certificate or b"") + b"\n" + (data.key or b""))
             status, raw = _send(data.server, _join_context(data, pem), call, timeout=timeout)
-    return status, _who(raw) if 200 <= status < 300 else _message(raw)
+    return status, _who(raw) if 200 <= status < 300 else message_of(raw)
 
 
 def _join_context(data: JoinData, client_cert: Path | None) -> ssl.SSLContext:

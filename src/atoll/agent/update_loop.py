@@ -6,7 +6,9 @@ Standard library only (runs in the agent daemon on the node). One
 1. read the node's deployments (``ostree admin status``): the booted commit
    and version, and a pending deployment if one is staged;
 2. report them, with health, to the controller and get the desired version
-   back (:class:`atoll.wire.fleet.FleetClient`, the protocol's typed messages);
+   back (:class:`atoll.wire.fleet.FleetClient`, the protocol's typed messages;
+   on a cluster :class:`atoll.agent.kubegrant.NodeGrants`, the operator's
+   grant on the node's own Node);
 3. if the controller says *stage* and the desired version is neither booted
    nor pending: resolve it to a commit through the signed channel
    (:func:`atoll.agent.fetch.check_channel`; a 64-hex version is a commit
@@ -56,7 +58,9 @@ Configuration (:func:`load_config`): ``/etc/atoll/fleet.toml`` (written at
 first boot from the user data's ``[fleet]`` table: ``controller``, optional
 ``labels`` and ``interval``) and the agent's settings (``updates.server``,
 ``updates.channel``, ``fleet.controller`` overriding the first-boot value).
-No controller, or no update server: no loop.
+A node that joins a cluster (the kubelet's join data, user data
+``[kubernetes]``) and names no controller follows its Node
+(:data:`KUBERNETES`). No controller, or no update server: no loop.
 """
 
 from __future__ import annotations
@@ -71,7 +75,7 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from atoll.agent import command, failpoints, markers
 from atoll.agent.deployments import BootEntriesError, Deployment, DeploymentError, Deployments
@@ -89,8 +93,15 @@ from atoll.wire.fleet import (
     WatchRefused,
     WatchSchedule,
 )
+from atoll.wire.kubelet import BOOTSTRAP_KUBECONFIG, KUBECONFIG
+
+if TYPE_CHECKING:
+    from atoll.agent.kubenode import Publisher
 
 COMMIT = re.compile(r"^[0-9a-f]{64}$")
+KUBERNETES = "kubernetes"
+"""The controller of a node that joins a cluster and names none: the fleet operator,
+through the grant on the node's own Node (:mod:`atoll.agent.kubegrant`)."""
 FLEET_CONFIG = Path("etc/atoll/fleet.toml")
 SETTINGS = Path("etc/atoll/settings.json")
 HEALTH = Path("var/lib/atoll/health.json")
@@ -167,6 +178,8 @@ def load_config(root: Path = Path("/")) -> UpdaterConfig | None:
         settings = json.loads((root / SETTINGS).read_text())
     controller = str(settings.get("fleet.controller") or fleet.get("controller") or "")
     server = str(settings.get("updates.server") or fleet.get("server") or "")
+    if not controller and joins_a_cluster(root):
+        controller = KUBERNETES  # the operator's grant on the node's own Node
     if not controller or not server:
         return None
     hostname = root / "etc/hostname"
@@ -182,6 +195,11 @@ def load_config(root: Path = Path("/")) -> UpdaterConfig | None:
         labels=_labels(fleet.get("labels", {}), str(path)),
         interval=float(interval),
     )
+
+
+def joins_a_cluster(root: Path) -> bool:
+    """Whether first boot wrote the kubelet's join data (user data ``[kubernetes]``)."""
+    return any((root / name).exists() for name in (BOOTSTRAP_KUBECONFIG, KUBECONFIG))
 
 
 @dataclass(frozen=True)
@@ -239,6 +257,35 @@ def _matches(deployment: Deployment | None, version: str) -> bool:
     return deployment is not None and version in (deployment.checksum, deployment.version)
 
 
+class Controller(Protocol):
+    """Who the loop reports to and takes its grants from: the standalone controller
+    (:class:`atoll.wire.fleet.FleetClient`) or, on a cluster, the operator through the
+    node's own Node (:class:`atoll.agent.kubegrant.NodeGrants`)."""
+
+    base_url: str
+
+    def register(
+        self, name: str, labels: dict[str, str], version: str, *, healthy: bool
+    ) -> object: ...
+
+    def report(
+        self,
+        name: str,
+        *,
+        version: str,
+        staged: str | None,
+        healthy: bool,
+        failed: bool,
+        failure: StepFailure | None = None,
+    ) -> Desired: ...
+
+    def desired(self, name: str) -> Desired: ...
+
+    def watch(
+        self, name: str, etag: str, *, interrupted: Callable[[], bool] = ...
+    ) -> Desired | None: ...
+
+
 @dataclass
 class Updater:
     """One node's update loop (see the module docstring)."""
@@ -257,6 +304,7 @@ class Updater:
     reboot_grace: float = REBOOT_GRACE
     restarter: Restarter | None = None  # soft or full (softreboot); None: systemctl reboot
     stopping: threading.Event = field(default_factory=threading.Event)  # the agent stops
+    controller: Controller | None = None  # default: FleetClient(config.controller)
     registered: bool = False
     _last_note: str = ""  # said once, not every round
     _unsent: StepFailure | None = None  # reported in the next report, once
@@ -266,7 +314,7 @@ class Updater:
     _local: object = None  # the health facts at the last report (a change ends a watch)
 
     def __post_init__(self) -> None:
-        self.client = FleetClient(
+        self.client: Controller = self.controller or FleetClient(
             self.config.controller, backoff=Backoff(base=0.5, cap=30.0, attempts=4), timeout=15
         )
 
@@ -551,9 +599,12 @@ def start(
     root: Path = Path("/"),
     after: threading.Event | None = None,
     record: Callable[..., object] | None = None,
+    publisher: Publisher | None = None,
 ) -> threading.Thread | None:
     """Start the loop in a daemon thread when the node is configured for it; ``record``
-    (the agent's :meth:`atoll.agent.audit.AuditLog.append`) audits its step failures."""
+    (the agent's :meth:`atoll.agent.audit.AuditLog.append`) audits its step failures.
+    On a cluster it follows the grant on the node's own Node, and ``publisher`` (the
+    one writer of the agent's Node annotations) says what it reports."""
     try:
         config = load_config(root)
     except UpdateError as e:
@@ -561,6 +612,14 @@ def start(
         return None
     if config is None:
         return None
+    controller: Controller | None = None
+    if config.controller == KUBERNETES:
+        if publisher is None:
+            _log("no update loop: it follows the node's Node, and nothing publishes there")
+            return None
+        from atoll.agent.kubegrant import NodeGrants  # noqa: PLC0415 - only on a cluster
+
+        controller = NodeGrants(root, publisher)
     updater = Updater(
         config,
         deployments,
@@ -568,6 +627,7 @@ def start(
         root=root,
         record=record,
         restarter=Restarter(deployments.run, root=root, log=_log),
+        controller=controller,
     )
     thread = threading.Thread(target=updater.run_forever, args=(stop, after), daemon=True)
     thread.start()

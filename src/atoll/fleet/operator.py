@@ -61,16 +61,17 @@ API client (:mod:`atoll.fleet.kube`) backs off on 429 and 5xx, honouring
 ``Retry-After``; what it cannot get through fails the reconcile, which kopf
 retries after ``--interval``.
 
-Not done here: the agent's side of the grant (the agent publishes its state on
-its Node, but takes its grants from the standalone controller over HTTP). So
-no step failure reaches the operator yet: ``onStepFailure`` and
+The agent's side (:mod:`atoll.agent.kubegrant`) reads the grant from its own
+Node and watches it; a step that fails on the node (fetch, verify, deploy,
+reboot) reaches the operator as ``failed``/``failure`` on the Node, kept there
+until the operator asks for another version. ``onStepFailure`` and
 ``maxStepRetries`` are validated and mapped like the other strategy keys, but
-there is no annotation for a node's failure or its ``retry_at``. For the same
-reason a node past its reboot timeout is not stored ``failed`` here (the
-standalone stores do, :func:`atoll.fleet.transitions.after_timeout`): it stays
-``rebooting`` in its annotations and the planner counts it as failed and
-unavailable on every plan, as before; ``status.stalledReason`` says when such
-nodes hold every reboot slot.
+the operator keeps no ``retry_at`` of its own: such a node counts as failed
+until the pool's version changes. For the same reason a node past its reboot
+timeout is not stored ``failed`` here (the standalone stores do,
+:func:`atoll.fleet.transitions.after_timeout`): it stays ``rebooting`` in its
+annotations and the planner counts it as failed and unavailable on every plan,
+as before; ``status.stalledReason`` says when such nodes hold every reboot slot.
 """
 
 from __future__ import annotations
