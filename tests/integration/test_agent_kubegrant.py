@@ -108,7 +108,8 @@ def test_the_grant_on_the_node_reaches_the_loop_and_a_watch_wakes_on_it(
     grants.watch_seconds = 50
     watcher.start()
     time.sleep(0.5)
-    _grant(cluster, "grant-1", Grant("1.1.0", stage=True, may_reboot=False, pool="web"))
+    granted = Grant("1.1.0", stage=True, may_reboot=False, pool="web")
+    _grant(cluster, "grant-1", granted)
     watcher.join(30)
     assert not watcher.is_alive(), "the watch did not wake on the grant"
     [answer] = answers
@@ -117,6 +118,10 @@ def test_the_grant_on_the_node_reaches_the_loop_and_a_watch_wakes_on_it(
     )  # fmt: skip
     assert answer.etag != etag
     assert grants.desired("grant-1") == answer
+    # The next report says which grant it answers (the operator counts a failure only
+    # from a state that has seen its current grant).
+    grants.report("grant-1", version="1.0.0", staged=None, healthy=True, failed=False)
+    assert _annotations(cluster, "grant-1")[protocol.OBSERVED_GRANT] == granted.etag()
 
 
 def test_a_step_failure_stays_on_the_node_until_the_operator_wants_another_version(

@@ -8,6 +8,7 @@ Everything here runs in-process without an API server. The operator's wiring
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +187,29 @@ def test_facts_of_what_the_agent_publishes() -> None:
     facts = op.facts_of(staged, now=1.0)
     assert facts is not None
     assert (facts.staged_version, facts.phase) == ("2", Phase.STAGED)
+
+
+def test_a_failure_said_before_the_agent_saw_the_current_grant_is_not_news() -> None:
+    """A resume retries a failed node: the operator moves it to staging with a new
+    grant, while the Node still says the failure the agent said under the old one.
+    It counts only once the agent answers the grant it has now."""
+    rebooting = kubenode.Grant("2", stage=False, may_reboot=True, pool="web")
+    resumed = kubenode.Grant("2", stage=True, may_reboot=False, pool="web")
+    rolled_back = kubenode.NodeState("1", failed=True, observed=rebooting.etag())
+
+    def phase_of(state: kubenode.NodeState, grant: kubenode.Grant, phase: str) -> Phase:
+        node = _published(state, **vars(grant))
+        node["metadata"]["annotations"][P] = phase
+        facts = op.facts_of(node, now=1.0)
+        assert facts is not None
+        return facts.phase
+
+    assert phase_of(rolled_back, rebooting, "rebooting") is Phase.FAILED
+    assert phase_of(rolled_back, resumed, "staging") is Phase.STAGING
+    answered = replace(rolled_back, observed=resumed.etag())
+    assert phase_of(answered, resumed, "staging") is Phase.FAILED  # still broken: news
+    fixed = kubenode.NodeState("1", observed=resumed.etag())
+    assert phase_of(fixed, resumed, "staging") is Phase.STAGING
 
 
 @pytest.mark.parametrize(

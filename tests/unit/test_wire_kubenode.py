@@ -63,6 +63,7 @@ STATES = [
         health=Health.ROLLED_BACK,
     ),
     NodeState("2.0", healthy=False, failed=True, health=Health.UNHEALTHY),
+    NodeState("2.0", staged="3.0", observed="0123456789abcdef"),
 ]
 
 
@@ -88,11 +89,27 @@ def test_the_agents_patch_sets_every_key_and_removes_what_it_does_not_say() -> N
             },
         }
     }
+    # Every key but the grant it answers, which the agent does not know yet (it has
+    # just started): the Node keeps the one written last.
     assert set(patch["metadata"]["annotations"]) == {
         *kubenode.AGENT_ANNOTATIONS,
         *kubenode.RETIRED,
-    }
+    } - {kubenode.OBSERVED_GRANT}
+    observed = NodeState("2.0", observed="0123456789abcdef").patch()["metadata"]["annotations"]
+    assert observed[kubenode.OBSERVED_GRANT] == "0123456789abcdef"
     assert not set(kubenode.AGENT_ANNOTATIONS) & set(kubenode.GRANT_ANNOTATIONS)
+
+
+def test_a_state_answers_the_grant_it_has_seen() -> None:
+    grant = Grant("2.0", stage=True, may_reboot=False, pool="web")
+    resumed = Grant("2.0", stage=True, may_reboot=False, pool="web", reason="resumed")
+    retried = Grant("2.0", stage=True, may_reboot=True, pool="web")
+    assert resumed.etag() == grant.etag() != retried.etag()  # the reason is not the grant
+    seen = NodeState("1.0", failed=True, observed=grant.etag())
+    assert seen.answers(grant) and seen.answers(resumed) and not seen.answers(retried)
+    # An agent that does not say which grant it saw, or a node without a grant.
+    assert NodeState("1.0", failed=True).answers(retried)
+    assert seen.answers(None)
 
 
 def test_defaults_for_what_an_agent_left_out() -> None:
@@ -133,6 +150,7 @@ C, H, F = kubenode.CURRENT_VERSION, kubenode.HEALTHY, kubenode.FAILED
         ),
         ({C: "1", F: "true", kubenode.FAILURE: "x" * 501}, "at most 500 characters"),
         ({C: 1}, "annotation atoll.dev/current-version: expected a version (1-128"),
+        ({C: "1", kubenode.OBSERVED_GRANT: "A-1"}, "annotation atoll.dev/observed-grant"),
     ],
 )
 def test_a_state_that_breaks_the_protocol_names_the_node_and_key(
@@ -158,6 +176,7 @@ def test_annotations_that_are_not_an_object() -> None:
         (lambda: NodeState("1", failed=True, failure=""), "failure: expected one line"),
         (lambda: NodeState("1", commit="c/1"), "commit: expected 1-128 letters"),
         (lambda: NodeState("1", health="fine"), "health must be a Health"),  # type: ignore[arg-type]
+        (lambda: NodeState("1", observed="x y"), "observed: expected an etag"),
         (lambda: Grant("", True, False, "web"), "version: expected a version"),
         (lambda: Grant("2", True, False, "Web"), "pool: expected an object name"),
     ],

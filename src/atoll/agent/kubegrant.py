@@ -136,6 +136,7 @@ class NodeGrants:
         self.base_url = CONTROLLER  # named in the loop's log lines
         self._running = ""  # the version the loop last reported
         self._wanted = ""  # the version the last grant asked for
+        self._observed: str | None = None  # the etag of the last grant read
         # The last step failure and the version it was for: said on the Node until
         # the operator wants another version (the standalone controller keeps it in
         # its store; here the Node is the store).
@@ -165,14 +166,16 @@ class NodeGrants:
             return self._report(healthy, failed, failure)
 
     def _report(self, healthy: bool, failed: bool, failure: StepFailure | None) -> Desired:
-        why = None
         if failure is not None:
-            why = one_line(f"{failure.step} of {failure.version} failed: {failure.reason}")
-        elif self._failure is not None and self._failure[1] == self._wanted:
-            why = self._failure[0]  # the operator has not moved on from that version yet
-        self._failure = None if why is None else (why, self._wanted)
+            line = one_line(f"{failure.step} of {failure.version} failed: {failure.reason}")
+            self._failure = (line, failure.version)
+        elif self._failure is not None and self._failure[1] != self._wanted:
+            self._failure = None  # the operator wants another version: the failure is history
+        why = None if self._failure is None else self._failure[0]
         self._join()  # before the kubelet has joined there is nobody to tell
-        self.publisher.adopt(healthy=healthy, failed=failed or why is not None, failure=why)
+        self.publisher.adopt(
+            healthy=healthy, failed=failed or why is not None, failure=why, observed=self._observed
+        )
         self.publisher.once()
         return self._desired()
 
@@ -256,9 +259,11 @@ class NodeGrants:
             state = NodeState.from_node(node)
             running = state.version if state is not None else ""
         try:
-            return desired_of(node, running)
+            answer = desired_of(node, running)
         except NodeProtocolError as e:
             raise NodeError(str(e)) from e
+        self._observed = answer.etag
+        return answer
 
     def _node(self) -> str:
         return self.publisher.node()

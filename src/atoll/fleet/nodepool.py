@@ -217,6 +217,11 @@ def facts_of(node: Mapping[str, Any], now: float) -> NodeFacts | None:
     # or the agent's trial runs): after_report keeps the node rebooting, bounded
     # by the reboot timeout, until it is healthy or its agent says it failed.
     report = replace(state.report(), healthy=healthy)
+    if report.failed and not state.answers(grant):
+        # Said before the agent saw the current grant (a resume retries failed
+        # nodes): the old grant's failure, not news. The agent answers the new
+        # grant within its next round.
+        report = replace(report, failed=False)
     desired = None if grant is None else grant.version
     return after_report(remembered, report, desired, now).after
 

@@ -22,7 +22,10 @@ operator uses, and refuses to start naming what is missing.
   controller), and the operator answers with a
   :class:`~atoll.wire.kubenode.Grant` (``atoll.dev/desired-version``, ``stage``,
   ``may-reboot``, ``reason``, ``pool``: the standalone ``GET
-  /v1/nodes/{name}/desired`` answer). The operator keeps its private memory of
+  /v1/nodes/{name}/desired`` answer). A ``failed`` counts only from a state
+  that answers the current grant (``atoll.dev/observed-grant``,
+  :meth:`~atoll.wire.kubenode.NodeState.answers`): after a resume, the
+  failure still on the Node is the old grant's. The operator keeps its private memory of
   each node (``atoll.dev/phase``, ``phase-since``, ``granted-version``) on the
   Node too. A Node whose state or grant breaks the protocol stops the planning
   of its pool (``status.phase: Blocked``, ``unreadable`` names the node and the

@@ -34,6 +34,7 @@ from typing import Any
 
 from atoll.wire.fleet import (
     CONTROL,
+    ETAG,
     REASON_MAX,
     VERSION,
     VERSION_MAX,
@@ -51,8 +52,18 @@ HEALTHY = "atoll.dev/healthy"
 FAILED = "atoll.dev/failed"
 FAILURE = "atoll.dev/failure"
 HEALTH = "atoll.dev/health"
+OBSERVED_GRANT = "atoll.dev/observed-grant"
 AGENT_LABELS = (LABEL_VERSION,)
-AGENT_ANNOTATIONS = (CURRENT_VERSION, COMMIT, STAGED_VERSION, HEALTHY, FAILED, FAILURE, HEALTH)
+AGENT_ANNOTATIONS = (
+    CURRENT_VERSION,
+    COMMIT,
+    STAGED_VERSION,
+    HEALTHY,
+    FAILED,
+    FAILURE,
+    HEALTH,
+    OBSERVED_GRANT,
+)
 RETIRED = ("atoll.dev/update",)
 """Keys an earlier agent wrote (``staged <version>``, now :data:`STAGED_VERSION`):
 the agent's patch removes them."""
@@ -114,9 +125,16 @@ class NodeState:
     """Why ``failed`` (one line); only with ``failed``."""
     commit: str | None = None
     health: Health = Health.UNKNOWN
+    observed: str | None = None
+    """The etag of the grant this state answers (:meth:`Grant.etag`), as
+    ``observedGeneration`` does for a spec: the operator counts ``failed`` only
+    from a state that has seen its current grant. ``None``: the agent does not
+    know yet (it has just started); the Node keeps the last one written."""
 
     def __post_init__(self) -> None:
         _version("version", self.version)
+        if self.observed is not None and not ETAG.fullmatch(self.observed):
+            raise ProtocolError(f"observed: expected an etag, got {_shown(self.observed)}")
         if self.staged is not None:
             _version("staged", self.staged)
         if self.commit is not None and not _COMMIT.fullmatch(self.commit):
@@ -134,8 +152,9 @@ class NodeState:
         return {LABEL_VERSION: version_label(self.version)}
 
     def annotations(self) -> dict[str, str | None]:
-        """Every agent annotation (``None``: absent, removed by a merge patch)."""
-        return {
+        """Every agent annotation (``None``: absent, removed by a merge patch), but
+        :data:`OBSERVED_GRANT` only when known (an unknown one leaves the Node's)."""
+        notes: dict[str, str | None] = {
             CURRENT_VERSION: self.version,
             COMMIT: self.commit,
             STAGED_VERSION: self.staged,
@@ -145,6 +164,16 @@ class NodeState:
             HEALTH: self.health.value,
             **dict.fromkeys(RETIRED),
         }
+        if self.observed is not None:
+            notes[OBSERVED_GRANT] = self.observed
+        return notes
+
+    def answers(self, grant: Grant | None) -> bool:
+        """Whether this state answers ``grant``: it says which grant it has seen and
+        that is ``grant``, or it does not say (an agent before this key), or there
+        is no grant. A failure said before the agent saw a new grant (a resume) is
+        the old grant's, not the new one's."""
+        return self.observed is None or grant is None or self.observed == grant.etag()
 
     def patch(self) -> dict[str, Any]:
         """The JSON merge patch of ``nodes/<name>`` that says this state (and removes
@@ -176,6 +205,7 @@ class NodeState:
                 failure=_read_optional(notes, FAILURE, _line) if failed else None,
                 commit=_read_optional(notes, COMMIT, _commit),
                 health=Health(health),
+                observed=_read_optional(notes, OBSERVED_GRANT, _etag),
             )
 
 
@@ -216,6 +246,13 @@ class Grant:
         """The same answer in the standalone controller's protocol."""
         return Desired(self.version, self.stage, self.may_reboot, self.reason, self.pool)
 
+    def etag(self) -> str:
+        """The etag of this grant's state (pool, version, stage, may-reboot; not the
+        reason): what a watch waits on and what :data:`OBSERVED_GRANT` says."""
+        etag = self.desired().tagged().etag
+        assert etag is not None
+        return etag
+
     @classmethod
     def from_node(cls, node: Mapping[str, Any]) -> Grant | None:
         """The operator's grant on ``node``; ``None`` before any (no :data:`DESIRED_VERSION`:
@@ -254,6 +291,12 @@ def _commit(key: str, value: object) -> str:
         raise ProtocolError(
             f"{key}: expected 1-{COMMIT_MAX} letters and digits, got {_shown(value)}"
         )
+    return value
+
+
+def _etag(key: str, value: object) -> str:
+    if not isinstance(value, str) or not ETAG.fullmatch(value):
+        raise ProtocolError(f"{key}: expected 1-64 of 0-9 a-z, got {_shown(value)}")
     return value
 
 
