@@ -1,4 +1,7 @@
-"""``make demo``: atoll's main job on built-in defaults, step by step, on real nodes.
+"""The demo without Kubernetes (``python -m atoll.demo --standalone``): atoll's job with
+the standalone fleet controller, step by step, on real nodes. ``make demo`` runs the
+same story on a cluster, through the operator (:mod:`atoll.demo_cluster`, the default
+of :func:`main`); the steps both share live here.
 
 1. compose the default image v1, a v2 that adds a few packages, and a broken
    build of v2 (the same version plus a unit that always fails);
@@ -538,10 +541,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m atoll.demo", description=__doc__)
     parser.add_argument("--workdir", type=Path, default=CHECKOUT / "build" / "demo")
     parser.add_argument("--json", action="store_true", help="progress as JSON lines")
+    parser.add_argument(
+        "--standalone",
+        action="store_true",
+        help="the story without Kubernetes: the standalone fleet controller (this module) "
+        "instead of the cluster and its operator (atoll.demo_cluster)",
+    )
     args = parser.parse_args(argv)
     reporter = reporter_for(json_lines=args.json)
     try:
-        outcome = run_demo(args.workdir, reporter)
+        if args.standalone:
+            summary = run_demo(args.workdir, reporter).summary
+        else:
+            from atoll.demo_cluster import run_cluster_demo  # noqa: PLC0415 - imports this module
+
+            summary = run_cluster_demo(args.workdir / "cluster", reporter).summary
     except KeyboardInterrupt:
         reporter.close()
         print("atoll demo: interrupted; everything it started was stopped")
@@ -555,7 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"atoll demo: fleet controller: {e}")
         return 1
     reporter.close()
-    print(outcome.summary.render())
+    print(summary.render())
     return 0
 
 

@@ -43,7 +43,7 @@ SHARED = {"errors", "process", "progress", "tools", "durable", "wire", "cache"}
 STANDALONE = {"wire", "durable"}  # the standard library only: the node carries them
 STANDALONE_MAY_IMPORT = {"wire": {"wire", "durable"}, "durable": {"durable"}}
 AGENT_MAY_IMPORT = {"agent", *STANDALONE}
-TOP_LEVEL = {"demo", "bench"}  # string the stages together
+TOP_LEVEL = {"demo", "demo_cluster", "bench"}  # string the stages together
 ENTRY = {"cli", "__main__", "__init__"}  # the command and the package itself
 
 
