@@ -124,34 +124,37 @@ def test_the_grant_on_the_node_reaches_the_loop_and_a_watch_wakes_on_it(
     assert _annotations(cluster, "grant-1")[protocol.OBSERVED_GRANT] == granted.etag()
 
 
-def test_a_step_failure_stays_on_the_node_until_the_operator_wants_another_version(
+def test_a_step_failure_stays_on_the_node_until_the_operator_answers_it(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     root = _node_root(cluster.plane, "grant-2", tmp_path)
     state = NodeState("1.0.0", commit="b" * 64, health=Health.HEALTHY)
     grants = NodeGrants(root, _publisher(root, "grant-2", lambda: state))
-    _grant(cluster, "grant-2", Grant("1.1.0", stage=True, may_reboot=False, pool="web"))
+    staging = Grant("1.1.0", stage=True, may_reboot=False, pool="web")
+    _grant(cluster, "grant-2", staging)
     failure = StepFailure(Step.FETCH, "1.1.0", "update server unreachable")
 
-    def report(failure: StepFailure | None = None) -> None:
+    def report(failure: StepFailure | None = None) -> dict[str, str]:
         grants.report(
             "grant-2", version="1.0.0", staged=None, healthy=True, failed=False, failure=failure
         )
+        return _annotations(cluster, "grant-2")
 
     report()
-    report(failure)
-    notes = _annotations(cluster, "grant-2")
+    notes = report(failure)
     assert notes[protocol.FAILED] == "true"
     assert notes[protocol.FAILURE] == "fetch of 1.1.0 failed: update server unreachable"
-    # Sent once by the loop, kept on the Node: the operator decides, not the node.
+    assert notes[protocol.OBSERVED_GRANT] == staging.etag()  # failed under this grant
+    # Sent once by the loop, kept on the Node while the grant is the one it failed under.
+    assert report()[protocol.FAILED] == "true"
+    # The operator answers (the node failed: no stage until a resume); the failure is
+    # its news now, and the next grant, the resume's, is tried afresh.
+    failed = Grant("1.1.0", stage=False, may_reboot=False, pool="web", reason="failed")
+    _grant(cluster, "grant-2", failed)
     report()
-    assert _annotations(cluster, "grant-2")[protocol.FAILED] == "true"
-    # The operator wants another version (a fix, or back): the failure is history.
-    _grant(cluster, "grant-2", Grant("1.2.0", stage=True, may_reboot=False, pool="web"))
-    report()
-    report()
-    notes = _annotations(cluster, "grant-2")
+    notes = report()
     assert notes[protocol.FAILED] == "false" and protocol.FAILURE not in notes
+    assert notes[protocol.OBSERVED_GRANT] == failed.etag()
 
 
 def test_a_grant_that_breaks_the_protocol_is_refused_naming_the_node_and_key(

@@ -4,6 +4,7 @@ events, and what a Node's grant asks of the update loop."""
 from __future__ import annotations
 
 import http.client
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -46,6 +47,10 @@ def test_a_stream_that_goes_on_is_not_ended_and_keeps_the_unfinished_event() -> 
     ("data", "match"),
     [
         (b"zz\r\n", "bad chunk size"),
+        (b"-5\r\nabc", "bad chunk size"),  # int() would take a sign,
+        (b"0x5\r\nabc", "bad chunk size"),  # a prefix
+        (b"1_0\r\nabc", "bad chunk size"),  # or an underscore
+        (b"f" * 16 + b"\r\n", "bad chunk size"),  # or a size no one sends
         (b"3\r\nabcXY", "not followed by CRLF"),
         (b"1" * 2000, "size line too long"),
         (_chunked(b"x" * 40), "longer than 32 bytes"),
@@ -56,8 +61,10 @@ def test_a_malformed_stream_is_refused(data: bytes, match: str) -> None:
         ChunkedLines(limit=32).feed(data)
 
 
-def _node(annotations: dict[str, str]) -> dict[str, Any]:
-    return {"metadata": {"name": "n1", "annotations": annotations}}
+def _node(annotations: Mapping[str, str | None]) -> dict[str, Any]:
+    """A Node with ``annotations`` as a merge patch leaves them (``None``: absent)."""
+    notes = {k: v for k, v in annotations.items() if v is not None}
+    return {"metadata": {"name": "n1", "annotations": notes}}
 
 
 def test_without_a_grant_the_loop_stays_on_what_runs() -> None:

@@ -170,7 +170,8 @@ def _published(state: kubenode.NodeState, **grant: Any) -> dict[str, Any]:
     """A Node as the agent's patch (and the operator's grant, if any) leave it."""
     notes = {k: v for k, v in state.annotations().items() if v is not None}
     if grant:
-        notes.update(kubenode.Grant(**grant).annotations())
+        said = kubenode.Grant(**grant).annotations().items()
+        notes.update({k: v for k, v in said if v is not None})
     return _node(notes)
 
 

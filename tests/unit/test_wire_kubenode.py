@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -179,6 +180,7 @@ def test_annotations_that_are_not_an_object() -> None:
         (lambda: NodeState("1", observed="x y"), "observed: expected an etag"),
         (lambda: Grant("", True, False, "web"), "version: expected a version"),
         (lambda: Grant("2", True, False, "Web"), "pool: expected an object name"),
+        (lambda: Grant("2", True, False, "web", resumed="X"), "resumed: expected an etag"),
     ],
 )
 def test_a_side_cannot_encode_what_breaks_the_protocol(make: Any, message: str) -> None:
@@ -193,6 +195,7 @@ def test_the_state_is_the_fleet_protocols_report() -> None:
 
 GRANTS = [
     Grant("2.0", True, False, "web"),
+    Grant("2.0", True, False, "web", resumed="0123456789abcdef"),
     Grant("2.0", False, True, "web", "waiting for a reboot slot (1 of maxUnavailable 1)"),
     Grant("1.0+b", False, False, "a.b-c", ""),
 ]
@@ -214,10 +217,24 @@ def test_the_grant_is_the_fleet_protocols_desired_answer() -> None:
                 "atoll.dev/stage": "false",
                 "atoll.dev/may-reboot": "true",
                 "atoll.dev/reason": "go",
+                "atoll.dev/resumed": None,  # before any resume of the pool
             }
         }
     }
     assert set(grant.annotations()) == set(kubenode.GRANT_ANNOTATIONS)
+    # Before any resume the grant's etag is the standalone answer's.
+    assert grant.tagged() == grant.desired().tagged()
+
+
+def test_a_resume_is_a_new_grant_for_every_node() -> None:
+    waiting = Grant("2.0", False, False, "web", "waiting for a slot")
+    resumed = replace(waiting, resumed=kubenode.resume_token("fixed"))
+    assert resumed.etag() != waiting.etag()
+    assert resumed.etag() != replace(waiting, resumed=kubenode.resume_token("again")).etag()
+    assert Grant.from_node(_applied(resumed.patch())) == resumed
+    # A failure said under the grant before the resume does not answer it.
+    failed = NodeState("1.0", failed=True, observed=waiting.etag())
+    assert failed.answers(waiting) and not failed.answers(resumed)
 
 
 def test_a_reason_is_cut_to_one_line() -> None:

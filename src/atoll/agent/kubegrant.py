@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import selectors
 import socket
 import ssl
@@ -48,6 +49,7 @@ CONTROLLER = "kubernetes"
 WATCH_SECONDS = 55  # one watch's time on the server (it then ends the stream)
 MAX_EVENT = 1 << 20  # bytes of one watch event (a Node is a few KiB)
 NO_POOL = "no NodePool selects this node"
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,15}")  # hex digits only: no sign, prefix or _
 
 
 def desired_of(node: Mapping[str, Any], running: str) -> Desired:
@@ -58,7 +60,7 @@ def desired_of(node: Mapping[str, Any], running: str) -> Desired:
     grant = Grant.from_node(node)
     if grant is None:
         return Desired(running, False, False, NO_POOL, None).tagged()
-    return grant.desired().tagged()
+    return grant.tagged()
 
 
 class ChunkedLines:
@@ -99,10 +101,9 @@ class ChunkedLines:
                         raise http.client.HTTPException("chunk size line too long")
                     break
                 size_text = self._raw[:end].split(b";", 1)[0].strip()
-                try:
-                    size = int(size_text, 16)
-                except ValueError:
-                    raise http.client.HTTPException(f"bad chunk size {size_text[:20]!r}") from None
+                if not _CHUNK_SIZE.fullmatch(size_text):
+                    raise http.client.HTTPException(f"bad chunk size {size_text[:20]!r}")
+                size = int(size_text, 16)
                 self._raw = self._raw[end + 2 :]
                 if size == 0:
                     self.ended = True
@@ -137,10 +138,12 @@ class NodeGrants:
         self._running = ""  # the version the loop last reported
         self._wanted = ""  # the version the last grant asked for
         self._observed: str | None = None  # the etag of the last grant read
-        # The last step failure and the version it was for: said on the Node until
-        # the operator wants another version (the standalone controller keeps it in
-        # its store; here the Node is the store).
-        self._failure: tuple[str, str] | None = None
+        self._last: Desired | None = None  # the last answer read
+        # The last step failure and the grant it failed under: said on the Node until
+        # the operator answers with another grant (it then knows: the standalone
+        # controller keeps a failure in its store, the operator in its phase of the
+        # node; a resume is a new grant, so the node tries again).
+        self._failure: tuple[str, str | None] | None = None
         self._resource_version: str | None = None  # of the Node at the last read
 
     # -- the loop's calls -----------------------------------------------------------------
@@ -160,22 +163,21 @@ class NodeGrants:
         failure: StepFailure | None = None,
     ) -> Desired:
         """Publish what the loop found (through the publisher: one writer of the agent's
-        annotations), then read the grant."""
+        annotations), then read the grant. ``healthy`` is the health record's, which
+        the publisher reads itself; ``failed`` and the step failure are the loop's."""
         self._running = version
         with _told():
-            return self._report(healthy, failed, failure)
+            return self._report(failed, failure)
 
-    def _report(self, healthy: bool, failed: bool, failure: StepFailure | None) -> Desired:
+    def _report(self, failed: bool, failure: StepFailure | None) -> Desired:
         if failure is not None:
             line = one_line(f"{failure.step} of {failure.version} failed: {failure.reason}")
-            self._failure = (line, failure.version)
-        elif self._failure is not None and self._failure[1] != self._wanted:
-            self._failure = None  # the operator wants another version: the failure is history
+            self._failure = (line, self._observed)
+        elif self._failure is not None and self._failure[1] != self._observed:
+            self._failure = None  # the operator has answered it with another grant
         why = None if self._failure is None else self._failure[0]
         self._join()  # before the kubelet has joined there is nobody to tell
-        self.publisher.adopt(
-            healthy=healthy, failed=failed or why is not None, failure=why, observed=self._observed
-        )
+        self.publisher.adopt(failed=failed or why is not None, failure=why, observed=self._observed)
         self.publisher.once()
         return self._desired()
 
@@ -220,7 +222,8 @@ class NodeGrants:
             f"&resourceVersion={quote(self._resource_version or '')}"
             f"&timeoutSeconds={self.watch_seconds}&allowWatchBookmarks=true"
         )
-        deadline = time.monotonic() + self.watch_seconds + self.timeout
+        started = time.monotonic()
+        deadline = started + self.watch_seconds + self.timeout
         where = f"{join.server}: watch of node {self._node()}"
         try:
             for event in _stream(join, path, deadline, interrupted, check_every, self.timeout):
@@ -231,9 +234,14 @@ class NodeGrants:
                     return answer
         except (OSError, ssl.SSLError, http.client.HTTPException) as e:
             raise NodeError(f"{where}: {e}") from e
-        # The watch's time ran out: read the grant once more (a GET a minute), so
-        # nothing the stream may have missed stays unseen.
-        return self._desired()
+        lasted = time.monotonic() - started
+        if lasted < self.watch_seconds / 2:
+            # Ended long before its time (an API server restarting, a proxy): a failed
+            # watch, so the loop backs off instead of watching again at once.
+            raise NodeError(f"{where}: ended by the server after {lasted:.1f} s")
+        # The watch's time ran out: the grant as last read (the loop's next round
+        # reads it again with its report).
+        return self._last if self._last is not None else self._desired()
 
     # -- the rest -------------------------------------------------------------------------
 
@@ -241,9 +249,12 @@ class NodeGrants:
         kind, node = event.get("type"), event.get("object")
         if not isinstance(node, Mapping):
             raise NodeError(f"{where}: an event without an object: {str(event)[:200]}")
-        if kind == "ERROR":  # e.g. 410 Gone: the resource version is too old; read again
-            self._resource_version = None
-            return self._desired()
+        if kind == "ERROR":
+            if node.get("code") == 410:  # Gone: the resource version is too old; read again
+                self._resource_version = None
+                return self._desired()
+            message = str(node.get("message") or node)[:200]
+            raise NodeError(f"{where}: the server ended the watch: {message}")
         self._resource_version = _resource_version(node) or self._resource_version
         if kind == "BOOKMARK":
             return None
@@ -262,7 +273,7 @@ class NodeGrants:
             answer = desired_of(node, running)
         except NodeProtocolError as e:
             raise NodeError(str(e)) from e
-        self._observed = answer.etag
+        self._observed, self._last = answer.etag, answer
         return answer
 
     def _node(self) -> str:
@@ -312,7 +323,11 @@ def _stream(
     context = kubenode.client_context(join)
     conn = kubenode.connection(join.server, context, timeout)
     try:
-        conn.request("GET", kubenode.server_path(join.server, path))
+        # Connection: close: an answer that is not a watch (401, 429...) ends with
+        # the connection instead of waiting out the watch's time.
+        conn.request(
+            "GET", kubenode.server_path(join.server, path), headers={"Connection": "close"}
+        )
         assert conn.sock is not None  # request() connected it
         head = b""
         body: ChunkedLines | None = None
@@ -353,22 +368,29 @@ def _received(
     does): over TLS 1.3 the server's session tickets make it readable long before
     an event, and a blocking read would then wait with the connection's timeout."""
     sock.setblocking(False)
+    next_check = time.monotonic() + check_every
     with selectors.DefaultSelector() as selector:
         selector.register(sock, selectors.EVENT_READ)
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("the watch outlived its time")
-            pending = isinstance(sock, ssl.SSLSocket) and sock.pending()
-            if not pending and not selector.select(min(check_every, left)):
+            now = time.monotonic()
+            if now >= next_check:  # on a clock: also while events keep coming
                 if interrupted():
                     yield None
                     return
+                next_check = now + check_every
+            left = deadline - now
+            if left <= 0:
+                raise TimeoutError("the watch outlived its time")
+            pending = isinstance(sock, ssl.SSLSocket) and sock.pending()
+            if not pending and not selector.select(min(next_check - now, left)):
                 continue
             try:
                 data = sock.recv(65536)
             except (ssl.SSLWantReadError, BlockingIOError):
                 continue  # a TLS record without data (a ticket)
+            except ssl.SSLWantWriteError:
+                time.sleep(0.01)  # TLS wants to write first (a key update): try again
+                continue
             if not data:
                 return  # the server ended the watch
             yield data
@@ -386,8 +408,10 @@ def _start(head: bytes, data: bytes, sock: socket.socket, deadline: float) -> Ch
         for name, _, value in (line.partition(":") for line in header_lines)
     }
     if status != 200:
-        rest = data
-        while len(rest) < 4096 and time.monotonic() < deadline:
+        # The server's message: up to its close (Connection: close), 4 KiB, or a
+        # connection timeout.
+        rest, until = data, min(deadline, time.monotonic() + 10.0)
+        while len(rest) < 4096 and time.monotonic() < until:
             try:
                 more = sock.recv(4096)
             except (ssl.SSLWantReadError, BlockingIOError):

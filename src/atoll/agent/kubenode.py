@@ -303,18 +303,17 @@ class Publisher:
         self.published: dict[str, Any] | None = None
         self.condition: dict[str, str] | None = None  # the last one the Node took
         self._last_error = ""
-        self._heard: tuple[bool, bool, str | None, str | None] | None = None  # adopt()
+        self._heard: tuple[bool, str | None, str | None] | None = None  # adopt()
         self._lock = threading.Lock()  # the publisher's thread and the update loop
 
-    def adopt(
-        self, *, healthy: bool, failed: bool, failure: str | None, observed: str | None = None
-    ) -> None:
+    def adopt(self, *, failed: bool, failure: str | None, observed: str | None = None) -> None:
         """What the update loop reported last (:mod:`atoll.agent.kubegrant`): it knows
-        more than the health record (a failed step, a rollback that a fix has
-        superseded), so these three facts replace the record's from now on, and
-        ``observed`` says which grant they answer (the etag of the grant it read)."""
+        more than the health record whether the node failed (a failed step, a
+        rollback that a fix has superseded), so ``failed`` and ``failure`` replace
+        the record's from now on, and ``observed`` says which grant they answer
+        (the etag of the grant it read). Health stays the record's, always fresh."""
         with self._lock:
-            self._heard = (healthy, failed, failure, observed)
+            self._heard = (failed, failure, observed)
 
     def once(self) -> bool:
         """Publish what changed (or what failed last time); whether anything was sent."""
@@ -329,11 +328,9 @@ class Publisher:
         if state is None:  # nothing booted (ostree could not say): nothing to publish
             return False
         if self._heard is not None:
-            healthy, failed, failure, observed = self._heard
+            failed, failure, observed = self._heard
             failure = (failure or state.failure) if failed else None
-            state = replace(
-                state, healthy=healthy, failed=failed, failure=failure, observed=observed
-            )
+            state = replace(state, failed=failed, failure=failure, observed=observed)
         body, condition = state.patch(), node_condition(state)
         sent = False
         try:

@@ -41,7 +41,7 @@ from atoll.fleet.transitions import (
     matches,
     resumed,
 )
-from atoll.wire.kubenode import Grant, NodeProtocolError, NodeState
+from atoll.wire.kubenode import Grant, NodeProtocolError, NodeState, resume_token
 
 KIND = "NodePool"
 
@@ -251,10 +251,13 @@ def release_first(nodes: Sequence[NodeFacts]) -> list[NodeFacts]:
     return sorted(nodes, key=lambda n: n.phase is Phase.REBOOTING)
 
 
-def grant_of(node: NodeFacts, result: Plan, pool: str) -> Grant:
-    """The operator's answer to the node's agent (the Node protocol's :class:`Grant`)."""
+def grant_of(node: NodeFacts, result: Plan, pool: str, resumed: str | None = None) -> Grant:
+    """The operator's answer to the node's agent (the Node protocol's :class:`Grant`);
+    ``resumed`` is the pool's last resume (``atoll.dev/resume``, :class:`PoolMemory`)."""
     told = instruction(node, result.desired[node.name])
-    return Grant(told.version, told.stage, told.may_reboot, pool, result.waiting.get(node.name, ""))
+    why = result.waiting.get(node.name, "")
+    token = "" if resumed is None else resume_token(resumed)
+    return Grant(told.version, told.stage, told.may_reboot, pool, why, token)
 
 
 def memory_of(node: NodeFacts) -> dict[str, str]:
@@ -561,3 +564,40 @@ def decide(
         memory = replace(memory, failure_pause=result.pause_reason)
     state = PoolState(memory.failure_pause, memory.canary_released)
     return plan(spec, state, facts, now), memory, facts
+
+
+# --- what `atoll fleet status --kubeconfig` shows ----------------------------------------
+
+_COUNTS = ("total", "updated", "updating", "pending", "failed", "held", "unavailable")
+
+
+def nodepool_view(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A NodePool as the standalone controller's pool view (``GET /v1/pools/{name}``),
+    so ``atoll fleet status`` prints both the same way (pure). Its nodes are the
+    status's ``waiting`` list (the operator keeps up to 50 there, with their reasons)."""
+    meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+    status = obj.get("status") or {}
+    counts: dict[str, Any] = {key: status.get(key) or 0 for key in _COUNTS}
+    counts["max_unavailable"] = status.get("maxUnavailable") or 0
+    counts["paused_reason"] = status.get("pauseReason") or None
+    counts["stalled_reason"] = status.get("stalledReason") or None
+    nodes = [
+        {
+            "name": str(n.get("name")),
+            "current": n.get("current"),
+            "desired": n.get("desired"),
+            "phase": n.get("phase"),
+            "healthy": n.get("healthy", True),
+            "reason": n.get("reason") or "",
+        }
+        for n in status.get("waiting") or []
+        if isinstance(n, Mapping)
+    ]
+    blocked = [str(b) for b in status.get("drainBlockedNodes") or []]
+    return {
+        "spec": {"pool": {"name": meta.get("name"), "version": spec.get("version")}},
+        "status": counts,
+        "nodes": nodes,
+        "phase": status.get("phase"),
+        "drain_blocked": blocked,
+    }

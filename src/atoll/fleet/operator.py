@@ -171,7 +171,8 @@ class NodePoolReconciler:
         by_name = {str(raw["metadata"]["name"]): raw for raw in raw_nodes}
         blocked: list[dict[str, Any]] = []
         for node in release_first(facts):
-            blocked += await self._write_node(by_name[node.name], node, result, pool)
+            raw = by_name[node.name]
+            blocked += await self._write_node(raw, node, result, pool, memory.resumed)
         drains = DrainReport(blocked, skipped)
         generation = pool.obj["metadata"].get("generation")
         await self.api.patch_pool_status(
@@ -203,7 +204,12 @@ class NodePoolReconciler:
         return pools, this
 
     async def _write_node(
-        self, raw: Mapping[str, Any], node: NodeFacts, result: Plan, pool: Pool
+        self,
+        raw: Mapping[str, Any],
+        node: NodeFacts,
+        result: Plan,
+        pool: Pool,
+        resumed: str | None,
     ) -> list[dict[str, Any]]:
         """One merge patch per node: the grant, the answer and the cordon land together.
 
@@ -213,7 +219,7 @@ class NodePoolReconciler:
         true only once none is left. Returns the drain's blocked pods (status).
         """
         old = annotations_of(raw)
-        grant = grant_of(node, result, pool.name)
+        grant = grant_of(node, result, pool.name, resumed)
         new: dict[str, str | None] = dict(memory_of(node))
         rebooting = node.phase is Phase.REBOOTING
         patch: dict[str, Any] = {}

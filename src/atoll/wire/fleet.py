@@ -387,8 +387,9 @@ class Desired:
         return replace(self, etag=grant_etag(self.grant()))
 
 
-def grant_etag(grant: tuple[str | None, str, bool, bool]) -> str:
-    """The etag of a grant state (:meth:`Desired.grant`): 16 hex digits of a digest."""
+def grant_etag(grant: Sequence[str | bool | None]) -> str:
+    """The etag of a grant state (:meth:`Desired.grant`; the Node protocol's grant adds
+    the pool's resume, :meth:`atoll.wire.kubenode.Grant.etag`): 16 hex digits of a digest."""
     text = json.dumps(list(grant), separators=(",", ":"))
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 

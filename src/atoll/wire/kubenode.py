@@ -25,10 +25,11 @@ Standard library only: the agent imports this module on the node.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -41,6 +42,7 @@ from atoll.wire.fleet import (
     Desired,
     ProtocolError,
     Report,
+    grant_etag,
 )
 
 # --- written by the node's agent: its OS state ---------------------------------------------
@@ -74,7 +76,8 @@ DESIRED_VERSION = "atoll.dev/desired-version"
 STAGE = "atoll.dev/stage"
 MAY_REBOOT = "atoll.dev/may-reboot"
 REASON = "atoll.dev/reason"
-GRANT_ANNOTATIONS = (POOL, DESIRED_VERSION, STAGE, MAY_REBOOT, REASON)
+RESUMED = "atoll.dev/resumed"
+GRANT_ANNOTATIONS = (POOL, DESIRED_VERSION, STAGE, MAY_REBOOT, REASON, RESUMED)
 
 COMMIT_MAX = 128
 LABEL_VALUE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
@@ -222,20 +225,29 @@ class Grant:
     may_reboot: bool
     pool: str
     reason: str = ""
+    resumed: str = ""
+    """Which resume of the pool this grant belongs to (:func:`resume_token` of the
+    pool's ``atoll.dev/resume``; empty before any): part of the grant's etag, so a
+    resume is a new grant for every node of the pool, also one whose stage and
+    reboot did not change, and a failure said before it is not taken as an answer
+    to it (:meth:`NodeState.answers`)."""
 
     def __post_init__(self) -> None:
         _version("version", self.version)
         if not _POOL.fullmatch(self.pool):
             raise ProtocolError(f"pool: expected an object name, got {self.pool!r}")
+        if self.resumed and not ETAG.fullmatch(self.resumed):
+            raise ProtocolError(f"resumed: expected an etag, got {_shown(self.resumed)}")
         object.__setattr__(self, "reason", one_line(self.reason))
 
-    def annotations(self) -> dict[str, str]:
+    def annotations(self) -> dict[str, str | None]:
         return {
             POOL: self.pool,
             DESIRED_VERSION: self.version,
             STAGE: _bool(self.stage),
             MAY_REBOOT: _bool(self.may_reboot),
             REASON: self.reason,
+            RESUMED: self.resumed or None,
         }
 
     def patch(self) -> dict[str, Any]:
@@ -247,11 +259,16 @@ class Grant:
         return Desired(self.version, self.stage, self.may_reboot, self.reason, self.pool)
 
     def etag(self) -> str:
-        """The etag of this grant's state (pool, version, stage, may-reboot; not the
-        reason): what a watch waits on and what :data:`OBSERVED_GRANT` says."""
-        etag = self.desired().tagged().etag
-        assert etag is not None
-        return etag
+        """The etag of this grant's state (pool, version, stage, may-reboot and the
+        resume it belongs to; not the reason): what a watch waits on and what
+        :data:`OBSERVED_GRANT` says. Before any resume it is the standalone
+        answer's (:meth:`Desired.tagged`)."""
+        parts = self.desired().grant()
+        return grant_etag((*parts, self.resumed) if self.resumed else parts)
+
+    def tagged(self) -> Desired:
+        """The standalone answer with this grant's etag (what the agent's loop follows)."""
+        return replace(self.desired(), etag=self.etag())
 
     @classmethod
     def from_node(cls, node: Mapping[str, Any]) -> Grant | None:
@@ -267,10 +284,17 @@ class Grant:
                 may_reboot=_read_bool(notes, MAY_REBOOT, default=False),
                 pool=_read(notes, POOL, _pool),
                 reason=_read_optional(notes, REASON, _reason) or "",
+                resumed=_read_optional(notes, RESUMED, _etag) or "",
             )
 
 
 # --- validation ---------------------------------------------------------------------------
+
+
+def resume_token(resume: str) -> str:
+    """What :attr:`Grant.resumed` says for a pool's ``atoll.dev/resume`` value (any text
+    a person chose): 16 hex digits of its digest."""
+    return hashlib.blake2b(resume.encode(), digest_size=8).hexdigest()
 
 
 def _bool(value: bool) -> str:
