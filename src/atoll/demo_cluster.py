@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from atoll.boot.runner import BootSpec, Firmware, Machine
+from atoll.cli import main as atoll_main
 from atoll.cluster import build as cluster_build
 from atoll.cluster.up import ControlPlane, running_cluster
 from atoll.compose import ComposeResult, compose
@@ -88,6 +89,7 @@ BOOT_TIMEOUT = 1200.0  # three TCG guests share two cores
 READY_TIMEOUT = 1200.0
 ROLLOUT_TIMEOUT = 3600.0
 POLL = 3.0  # seconds between looks at the cluster
+RESUME, FIXED = "atoll.dev/resume", "fixed"  # the NodePool's resume, after the fix
 
 
 @dataclass
@@ -111,6 +113,23 @@ class ClusterOutcome:
     uids: dict[str, str]  # name -> its Node's uid when it joined
     consoles: dict[str, str]  # name -> its whole console (every boot)
     reboots: dict[str, int]
+
+
+@dataclass
+class Operator:
+    """``atoll fleet operator``, started by the demo, and its log."""
+
+    child: Child
+    log: Path
+
+    def check(self) -> None:
+        """Raise if it has ended (it runs until the demo stops it), with its log's tail."""
+        if self.child.poll() is not None:
+            tail = self.log.read_text(errors="replace").splitlines()[-15:]
+            raise AtollError(
+                f"atoll fleet operator ended (exit {self.child.returncode}; {self.log}):\n"
+                + "\n".join(tail)
+            )
 
 
 class Kubectl:
@@ -164,7 +183,7 @@ def step_compose(
 
 def step_operator(
     reporter: Reporter, workdir: Path, kubectl: Kubectl, plane: ControlPlane
-) -> Child:
+) -> Operator:
     """The CRD and RBAC applied as the admin, the operator started as its service account."""
     for name in ("nodepool-crd.yaml", "rbac.yaml"):
         kubectl("apply", "-f", str(DEPLOY / name), show=True)
@@ -197,7 +216,7 @@ def step_operator(
     argv = [sys.executable, "-m", "atoll", "fleet", "operator", "--kubeconfig", str(config)]
     reporter.info(f"$ atoll fleet operator --kubeconfig {config}  (log: {log})")
     with log.open("wb") as out:
-        return start([*argv, "--interval", "2"], stdout=out, stderr=out)
+        return Operator(start([*argv, "--interval", "2"], stdout=out, stderr=out), log)
 
 
 def user_data(name: str, channel: str, join: Mapping[str, Any], key: bytes, pki: Path) -> str:
@@ -369,16 +388,21 @@ def nodepool(builds: Builds) -> dict[str, Any]:
 def _watch(
     kubectl: Kubectl,
     nodes: Sequence[Node],
+    operator: Operator,
     note: Callable[[str], None],
     until: Callable[[Mapping[str, Any]], bool],
     record: ClusterRollout,
+    *,
+    fails: Callable[[Mapping[str, Any]], bool] = lambda status: False,
 ) -> dict[str, Any]:
     """Follow the pool, its Nodes and the workload until ``until(status)``; sample the
-    ready pods and the cordoned nodes at every look."""
+    ready pods and the cordoned nodes at every look. An operator that ended, or a
+    status that ``fails``, ends the wait at once."""
     deadline = time.monotonic() + ROLLOUT_TIMEOUT
     seen: dict[str, tuple[Any, ...]] = {}
     while True:
         _poll_nodes(nodes, note)
+        operator.check()
         listed = kubectl.json("nodes,pods,nodepools", "-A")["items"]
         pods = [o for o in listed if o["kind"] == "Pod" and o["metadata"]["namespace"] == NAMESPACE]
         ready = _ready_pods(pods)
@@ -408,6 +432,8 @@ def _watch(
         status = dict((pool or {}).get("status") or {})
         if until(status):
             return status
+        if fails(status):
+            raise AtollError(f"NodePool {POOL}: {status.get('pauseReason') or status}")
         if time.monotonic() > deadline:
             raise AtollError(f"NodePool {POOL}: timed out after {ROLLOUT_TIMEOUT:g} s: {status}")
         time.sleep(POLL)
@@ -417,6 +443,7 @@ def step_rollout(
     reporter: Reporter,
     summary: Summary,
     kubectl: Kubectl,
+    operator: Operator,
     nodes: Sequence[Node],
     builds: Builds,
     updates: Path,
@@ -433,17 +460,31 @@ def step_rollout(
     with reporter.stage("rollout", f"NodePool {POOL}: {v1} -> {v2}, maxUnavailable 1"):
         kubectl.apply(nodepool(builds))
         note(f"NodePool {POOL} applied: {v2}, maxUnavailable 1, failure budget 0")
-        status = _watch(kubectl, nodes, note, lambda s: bool(s.get("pauseReason")), record)
-        why = record.paused_reason = str(status["pauseReason"])
+        paused = _watch(
+            kubectl, nodes, operator, note, lambda s: bool(s.get("pauseReason")), record
+        )
+        why = record.paused_reason = str(paused["pauseReason"])
         note(f"NodePool paused itself: {why}")
         summary.add("pool paused because", why)
         kubectl("get", "nodepools", "-o", "wide", show=True)
+        reporter.info(f"$ atoll fleet status {POOL} --kubeconfig {kubectl.plane.kubeconfig}")
+        atoll_main(["fleet", "status", POOL, "--kubeconfig", str(kubectl.plane.kubeconfig)])
         key = load_private_key(keys / "atoll-ed25519.key")
         publish(builds.repo, builds.v2.commit, updates, "edge", key, reporter)
         note(f"published the good {v2} build to edge; resume the pool")
-        kubectl("annotate", "nodepool", POOL, "atoll.dev/resume=fixed", "--overwrite", show=True)
+        kubectl("annotate", "nodepool", POOL, f"{RESUME}={FIXED}", "--overwrite", show=True)
+
+        def paused_again(status: Mapping[str, Any]) -> bool:
+            return status.get("resumedAt") == FIXED and bool(status.get("pauseReason"))
+
         final = record.final = _watch(
-            kubectl, nodes, note, lambda s: s.get("phase") == "Completed", record
+            kubectl,
+            nodes,
+            operator,
+            note,
+            lambda s: s.get("phase") == "Completed",
+            record,
+            fails=paused_again,
         )
         note(f"NodePool completed: {final.get('updated')}/{final.get('total')} nodes on {v2}")
     kubectl("get", "nodepools", "-o", "wide", show=True)
@@ -484,12 +525,12 @@ def run_cluster_demo(
             plane = stack.enter_context(running_cluster(workdir / "cluster", binaries.binaries))
             kubectl = Kubectl(binaries.binaries["kubectl"], plane, reporter)
             operator = step_operator(reporter, workdir, kubectl, plane)
-            stack.callback(operator.stop, 15.0)
+            stack.callback(operator.child.stop, 15.0)
         summary.add("cluster", f"{plane.server} (Kubernetes {binaries.version})")
         nodes = step_boot(reporter, workdir, stack, builds, keys, plane, server.server_address[1])
         uids = step_join(reporter, kubectl, nodes)
         step_workload(reporter, kubectl, nodes)
-        rollout = step_rollout(reporter, summary, kubectl, nodes, builds, updates, keys)
+        rollout = step_rollout(reporter, summary, kubectl, operator, nodes, builds, updates, keys)
         final = {n["metadata"]["name"]: n for n in kubectl.json("nodes")["items"]}
         for node in nodes:
             meta = final[node.name]["metadata"]

@@ -15,6 +15,8 @@ drained it and granted the reboot on the Node.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +31,7 @@ from atoll.agent.kubenode import Publisher
 from atoll.agent.update_loop import Updater, UpdaterConfig
 from atoll.cluster.build import KubernetesBinaries
 from atoll.cluster.up import ControlPlane, running_cluster
+from atoll.process import as_text, run
 from atoll.wire import kubenode as protocol
 from atoll.wire.fleet import FleetError, Step, StepFailure
 from atoll.wire.kubenode import Grant, Health, NodeState
@@ -256,3 +259,10 @@ def test_the_operator_rolls_a_pool_over_nodes_whose_loops_follow_their_nodes(
         assert notes[protocol.CURRENT_VERSION] == "1.1.0"
         assert protocol.STAGED_VERSION not in notes
         assert not admin.ok("GET", f"/api/v1/nodes/{node.name}")["spec"].get("unschedulable")
+    # atoll fleet status reads the NodePool from the cluster, as for a standalone pool.
+    status = [sys.executable, "-m", "atoll", "fleet", "status", "--kubeconfig"]
+    shown = as_text(run([*status, os.fspath(cluster.plane.kubeconfig), "loops"])).stdout
+    assert shown.startswith("pool loops -> 1.1.0: complete: updated 2 "), shown
+    missing = run([*status, os.fspath(cluster.plane.kubeconfig), "nope"], check=False)
+    assert missing.returncode == 2
+    assert b"NodePool 'nope': not found in the cluster of" in missing.stderr

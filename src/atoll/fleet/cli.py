@@ -38,7 +38,7 @@ from typing import Any
 
 from atoll.errors import AtollError, InputError
 from atoll.fleet.etcd_store import open_replica
-from atoll.fleet.operator_cli import register_operator
+from atoll.fleet.operator_cli import nodepool_views, register_operator
 from atoll.fleet.pool import load_pool_file, spec_to_dict
 from atoll.fleet.server import FleetService
 from atoll.fleet.sqlite_store import SqliteStore, store_path
@@ -182,6 +182,8 @@ def _pool_lines(view: dict[str, Any]) -> list[str]:
     stalled = status.get("stalled_reason")
     if stalled:
         lines.append(f"  stalled: {stalled}")
+    if view.get("drain_blocked"):
+        lines.append(f"  drain blocked: {', '.join(view['drain_blocked'])}")
     for node in view.get("nodes", []):
         reason = f"  {node['reason']}" if node["reason"] else ""
         health = "" if node.get("healthy", True) else " UNHEALTHY"
@@ -263,13 +265,18 @@ def _why_done(status: dict[str, Any], phase: str) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
-    if args.watch:
+    if args.kubeconfig is not None:
+        if args.watch:
+            raise InputError("--watch reads a controller: on a cluster, kubectl get nodepools -w")
+        views = nodepool_views(args.kubeconfig, args.pool)
+    elif args.watch:
         return _watch(args)
-    views = (
-        [_call(args, "GET", f"/v1/pools/{args.pool}")]
-        if args.pool
-        else _call(args, "GET", "/v1/pools")
-    )
+    else:
+        views = (
+            [_call(args, "GET", f"/v1/pools/{args.pool}")]
+            if args.pool
+            else _call(args, "GET", "/v1/pools")
+        )
     if args.json:
         print(json.dumps(views, indent=2))
     else:
@@ -375,6 +382,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     status = client("status", "per-pool progress and why nodes wait")
     status.add_argument("pool", nargs="?", metavar="POOL")
+    status.add_argument(
+        "--kubeconfig",
+        type=Path,
+        help="read the NodePools of a cluster (the operator's) instead of a controller",
+    )
     status.add_argument(
         "--watch", action="store_true", help="reprint the pool whenever it changes (Ctrl-C ends)"
     )

@@ -1,8 +1,9 @@
 """``atoll fleet operator``: run the fleet controller as a Kubernetes operator.
 
 Kept apart from :mod:`atoll.fleet.cli` so that the CLI imports kopf (the
-``kubernetes`` extra) only when this verb runs: ``atoll fleet serve`` and the
-other verbs work without it.
+``kubernetes`` extra) only when this verb runs, or ``atoll fleet status
+--kubeconfig`` reads a cluster's NodePools (:func:`nodepool_views`):
+``atoll fleet serve`` and the other verbs work without it.
 
 ::
 
@@ -23,24 +24,13 @@ import argparse
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
 from atoll.errors import AtollError, InputError
 
 
 def _operator(args: argparse.Namespace) -> int:
-    try:
-        import kopf  # noqa: PLC0415
-
-        from atoll.fleet.operator import (  # noqa: PLC0415
-            OperatorConfig,
-            default_login,
-            run_operator,
-        )
-    except ImportError as e:  # kopf is the optional `kubernetes` extra
-        raise AtollError(
-            f"atoll fleet operator needs kopf: {e}",
-            hint="pip install 'atoll[kubernetes]'",
-        ) from e
+    kopf, operator = _kopf()
     if args.interval <= 0:
         raise InputError(f"--interval {args.interval}: expected seconds > 0")
     if args.kubeconfig is not None:
@@ -48,9 +38,51 @@ def _operator(args: argparse.Namespace) -> int:
             raise InputError(f"--kubeconfig {args.kubeconfig}: no such file")
         # kopf's kubeconfig login reads $KUBECONFIG (this process only).
         os.environ["KUBECONFIG"] = str(args.kubeconfig)
-    default_login(kopf.OperatorSettings())  # fail now on missing or broken credentials
-    asyncio.run(run_operator(OperatorConfig(interval=args.interval), peering=args.peering))
+    operator.default_login(kopf.OperatorSettings())  # fail now on missing or broken credentials
+    config = operator.OperatorConfig(interval=args.interval)
+    asyncio.run(operator.run_operator(config, peering=args.peering))
     return 0
+
+
+def nodepool_views(kubeconfig: Path, pool: str | None) -> list[dict[str, Any]]:
+    """``atoll fleet status --kubeconfig``: the cluster's NodePools (one, or all) as pool
+    views (:func:`atoll.fleet.nodepool.nodepool_view`), read with the kubeconfig's
+    identity; :class:`InputError` naming the pool when it does not exist."""
+    kopf, operator = _kopf()
+    from atoll.fleet.kube import KubeApi  # noqa: PLC0415 - kopf and aiohttp
+    from atoll.fleet.nodepool import nodepool_view  # noqa: PLC0415
+
+    if not kubeconfig.is_file():
+        raise InputError(f"--kubeconfig {kubeconfig}: no such file")
+    os.environ["KUBECONFIG"] = str(kubeconfig)  # kopf's kubeconfig login reads it
+    info = operator.default_login(kopf.OperatorSettings())
+
+    async def listed() -> list[dict[str, Any]]:
+        api = KubeApi(info)
+        try:
+            return await api.list_pools()
+        finally:
+            await api.close()
+
+    pools = sorted(asyncio.run(listed()), key=lambda o: str(o["metadata"]["name"]))
+    if pool is not None:
+        pools = [o for o in pools if o["metadata"]["name"] == pool]
+        if not pools:
+            raise InputError(f"NodePool {pool!r}: not found in the cluster of {kubeconfig}")
+    return [nodepool_view(o) for o in pools]
+
+
+def _kopf() -> tuple[Any, Any]:
+    """kopf and the operator module, or an error that says how to get kopf."""
+    try:
+        import kopf  # noqa: PLC0415
+
+        from atoll.fleet import operator  # noqa: PLC0415
+    except ImportError as e:  # kopf is the optional `kubernetes` extra
+        raise AtollError(
+            f"atoll fleet on a cluster needs kopf: {e}", hint="pip install 'atoll[kubernetes]'"
+        ) from e
+    return kopf, operator
 
 
 def register_operator(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
