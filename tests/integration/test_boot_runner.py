@@ -6,11 +6,20 @@ file); the pure parts are in tests/unit/test_boot_runner.py.
 
 from __future__ import annotations
 
+import gc
+import os
+import socket
+import threading
 import time
+import warnings
 from pathlib import Path
 
+import pytest
+
 from atoll.boot.runner import BootSpec, Machine, SystemClock, stop_qemu
+from atoll.errors import AtollError
 from atoll.process import start
+from atoll.tools.qemu import Qmp
 
 
 def test_stop_escalates_to_kill_when_there_is_no_qmp(tmp_path: Path) -> None:
@@ -22,6 +31,31 @@ def test_stop_escalates_to_kill_when_there_is_no_qmp(tmp_path: Path) -> None:
     # Killed, not waited for: far less than the 60 s the program would run
     # (the bound is loose on purpose: QMP connection retries take seconds here).
     assert time.monotonic() - started < 45
+
+
+def test_a_qemu_that_ends_during_the_qmp_handshake_leaves_no_socket_open(
+    tmp_path: Path,
+) -> None:
+    """Found by the vm test of a kernel that panics: qemu ended between the poll and the
+    QMP greeting, and the connected socket was left to the garbage collector."""
+    path = tmp_path / "qmp.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(os.fspath(path))
+        server.listen(1)
+
+        def hang_up() -> None:
+            conn, _ = server.accept()
+            conn.close()  # no greeting: the qemu is gone
+
+        thread = threading.Thread(target=hang_up)
+        thread.start()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            with pytest.raises(AtollError, match=r"QMP .*qmp\.sock"), Qmp(path, timeout=2.0):
+                pass
+            gc.collect()
+        thread.join(5)
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)], caught
 
 
 def test_stop_of_an_exited_process(tmp_path: Path) -> None:

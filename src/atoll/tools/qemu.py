@@ -329,8 +329,14 @@ class Qmp:
                     raise AtollError(f"QMP {self._path}: cannot connect ({e.strerror})") from e
                 time.sleep(0.05)
         self._sock = sock
-        self._read_message()  # greeting
-        self.command("qmp_capabilities")
+        try:
+            self._read_message()  # greeting
+            self.command("qmp_capabilities")
+        except BaseException:
+            # __exit__ does not run when __enter__ fails (a qemu that ends during the
+            # handshake): the socket is closed here, not left to the garbage collector.
+            self.close()
+            raise
 
     def close(self) -> None:
         if self._sock is not None:
