@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from atoll.errors import ToolError, ToolMissing
-from atoll.process import DEVNULL, PIPE, STDOUT, run, start
+from atoll.process import DEVNULL, PIPE, STDOUT, interrupt_on_sigterm, run, start
 
 # Says it is ready once its TERM handler is set, then waits to be stopped.
 IGNORES_TERM = "trap '' TERM; echo ready; while :; do sleep 0.1; done"
@@ -112,7 +112,10 @@ def test_ctrl_c_during_a_streamed_run_ends_everything_the_program_started(
     def interrupt(line: str) -> None:
         raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
+    # As atoll's long verbs run it (compose, cluster build): with Python's SIGINT handler
+    # back, so the program starts with SIGINT's default action even when this process
+    # was started with SIGINT ignored (a script's background job: CI).
+    with interrupt_on_sigterm(), pytest.raises(KeyboardInterrupt):
         run(["sh", "-c", script], on_line=interrupt)
     # Gone when run() returns, not some time later: the caller removes work
     # directories next.
