@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -191,8 +192,10 @@ def step_operator(
     namespace, account = OPERATOR_ACCOUNT
     token = kubectl("create", "token", account, "-n", namespace, "--duration=24h").strip()
     config = workdir / "operator.kubeconfig"
-    config.write_text(
-        json.dumps(
+    config.unlink(missing_ok=True)
+    # Private from its first byte: it holds the service account's token.
+    with os.fdopen(os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        json.dump(
             {
                 "apiVersion": "v1",
                 "kind": "Config",
@@ -208,10 +211,9 @@ def step_operator(
                 "users": [{"name": account, "user": {"token": token}}],
                 "contexts": [{"name": "atoll", "context": {"cluster": "atoll", "user": account}}],
                 "current-context": "atoll",
-            }
+            },
+            out,
         )
-    )
-    config.chmod(0o600)
     log = workdir / "operator.log"
     argv = [sys.executable, "-m", "atoll", "fleet", "operator", "--kubeconfig", str(config)]
     reporter.info(f"$ atoll fleet operator --kubeconfig {config}  (log: {log})")
