@@ -110,6 +110,23 @@ def test_selftest_lines() -> None:
     assert state.selftest_verdict == "fail"
 
 
+def test_a_selftest_line_after_another_writers_partial_line_is_read() -> None:
+    """systemd's spinner ends with a carriage return, not a newline: the next line
+    written to the console starts after it."""
+    state = ConsoleState()
+    spinner = "\r\x1b[K[  \x1b[0;31m*\x1b[0m] A start job is running for /dev/vdb (5s / 1min 30s)"
+    state.feed(spinner + "\rATOLL-SELFTEST usr-readonly ok", now=1.0)
+    state.feed("[   9.1] x ATOLL-SELFTEST etc-writable fail /etc refused a write", now=1.0)
+    # Seen in a test run: a kernel message inside the line, before its newline.
+    journald = "[   30.507735] systemd-journald[150]: Received client request to flush"
+    state.feed("ATOLL-SELFTEST var-writable ok" + journald, now=1.0)
+    assert state.selftest == {
+        "usr-readonly": ("ok", ""),
+        "etc-writable": ("fail", "/etc refused a write"),
+        "var-writable": ("ok", ""),
+    }
+
+
 @pytest.mark.parametrize(
     ("line", "meaning"),
     [

@@ -87,6 +87,9 @@ def parse_timespan(text: str) -> float:
     return sum(float(number) * _UNITS[unit] for number, unit in parts)
 
 
+_EMBEDDED_PRINTK = re.compile(r"\[\s*\d+\.\d+\]")
+
+
 def clean_line(raw: str) -> str:
     """A console line without colours, carriage returns or trailing blanks."""
     return _ANSI.sub("", raw).replace("\r", "").rstrip()
@@ -195,10 +198,16 @@ class ConsoleState:
                     self.init_printk = float(stamp.group(1))
                 if milestone is Milestone.READY:
                     self.ready_uptime = _field_float(body, "uptime")
-        if body.startswith("ATOLL-ANALYZE "):
-            self._analysis_line(body.removeprefix("ATOLL-ANALYZE "))
-        elif body.startswith("ATOLL-SELFTEST "):
-            parts = body.split(" ", 3)
+        # Anywhere in the line: another writer of the console (systemd's "A start job is
+        # running" spinner ends without a newline) may have left a partial line first.
+        analyze, selftest = body.find("ATOLL-ANALYZE "), body.find("ATOLL-SELFTEST ")
+        if analyze >= 0:
+            self._analysis_line(body[analyze:].removeprefix("ATOLL-ANALYZE "))
+        elif selftest >= 0:
+            # A kernel message may land inside the line before its newline (printk
+            # writes to the serial port directly): the line ends where one begins.
+            text = _EMBEDDED_PRINTK.split(body[selftest:], maxsplit=1)[0].rstrip()
+            parts = text.split(" ", 3)
             if len(parts) >= 3:
                 self.selftest[parts[1]] = (parts[2], parts[3] if len(parts) > 3 else "")
         if self.fatal is None and Milestone.READY not in self.milestones:
