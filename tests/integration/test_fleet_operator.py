@@ -298,8 +298,11 @@ def test_pool_rolls_nodes_within_max_unavailable_and_partition() -> None:
         # Staging is free: the four nodes of the update set are told to stage at
         # once; the last by name (n5) is held on 1.0 by the partition.
         async def staged_orders() -> bool:
+            # One reconcile writes the five nodes one patch after another: wait for the
+            # held node's answer too, not only the four stage orders.
             nodes = await c.nodes()
-            return all(notes(nodes[f"n{i}"]).get(kubenode.STAGE) == "true" for i in range(1, 5))
+            told = all(notes(nodes[f"n{i}"]).get(kubenode.STAGE) == "true" for i in range(1, 5))
+            return told and notes(nodes["n5"]).get(kubenode.DESIRED_VERSION) is not None
 
         await c.until("stage orders", staged_orders)
         nodes = await c.nodes()

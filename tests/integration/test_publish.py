@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -51,7 +52,10 @@ def world(tmp_path: Path) -> Iterator[World]:
     commits = {}
     for version in ("1.0.0", "1.1.0", "1.2.0", "1.3.0"):
         # A few files change per version; most stay (what a delta exploits).
-        (tree / "usr/lib/big.bin").write_bytes(bytes(range(256)) * 2048)
+        # Incompressible, the same in every version: a full pull carries it, a delta not
+        # (compressible filler shrank to a few KiB, within a delta's own overhead).
+        filler = random.Random(0).randbytes(256 * 1024)  # noqa: S311 - test data, not a secret
+        (tree / "usr/lib/big.bin").write_bytes(filler)
         (tree / "usr/lib/version").write_text(version)
         (tree / f"usr/lib/only-{version}").write_bytes(version.encode() * 5000)
         commits[version] = _commit(source, tree, version)
