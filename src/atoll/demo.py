@@ -165,19 +165,11 @@ def step_compose(
     write_busybox_archive(
         CHECKOUT / "build/images/busybox.oci.tar", "docker.io/library/busybox:atoll"
     )
-    repo = workdir / "repo"
-
-    def build(manifest: str) -> ComposeResult:
-        return compose(
-            EXAMPLES / manifest, repo, reporter, cache=cache, source_date_epoch=source_date_epoch
-        )
-
-    v1 = build("minimal.toml")
-    v2 = build("minimal-v2.toml")
-    # Same ref and version as v2: composed last would leave the ref on it, so
-    # the ref is put back on the good v2 (publishing names commits, not refs).
-    broken = build("minimal-v2-broken.toml")
-    ostree.set_ref(repo, v2.ref, v2.commit)
+    builds = compose_builds(
+        reporter, workdir / "repo", ("minimal.toml", "minimal-v2.toml", "minimal-v2-broken.toml"),
+        cache, source_date_epoch,
+    )  # fmt: skip
+    v1, v2, broken = builds.v1, builds.v2, builds.broken
     summary.add("image v1", f"{v1.ref} {v1.version} {v1.commit[:12]}")
     summary.add("image v2", f"{v2.version} {v2.commit[:12]} (+conntrack)")
     summary.add("broken v2", f"{broken.version} {broken.commit[:12]} (+a unit that fails)")
@@ -190,6 +182,27 @@ def step_compose(
             f"{figures.get('baseline size (MB)')} MB (make bench, {bench['date']})"
         )
     summary.add("image size", packages)
+    return builds
+
+
+def compose_builds(
+    reporter: Reporter,
+    repo: Path,
+    manifests: tuple[str, str, str],
+    cache: Path | None,
+    source_date_epoch: int | None,
+) -> Builds:
+    """Compose v1, v2 and the broken v2 (``manifests``, under examples/) into ``repo``."""
+
+    def build(manifest: str) -> ComposeResult:
+        return compose(
+            EXAMPLES / manifest, repo, reporter, cache=cache, source_date_epoch=source_date_epoch
+        )
+
+    v1, v2, broken = (build(manifest) for manifest in manifests)
+    # Same ref and version as v2: composed last would leave the ref on it, so
+    # the ref is put back on the good v2 (publishing names commits, not refs).
+    ostree.set_ref(repo, v2.ref, v2.commit)
     return Builds(repo, v1, v2, broken)
 
 

@@ -47,17 +47,16 @@ from atoll.boot.runner import BootSpec, Firmware, Machine
 from atoll.cli import main as atoll_main
 from atoll.cluster import build as cluster_build
 from atoll.cluster.up import ControlPlane, running_cluster
-from atoll.compose import ComposeResult, compose
 from atoll.demo import (
     AGENT_PORT,
     CHECKOUT,
-    EXAMPLES,
     UPDATES_PORT,
     Builds,
     Node,
     Summary,
     _b64,
     _poll_nodes,
+    compose_builds,
     step_publish,
 )
 from atoll.disk import build_disk, plan_disk
@@ -71,7 +70,6 @@ from atoll.progress import Reporter
 from atoll.publish.keys import load_private_key
 from atoll.publish.publish import publish
 from atoll.publish.serve import serve_in_thread
-from atoll.tools import ostree
 from atoll.tools.qemu import HOST_SERVICES_ADDRESS, HostService
 from atoll.wire import kubenode
 
@@ -164,22 +162,14 @@ def step_compose(
     cache: Path | None,
     source_date_epoch: int | None,
 ) -> Builds:
-    repo = workdir / "repo"
-
-    def build(manifest: str) -> ComposeResult:
-        return compose(
-            EXAMPLES / manifest, repo, reporter, cache=cache, source_date_epoch=source_date_epoch
-        )
-
-    v1 = build("kubernetes.toml")
-    v2 = build("kubernetes-v2.toml")
-    broken = build("kubernetes-v2-broken.toml")
-    ostree.set_ref(repo, v2.ref, v2.commit)  # the ref back on the good v2 (as in atoll.demo)
+    manifests = ("kubernetes.toml", "kubernetes-v2.toml", "kubernetes-v2-broken.toml")
+    builds = compose_builds(reporter, workdir / "repo", manifests, cache, source_date_epoch)
+    v1, v2, broken = builds.v1, builds.v2, builds.broken
     summary.add("image v1", f"{v1.ref} {v1.version} {v1.commit[:12]}")
     summary.add("image v2", f"{v2.version} {v2.commit[:12]} (+ethtool)")
     summary.add("broken v2", f"{broken.version} {broken.commit[:12]} (+a unit that fails)")
     summary.add("image size", f"{v1.packages} packages, {v1.size / 1e6:.0f} MB")
-    return Builds(repo, v1, v2, broken)
+    return builds
 
 
 def step_operator(
