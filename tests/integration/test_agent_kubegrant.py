@@ -28,12 +28,13 @@ import pytest
 from atoll.agent.deployments import Deployments
 from atoll.agent.kubegrant import NO_POOL, NodeGrants
 from atoll.agent.kubenode import Publisher
-from atoll.agent.update_loop import Updater, UpdaterConfig
+from atoll.agent.softreboot import KernelFacts, Restarter
+from atoll.agent.update_loop import Updater, UpdaterConfig, last_restart
 from atoll.cluster.build import KubernetesBinaries
 from atoll.cluster.up import ControlPlane, running_cluster
 from atoll.process import as_text, run
 from atoll.wire import kubenode as protocol
-from atoll.wire.fleet import FleetError, Step, StepFailure
+from atoll.wire.fleet import FleetError, Restart, RestartKind, Step, StepFailure
 from atoll.wire.kubenode import Grant, Health, NodeState
 from tests.integration.test_agent_kubenode import _node_root
 from tests.integration.test_agent_update_loop import FakeSysroot
@@ -201,9 +202,16 @@ class Node:
         deployments = Deployments(self.sysroot.run, lambda: None)
         self.publisher = _publisher(self.root, name, self.state)
         config = UpdaterConfig("kubernetes", w.url, "stable", name, {}, 0.2)
+        # The kernel would allow a soft-reboot: the pool's policy decides.
+        kernel = KernelFacts("6.12.43+deb13-cloud-amd64", base / "vmlinuz", ("rw",))
+        restarter = Restarter(
+            self.sysroot.run, root=self.root, running=lambda: kernel, staged=lambda _: kernel,
+            same_image=lambda a, b: True, now=lambda: "2026-12-07T07:00:00+00:00",
+        )  # fmt: skip
         self.updater = Updater(
             config, deployments, keys, root=self.root, log=lambda _: None,
             health=lambda: (True, False), controller=NodeGrants(self.root, self.publisher),
+            restarter=restarter,
         )  # fmt: skip
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.updater.run_forever, args=(self.stop,))
@@ -211,7 +219,10 @@ class Node:
     def state(self) -> NodeState:
         s = self.sysroot
         pending = None if s.pending is None else s.versions[s.pending]
-        return NodeState(s.versions[s.booted], pending, commit=s.booted, health=Health.HEALTHY)
+        return NodeState(
+            s.versions[s.booted], pending, commit=s.booted, health=Health.HEALTHY,
+            restart=last_restart(self.root),
+        )  # fmt: skip
 
 
 def test_the_operator_rolls_a_pool_over_nodes_whose_loops_follow_their_nodes(
@@ -233,7 +244,7 @@ def test_the_operator_rolls_a_pool_over_nodes_whose_loops_follow_their_nodes(
                 "version": "1.1.0",
                 "previousVersion": "1.0.0",
                 "selector": {"matchLabels": {"pool": "loops"}},
-                "strategy": {"maxUnavailable": 1},
+                "strategy": {"maxUnavailable": 1, "reboot": "full"},
             }
             add_pool(admin, "loops", spec)
             until(
@@ -258,11 +269,23 @@ def test_the_operator_rolls_a_pool_over_nodes_whose_loops_follow_their_nodes(
         notes = _annotations(cluster, node.name)
         assert notes[protocol.CURRENT_VERSION] == "1.1.0"
         assert protocol.STAGED_VERSION not in notes
+        # The pool's policy reached the agent on the grant, and the kind of restart it
+        # used (and why) is on its Node.
+        assert notes[protocol.REBOOT] == "full"
+        assert protocol.read_restart(notes) == Restart(
+            RestartKind.FULL, "policy full", "1.1.0", "2026-12-07T07:00:00+00:00"
+        )
         assert not admin.ok("GET", f"/api/v1/nodes/{node.name}")["spec"].get("unschedulable")
     # atoll fleet status reads the NodePool from the cluster, as for a standalone pool.
     status = [sys.executable, "-m", "atoll", "fleet", "status", "--kubeconfig"]
     shown = as_text(run([*status, os.fspath(cluster.plane.kubeconfig), "loops"])).stdout
     assert shown.startswith("pool loops -> 1.1.0: complete: updated 2 "), shown
+    # Every node of the pool, each with the kind of its last restart and why.
+    restarted = "    last restart: full into 1.1.0 at 2026-12-07T07:00:00+00:00 (policy full)"
+    lines = shown.splitlines()
+    for node in nodes:
+        at = next(i for i, line in enumerate(lines) if line.startswith(f"  {node.name} "))
+        assert lines[at + 1] == restarted, shown
     missing = run([*status, os.fspath(cluster.plane.kubeconfig), "nope"], check=False)
     assert missing.returncode == 2
     assert b"NodePool 'nope': not found in the cluster of" in missing.stderr

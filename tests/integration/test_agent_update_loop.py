@@ -22,6 +22,7 @@ import pytest
 from atoll.agent import markers
 from atoll.agent.audit import AuditLog
 from atoll.agent.deployments import Deployments
+from atoll.agent.softreboot import KernelFacts, Restarter
 from atoll.agent.update_loop import (
     HEALTH,
     KUBERNETES,
@@ -108,12 +109,22 @@ def test_node_stages_a_signed_commit_and_reboots_only_when_granted(
     v1, v2 = world.commits["1.0.0"], world.commits["1.1.0"]
     sysroot = FakeSysroot(v1, {v1: "1.0.0", v2: "1.1.0"})
     updater, repo = _updater(world, tmp_path, controller, sysroot)
+    # The kernel would allow a soft-reboot; the pool asks for full reboots.
+    kernel = KernelFacts("6.12.43+deb13-cloud-amd64", tmp_path / "vmlinuz", ("rw",))
+    updater.restarter = Restarter(
+        sysroot.run,
+        root=updater.root,
+        running=lambda: kernel,
+        staged=lambda _: kernel,
+        same_image=lambda a, b: True,
+        now=lambda: "2026-12-07T07:00:00+00:00",
+    )
 
     updater.step()  # registers on 1.0.0; no pool yet: nothing to do
     assert sysroot.pending is None
     pool = {
         "pool": {"name": "web", "version": "1.1.0", "previous_version": "1.0.0"},
-        "strategy": {"max_unavailable": 1},
+        "strategy": {"max_unavailable": 1, "reboot": "full"},
     }
     request_json("PUT", f"{controller}/v1/pools/web", pool)
     deadline = time.monotonic() + 30
@@ -132,6 +143,14 @@ def test_node_stages_a_signed_commit_and_reboots_only_when_granted(
             break
         time.sleep(0.05)
     assert status["updated"] == 1, status
+    # The next report said which kind of restart the upgrade used, and why.
+    [node] = request_json("GET", f"{controller}/v1/nodes")
+    assert node["restart"] == {
+        "kind": "full",
+        "reason": "policy full",
+        "version": "1.1.0",
+        "at": "2026-12-07T07:00:00+00:00",
+    }
 
 
 def test_a_version_the_channel_does_not_have_is_refused_before_any_change(

@@ -48,6 +48,10 @@ def answers(table: dict[str, tuple[int, str]]) -> Any:
 IS_RUNNING = "systemctl is-system-running"
 FAILED = "systemctl list-units --state=failed --plain --no-legend --no-pager"
 FAILED_LINE = "atoll-broken.service loaded failed failed always fails\n"
+USERSPACE = "systemctl show --property=UserspaceTimestampMonotonic"
+STAMPS = "systemctl show --property=Id --property=StateChangeTimestampMonotonic --"
+BROKEN_STAMP = "Id=atoll-broken.service\nStateChangeTimestampMonotonic={at}\n"
+FAILS = "degraded; failed: atoll-broken.service"
 
 
 @pytest.mark.parametrize(
@@ -65,12 +69,59 @@ FAILED_LINE = "atoll-broken.service loaded failed failed always fails\n"
 def test_systemd_check(
     state: str, failed: str, ignore: tuple[str, ...], ok: bool, definite: bool
 ) -> None:
-    probe = answers({IS_RUNNING: (0 if state == "running" else 1, state), FAILED: (0, failed)})
+    probe = answers(
+        {
+            IS_RUNNING: (0 if state == "running" else 1, state),
+            FAILED: (0, failed),
+            USERSPACE: (0, "UserspaceTimestampMonotonic=5000000\n"),
+            STAMPS + " atoll-broken.service": (0, BROKEN_STAMP.format(at=9000000)),
+        }
+    )
     check = check_systemd(probe, ignore)
     assert (check.ok, check.definite) == (ok, definite)
     assert check.detail.startswith(state or "unknown")
     if failed and not ignore:
         assert "atoll-broken.service" in check.detail
+
+
+@pytest.mark.parametrize(
+    ("userspace", "stamps", "ok", "detail"),
+    [
+        # Failed in the userspace a soft-reboot ended (carried over): not this boot's.
+        (
+            "5000000",
+            BROKEN_STAMP.format(at=4000000)
+            + "\nId=udev.service\nStateChangeTimestampMonotonic=6\n",
+            True,
+            "degraded; failed before this userspace began: atoll-broken.service",
+        ),
+        # Failed in this userspace: a failure.
+        (
+            "5000000",
+            BROKEN_STAMP.format(at=6000000),
+            False,
+            "degraded; failed: atoll-broken.service",
+        ),
+        # Stamps systemd could not give: counted, the conservative answer.
+        ("", BROKEN_STAMP.format(at=1), False, "degraded; failed: atoll-broken.service"),
+        ("0", BROKEN_STAMP.format(at=1), False, "degraded; failed: atoll-broken.service"),
+        ("5000000", "Id=atoll-broken.service\n", False, "degraded; failed: atoll-broken.service"),
+        ("5000000", "", False, "degraded; failed: atoll-broken.service"),
+    ],
+)
+def test_a_unit_failed_before_a_soft_reboot_is_not_this_boots_failure(
+    userspace: str, stamps: str, ok: bool, detail: str
+) -> None:
+    probe = answers(
+        {
+            IS_RUNNING: (1, "degraded"),
+            FAILED: (0, FAILED_LINE),
+            USERSPACE: (0, f"UserspaceTimestampMonotonic={userspace}\n"),
+            STAMPS + " atoll-broken.service": (0, stamps),
+        }
+    )
+    check = check_systemd(probe)
+    assert (check.ok, check.detail) == (ok, detail)
 
 
 def test_containerd_check(tmp_path: Path) -> None:
@@ -532,3 +583,18 @@ def test_the_daemon_loop_keeps_checking_and_survives_a_failing_round(node: Node)
         thread.join(10)
     assert len(rounds) >= 3 and not thread.is_alive()
     assert node.health()["healthy"] is True
+
+
+def test_a_round_outside_a_trial_says_when_the_node_turns_unhealthy_and_back(node: Node) -> None:
+    node.rounds = [GOOD, NO_CONTAINERD, NO_CONTAINERD, GOOD]
+    said: list[str] = []
+    monitor = node.monitor()
+    monitor.log = said.append
+    for _ in range(4):
+        monitor.round()
+    assert said == [
+        "healthy",
+        "boot entry blessed: ostree-2-atoll.conf",  # once, on the first healthy round
+        "unhealthy: containerd: exit 1: failed to dial",
+        "healthy",
+    ]

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from atoll.agent.kubegrant import NO_POOL, ChunkedLines, desired_of
+from atoll.wire.fleet import RebootPolicy
 from atoll.wire.kubenode import Grant, NodeProtocolError
 
 EVENTS = b'{"type":"ADDED"}\n{"type":"MODIFIED"}\n'
@@ -86,7 +87,28 @@ def test_a_grant_is_the_standalone_answer_with_an_etag_of_its_grant_state() -> N
     assert desired_of(_node(granted.annotations()), "1.0.0").etag != desired.etag
 
 
+@pytest.mark.parametrize(
+    ("reboot", "policy"),
+    [
+        (None, RebootPolicy.AUTO),  # an operator from before pools chose: soft when possible
+        ("auto", RebootPolicy.AUTO),
+        ("full", RebootPolicy.FULL),
+    ],
+)
+def test_the_pools_reboot_policy_reaches_the_loop_outside_the_etag(
+    reboot: str | None, policy: RebootPolicy
+) -> None:
+    notes = {**Grant("1.1.0", False, True, "web").annotations(), "atoll.dev/reboot": reboot}
+    desired = desired_of(_node(notes), "1.0.0")
+    assert desired.reboot is policy
+    auto = {**notes, "atoll.dev/reboot": "auto"}
+    assert desired.etag == desired_of(_node(auto), "1.0.0").etag  # wakes no watch
+
+
 def test_a_grant_that_breaks_the_protocol_names_the_node_and_key() -> None:
     notes = {**Grant("1.1.0", True, False, "web").annotations(), "atoll.dev/stage": "yes"}
     with pytest.raises(NodeProtocolError, match=r"node n1: annotation atoll\.dev/stage"):
+        desired_of(_node(notes), "1.0.0")
+    notes = {**Grant("1.1.0", True, False, "web").annotations(), "atoll.dev/reboot": "soft"}
+    with pytest.raises(NodeProtocolError, match=r"node n1: annotation atoll\.dev/reboot"):
         desired_of(_node(notes), "1.0.0")

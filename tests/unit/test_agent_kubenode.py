@@ -22,6 +22,7 @@ from atoll.agent.kubenode import (
 )
 from atoll.wire import kubelet
 from atoll.wire import kubenode as protocol
+from atoll.wire.fleet import Restart, RestartKind
 from atoll.wire.kubenode import Health, NodeState
 
 BOOTED = {"booted": True, "pending": False, "staged": False, "version": "1.2.0", "checksum": "c1"}
@@ -73,6 +74,20 @@ def test_node_state(
     expected: NodeState | None,
 ) -> None:
     assert node_state(deployments, record, facts) == expected
+
+
+def test_the_last_restart_goes_with_the_state() -> None:
+    soft = Restart(
+        RestartKind.SOFT, "same kernel and arguments", "1.2.0", "2026-12-07T07:00:00+00:00"
+    )
+    state = node_state([BOOTED], None, OK, soft)
+    assert state is not None and state.restart == soft
+    notes = state.patch()["metadata"]["annotations"]
+    assert protocol.read_restart(notes) == soft
+    # None recorded: the annotation goes (a merge patch's null), nothing stale stays.
+    none = node_state([BOOTED], None, OK)
+    assert none is not None and none.restart is None
+    assert none.patch()["metadata"]["annotations"][protocol.RESTART] is None
 
 
 def test_what_the_agent_writes_is_what_the_operator_reads() -> None:

@@ -15,21 +15,21 @@ from atoll.agent.command import CommandError
 from atoll.agent.deployments import Deployment, DeploymentError
 from atoll.agent.health import Outcome
 from atoll.agent.softreboot import (
+    SOFT_REBOOT_TARGET,
     KernelFacts,
-    RebootPolicy,
     Restarter,
-    RestartKind,
     SoftRebootError,
     decide,
     kernel_args,
+    last_policy,
     nextroot_plan,
     read_last_restart,
-    read_policy,
     read_soft_record,
     running_kernel,
     staged_kernel,
     switch_failed,
 )
+from atoll.wire.fleet import RebootPolicy, RestartKind
 from tests.unit.test_agent_deployments import NEW, OLD, PENDING
 from tests.unit.test_agent_health import (
     BACK_ON_OLD,
@@ -179,42 +179,48 @@ def test_the_next_root_is_prepared_as_prepare_root_prepares_the_first(tmp_path: 
     ]
 
 
-def test_the_policy_comes_from_fleet_toml_and_unknown_means_full(tmp_path: Path) -> None:
-    assert read_policy(tmp_path) is RebootPolicy.FULL  # soft-reboots are opt-in for now
-    path = tmp_path / "etc/atoll/fleet.toml"
+def test_a_rollback_restarts_the_way_the_upgrade_it_undoes_did(tmp_path: Path) -> None:
+    assert last_policy(tmp_path) is RebootPolicy.AUTO  # nothing recorded yet
+    path = tmp_path / "var/lib/atoll/restart.json"
     path.parent.mkdir(parents=True)
     for text, policy in (
-        ('reboot = "full"\n', RebootPolicy.FULL),
-        ('controller = "http://x"\n', RebootPolicy.FULL),
-        ('reboot = "auto"\n', RebootPolicy.AUTO),
-        ('reboot = "soft"\n', RebootPolicy.FULL),
-        ("reboot = [\n", RebootPolicy.FULL),
+        ('{"kind": "full", "policy": "full"}', RebootPolicy.FULL),
+        ('{"kind": "soft", "policy": "auto"}', RebootPolicy.AUTO),
+        ('{"kind": "soft"}', RebootPolicy.AUTO),  # written before pools chose
+        ('{"policy": "soft"}', RebootPolicy.FULL),  # not this agent's: conservative
+        ("[", RebootPolicy.AUTO),  # unreadable: as if none
     ):
         path.write_text(text)
-        assert read_policy(tmp_path) is policy, text
+        assert last_policy(tmp_path) is policy, text
 
 
 class Recorder:
-    def __init__(self, fail: str = "") -> None:
+    def __init__(self, fail: str = "", status: int = 1) -> None:
         self.calls: list[list[str]] = []
         self.fail = fail
+        self.status = status  # of the failing call: negative, killed by that signal
 
     def __call__(self, argv: Sequence[str], *, timeout: float) -> str:
         self.calls.append(list(argv))
         if self.fail and " ".join(argv).startswith(self.fail):
-            raise CommandError(argv, status=1)
+            raise CommandError(argv, status=self.status)
         return ""
 
 
-def restarter(tmp_path: Path, run: Recorder, same: bool = True) -> Restarter:
+def restarter(
+    tmp_path: Path, run: Recorder, same: bool = True, soft_reboot: bool = True
+) -> Restarter:
     sysroot = sysroot_with(tmp_path)
+    target = tmp_path / "root" / SOFT_REBOOT_TARGET
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if soft_reboot:
+        target.write_text("[Unit]\n")
     return Restarter(
         run,
         root=tmp_path / "root",
         sysroot=sysroot,
         nextroot=tmp_path / "nextroot",
         soft_record=tmp_path / "run/atoll-soft-reboot.json",
-        policy=lambda: RebootPolicy.AUTO,
         running=lambda: facts(K41, A, ("root=x", "rw")),
         same_image=lambda a, b: same,
         now=lambda: "2026-12-07T07:00:00+00:00",
@@ -230,8 +236,9 @@ def test_a_soft_restart_prepares_the_next_root_records_it_and_soft_reboots(tmp_p
     r = restarter(tmp_path, run)
     decision = r.restart(BOOTED, deployment(), "upgrade to 1.1.0")
     assert decision.kind is RestartKind.SOFT
-    assert run.calls[-1] == ["systemctl", "soft-reboot"]
-    assert [c[:2] for c in run.calls[:-1]] == [["mount", "--bind"], ["mount", "--make-private"],
+    # The failures of this userspace stay with it (systemd would carry them over).
+    assert run.calls[-2:] == [["systemctl", "reset-failed"], ["systemctl", "soft-reboot"]]
+    assert [c[:2] for c in run.calls[:-2]] == [["mount", "--bind"], ["mount", "--make-private"],
         ["mount", "--bind"], ["mount", "--bind"], ["mount", "--bind"], ["mount", "--bind"],
         ["mount", "-o"], ["mount", "--make-rprivate"]]  # fmt: skip
     record = read_soft_record(r.soft_record)
@@ -241,6 +248,7 @@ def test_a_soft_restart_prepares_the_next_root_records_it_and_soft_reboots(tmp_p
     assert read_last_restart(r.root) == {
         "kind": "soft",
         "reason": "same kernel and arguments",
+        "policy": "auto",
         "why": "upgrade to 1.1.0",
         "from": OLD,
         "from_version": "1.0.0",
@@ -269,6 +277,26 @@ def test_another_kernel_is_a_full_reboot_and_says_why(tmp_path: Path) -> None:
     assert read_soft_record(tmp_path / "run/atoll-soft-reboot.json") is None
 
 
+def test_the_pools_policy_full_reboots_and_a_rollback_then_follows_it(tmp_path: Path) -> None:
+    run = Recorder()
+    r = restarter(tmp_path, run)
+    decision = r.restart(BOOTED, deployment(), "upgrade", RebootPolicy.FULL)
+    assert (decision.kind, decision.reason) == (RestartKind.FULL, "policy full")
+    assert read_last_restart(r.root)["policy"] == "full"  # type: ignore[index]
+    assert r.restart(BOOTED, deployment(), "rollback: x").reason == "policy full"
+    assert run.calls == [["systemctl", "reboot"], ["systemctl", "reboot"]]
+
+
+def test_a_systemd_without_soft_reboot_reboots_fully(tmp_path: Path) -> None:
+    run = Recorder()
+    decision = restarter(tmp_path, run, soft_reboot=False).restart(BOOTED, deployment(), "up")
+    assert (decision.kind, decision.reason) == (
+        RestartKind.FULL,
+        "this systemd has no soft-reboot (< 254)",
+    )
+    assert run.calls == [["systemctl", "reboot"]]
+
+
 def test_a_next_root_that_cannot_be_prepared_falls_back_to_a_full_reboot(tmp_path: Path) -> None:
     run = Recorder(fail="mount --bind /")
     decision = restarter(tmp_path, run).restart(BOOTED, deployment(), "upgrade")
@@ -284,6 +312,39 @@ def test_a_soft_reboot_that_does_not_start_leaves_no_record(tmp_path: Path) -> N
         r.restart(BOOTED, deployment(), "upgrade")
     assert isinstance(SoftRebootError("x"), DeploymentError)  # the update loop's grace
     assert read_soft_record(r.soft_record) is None
+
+
+def test_a_systemctl_killed_by_the_stop_it_began_keeps_the_next_root_and_the_record(
+    tmp_path: Path,
+) -> None:
+    # The soft-reboot stops the agent's unit first: its SIGTERM can reach
+    # systemctl before systemctl exits. That is the soft-reboot under way, not a
+    # refusal: unmounting the next root then sent systemd back into the old root.
+    run = Recorder(fail="systemctl soft-reboot", status=-15)
+    r = restarter(tmp_path, run)
+    r.mounted = lambda _: True
+    decision = r.restart(BOOTED, deployment(), "upgrade")
+    assert decision.kind is RestartKind.SOFT
+    assert run.calls[-1] == ["systemctl", "soft-reboot"]
+    assert not any(c[0] == "umount" for c in run.calls[1:]), run.calls
+    record = read_soft_record(r.soft_record)
+    assert record is not None and record.into_commit == NEW
+    # Still running long after (the update loop's wait): taken back, as a refusal is.
+    r.abandon()
+    assert run.calls[-1] == ["umount", "--recursive", str(tmp_path / "nextroot")]
+    assert read_soft_record(r.soft_record) is None
+    r.abandon()  # once only: nothing is asked for any more
+    assert run.calls[-1][0] == "umount" and len([c for c in run.calls if c[0] == "umount"]) == 2
+
+
+def test_abandoning_a_second_soft_reboot_restores_the_first_ones_record(tmp_path: Path) -> None:
+    r = restarter(tmp_path, Recorder())
+    r.restart(BOOTED, deployment(), "upgrade")  # this userspace came from soft-reboot 1
+    r.run = Recorder(fail="systemctl soft-reboot", status=-9)
+    r.restart(BOOTED, deployment(), "again")
+    assert read_soft_record(r.soft_record).count == 2  # type: ignore[union-attr]
+    r.abandon()
+    assert read_soft_record(r.soft_record).count == 1  # type: ignore[union-attr]
 
 
 def test_the_entry_blessed_after_a_soft_reboot_is_the_deployment_switched_into(
@@ -353,10 +414,12 @@ def test_a_soft_reboot_that_did_not_switch_root_is_told_by_the_missing_sysroot(
 ) -> None:
     record = tmp_path / "atoll-soft-reboot.json"
     sysroot = tmp_path / "sysroot"
-    assert switch_failed(record, sysroot, lambda _: False) is None  # a firmware boot
+    assert switch_failed(record, sysroot) is None  # a firmware boot: no record
     run = Recorder()
     restarter(tmp_path, run).restart(BOOTED, deployment(), "upgrade")
     written = tmp_path / "run/atoll-soft-reboot.json"
-    assert switch_failed(written, sysroot, lambda p: p == sysroot) is None  # switched
-    failed = switch_failed(written, sysroot, lambda _: False)
+    failed = switch_failed(written, tmp_path / "empty")  # the old root, /sysroot unmounted
     assert failed is not None and failed.into_commit == NEW
+    (sysroot / "ostree/repo").mkdir(parents=True, exist_ok=True)
+    (sysroot / "ostree/repo/config").write_text("[core]\nrepo_version=1\n")
+    assert switch_failed(written, sysroot) is None  # switched: the repository is there

@@ -13,6 +13,12 @@ import pytest
 from atoll.agent import command, markers
 from atoll.agent.deployments import BootEntriesError, DeploymentError, Deployments
 from atoll.agent.fetch import PullError
+from atoll.agent.softreboot import (
+    SOFT_REBOOT_TARGET,
+    KernelFacts,
+    Restarter,
+    read_soft_record,
+)
 from atoll.agent.update_loop import UpdateError, Updater, UpdaterConfig, failure_of
 from atoll.wire.channel import VerificationError
 from atoll.wire.fleet import Desired, FleetError, Step, StepFailure
@@ -161,6 +167,37 @@ def test_a_node_shutting_down_after_systemctl_failed_is_no_failure(
     updater.pause = lambda _: updater.stopping.set()  # SIGTERM arrives during the grace
     updater.step()
     assert sysroot.pending == NEW and audit == [] and len(controller.reports) == 1
+
+
+def test_a_soft_reboot_whose_stop_never_comes_is_taken_back_and_is_a_reboot_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    controller = Controller(REBOOT_INTO_2, WAIT)
+    updater, sysroot, audit, _ = _updater(tmp_path, monkeypatch, controller)
+    kernel = KernelFacts("6.12.43+deb13-cloud-amd64", tmp_path / "vmlinuz", ("rw",))
+    record = tmp_path / "run/atoll-soft-reboot.json"
+    (tmp_path / SOFT_REBOOT_TARGET).parent.mkdir(parents=True)
+    (tmp_path / SOFT_REBOOT_TARGET).write_text("[Unit]\n")
+    updater.restarter = Restarter(
+        sysroot.run,
+        root=tmp_path,
+        sysroot=tmp_path / "sysroot",
+        nextroot=tmp_path / "nextroot",
+        soft_record=record,
+        running=lambda: kernel,
+        staged=lambda _: kernel,
+        same_image=lambda a, b: True,
+        mounted=lambda _: True,
+    )
+    updater.soft_reboot_wait = 0.01  # systemctl returned; the agent's stop never comes
+    updater.step()
+    soft = sysroot.commands.index(["systemctl", "soft-reboot"])
+    assert sysroot.commands[soft + 1] == ["umount", "--recursive", str(tmp_path / "nextroot")]
+    assert read_soft_record(record) is None  # this userspace goes on: no soft-reboot record
+    failure = controller.reports[1]["failure"]
+    assert (failure.step, failure.version) == (Step.REBOOT, NEW)
+    assert failure.reason == "systemctl soft-reboot: the agent still runs 0.01 s later"
+    assert sysroot.pending is None and len(audit) == 1
 
 
 def test_a_failure_the_controller_did_not_hear_goes_with_the_next_report(

@@ -1,5 +1,5 @@
-"""What the update loop tells the fleet controller about health (updater.health_facts),
-and when its first round may run."""
+"""What the update loop tells the fleet controller about health (updater.health_facts) and
+its last restart (updater.restart_of), and when its first round may run."""
 
 from __future__ import annotations
 
@@ -19,9 +19,11 @@ from atoll.agent.update_loop import (
     Updater,
     UpdaterConfig,
     health_facts,
+    last_restart,
     read_health,
+    restart_of,
 )
-from atoll.wire.fleet import Desired
+from atoll.wire.fleet import Desired, Restart, RestartKind
 
 OLD, NEW = "a" * 64, "b" * 64
 
@@ -71,6 +73,57 @@ def test_a_rollback_is_reported_with_the_commit_it_left_until_the_next_upgrade(
     markers.write_json(tmp_path / markers.ROLLBACK, rollback.as_dict())
     _write(tmp_path, healthy=True, booted=NEW, trial=None, rolled_back=False)
     assert not health_facts(tmp_path, NEW).failed
+
+
+AT = "2026-12-07T07:00:00+00:00"
+RECORD = {  # restart.json as softreboot.Restarter writes it
+    "kind": "soft",
+    "reason": "same kernel and arguments",
+    "policy": "auto",
+    "why": "upgrade to 1.1.0",
+    "from": OLD,
+    "from_version": "1.0.0",
+    "into": NEW,
+    "into_version": "1.1.0",
+    "at": AT,
+}
+
+
+@pytest.mark.parametrize(
+    ("record", "expected"),
+    [
+        (None, None),  # never restarted into a version (or an agent from before)
+        (RECORD, Restart(RestartKind.SOFT, "same kernel and arguments", "1.1.0", AT)),
+        (
+            {**RECORD, "kind": "full", "reason": "policy full"},
+            Restart(RestartKind.FULL, "policy full", "1.1.0", AT),
+        ),
+        # A deployment without a version: its commit.
+        ({**RECORD, "into_version": None}, Restart(RestartKind.SOFT, RECORD["reason"], NEW, AT)),
+        # A reason from an error's text: one line, cut to the protocol's 500 characters.
+        (
+            {**RECORD, "kind": "full", "reason": "soft-reboot not prepared: mount:\n  busy"},
+            Restart(RestartKind.FULL, "soft-reboot not prepared: mount: busy", "1.1.0", AT),
+        ),
+        ({**RECORD, "reason": ""}, Restart(RestartKind.SOFT, "no reason recorded", "1.1.0", AT)),
+        # What cannot be said is not said: the report goes without it.
+        ({**RECORD, "kind": "warm"}, None),
+        ({**RECORD, "at": "yesterday"}, None),
+        ({**RECORD, "into_version": None, "into": None}, None),
+    ],
+)
+def test_the_last_restart_as_the_controller_hears_it(
+    record: dict[str, Any] | None, expected: Restart | None
+) -> None:
+    assert restart_of(record) == expected
+
+
+def test_a_long_reason_is_cut_and_the_record_read_from_the_agents_root(tmp_path: Path) -> None:
+    assert last_restart(tmp_path) is None
+    markers.write_json(tmp_path / "var/lib/atoll/restart.json", {**RECORD, "reason": "x" * 900})
+    restart = last_restart(tmp_path)
+    assert restart is not None and len(restart.reason) == 500
+    assert restart.reason.endswith("\u2026")
 
 
 def test_an_unreadable_record_counts_as_none(tmp_path: Path) -> None:

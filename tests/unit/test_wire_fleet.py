@@ -13,8 +13,11 @@ from atoll.wire.fleet import (
     Desired,
     NodeRecord,
     ProtocolError,
+    RebootPolicy,
     Registration,
     Report,
+    Restart,
+    RestartKind,
     Step,
     StepFailure,
     node_path,
@@ -32,12 +35,13 @@ WIRE: list[tuple[Any, str]] = [
     ),
     (
         Desired("2.0", stage=True, may_reboot=False, reason="", pool="web"),
-        '{"pool": "web", "version": "2.0", "stage": true, "may_reboot": false, "reason": ""}',
+        '{"pool": "web", "version": "2.0", "stage": true, "may_reboot": false, "reason": "", '
+        '"reboot": "auto"}',
     ),
     (
-        Desired("1.0", False, False, "no pool selects this node", None),
+        Desired("1.0", False, False, "no pool selects this node", None, reboot=RebootPolicy.FULL),
         '{"pool": null, "version": "1.0", "stage": false, "may_reboot": false, '
-        '"reason": "no pool selects this node"}',
+        '"reason": "no pool selects this node", "reboot": "full"}',
     ),
     (
         NodeRecord("n1", {}, "1.0", None, True, "idle", 12.5),
@@ -206,6 +210,9 @@ GOOD_FAILURE = {"step": "deploy", "version": "2", "reason": "x", "resource": Non
         (Report, {"version": "1", "staged": "2", "failure": GOOD_FAILURE}, "staged must be null"),
         (Report, {"version": "1", "failure": {**GOOD_FAILURE, "by": "me"}}, "failure.by"),
         (Report, {"version": "1", "failure": {**GOOD_FAILURE, "by": None}}, "failure.by"),
+        # Unhashable values are refused as such, not a TypeError from a set lookup.
+        (Report, {"version": "1", "failure": {**GOOD_FAILURE, "by": ["node"]}}, "failure.by"),
+        (Report, {"version": "1", "failure": {**GOOD_FAILURE, "step": {}}}, "failure.step"),
         (
             Report,
             {"version": "1", "failure": {**GOOD_FAILURE, "by": "controller"}},
@@ -281,3 +288,79 @@ def test_an_answer_with_watches_carries_the_etag_of_its_grant_not_of_its_reason(
         assert changed.tagged().etag != tagged.etag
     with pytest.raises(ProtocolError, match="etag must be"):
         Desired.from_json({**tagged.to_json(), "etag": "../x"})
+
+
+def test_the_pools_reboot_policy_is_no_part_of_the_etag_and_is_validated() -> None:
+    auto = Desired("2.0", True, True, "", "web").tagged()
+    full = Desired("2.0", True, True, "", "web", reboot=RebootPolicy.FULL).tagged()
+    # A changed policy wakes no watch: the round that reboots reads it with the grant.
+    assert full.etag == auto.etag and full.reboot is RebootPolicy.FULL
+    assert Desired.from_json({**auto.to_json(), "reboot": "full"}) == full
+    with pytest.raises(ProtocolError, match=r"reboot must be one of 'auto', 'full', not 'soft'"):
+        Desired.from_json({**auto.to_json(), "reboot": "soft"})
+
+
+# --- the last restart (issue 15): soft or full, and why, reported and recorded -------------
+
+SOFT = Restart(RestartKind.SOFT, "same kernel and arguments", "2.0", "2026-12-07T07:00:00+00:00")
+SOFT_JSON = (
+    '{"kind": "soft", "reason": "same kernel and arguments", "version": "2.0", '
+    '"at": "2026-12-07T07:00:00+00:00"}'
+)
+
+
+@pytest.mark.parametrize(
+    ("message", "text"),
+    [
+        (SOFT, SOFT_JSON),
+        (
+            Report("2.0", None, restart=SOFT),
+            '{"version": "2.0", "staged": null, "healthy": true, "failed": false, '
+            f'"restart": {SOFT_JSON}}}',
+        ),
+        (
+            NodeRecord("n1", {}, "2.0", None, True, "idle", 12.5, restart=SOFT),
+            '{"name": "n1", "labels": {}, "current": "2.0", "staged": null, "healthy": true, '
+            f'"phase": "idle", "last_transition": 12.5, "restart": {SOFT_JSON}}}',
+        ),
+    ],
+)
+def test_a_restart_serialises_and_parses_back(message: Any, text: str) -> None:
+    assert json.dumps(message.to_json()) == text
+    assert type(message).from_json(json.loads(text)) == message
+
+
+def test_no_restart_leaves_the_key_out_or_takes_null() -> None:
+    assert "restart" not in Report("1", None).to_json()  # as an agent from before it sends
+    assert Report.from_json({"version": "1", "restart": None}) == Report("1", None)
+
+
+GOOD_RESTART = json.loads(SOFT_JSON)
+
+
+@pytest.mark.parametrize(
+    ("body", "names"),
+    [
+        ("soft", "restart must be a JSON object, not str"),
+        ({**GOOD_RESTART, "kind": "warm"}, "restart.kind must be one of soft, full, not 'warm'"),
+        ({**GOOD_RESTART, "kind": None}, "restart.kind must be one of"),
+        ({**GOOD_RESTART, "kind": ["soft"]}, "restart.kind must be one of"),
+        ({**GOOD_RESTART, "reason": ""}, "restart.reason must be a non-empty string"),
+        ({**GOOD_RESTART, "reason": "a\nb"}, "restart.reason must be one line"),
+        ({**GOOD_RESTART, "reason": "x" * 501}, "restart.reason is 501 characters long"),
+        ({**GOOD_RESTART, "version": 2}, "restart.version must be a non-empty string"),
+        ({**GOOD_RESTART, "version": "v\x1b[2J"}, "restart.version must be one line"),
+        ({**GOOD_RESTART, "version": "v" * 201}, "restart.version is 201 characters long"),
+        ({**GOOD_RESTART, "at": None}, "restart.at must be a non-empty string"),
+        ({**GOOD_RESTART, "at": "7" * 65}, "restart.at is 65 characters long, at most 64"),
+        ({**GOOD_RESTART, "at": "yesterday"}, "restart.at must be an ISO 8601 time"),
+    ],
+)
+def test_restart_refusals_name_the_field(body: Any, names: str) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        Report.from_json({"version": "1", "restart": body})
+    assert names in str(caught.value)
+    with pytest.raises(ProtocolError):  # nor in the controller's record of the node
+        NodeRecord.from_json(
+            {**NodeRecord("n", {}, "1", None, True, "idle", 1.0).to_json(), "restart": body}
+        )

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from atoll.wire import kubenode
-from atoll.wire.fleet import Desired, ProtocolError, Report
+from atoll.wire.fleet import Desired, ProtocolError, RebootPolicy, Report, Restart, RestartKind
 from atoll.wire.kubenode import Grant, Health, NodeProtocolError, NodeState
 
 
@@ -65,6 +65,12 @@ STATES = [
     ),
     NodeState("2.0", healthy=False, failed=True, health=Health.UNHEALTHY),
     NodeState("2.0", staged="3.0", observed="0123456789abcdef"),
+    NodeState(
+        "2.0",
+        restart=Restart(
+            RestartKind.SOFT, "same kernel and arguments", "2.0", "2026-12-07T07:00:00+00:00"
+        ),
+    ),
 ]
 
 
@@ -86,6 +92,7 @@ def test_the_agents_patch_sets_every_key_and_removes_what_it_does_not_say() -> N
                 "atoll.dev/failed": "false",
                 "atoll.dev/failure": None,
                 "atoll.dev/health": "healthy",
+                "atoll.dev/restart": None,  # no restart recorded yet
                 "atoll.dev/update": None,  # an earlier agent's key goes
             },
         }
@@ -99,6 +106,19 @@ def test_the_agents_patch_sets_every_key_and_removes_what_it_does_not_say() -> N
     observed = NodeState("2.0", observed="0123456789abcdef").patch()["metadata"]["annotations"]
     assert observed[kubenode.OBSERVED_GRANT] == "0123456789abcdef"
     assert not set(kubenode.AGENT_ANNOTATIONS) & set(kubenode.GRANT_ANNOTATIONS)
+
+
+SOFT = Restart(RestartKind.SOFT, "same kernel and arguments", "2.0", "2026-12-07T07:00:00+00:00")
+
+
+def test_the_last_restart_is_one_annotation_of_compact_json() -> None:
+    notes = NodeState("2.0", restart=SOFT).patch()["metadata"]["annotations"]
+    assert notes[kubenode.RESTART] == (
+        '{"kind":"soft","reason":"same kernel and arguments","version":"2.0",'
+        '"at":"2026-12-07T07:00:00+00:00"}'
+    )
+    assert kubenode.read_restart(notes) == SOFT
+    assert kubenode.read_restart({}) is None  # an agent from before it, or no restart yet
 
 
 def test_a_state_answers_the_grant_it_has_seen() -> None:
@@ -128,6 +148,7 @@ def test_a_failure_is_read_only_with_failed() -> None:
 
 
 C, H, F = kubenode.CURRENT_VERSION, kubenode.HEALTHY, kubenode.FAILED
+SOFT_JSON = kubenode.restart_text(SOFT)
 
 
 @pytest.mark.parametrize(
@@ -152,6 +173,24 @@ C, H, F = kubenode.CURRENT_VERSION, kubenode.HEALTHY, kubenode.FAILED
         ({C: "1", F: "true", kubenode.FAILURE: "x" * 501}, "at most 500 characters"),
         ({C: 1}, "annotation atoll.dev/current-version: expected a version (1-128"),
         ({C: "1", kubenode.OBSERVED_GRANT: "A-1"}, "annotation atoll.dev/observed-grant"),
+        ({C: "1", kubenode.RESTART: "soft"}, "annotation atoll.dev/restart: expected a restart"),
+        ({C: "1", kubenode.RESTART: "[]"}, "restart must be a JSON object"),
+        (
+            {
+                C: "1",
+                kubenode.RESTART: '{"kind": "warm", "reason": "x", "version": "2", "at": "x"}',
+            },
+            "restart.kind must be one of soft, full, not 'warm'",
+        ),
+        (
+            {C: "1", kubenode.RESTART: SOFT_JSON.replace("same kernel", "same\\u001bkernel")},
+            "restart.reason must be one line without control characters",
+        ),
+        (
+            {C: "1", kubenode.RESTART: SOFT_JSON.replace("2026-12-07T", "yesterday ")},
+            "restart.at must be an ISO 8601 time",
+        ),
+        ({C: "1", kubenode.RESTART: SOFT_JSON + " " * 2048}, "expected a restart's JSON, got"),
     ],
 )
 def test_a_state_that_breaks_the_protocol_names_the_node_and_key(
@@ -181,6 +220,8 @@ def test_annotations_that_are_not_an_object() -> None:
         (lambda: Grant("", True, False, "web"), "version: expected a version"),
         (lambda: Grant("2", True, False, "Web"), "pool: expected an object name"),
         (lambda: Grant("2", True, False, "web", resumed="X"), "resumed: expected an etag"),
+        (lambda: Grant("2", True, False, "web", reboot="soft"), "reboot: expected a Reboot"),  # type: ignore[arg-type]
+        (lambda: NodeState("1", restart="soft"), "restart must be a Restart"),  # type: ignore[arg-type]
     ],
 )
 def test_a_side_cannot_encode_what_breaks_the_protocol(make: Any, message: str) -> None:
@@ -191,6 +232,8 @@ def test_a_side_cannot_encode_what_breaks_the_protocol(make: Any, message: str) 
 def test_the_state_is_the_fleet_protocols_report() -> None:
     state = NodeState("2", staged="3", healthy=False, failed=True, failure="unhealthy")
     assert state.report() == Report("2", "3", healthy=False, failed=True)
+    restarted = NodeState("2.0", restart=SOFT).report()
+    assert restarted == Report("2.0", None, restart=SOFT)
 
 
 GRANTS = [
@@ -198,6 +241,7 @@ GRANTS = [
     Grant("2.0", True, False, "web", resumed="0123456789abcdef"),
     Grant("2.0", False, True, "web", "waiting for a reboot slot (1 of maxUnavailable 1)"),
     Grant("1.0+b", False, False, "a.b-c", ""),
+    Grant("2.0", False, True, "web", reboot=RebootPolicy.FULL),
 ]
 
 
@@ -208,7 +252,7 @@ def test_a_grant_reads_back_as_itself(grant: Grant) -> None:
 
 def test_the_grant_is_the_fleet_protocols_desired_answer() -> None:
     grant = Grant("2.0", False, True, "web", "go")
-    assert grant.desired() == Desired("2.0", False, True, "go", "web")
+    assert grant.desired() == Desired("2.0", False, True, "go", "web", reboot=RebootPolicy.AUTO)
     assert grant.patch() == {
         "metadata": {
             "annotations": {
@@ -218,12 +262,25 @@ def test_the_grant_is_the_fleet_protocols_desired_answer() -> None:
                 "atoll.dev/may-reboot": "true",
                 "atoll.dev/reason": "go",
                 "atoll.dev/resumed": None,  # before any resume of the pool
+                "atoll.dev/reboot": "auto",  # the pool's policy
             }
         }
     }
     assert set(grant.annotations()) == set(kubenode.GRANT_ANNOTATIONS)
     # Before any resume the grant's etag is the standalone answer's.
     assert grant.tagged() == grant.desired().tagged()
+    full = replace(grant, reboot=RebootPolicy.FULL)
+    assert full.desired().reboot is RebootPolicy.FULL
+    assert full.tagged().reboot is RebootPolicy.FULL
+
+
+def test_the_reboot_policy_is_not_part_of_the_grants_etag() -> None:
+    # A new policy wakes no watching agent and leaves the observed grant answered: the
+    # agent reads the policy with the grant of the round that reboots.
+    auto = Grant("2.0", True, False, "web")
+    full = replace(auto, reboot=RebootPolicy.FULL)
+    assert full.etag() == auto.etag()
+    assert NodeState("1.0", failed=True, observed=auto.etag()).answers(full)
 
 
 def test_a_resume_is_a_new_grant_for_every_node() -> None:
@@ -259,6 +316,10 @@ D, S, M, P = kubenode.DESIRED_VERSION, kubenode.STAGE, kubenode.MAY_REBOOT, kube
         ({D: "2", P: "Web!"}, "annotation atoll.dev/pool"),
         ({D: "\x7f", P: "web"}, "annotation atoll.dev/desired-version: expected a version"),
         ({D: "2", P: "web", kubenode.REASON: "a\nb"}, "annotation atoll.dev/reason: expected one"),
+        (
+            {D: "2", P: "web", kubenode.REBOOT: "soft"},
+            "annotation atoll.dev/reboot: expected one of 'auto', 'full', got 'soft'",
+        ),
     ],
 )
 def test_a_grant_that_breaks_the_protocol_names_the_node_and_key(
@@ -273,3 +334,4 @@ def test_no_grant_before_the_operator_answers() -> None:
     assert Grant.from_node(_node({C: "1"})) is None
     defaults = Grant.from_node(_node({D: "2", P: "web"}))
     assert defaults == Grant("2", False, False, "web", "")
+    assert defaults.reboot is RebootPolicy.AUTO  # an operator from before pools chose

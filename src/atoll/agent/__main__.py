@@ -190,7 +190,8 @@ def start_node_publisher(
         booted = next((d for d in found if d.get("booted")), None)
         heard = update_loop.health_facts(root, booted["checksum"] if booted else None)
         facts = kubenode.Facts(heard.healthy, heard.unhealthy, heard.rolled_back_from)
-        return kubenode.node_state(found, health.read_record(root), facts)
+        restart = update_loop.last_restart(root)
+        return kubenode.node_state(found, health.read_record(root), facts, restart)
 
     def log(message: str) -> None:
         print(f"atoll-agent: {message}", file=sys.stderr)

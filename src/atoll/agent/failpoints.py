@@ -14,7 +14,9 @@ data. The names, in the order an upgrade reaches them:
   ``deploying``, the ESP still holds the old boot entries;
 * ``upgrade:synced``: the ESP boots the new deployment, the marker still
   says ``deploying``;
-* ``trial:started``: the new deployment booted and its trial began.
+* ``trial:started``: the new deployment booted and its trial began;
+* ``restart:soft``: ``systemctl soft-reboot`` into the new deployment was
+  asked for (systemd goes on with it: the cut lands during the soft-reboot).
 
 Standard library only: this runs on the node.
 """
@@ -28,7 +30,7 @@ from pathlib import Path
 
 ARMED = Path("etc/atoll/failpoints")
 FIRED = Path("var/lib/atoll/failpoints.fired")
-NAMES = ("update:pulled", "upgrade:deployed", "upgrade:synced", "trial:started")
+NAMES = ("update:pulled", "upgrade:deployed", "upgrade:synced", "trial:started", "restart:soft")
 
 
 def _names(path: Path) -> set[str]:

@@ -189,6 +189,50 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
+SHOW_USERSPACE = ["systemctl", "show", "--property=UserspaceTimestampMonotonic"]
+SHOW_STAMPS = ["systemctl", "show", "--property=Id", "--property=StateChangeTimestampMonotonic"]
+
+
+def _failed_before_this_userspace(probe: Probe, units: Sequence[str]) -> set[str]:
+    """The units among ``units`` that failed before this userspace began.
+
+    A soft-reboot carries the unit states of the userspace it ends into the next
+    one (systemd serializes them), so a unit that failed there, say the broken
+    release's own unit after a rollback, is still listed ``failed`` here, where it
+    may not even exist. The manager's ``UserspaceTimestampMonotonic`` is taken anew
+    by each systemd a soft-reboot starts (it is not serialized), and the monotonic
+    clock runs on with the kernel: a failure stamped before it is not this boot's.
+    After a firmware boot nothing can be stamped before it. Unknown stamps: none."""
+    if not units:
+        return set()
+    _, out = probe(SHOW_USERSPACE)
+    started = _show_values(out).get("UserspaceTimestampMonotonic", "")
+    if not started.isdigit() or int(started) == 0:
+        return set()
+    _, out = probe(
+        [
+            "systemctl",
+            "show",
+            "--property=Id",
+            "--property=StateChangeTimestampMonotonic",
+            "--",
+            *units,
+        ]
+    )
+    before = set()
+    for block in out.split("\n\n"):
+        values = _show_values(block)
+        stamp = values.get("StateChangeTimestampMonotonic", "")
+        if values.get("Id") in units and stamp.isdigit() and 0 < int(stamp) < int(started):
+            before.add(values["Id"])
+    return before
+
+
+def _show_values(text: str) -> dict[str, str]:
+    pairs = (line.partition("=") for line in text.splitlines() if "=" in line)
+    return {key.strip(): value.strip() for key, _, value in pairs}
+
+
 def check_systemd(probe: Probe, ignore_units: Sequence[str] = ()) -> Check:
     _, out = probe(["systemctl", "is-system-running"])
     state = _last_line(out) or "unknown"
@@ -200,7 +244,11 @@ def check_systemd(probe: Probe, ignore_units: Sequence[str] = ()) -> Check:
         for line in listing.splitlines()
         if line.strip() and line.split()[0] not in ignore_units
     ]
+    earlier = _failed_before_this_userspace(probe, failed)
+    failed = [unit for unit in failed if unit not in earlier]
     detail = state + (f"; failed: {', '.join(failed)}" if failed else "")
+    if earlier:
+        detail += f"; failed before this userspace began: {', '.join(sorted(earlier))}"
     if failed:
         # Still starting: a unit may yet be restarted; once systemd is done, it is final.
         return Check("systemd", False, detail, definite=state in ("degraded", "running"))
@@ -347,6 +395,11 @@ class Monitor:
         """Run the checks, write health.json, bless the boot entry once healthy."""
         checks = self.checks()
         healthy = all(c.ok for c in checks)
+        if trial is None and healthy != self.last.get("healthy"):
+            # Said when it changes (the trial says its own): why a node is unhealthy
+            # is on its console and in its journal, not only in health.json.
+            failing = "; ".join(f"{c.name}: {c.detail}" for c in checks if not c.ok)
+            self.log("healthy" if healthy else f"unhealthy: {failing}")
         rollback = markers.read_rollback(self.root / markers.ROLLBACK)
         record: dict[str, Any] = {
             "healthy": healthy,

@@ -12,8 +12,9 @@ to the loop as :class:`atoll.wire.fleet.FleetClient` does:
   agent's annotations, publishes at once and reads the grant back;
 * ``desired`` reads the operator's :class:`~atoll.wire.kubenode.Grant` from
   ``GET /api/v1/nodes/<node>`` and turns it into the loop's
-  :class:`~atoll.wire.fleet.Desired` (:func:`desired_of`, pure): no grant yet
-  (no NodePool selects the node) means "stay on what runs";
+  :class:`~atoll.wire.fleet.Desired` (:func:`desired_of`, pure), the pool's
+  reboot policy (``atoll.dev/reboot``) with it: no grant yet (no NodePool
+  selects the node) means "stay on what runs";
 * ``watch`` waits on a Kubernetes watch of the Node
   (``?fieldSelector=metadata.name=<node>&watch=1&resourceVersion=...``) until
   the grant differs from the etag the loop holds, the watch's time runs out,
@@ -41,7 +42,7 @@ from urllib.parse import quote
 
 from atoll.agent import kubenode
 from atoll.agent.kubenode import Join, NodeError, Publisher
-from atoll.wire.fleet import Desired, FleetError, StepFailure
+from atoll.wire.fleet import Desired, FleetError, Restart, StepFailure
 from atoll.wire.kubenode import Grant, NodeProtocolError, NodeState, one_line
 
 CONTROLLER = "kubernetes"
@@ -161,10 +162,12 @@ class NodeGrants:
         healthy: bool,
         failed: bool,
         failure: StepFailure | None = None,
+        restart: Restart | None = None,
     ) -> Desired:
         """Publish what the loop found (through the publisher: one writer of the agent's
-        annotations), then read the grant. ``healthy`` is the health record's, which
-        the publisher reads itself; ``failed`` and the step failure are the loop's."""
+        annotations), then read the grant. ``healthy`` and ``restart`` are the health
+        record's and the restart record's, which the publisher reads itself (also
+        between rounds); ``failed`` and the step failure are the loop's."""
         self._running = version
         with _told():
             return self._report(failed, failure)

@@ -15,7 +15,8 @@ the facts the fleet hears (:func:`atoll.agent.update_loop.health_facts`) into a
 :class:`~atoll.wire.kubenode.NodeState`, whose ``patch()`` is the JSON merge
 patch sent: label ``atoll.dev/version`` (when the version is a valid label
 value), annotations ``current-version``, ``commit``, ``staged-version``,
-``healthy``, ``failed`` (+ ``failure``) and ``health``.
+``healthy``, ``failed`` (+ ``failure``), ``health`` and ``restart`` (the last
+restart into a version: soft or full, and why).
 
 :class:`Publisher` patches when the state differs from what it last published,
 and again after a failure, at most every ``interval`` seconds; it does nothing
@@ -58,6 +59,7 @@ from atoll.agent import kubejoin
 from atoll.agent.kubejoin import JoinData, JoinReport, JoinState
 from atoll.wire import kubelet
 from atoll.wire import kubenode as protocol
+from atoll.wire.fleet import Restart
 from atoll.wire.kubenode import Health, NodeState
 
 CLIENT_CERT = kubejoin.CLIENT_CERT  # kept by the kubelet
@@ -87,11 +89,15 @@ class Facts:
 
 
 def node_state(
-    deployments: Iterable[Mapping[str, Any]], record: Mapping[str, Any] | None, facts: Facts
+    deployments: Iterable[Mapping[str, Any]],
+    record: Mapping[str, Any] | None,
+    facts: Facts,
+    restart: Restart | None = None,
 ) -> NodeState | None:
     """The state from ``ostree admin status`` (as :meth:`Deployment.as_dict`), the
-    health record (:func:`atoll.agent.health.read_record`) and ``facts``; ``None``
-    when no deployment is booted (nothing to say)."""
+    health record (:func:`atoll.agent.health.read_record`), ``facts`` and the last
+    restart (:func:`atoll.agent.update_loop.last_restart`); ``None`` when no
+    deployment is booted (nothing to say)."""
     found = list(deployments)
     booted = next((d for d in found if d.get("booted")), None)
     if booted is None:
@@ -112,6 +118,7 @@ def node_state(
         failure=failure,
         commit=commit,
         health=_health(record),
+        restart=restart,
     )
 
 

@@ -55,36 +55,25 @@ import datetime
 import hashlib
 import json
 import os
-import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from atoll.agent import command, markers
+from atoll.agent import command, failpoints, markers
 from atoll.agent.deployments import CommandRunner, Deployment, DeploymentError
+from atoll.wire.fleet import RebootPolicy, RestartKind
 
 NEXTROOT = Path("/run/nextroot")
 SOFT_RECORD = markers.SOFT_RECORD
+SOFT_REBOOT_TARGET = Path("usr/lib/systemd/system/soft-reboot.target")  # systemd >= 254
 LAST_RESTART = Path("var/lib/atoll/restart.json")  # under the agent's root
-FLEET_CONFIG = Path("etc/atoll/fleet.toml")
 SYSROOT = Path("/sysroot")
 MOUNT_TIMEOUT = 60.0  # one mount or umount
 SOFT_REBOOT_TIMEOUT = 60.0  # systemctl soft-reboot: queues the job and returns
 # Words of a kernel command line that name the deployment (they always differ)
 # or that a boot loader adds; the rest must be equal for a soft-reboot.
 _DEPLOYMENT_ARGS = ("ostree=", "init=", "BOOT_IMAGE=", "initrd=")
-
-
-class RestartKind(StrEnum):
-    SOFT = "soft"  # systemctl soft-reboot into /run/nextroot: userspace only
-    FULL = "full"  # systemctl reboot: firmware, boot loader, kernel
-
-
-class RebootPolicy(StrEnum):
-    AUTO = "auto"  # soft when the kernel and its arguments are unchanged (opt-in for now)
-    FULL = "full"  # always a full reboot
 
 
 class SoftRebootError(DeploymentError):
@@ -288,39 +277,32 @@ def read_soft_record(path: Path = SOFT_RECORD) -> SoftRecord | None:
         return None
 
 
-def switch_failed(
-    record: Path = SOFT_RECORD,
-    sysroot: Path = SYSROOT,
-    is_mount: Callable[[Path], bool] = os.path.ismount,
-) -> SoftRecord | None:
+def switch_failed(record: Path = SOFT_RECORD, sysroot: Path = SYSROOT) -> SoftRecord | None:
     """The record of a soft-reboot whose switch into the next root did not happen.
 
-    systemd switches only when ``/run/nextroot`` is a valid OS tree at the
-    last moment; otherwise it starts again in the *old* root, whose ``/sysroot``
-    and ``/var`` its shutdown already unmounted (seen once in a VM test, cause
-    not established). A userspace entered by a soft-reboot without ``/sysroot``
-    cannot run ostree: the agent reboots fully, and the firmware boots the new
-    default entry under the trial rules.
+    systemd switches only when ``/run/nextroot`` is a valid OS tree at the last
+    moment; otherwise it starts again in the *old* root, whose ``/sysroot`` and
+    ``/var`` its shutdown already unmounted. A userspace entered by a soft-reboot
+    without the sysroot's repository cannot run ostree: the agent reboots fully,
+    and the firmware boots the new default entry under the trial rules.
+
+    The test is the repository itself, not whether ``/sysroot`` is a mount point:
+    after a switch ``/sysroot`` is a bind mount of the physical root, on the same
+    device as ``/``, which :func:`os.path.ismount` does not see as a mount (the
+    VM test caught that: every switch that worked was taken for one that did not).
     """
     found = read_soft_record(record)
-    return found if found is not None and not is_mount(sysroot) else None
+    return found if found is not None and not (sysroot / "ostree/repo/config").is_file() else None
 
 
-def read_policy(root: Path = Path("/")) -> RebootPolicy:
-    """``reboot`` in ``/etc/atoll/fleet.toml`` (``auto`` or ``full``); ``full`` when absent:
-    soft-reboots are opt-in until a switch that sometimes does not happen is understood
-    (docs/agent.md). An unreadable or unknown value is ``full``: the conservative choice."""
-    path = root / FLEET_CONFIG
-    try:
-        raw = tomllib.loads(path.read_text()).get("reboot", RebootPolicy.FULL.value)
-    except FileNotFoundError:
-        return RebootPolicy.FULL
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return RebootPolicy.FULL
+def last_policy(root: Path = Path("/")) -> RebootPolicy:
+    """The policy of the last restart an upgrade used (``restart.json``): a rollback
+    restarts the way the pool asked for the upgrade it undoes. None recorded: auto."""
+    raw = (read_last_restart(root) or {}).get("policy", RebootPolicy.AUTO.value)
     try:
         return RebootPolicy(raw)
     except ValueError:
-        return RebootPolicy.FULL
+        return RebootPolicy.FULL  # a file this agent did not write: the conservative choice
 
 
 def read_last_restart(root: Path = Path("/")) -> dict[str, Any] | None:
@@ -345,34 +327,47 @@ class Restarter:
     sysroot: Path = SYSROOT
     nextroot: Path = NEXTROOT
     soft_record: Path = SOFT_RECORD
-    policy: Callable[[], RebootPolicy] | None = None  # default: read_policy(root)
     running: Callable[[], KernelFacts] | None = None  # default: running_kernel(root)
     staged: Callable[[Deployment], KernelFacts] | None = None  # default: staged_kernel
     same_image: Callable[[Path, Path], bool] = same_file
     now: Callable[[], str] = _utc_now
     mounted: Callable[[Path], bool] = is_mounted
     log: Callable[[str], None] = field(default=lambda m: None)
+    _asked: bool = field(default=False, init=False, repr=False)  # soft-reboot asked for
+    _previous: SoftRecord | None = field(default=None, init=False, repr=False)
 
-    def decision(self, into: Deployment) -> RestartDecision:
-        policy = self.policy() if self.policy else read_policy(self.root)
+    def decision(self, into: Deployment, policy: RebootPolicy) -> RestartDecision:
+        if policy is RebootPolicy.AUTO and not (self.root / SOFT_REBOOT_TARGET).is_file():
+            # The running systemd performs it: bookworm's 252 has no soft-reboot.
+            return RestartDecision(RestartKind.FULL, "this systemd has no soft-reboot (< 254)")
         running = self.running() if self.running else running_kernel(self.root)
         staged = self.staged(into) if self.staged else staged_kernel(into, self.sysroot)
         return decide(running, staged, policy, self.same_image)
 
-    def restart(self, booted: Deployment, into: Deployment, why: str) -> RestartDecision:
+    def restart(
+        self,
+        booted: Deployment,
+        into: Deployment,
+        why: str,
+        policy: RebootPolicy | None = None,
+    ) -> RestartDecision:
         """Record and start the restart from ``booted`` into ``into`` (the boot entries
-        are already on the ESP). A soft-reboot that cannot be prepared falls back to
-        a full reboot, and says so. Raises :class:`DeploymentError` when neither starts."""
-        decision = self.decision(into)
+        are already on the ESP). ``policy`` is the pool's (the grant's ``reboot``); None
+        (a rollback): the policy of the upgrade it undoes (:func:`last_policy`). A
+        soft-reboot that cannot be prepared falls back to a full reboot, and says so.
+        Raises :class:`DeploymentError` when neither starts."""
+        if policy is None:
+            policy = last_policy(self.root)
+        decision = self.decision(into, policy)
         if decision.kind is RestartKind.SOFT:
             try:
                 self._prepare(into)
             except (SoftRebootError, OSError) as e:
                 self._undo_nextroot()
                 decision = RestartDecision(RestartKind.FULL, f"soft-reboot not prepared: {e}")
-        self._remember(decision, booted, into, why)
-        self.log(f"{why}: {decision.kind} reboot into {into.version or into.checksum[:12]} "
-                 f"({decision.reason})")  # fmt: skip
+        self._remember(decision, policy, booted, into, why)
+        label = f"{into.version} ({into.checksum[:12]})" if into.version else into.checksum[:12]
+        self.log(f"{why}: {decision.kind} reboot into {label}: {decision.reason}")
         if decision.kind is RestartKind.SOFT:
             self._soft_reboot(booted, into, decision)
         else:
@@ -380,13 +375,19 @@ class Restarter:
         return decision
 
     def _remember(
-        self, decision: RestartDecision, booted: Deployment, into: Deployment, why: str
+        self,
+        decision: RestartDecision,
+        policy: RebootPolicy,
+        booted: Deployment,
+        into: Deployment,
+        why: str,
     ) -> None:
         markers.write_json(
             self.root / LAST_RESTART,
             {
                 "kind": str(decision.kind),
                 "reason": decision.reason,
+                "policy": policy.value,
                 "why": why,
                 "from": booted.checksum,
                 "from_version": booted.version,
@@ -426,13 +427,37 @@ class Restarter:
             reason=decision.reason,
         )
         markers.write_json(self.soft_record, record.as_dict())
+        self._asked, self._previous = True, previous
         try:
-            self._call(["systemctl", "soft-reboot"], SOFT_REBOOT_TIMEOUT)
-        except SoftRebootError:
-            # Not started: this userspace goes on, so the record must not say otherwise.
-            if previous is None:
-                markers.clear(self.soft_record)
-            else:
-                markers.write_json(self.soft_record, previous.as_dict())
-            self._undo_nextroot()
-            raise
+            # systemd carries unit states across a soft-reboot: the failures of the
+            # userspace that ends (a rollback's broken unit) would read as the next
+            # one's. Its journal keeps them; the health check also tells them apart.
+            self.run(["systemctl", "reset-failed"], timeout=SOFT_REBOOT_TIMEOUT)
+        except command.CommandError as e:
+            self.log(f"before the soft-reboot: {e}")
+        try:
+            self.run(["systemctl", "soft-reboot"], timeout=SOFT_REBOOT_TIMEOUT)
+        except command.CommandError as e:
+            if e.status is None or e.status >= 0:
+                self.abandon()  # refused: this userspace goes on
+                raise SoftRebootError(str(e)) from e
+            # Killed by a signal: the stop of the agent's unit, which the
+            # soft-reboot it asked for begins with, reached systemctl before it
+            # exited. The soft-reboot is under way: the next root and the record
+            # must stay (undoing them here is what sent systemd back into the old
+            # root). Still running much later: the caller's :meth:`abandon`.
+            self.log(f"systemctl soft-reboot ended by signal {-e.status}: stopping")
+        failpoints.hit("restart:soft", self.root)
+
+    def abandon(self) -> None:
+        """Take back a soft-reboot that did not happen (the agent still runs long after
+        it was asked for, or systemctl refused it): this userspace goes on, so the
+        record must not say otherwise, and the next root is unmounted."""
+        if not self._asked:
+            return
+        self._asked = False
+        if self._previous is None:
+            markers.clear(self.soft_record)
+        else:
+            markers.write_json(self.soft_record, self._previous.as_dict())
+        self._undo_nextroot()

@@ -5,7 +5,8 @@ Standard library only (runs in the agent daemon on the node). One
 
 1. read the node's deployments (``ostree admin status``): the booted commit
    and version, and a pending deployment if one is staged;
-2. report them, with health, to the controller and get the desired version
+2. report them, with health and the last restart (soft or full, and why:
+   :func:`last_restart`), to the controller and get the desired version
    back (:class:`atoll.wire.fleet.FleetClient`, the protocol's typed messages;
    on a cluster :class:`atoll.agent.kubegrant.NodeGrants`, the operator's
    grant on the node's own Node);
@@ -80,13 +81,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 from atoll.agent import command, failpoints, markers
 from atoll.agent.deployments import BootEntriesError, Deployment, DeploymentError, Deployments
 from atoll.agent.fetch import PullError, Runner, check_channel, pull, verify_pulled
-from atoll.agent.softreboot import Restarter, RestartKind
+from atoll.agent.softreboot import Restarter, read_last_restart
 from atoll.wire.channel import TrustedKey, VerificationError, load_trusted_keys
 from atoll.wire.fleet import (
     Backoff,
     Desired,
     FleetClient,
     FleetError,
+    ProtocolError,
+    Restart,
+    RestartKind,
     Step,
     StepFailure,
     Watched,
@@ -94,6 +98,7 @@ from atoll.wire.fleet import (
     WatchSchedule,
 )
 from atoll.wire.kubelet import BOOTSTRAP_KUBECONFIG, KUBECONFIG
+from atoll.wire.kubenode import one_line
 
 if TYPE_CHECKING:
     from atoll.agent.kubenode import Publisher
@@ -249,6 +254,28 @@ def read_health(root: Path = Path("/"), booted: str | None = None) -> tuple[bool
     return facts.healthy, facts.failed
 
 
+def restart_of(record: Mapping[str, Any] | None) -> Restart | None:
+    """The restart a report says, from the agent's record of its last one (``restart.json``,
+    :func:`atoll.agent.softreboot.read_last_restart`): the kind, the reason (cut to one
+    line), the version restarted into (its commit when it has none) and when. None
+    without a record, or for one that cannot be said (an unknown kind, a bad time)."""
+    if record is None:
+        return None
+    reason = one_line(str(record.get("reason") or "")) or "no reason recorded"
+    into = record.get("into_version") or record.get("into")
+    try:
+        return Restart.from_json(
+            {"kind": record.get("kind"), "reason": reason, "version": into, "at": record.get("at")}
+        )
+    except ProtocolError:
+        return None
+
+
+def last_restart(root: Path = Path("/")) -> Restart | None:
+    """:func:`restart_of` the record under ``root``: what each report says."""
+    return restart_of(read_last_restart(root))
+
+
 def _identity(deployment: Deployment) -> str:
     return deployment.version or deployment.checksum
 
@@ -277,6 +304,7 @@ class Controller(Protocol):
         healthy: bool,
         failed: bool,
         failure: StepFailure | None = None,
+        restart: Restart | None = None,
     ) -> Desired: ...
 
     def desired(self, name: str) -> Desired: ...
@@ -302,6 +330,7 @@ class Updater:
     record: Callable[..., object] | None = None  # AuditLog.append: step failures
     pause: Callable[[float], object] = time.sleep  # the grace after a failed reboot
     reboot_grace: float = REBOOT_GRACE
+    soft_reboot_wait: float = SOFT_REBOOT_WAIT
     restarter: Restarter | None = None  # soft or full (softreboot); None: systemctl reboot
     stopping: threading.Event = field(default_factory=threading.Event)  # the agent stops
     controller: Controller | None = None  # default: FleetClient(config.controller)
@@ -411,7 +440,7 @@ class Updater:
         staged = _identity(pending) if pending and failure is None else None
         desired = self.client.report(
             self.config.node, version=_identity(booted), staged=staged, healthy=healthy,
-            failed=failed, failure=failure,
+            failed=failed, failure=failure, restart=last_restart(self.root),
         )  # fmt: skip
         self._unsent = None  # sent once; the controller decides whether it is tried again
         return desired, booted, pending
@@ -461,7 +490,7 @@ class Updater:
         self._phase = Step.REBOOT
         self.log(f"rebooting into {desired.version} (granted by {self.config.controller})")
         try:
-            self._restart(desired)
+            kind = self._restart(desired)
         except DeploymentError as e:
             # Usually the shutdown it started has already killed systemctl (and
             # soon the agent). Still running after the grace: it did not start.
@@ -470,22 +499,23 @@ class Updater:
             if self.stopping.is_set():
                 return
             raise DeploymentError(f"{e}; the node still runs {self.reboot_grace:g} s later") from e
+        # A soft-reboot's stop reaches the agent only once systemd gets to it: the
+        # next round must not run meanwhile (it would prepare the next root again).
+        waited = self.soft_reboot_wait
+        if kind is RestartKind.SOFT and self.restarter and not self.stopping.wait(waited):
+            self.restarter.abandon()
+            raise DeploymentError(f"systemctl soft-reboot: the agent still runs {waited:g} s later")
 
-    def _restart(self, desired: Desired) -> None:
+    def _restart(self, desired: Desired) -> RestartKind:
         """Soft-reboot when the kernel allows it (:mod:`atoll.agent.softreboot`), else reboot."""
         if self.restarter is None:
             self.deployments.reboot()
-            return
+            return RestartKind.FULL
         booted, pending = self._state()
         if pending is None or not _matches(pending, desired.version):
             raise UpdateError(f"{desired.version} is no longer the pending deployment")
-        decision = self.restarter.restart(booted, pending, f"upgrade to {desired.version}")
-        # A soft-reboot's stop reaches the agent only once systemd gets to it: the
-        # next round must not run meanwhile (it would prepare the next root again).
-        if decision.kind is RestartKind.SOFT and not self.stopping.wait(SOFT_REBOOT_WAIT):
-            raise DeploymentError(
-                f"systemctl soft-reboot: the agent still runs {SOFT_REBOOT_WAIT:g} s later"
-            )
+        why = f"upgrade to {desired.version}"
+        return self.restarter.restart(booted, pending, why, desired.reboot).kind
 
     def _fail(self, failure: StepFailure, undone_already: Sequence[str] = ()) -> Desired:
         """Undo what the failed step half-staged (beyond ``undone_already``, what the

@@ -41,6 +41,7 @@ so the schedule is testable without waiting.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import http.client
 import io
@@ -249,14 +250,15 @@ class StepFailure:
         if not isinstance(raw, dict):
             raise ProtocolError(f"failure must be a JSON object, not {type(raw).__name__}")
         step = raw.get("step")
-        if step not in {s.value for s in Step}:
+        # A list or object is unhashable: checked as "not a string", not by the set.
+        if not isinstance(step, str) or step not in {s.value for s in Step}:
             names = ", ".join(s.value for s in Step)
             raise ProtocolError(f"failure.step must be one of {names}, not {step!r}")
         resource = raw.get("resource")
         if resource is not None and not isinstance(resource, str):
             raise ProtocolError(f"failure.resource must be a string or null, not {resource!r}")
         by = raw.get("by", By.NODE.value)
-        if by not in {b.value for b in By}:
+        if not isinstance(by, str) or by not in {b.value for b in By}:
             names = ", ".join(b.value for b in By)
             raise ProtocolError(f"failure.by must be one of {names}, not {by!r}")
         return cls(
@@ -273,6 +275,68 @@ def _optional_failure(body: Mapping[str, Any]) -> StepFailure | None:
     return None if raw is None else StepFailure.from_json(raw)
 
 
+class RestartKind(StrEnum):
+    """How a node restarted into a version (:class:`Restart`)."""
+
+    SOFT = "soft"  # systemctl soft-reboot: userspace only, same kernel
+    FULL = "full"  # firmware, boot loader, kernel
+
+
+RESTART_AT_MAX = 64
+
+
+@dataclass(frozen=True)
+class Restart:
+    """The last restart of a node into a version (an upgrade's or a rollback's), as its
+    agent recorded it: ``kind`` soft or full, ``reason`` why that kind (one line, e.g.
+    ``"same kernel and arguments"``, ``"policy full"``), the ``version`` it restarted
+    into (the commit when the deployment has no version) and ``at``, when (ISO 8601)."""
+
+    kind: RestartKind
+    reason: str
+    version: str
+    at: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, RestartKind):
+            raise ProtocolError(f"restart.kind must be a RestartKind, not {self.kind!r}")
+        _one_line("restart.reason", self.reason)
+        _one_line("restart.version", self.version, limit=200)
+        _one_line("restart.at", self.at, limit=RESTART_AT_MAX)
+        try:
+            datetime.datetime.fromisoformat(self.at)
+        except ValueError:
+            raise ProtocolError(f"restart.at must be an ISO 8601 time, not {self.at!r}") from None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind.value,
+            "reason": self.reason,
+            "version": self.version,
+            "at": self.at,
+        }
+
+    @classmethod
+    def from_json(cls, raw: object) -> Restart:
+        if not isinstance(raw, dict):
+            raise ProtocolError(f"restart must be a JSON object, not {type(raw).__name__}")
+        kind = raw.get("kind")
+        if not isinstance(kind, str) or kind not in {k.value for k in RestartKind}:
+            names = ", ".join(k.value for k in RestartKind)
+            raise ProtocolError(f"restart.kind must be one of {names}, not {kind!r}")
+        return cls(
+            kind=RestartKind(kind),
+            reason=_one_line("restart.reason", raw.get("reason")),
+            version=_one_line("restart.version", raw.get("version"), limit=200),
+            at=_one_line("restart.at", raw.get("at"), limit=RESTART_AT_MAX),
+        )
+
+
+def _optional_restart(body: Mapping[str, Any]) -> Restart | None:
+    raw = body.get("restart")
+    return None if raw is None else Restart.from_json(raw)
+
+
 @dataclass(frozen=True)
 class Report:
     """``POST /v1/nodes/{name}/report``: what a node runs, has staged, and how it fares.
@@ -282,13 +346,16 @@ class Report:
     outside a trial. ``failure`` when a step of its last update round
     failed (``staged`` is then None: the node undid what it had half-staged);
     the key is left out when there is none. A node reports only its own
-    failures: one claiming ``"by": "controller"`` is refused."""
+    failures: one claiming ``"by": "controller"`` is refused. ``restart`` is the
+    last restart its agent recorded (:class:`Restart`); left out when none (and by
+    an agent from before it)."""
 
     version: str
     staged: str | None
     healthy: bool = True
     failed: bool = False
     failure: StepFailure | None = None
+    restart: Restart | None = None
 
     def __post_init__(self) -> None:
         if self.failure is not None and self.staged is not None:
@@ -311,6 +378,8 @@ class Report:
         }
         if self.failure is not None:
             body["failure"] = self.failure.to_json()
+        if self.restart is not None:
+            body["restart"] = self.restart.to_json()
         return body
 
     @classmethod
@@ -328,7 +397,15 @@ class Report:
             healthy=_flag(body, "healthy", True),
             failed=_flag(body, "failed", False),
             failure=_optional_failure(body),
+            restart=_optional_restart(body),
         )
+
+
+class RebootPolicy(StrEnum):
+    """How a pool's nodes restart into a new version (the grant's ``reboot``)."""
+
+    AUTO = "auto"  # a userspace-only soft-reboot when the kernel and its arguments stay
+    FULL = "full"  # always a full reboot: firmware, boot loader, kernel
 
 
 @dataclass(frozen=True)
@@ -347,6 +424,7 @@ class Desired:
     reason: str
     pool: str | None
     etag: str | None = None
+    reboot: RebootPolicy = RebootPolicy.AUTO  # the pool's: how the node restarts into it
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -355,6 +433,7 @@ class Desired:
             "stage": self.stage,
             "may_reboot": self.may_reboot,
             "reason": self.reason,
+            "reboot": self.reboot.value,
         }
         if self.etag is not None:
             body["etag"] = self.etag
@@ -376,6 +455,7 @@ class Desired:
             reason=_optional_text(body, "reason") or "",
             pool=_optional_text(body, "pool"),
             etag=etag,
+            reboot=_reboot_policy(body),
         )
 
     def grant(self) -> tuple[str | None, str, bool, bool]:
@@ -385,6 +465,16 @@ class Desired:
     def tagged(self) -> Desired:
         """This answer with its :func:`grant_etag` (what a controller with watches sends)."""
         return replace(self, etag=grant_etag(self.grant()))
+
+
+def _reboot_policy(body: Mapping[str, Any]) -> RebootPolicy:
+    """``reboot`` of a grant; absent (a controller from before pools chose): auto."""
+    raw = body.get("reboot", RebootPolicy.AUTO.value)
+    try:
+        return RebootPolicy(raw)
+    except ValueError:
+        choices = ", ".join(repr(p.value) for p in RebootPolicy)
+        raise ProtocolError(f"reboot must be one of {choices}, not {raw!r}") from None
 
 
 def grant_etag(grant: Sequence[str | bool | None]) -> str:
@@ -400,7 +490,8 @@ class NodeRecord:
 
     ``failure`` is the last step failure the controller recorded for it,
     ``retry_at`` when the controller lets it stage again (seconds since the
-    epoch); both keys are left out when None."""
+    epoch), ``restart`` the last restart its agent reported (:class:`Restart`);
+    each key is left out when None."""
 
     name: str
     labels: Mapping[str, str]
@@ -411,6 +502,7 @@ class NodeRecord:
     last_transition: float
     failure: StepFailure | None = None
     retry_at: float | None = None
+    restart: Restart | None = None
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -426,6 +518,8 @@ class NodeRecord:
             body["failure"] = self.failure.to_json()
         if self.retry_at is not None:
             body["retry_at"] = self.retry_at
+        if self.restart is not None:
+            body["restart"] = self.restart.to_json()
         return body
 
     @classmethod
@@ -451,6 +545,7 @@ class NodeRecord:
             last_transition=float(moment),
             failure=_optional_failure(body),
             retry_at=None if retry_at is None else float(retry_at),
+            restart=_optional_restart(body),
         )
 
 
@@ -659,8 +754,9 @@ class FleetClient:
         healthy: bool,
         failed: bool = False,
         failure: StepFailure | None = None,
+        restart: Restart | None = None,
     ) -> Desired:
-        report = Report(version, staged, healthy, failed, failure)
+        report = Report(version, staged, healthy, failed, failure, restart)
         return self._desired("POST", node_path(name, "report"), report.to_json())
 
     def desired(self, name: str) -> Desired:

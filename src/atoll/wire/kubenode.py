@@ -26,6 +26,7 @@ Standard library only: the agent imports this module on the node.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -41,7 +42,9 @@ from atoll.wire.fleet import (
     VERSION_MAX,
     Desired,
     ProtocolError,
+    RebootPolicy,
     Report,
+    Restart,
     grant_etag,
 )
 
@@ -55,6 +58,7 @@ FAILED = "atoll.dev/failed"
 FAILURE = "atoll.dev/failure"
 HEALTH = "atoll.dev/health"
 OBSERVED_GRANT = "atoll.dev/observed-grant"
+RESTART = "atoll.dev/restart"
 AGENT_LABELS = (LABEL_VERSION,)
 AGENT_ANNOTATIONS = (
     CURRENT_VERSION,
@@ -65,6 +69,7 @@ AGENT_ANNOTATIONS = (
     FAILURE,
     HEALTH,
     OBSERVED_GRANT,
+    RESTART,
 )
 RETIRED = ("atoll.dev/update",)
 """Keys an earlier agent wrote (``staged <version>``, now :data:`STAGED_VERSION`):
@@ -77,13 +82,15 @@ STAGE = "atoll.dev/stage"
 MAY_REBOOT = "atoll.dev/may-reboot"
 REASON = "atoll.dev/reason"
 RESUMED = "atoll.dev/resumed"
-GRANT_ANNOTATIONS = (POOL, DESIRED_VERSION, STAGE, MAY_REBOOT, REASON, RESUMED)
+REBOOT = "atoll.dev/reboot"
+GRANT_ANNOTATIONS = (POOL, DESIRED_VERSION, STAGE, MAY_REBOOT, REASON, RESUMED, REBOOT)
 
 COMMIT_MAX = 128
 LABEL_VALUE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
 """A Kubernetes label value (empty aside): at most 63 characters, matched whole."""
 _COMMIT = re.compile(rf"[0-9A-Za-z]{{1,{COMMIT_MAX}}}")
 _POOL = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?")  # an object name (RFC 1123)
+_RESTART_MAX = 2048  # characters of a restart's JSON (its reason is at most 500)
 
 
 class NodeProtocolError(ProtocolError):
@@ -118,7 +125,7 @@ def one_line(text: str, limit: int = REASON_MAX) -> str:
 class NodeState:
     """What the agent says about its node: the four facts of the fleet protocol's
     :class:`Report` (``version``, ``staged``, ``healthy``, ``failed``), why it
-    failed, the booted commit and its health checks' state."""
+    failed, the booted commit, its health checks' state and its last restart."""
 
     version: str
     staged: str | None = None
@@ -133,6 +140,9 @@ class NodeState:
     ``observedGeneration`` does for a spec: the operator counts ``failed`` only
     from a state that has seen its current grant. ``None``: the agent does not
     know yet (it has just started); the Node keeps the last one written."""
+    restart: Restart | None = None
+    """The last restart into a version its agent recorded (soft or full, and why):
+    :data:`RESTART`, the fleet protocol's :class:`Restart` as compact JSON."""
 
     def __post_init__(self) -> None:
         _version("version", self.version)
@@ -150,6 +160,8 @@ class NodeState:
             _line("failure", self.failure)
         if not isinstance(self.health, Health):
             raise ProtocolError(f"health must be a Health, not {self.health!r}")
+        if self.restart is not None and not isinstance(self.restart, Restart):
+            raise ProtocolError(f"restart must be a Restart, not {self.restart!r}")
 
     def labels(self) -> dict[str, str | None]:
         return {LABEL_VERSION: version_label(self.version)}
@@ -165,6 +177,7 @@ class NodeState:
             FAILED: _bool(self.failed),
             FAILURE: self.failure,
             HEALTH: self.health.value,
+            RESTART: None if self.restart is None else restart_text(self.restart),
             **dict.fromkeys(RETIRED),
         }
         if self.observed is not None:
@@ -185,7 +198,7 @@ class NodeState:
 
     def report(self) -> Report:
         """The same facts in the standalone controller's protocol."""
-        return Report(self.version, self.staged, self.healthy, self.failed)
+        return Report(self.version, self.staged, self.healthy, self.failed, restart=self.restart)
 
     @classmethod
     def from_node(cls, node: Mapping[str, Any]) -> NodeState | None:
@@ -209,6 +222,7 @@ class NodeState:
                 commit=_read_optional(notes, COMMIT, _commit),
                 health=Health(health),
                 observed=_read_optional(notes, OBSERVED_GRANT, _etag),
+                restart=read_restart(notes),
             )
 
 
@@ -217,8 +231,10 @@ class Grant:
     """The operator's answer to a node's agent: the standalone controller's
     :class:`Desired` (``GET /v1/nodes/{name}/desired``). Stage ``version`` when
     ``stage``; switch to it and reboot only when ``may_reboot`` (the operator has
-    then cordoned and drained the node and counts it unavailable). ``reason``
-    says why it waits (cut to one line of :data:`REASON_MAX` characters)."""
+    then cordoned and drained the node and counts it unavailable), the way its
+    pool says (``reboot``: ``auto``, soft when the kernel allows, or ``full``;
+    :data:`REBOOT`, absent: ``auto``). ``reason`` says why it waits (cut to one
+    line of :data:`REASON_MAX` characters)."""
 
     version: str
     stage: bool
@@ -231,6 +247,8 @@ class Grant:
     resume is a new grant for every node of the pool, also one whose stage and
     reboot did not change, and a failure said before it is not taken as an answer
     to it (:meth:`NodeState.answers`)."""
+    reboot: RebootPolicy = RebootPolicy.AUTO
+    """The pool's reboot policy; not part of the etag (:meth:`etag`)."""
 
     def __post_init__(self) -> None:
         _version("version", self.version)
@@ -238,6 +256,8 @@ class Grant:
             raise ProtocolError(f"pool: expected an object name, got {self.pool!r}")
         if self.resumed and not ETAG.fullmatch(self.resumed):
             raise ProtocolError(f"resumed: expected an etag, got {_shown(self.resumed)}")
+        if not isinstance(self.reboot, RebootPolicy):
+            raise ProtocolError(f"reboot: expected a RebootPolicy, got {self.reboot!r}")
         object.__setattr__(self, "reason", one_line(self.reason))
 
     def annotations(self) -> dict[str, str | None]:
@@ -248,6 +268,7 @@ class Grant:
             MAY_REBOOT: _bool(self.may_reboot),
             REASON: self.reason,
             RESUMED: self.resumed or None,
+            REBOOT: self.reboot.value,
         }
 
     def patch(self) -> dict[str, Any]:
@@ -256,13 +277,21 @@ class Grant:
 
     def desired(self) -> Desired:
         """The same answer in the standalone controller's protocol."""
-        return Desired(self.version, self.stage, self.may_reboot, self.reason, self.pool)
+        return Desired(
+            self.version, self.stage, self.may_reboot, self.reason, self.pool, reboot=self.reboot
+        )
 
     def etag(self) -> str:
         """The etag of this grant's state (pool, version, stage, may-reboot and the
-        resume it belongs to; not the reason): what a watch waits on and what
-        :data:`OBSERVED_GRANT` says. Before any resume it is the standalone
-        answer's (:meth:`Desired.tagged`)."""
+        resume it belongs to; not the reason, nor the reboot policy): what a watch
+        waits on and what :data:`OBSERVED_GRANT` says. Before any resume it is the
+        standalone answer's (:meth:`Desired.tagged`).
+
+        The policy is left out as the standalone etag leaves it out: it matters only
+        when the node restarts, and it does so in the round that follows a grant of
+        ``may_reboot`` (a change of the etag), reading the grant, with the pool's
+        policy as it is then, in that round; a new policy wakes no watching node for
+        nothing, and a failure said under the old one still answers the grant."""
         parts = self.desired().grant()
         return grant_etag((*parts, self.resumed) if self.resumed else parts)
 
@@ -285,6 +314,7 @@ class Grant:
                 pool=_read(notes, POOL, _pool),
                 reason=_read_optional(notes, REASON, _reason) or "",
                 resumed=_read_optional(notes, RESUMED, _etag) or "",
+                reboot=RebootPolicy(_read_optional(notes, REBOOT, _reboot) or "auto"),
             )
 
 
@@ -295,6 +325,25 @@ def resume_token(resume: str) -> str:
     """What :attr:`Grant.resumed` says for a pool's ``atoll.dev/resume`` value (any text
     a person chose): 16 hex digits of its digest."""
     return hashlib.blake2b(resume.encode(), digest_size=8).hexdigest()
+
+
+def restart_text(restart: Restart) -> str:
+    """``restart`` as the value of :data:`RESTART`: its JSON, compact."""
+    return json.dumps(restart.to_json(), separators=(",", ":"))
+
+
+def read_restart(notes: Mapping[str, object]) -> Restart | None:
+    """The restart :data:`RESTART` says among a Node's annotations ``notes``; None when
+    absent. :class:`ProtocolError` naming the key when it is not a restart."""
+    raw = notes.get(RESTART)
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or len(raw) > _RESTART_MAX:
+        raise _KeyError(RESTART, f"expected a restart's JSON, got {_shown(raw)}")
+    try:
+        return Restart.from_json(json.loads(raw))
+    except ValueError as e:  # not JSON, or not a restart (ProtocolError)
+        raise _KeyError(RESTART, f"expected a restart's JSON ({e}), got {_shown(raw)}") from e
 
 
 def _bool(value: bool) -> str:
@@ -328,6 +377,13 @@ def _pool(key: str, value: object) -> str:
     if not isinstance(value, str) or not _POOL.fullmatch(value):
         raise ProtocolError(f"{key}: expected a NodePool's name, got {_shown(value)}")
     return value
+
+
+def _reboot(key: str, value: object) -> str:
+    if not isinstance(value, str) or value not in {p.value for p in RebootPolicy}:
+        allowed = ", ".join(repr(p.value) for p in RebootPolicy)
+        raise ProtocolError(f"{key}: expected one of {allowed}, got {_shown(value)}")
+    return str(value)
 
 
 def _line(key: str, value: object) -> str:
