@@ -24,8 +24,9 @@ rolls a new OS version across them the way Kubernetes rolls a workload.
    ``kubectl get nodepools`` says why. The good build is published to
    ``edge``, the pool resumed (annotation ``atoll.dev/resume``), and it
    finishes;
-7. the summary: the OS version and boots of every node, the fewest workload
-   pods that were ready at any sampled moment against the budget's minimum.
+7. the summary: the OS version, boots and last restart (soft or full, and why)
+   of every node, the fewest workload pods that were ready at any sampled
+   moment against the budget's minimum.
 
 Under TCG a boot takes minutes and the whole demo 20-30 minutes on 2 cores.
 """
@@ -72,6 +73,7 @@ from atoll.publish.publish import publish
 from atoll.publish.serve import serve_in_thread
 from atoll.tools.qemu import HOST_SERVICES_ADDRESS, HostService
 from atoll.wire import kubenode
+from atoll.wire.fleet import ProtocolError
 
 NODES = ("node-1", "node-2", "node-3")
 BROKEN = "node-2"  # follows "edge", where v2 is the broken build
@@ -153,6 +155,18 @@ class Kubectl:
 
     def json(self, *args: str) -> Any:
         return json.loads(self("get", *args, "-o", "json"))
+
+
+def restart_said(notes: Mapping[str, Any]) -> str:
+    """The kind of a node's last restart and why, from its Node's annotations, for the
+    summary: ``last restart soft (same kernel and arguments)``."""
+    try:
+        restart = kubenode.read_restart(notes)
+    except ProtocolError as e:
+        return f"last restart unreadable ({e})"
+    if restart is None:
+        return "no restart recorded"
+    return f"last restart {restart.kind} ({restart.reason})"
 
 
 def step_compose(
@@ -527,10 +541,11 @@ def run_cluster_demo(
         for node in nodes:
             meta = final[node.name]["metadata"]
             same = "the same" if meta["uid"] == uids[node.name] else "a new"
+            notes = meta.get("annotations") or {}
             summary.add(
                 node.name,
-                f"{(meta.get('annotations') or {}).get(kubenode.CURRENT_VERSION)} after "
-                f"{node.vm.reboots} reboot(s) ({node.channel}); {same} Node object as at its join",
+                f"{notes.get(kubenode.CURRENT_VERSION)} after {node.vm.reboots} firmware reboot(s) "
+                f"({node.channel}); {restart_said(notes)}; {same} Node object as at its join",
             )
         consoles = {n.name: n.vm.console_log.read_text(errors="replace") for n in nodes}
         reboots = {n.name: n.vm.reboots for n in nodes}

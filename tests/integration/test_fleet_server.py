@@ -22,7 +22,14 @@ previous_version = "v1"
 [strategy]
 max_unavailable = 1
 canary = 1
+reboot = "full"
 """
+RESTART = {
+    "kind": "full",
+    "reason": "policy full",
+    "version": "v2",
+    "at": "2026-12-07T07:00:00+00:00",
+}
 
 
 @pytest.fixture
@@ -86,6 +93,18 @@ def test_bad_requests_name_their_source(service: FleetService) -> None:
         request_json(
             "PUT", url + "/v1/pools/web", {"pool": {"name": "web", "version": "v2\x1b[2J"}}
         )
+    with pytest.raises(FleetError, match=r"400: PUT /v1/pools/web: strategy\.reboot: expected one"):
+        request_json(
+            "PUT",
+            url + "/v1/pools/web",
+            {"pool": {"name": "web", "version": "v2"}, "strategy": {"reboot": "soft"}},
+            backoff=quick,
+        )
+    warm = {**RESTART, "kind": "warm"}
+    with pytest.raises(FleetError, match=r"400: /v1/nodes/n1/report: restart\.kind must be one"):
+        request_json(
+            "POST", url + "/v1/nodes/n1/report", {"version": "v1", "restart": warm}, backoff=quick
+        )
 
 
 def test_cli_apply_canary_resume_and_rollback(
@@ -99,15 +118,24 @@ def test_cli_apply_canary_resume_and_rollback(
         request_json("POST", url + "/v1/nodes/register", {"name": name, "version": "v1"})
     first = request_json("POST", url + "/v1/nodes/a/report", {"version": "v1", "staged": None})
     assert first["stage"] is True and first["version"] == "v2"
+    assert first["reboot"] == "full"  # the pool's policy, in every answer
     b = request_json("POST", url + "/v1/nodes/b/report", {"version": "v1", "staged": None})
     assert b["stage"] is False and "canary" in b["reason"]
     granted = request_json("POST", url + "/v1/nodes/a/report", {"version": "v1", "staged": "v2"})
-    assert granted["may_reboot"] is True
-    done = request_json("POST", url + "/v1/nodes/a/report", {"version": "v2", "staged": None})
+    assert (granted["may_reboot"], granted["reboot"]) == (True, "full")
+    back = {"version": "v2", "staged": None, "restart": RESTART}  # the restart it used
+    done = request_json("POST", url + "/v1/nodes/a/report", back)
     assert done["may_reboot"] is False
     capsys.readouterr()
     assert main(["fleet", "status", "web", "--server", url]) == 0
-    assert "canary" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "canary" in out
+    shown = "last restart: full into v2 at 2026-12-07T07:00:00+00:00 (policy full)"
+    assert out.count(shown) == 1, out  # node a's; b has not restarted
+    assert main(["fleet", "nodes", "--server", url]) == 0
+    assert capsys.readouterr().out.count(shown) == 1
+    [a_record] = [n for n in request_json("GET", url + "/v1/nodes") if n["name"] == "a"]
+    assert a_record["restart"] == RESTART
     assert main(["fleet", "resume", "web", "--server", url]) == 0
     b = request_json("POST", url + "/v1/nodes/b/report", {"version": "v1", "staged": None})
     assert b["stage"] is True

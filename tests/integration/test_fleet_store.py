@@ -27,7 +27,7 @@ from atoll.fleet.rollout import NodeFacts, Phase, PoolSpec, PoolState, Quantity,
 from atoll.fleet.sqlite_store import SqliteStore, store_path
 from atoll.fleet.store import EVENTS_KEPT, FleetStore, Wanted
 from atoll.fleet.transitions import NewEvent
-from atoll.wire.fleet import Registration, Report, Step, StepFailure
+from atoll.wire.fleet import Registration, Report, Restart, RestartKind, Step, StepFailure
 from tests.unit.test_fleet_transitions import (
     NOW,
     TABLE,
@@ -74,6 +74,7 @@ class Backend:
                 "failure": None if n.failure is None else n.failure.to_json(),
                 "retry_at": n.retry_at,
                 "step_attempts": n.step_attempts,
+                "restart": None if n.restart is None else n.restart.to_json(),
             }
             for n in nodes
         }
@@ -85,17 +86,20 @@ class Backend:
         with closing(sqlite3.connect(self.db)) as db, db:
             for name, doc in docs.items():
                 failure = None if doc["failure"] is None else json.dumps(doc["failure"])
+                restart = None if doc["restart"] is None else json.dumps(doc["restart"])
                 row = {
                     **doc,
                     "name": name,
                     "labels": json.dumps(doc["labels"]),
                     "failure": failure,
+                    "restart": restart,
                 }
                 db.execute(
                     "INSERT INTO nodes(name, labels, current_version, staged_version, healthy,"
-                    " phase, last_transition, last_report, failure, retry_at, step_attempts)"
-                    " VALUES (:name, :labels, :current, :staged, :healthy, :phase,"
-                    " :last_transition, :last_report, :failure, :retry_at, :step_attempts)",
+                    " phase, last_transition, last_report, failure, retry_at, step_attempts,"
+                    " restart) VALUES (:name, :labels, :current, :staged, :healthy, :phase,"
+                    " :last_transition, :last_report, :failure, :retry_at, :step_attempts,"
+                    " :restart)",
                     row,
                 )
 
@@ -252,8 +256,8 @@ def test_only_the_newest_events_are_kept(backend: Backend) -> None:
 
 
 def test_a_node_stored_before_step_failures_reads_without_one(backend: Backend) -> None:
-    """Stores written by an older controller (no failure, retry_at, step_attempts)
-    keep working: SQLite adds the columns on open, etcd documents lack the keys."""
+    """Stores written by an older controller (no failure, retry_at, step_attempts,
+    restart) keep working: SQLite adds the columns on open, etcd documents lack the keys."""
     old: dict[str, object] = {
         "labels": {},
         "current": "v1",
@@ -279,8 +283,11 @@ def test_a_node_stored_before_step_failures_reads_without_one(backend: Backend) 
     store.put_pool(_spec(), now=2)
     store.report("a", Report("v1", None, failure=failure), Wanted("v2"), now=2)
     assert store.nodes()[0].failure == failure  # only recorded: it was not told to stage
+    restart = Restart(RestartKind.FULL, "policy full", "v1", "2026-12-07T07:00:00+00:00")
+    store.report("a", Report("v1", None, restart=restart), Wanted("v2"), now=3)
     store.close()
-    assert backend().nodes()[0].failure == failure
+    again = backend().nodes()[0]
+    assert (again.failure, again.restart) == (failure, restart)
 
 
 # SQLite only ----------------------------------------------------------------------

@@ -7,6 +7,8 @@ from typing import Any
 
 from atoll.fleet.cli import _pool_lines
 from atoll.fleet.nodepool import nodepool_view
+from atoll.wire.fleet import Restart, RestartKind
+from atoll.wire.kubenode import Grant, NodeState
 
 PAUSED: dict[str, Any] = {
     "apiVersion": "atoll.dev/v1alpha1",
@@ -60,3 +62,46 @@ def test_a_blocked_drain_is_named_and_a_new_pool_has_no_status_yet() -> None:
     assert lines[1:] == ["  drain blocked: node-1"]
     fresh = nodepool_view({"metadata": {"name": "new"}, "spec": {"version": "2"}})
     assert _pool_lines(fresh)[0].startswith("pool new -> 2: rolling: updated 0 updating 0")
+
+
+SOFT = Restart(RestartKind.SOFT, "same kernel and arguments", "1.1.0", "2026-12-07T07:00:00+00:00")
+FULL = Restart(RestartKind.FULL, "kernel changed 6.1 -> 6.12", "1.0.0", "2026-12-07T07:05:00+00:00")
+
+
+def _node(name: str, state: NodeState, grant: Grant | None, phase: str = "idle") -> dict[str, Any]:
+    notes = {k: v for k, v in state.annotations().items() if v is not None}
+    if grant is not None:
+        notes.update({k: v for k, v in grant.annotations().items() if v is not None})
+    notes["atoll.dev/phase"] = phase
+    return {"metadata": {"name": name, "annotations": notes}}
+
+
+def test_the_pools_nodes_show_the_kind_of_their_last_restart_and_why() -> None:
+    raw_nodes = [
+        _node("node-3", NodeState("1.1.0", restart=SOFT), Grant("1.1.0", False, False, "demo")),
+        _node(
+            "node-2",
+            NodeState("1.0.0", failed=True, restart=FULL),
+            Grant("1.1.0", False, False, "demo", "failed"),
+            "failed",
+        ),
+        _node("node-1", NodeState("1.1.0"), Grant("1.1.0", False, False, "demo")),
+        _node("other", NodeState("1.1.0", restart=SOFT), Grant("1.1.0", False, False, "web")),
+        _node("new", NodeState("1.0.0"), None),  # no grant yet: not planned
+        {"metadata": {"name": "bad", "annotations": {"atoll.dev/current-version": "\n"}}},
+    ]
+    view = nodepool_view(PAUSED, raw_nodes)
+    assert [n["name"] for n in view["nodes"]] == ["node-1", "node-2", "node-3"]
+    assert view["nodes"][1]["reason"] == PAUSED["status"]["waiting"][0]["reason"]  # the status's
+    assert _pool_lines(view)[2:] == [
+        "  node-1                   1.1.0 -> 1.1.0 idle",
+        "  node-2                   1.0.0 -> 1.1.0 failed  failed while moving to 1.1.0 "
+        "(on 1.0.0); not retried until resumed",
+        "    last restart: full into 1.0.0 at 2026-12-07T07:05:00+00:00 (kernel changed 6.1 "
+        "-> 6.12)",
+        "  node-3                   1.1.0 -> 1.1.0 idle",
+        "    last restart: soft into 1.1.0 at 2026-12-07T07:00:00+00:00 (same kernel and "
+        "arguments)",
+    ]
+    # Without the Nodes (an identity that may not list them): the waiting nodes, as before.
+    assert [n["name"] for n in nodepool_view(PAUSED)["nodes"]] == ["node-2"]

@@ -22,6 +22,7 @@ from atoll.fleet import operator as op
 from atoll.fleet.drain import DRAIN_KEYS, OnTimeout
 from atoll.fleet.rollout import NodeFacts, Phase, Quantity
 from atoll.wire import kubenode
+from atoll.wire.fleet import RebootPolicy
 
 CRD = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes" / "nodepool-crd.yaml"
 
@@ -48,6 +49,46 @@ def test_spec_from_object_uses_the_pool_validator() -> None:
         op.spec_from_object("web", {"version": "2", "strategy": {"maxSurge": 1}})
 
 
+@pytest.mark.parametrize(
+    ("strategy", "policy"),
+    [({}, RebootPolicy.AUTO), ({"reboot": "auto"}, RebootPolicy.AUTO),
+     ({"reboot": "full"}, RebootPolicy.FULL)],
+)  # fmt: skip
+def test_the_nodepool_says_how_its_nodes_restart_as_pool_toml_does(
+    strategy: dict[str, str], policy: RebootPolicy
+) -> None:
+    # The same key in the same place as pool.toml's [strategy] reboot.
+    assert op.spec_from_object("web", {"version": "2", "strategy": strategy}).reboot is policy
+
+
+def test_a_bad_reboot_policy_names_the_nodepool_and_key() -> None:
+    with pytest.raises(
+        InputError,
+        match=r"^NodePool web: strategy\.reboot: expected one of \['auto', 'full'\], got 'soft'",
+    ):
+        op.spec_from_object("web", {"version": "2", "strategy": {"reboot": "soft"}})
+
+
+def test_the_grant_carries_the_pools_reboot_policy_outside_its_etag() -> None:
+    memory = nodepool.PoolMemory(None, False, None)
+    staged = [NodeFacts("n1", {}, "1", "2", True, Phase.STAGED, 0.0)]
+    grants = {}
+    for policy in RebootPolicy:
+        spec = op.spec_from_object("web", {"version": "2", "strategy": {"reboot": policy.value}})
+        result, _, facts = nodepool.decide(spec, memory, staged, 1000.0)
+        grant = nodepool.grant_of(facts[0], result, "web", reboot=spec.reboot)
+        assert (grant.may_reboot, grant.reboot) == (True, policy)
+        assert grant.annotations()[kubenode.REBOOT] == policy.value
+        assert grant.desired().reboot is policy  # what the agent's loop follows
+        grants[policy] = grant
+    # A policy changed meanwhile is written to the Node, but is no new grant.
+    assert grants[RebootPolicy.AUTO].etag() == grants[RebootPolicy.FULL].etag()
+    skipped, _ = nodepool.skip_changes(
+        staged[0], {}, "2", "drain blocked", "web", reboot=RebootPolicy.FULL
+    )
+    assert skipped.reboot is RebootPolicy.FULL and not skipped.may_reboot
+
+
 def test_example_nodepool_is_valid() -> None:
     example = yaml.safe_load((CRD.parent / "nodepool-example.yaml").read_text(encoding="utf-8"))
     assert example["apiVersion"] == f"{op.GROUP}/{op.VERSION}"
@@ -55,6 +96,7 @@ def test_example_nodepool_is_valid() -> None:
     spec = op.spec_from_object(example["metadata"]["name"], example["spec"])
     assert spec.scatter_label == "topology.kubernetes.io/zone"
     assert spec.max_unavailable == Quantity(20, percent=True)
+    assert spec.reboot is RebootPolicy.AUTO
 
 
 def test_crd_schema_matches_the_operator() -> None:
@@ -74,6 +116,7 @@ def test_crd_schema_matches_the_operator() -> None:
     assert drain_keys["onTimeout"]["enum"] == [o.value for o in OnTimeout]
     strategy = spec["properties"]["strategy"]["properties"]
     assert set(strategy) == set(op.STRATEGY_KEYS)
+    assert strategy["reboot"]["enum"] == [p.value for p in RebootPolicy]
     assert set(strategy["maintenanceWindow"]["properties"]) == set(op.WINDOW_KEYS)
 
 

@@ -44,7 +44,7 @@ from atoll.fleet.rollout import (
     slots,
     stall,
 )
-from atoll.wire.fleet import By, Step, StepFailure
+from atoll.wire.fleet import By, RebootPolicy, Step, StepFailure
 
 NOW = 1000.0
 
@@ -542,6 +542,23 @@ def test_retry_backoff_doubles_from_30s_up_to_30min(attempt: int, seconds: float
     assert retry_backoff(attempt) == seconds
 
 
+@pytest.mark.parametrize(
+    ("strategy", "policy"),
+    [
+        ({}, RebootPolicy.AUTO),  # soft when possible, the default
+        ({"reboot": "auto"}, RebootPolicy.AUTO),
+        ({"reboot": "full"}, RebootPolicy.FULL),
+    ],
+)
+def test_the_pool_says_how_its_nodes_restart(
+    strategy: dict[str, str], policy: RebootPolicy
+) -> None:
+    pool = spec_from_dict({"pool": {"name": "p", "version": "v2"}, "strategy": strategy}, "x")
+    assert pool.reboot is policy
+    assert spec_to_dict(pool)["strategy"]["reboot"] == policy.value
+    assert spec_from_dict(spec_to_dict(pool), "again") == pool
+
+
 def test_reboot_timeout_and_step_failure_defaults() -> None:
     """pool.toml without them: a 900 s reboot timeout, failed steps fail the node."""
     pool = spec_from_dict({"pool": {"name": "p", "version": "v2"}}, "pool.toml")
@@ -573,6 +590,12 @@ def test_reboot_timeout_and_step_failure_defaults() -> None:
         ({"max_step_retries": True}, r"strategy\.max_step_retries: expected 0\.\.100, got True"),
         ({"max_step_retries": "3"}, r"strategy\.max_step_retries: expected 0\.\.100, got '3'"),
         ({"reboot_timeout_seconds": -1}, r"strategy\.reboot_timeout_seconds: expected seconds"),
+        (
+            {"reboot": "soft"},
+            r"pool\.toml: strategy\.reboot: expected one of \['auto', 'full'\], got 'soft'",
+        ),
+        ({"reboot": True}, r"pool\.toml: strategy\.reboot: expected one of .*, got True"),
+        ({"reboot": "FULL"}, r"pool\.toml: strategy\.reboot: expected one of .*, got 'FULL'"),
     ],
 )
 def test_step_failure_strategy_errors_name_file_and_key(

@@ -28,7 +28,16 @@ from atoll.fleet.rollout import (
     plan,
 )
 from atoll.fleet.transitions import Instruction, NewEvent
-from atoll.wire.fleet import By, Registration, Report, Step, StepFailure
+from atoll.wire.fleet import (
+    By,
+    RebootPolicy,
+    Registration,
+    Report,
+    Restart,
+    RestartKind,
+    Step,
+    StepFailure,
+)
 
 NOW = 100.0
 THEN = 10.0
@@ -158,8 +167,9 @@ def rep(
     failed: bool = False,
     desired: str | None = "v2",
     failure: StepFailure | None = None,
+    restart: Restart | None = None,
 ) -> Reported:
-    return Reported(name, Report(current, staged, healthy, failed, failure), desired)
+    return Reported(name, Report(current, staged, healthy, failed, failure, restart), desired)
 
 
 def pool_of(case_spec: PoolSpec, reported: Reported) -> PoolSpec | None:
@@ -211,6 +221,9 @@ TIMEOUT_TEXT = (
 AGENT_REBOOT = StepFailure(Step.REBOOT, "v2", "reboot refused")  # the node's own
 # Failed by its reboot timeout while granted v2 (stored so at THEN): down.
 TIMED_OUT = failing(node("a", FAILED, "v1", "v2", healthy=False), TIMEOUT)
+# The last restart an agent recorded: a soft-reboot into v2, a full reboot into v1.
+SOFT = Restart(RestartKind.SOFT, "same kernel and arguments", "v2", "2026-12-07T07:00:00+00:00")
+FULL = Restart(RestartKind.FULL, "policy full", "v1", "2026-12-06T07:00:00+00:00")
 
 
 TABLE = [
@@ -241,6 +254,25 @@ TABLE = [
         rep("a", "v2"),
         (node("a", IDLE, "v2", since=NOW),),
         (ev("phase", "rebooting -> idle on v2", "a", None),),
+    ),
+    Case(
+        "landed with the kind of restart it used: recorded on the node",
+        (GRANTED,),
+        rep("a", "v2", restart=SOFT),
+        (replace(node("a", IDLE, "v2", since=NOW), restart=SOFT),),
+        (ev("phase", "rebooting -> idle on v2", "a", None),),
+    ),
+    Case(
+        "a newer restart replaces the one recorded; nothing else moves",
+        (replace(node("a", IDLE, "v1"), restart=FULL),),
+        rep("a", "v1", restart=SOFT),
+        (replace(node("a", IDLE, "v1"), restart=SOFT),),
+    ),
+    Case(
+        "a report without a restart (an agent from before it) keeps the one recorded",
+        (replace(node("a", FAILED, "v1"), restart=FULL),),
+        rep("a", "v1", failed=True),
+        (replace(node("a", FAILED, "v1"), restart=FULL),),
     ),
     Case(
         "granted, back on the granted version but its trial runs: keeps the grant",
@@ -716,6 +748,14 @@ TABLE = [
         spec_after=replace(SPEC, max_unavailable=Quantity(2)),
     ),
     Case(
+        "the pool's reboot policy is kept with its spec",
+        (),
+        Verb("apply", spec=replace(SPEC, reboot=RebootPolicy.FULL, previous_version=None)),
+        (),
+        (ev("apply", "target v2"),),
+        spec_after=replace(SPEC, reboot=RebootPolicy.FULL),
+    ),
+    Case(
         "a previous version named by the spec wins",
         (),
         Verb("apply", spec=replace(SPEC, target_version="v3", previous_version="v0")),
@@ -787,6 +827,9 @@ def test_table_ids_are_unique() -> None:
     ("before", "report", "changed", "events"),
     [
         (GRANTED, Report("v1", "v2", True, False), False, 0),
+        (GRANTED, Report("v1", "v2", True, False, restart=FULL), True, 0),  # written
+        (replace(GRANTED, restart=FULL), Report("v1", "v2", True, False, restart=FULL), False, 0),
+        (replace(GRANTED, restart=FULL), Report("v1", "v2", True, False), False, 0),
         (GRANTED, Report("v2", None, False, False), True, 0),
         (GRANTED, Report("v2", None, True, False), True, 1),
     ],

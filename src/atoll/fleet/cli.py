@@ -18,7 +18,7 @@ free port) and runs until SIGTERM/SIGINT. The other verbs are thin clients of th
 (:func:`atoll.wire.fleet.request_replicas`, the client the agents use too);
 ``nodes`` reads the protocol's :class:`~atoll.wire.fleet.NodeRecord`; ``status`` and
 ``nodes`` show each node's last step failure (step, version, reason, resource) and when
-it retries; ``apply`` validates
+it retries, and the kind of its last restart (soft or full) and why; ``apply`` validates
 ``pool.toml`` locally first so errors name the file and key.
 """
 
@@ -48,6 +48,7 @@ from atoll.wire.fleet import (
     FleetError,
     NodeRecord,
     ProtocolError,
+    Restart,
     StepFailure,
     request_replicas,
 )
@@ -194,7 +195,28 @@ def _pool_lines(view: dict[str, Any]) -> list[str]:
         failure = _view_failure(node)
         if failure is not None:
             lines.append(f"    {failure}")
+        restart = _view_restart(node)
+        if restart is not None:
+            lines.append(f"    {restart}")
     return lines
+
+
+def restart_line(restart: Restart | None) -> str | None:
+    """``last restart: soft into 2.0 at 2026-12-07T07:00:00+00:00 (same kernel and
+    arguments)``: which kind of restart a node's last upgrade (or rollback) used, and why."""
+    if restart is None:
+        return None
+    return f"last restart: {restart.kind} into {restart.version} at {restart.at} ({restart.reason})"
+
+
+def _view_restart(node: dict[str, Any]) -> str | None:
+    raw = node.get("restart")
+    if raw is None:
+        return None
+    try:
+        return restart_line(Restart.from_json(raw))
+    except ProtocolError as e:
+        return f"last restart: unreadable ({e})"
 
 
 def _failure_line(failure: StepFailure | None, retry_at: float | None) -> str | None:
@@ -319,6 +341,9 @@ def _nodes(args: argparse.Namespace) -> int:
             failure = _failure_line(n.failure, n.retry_at)
             if failure is not None:
                 print(f"  {failure}")
+            restart = restart_line(n.restart)
+            if restart is not None:
+                print(f"  {restart}")
     return 0
 
 

@@ -6,7 +6,8 @@ Layout under a prefix (default ``/atoll/fleet``), one JSON document per key::
                            "updated_at"}
     PREFIX/nodes/NAME     {"labels", "current", "staged", "healthy", "phase", "last_transition",
                            "last_report", "failure" (the protocol's JSON or null), "retry_at",
-                           "step_attempts"}  (the last three may be absent: null, null, 0)
+                           "step_attempts", "restart" (the protocol's JSON or null)}
+                          (the last four may be absent: null, null, 0, null)
     PREFIX/events/TOKEN-I {"at", "pool", "node", "kind", "message"}
     PREFIX/leader         the elected replica's name (attached to its lease)
 
@@ -61,7 +62,7 @@ from atoll.fleet.pool import spec_from_dict, spec_to_dict
 from atoll.fleet.rollout import ActionKind, NodeFacts, Phase, Plan, PoolSpec, PoolState
 from atoll.fleet.store import EVENTS_KEPT, Event, NotLeader, Reported, Wanted, report_step
 from atoll.fleet.transitions import NewEvent, NodeStep, PoolStep
-from atoll.wire.fleet import ProtocolError, Registration, Report, StepFailure
+from atoll.wire.fleet import ProtocolError, Registration, Report, Restart, StepFailure
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -128,6 +129,7 @@ def _facts_doc(n: NodeFacts) -> dict[str, Any]:
         "failure": None if n.failure is None else n.failure.to_json(),
         "retry_at": n.retry_at,
         "step_attempts": n.step_attempts,
+        "restart": None if n.restart is None else n.restart.to_json(),
     }
 
 
@@ -138,6 +140,15 @@ def _failure(key: str, raw: object) -> StepFailure | None:
         return StepFailure.from_json(raw)
     except ProtocolError as e:
         raise EtcdError(f"etcd key {key}: failure: {e}") from e
+
+
+def _restart(key: str, raw: object) -> Restart | None:
+    if raw is None:
+        return None
+    try:
+        return Restart.from_json(raw)
+    except ProtocolError as e:
+        raise EtcdError(f"etcd key {key}: restart: {e}") from e
 
 
 def _pool_doc(step: PoolStep, now: float) -> dict[str, Any]:
@@ -221,6 +232,7 @@ class EtcdStore:
             failure=_failure(key, doc.get("failure")),
             retry_at=None if doc.get("retry_at") is None else float(doc["retry_at"]),
             step_attempts=int(doc.get("step_attempts") or 0),
+            restart=_restart(key, doc.get("restart")),
         )
 
     def _read(self, keys: Sequence[str] = (), prefixes: Sequence[str] = ()) -> _Read:

@@ -41,6 +41,7 @@ from atoll.fleet.transitions import (
     matches,
     resumed,
 )
+from atoll.wire.fleet import RebootPolicy
 from atoll.wire.kubenode import Grant, NodeProtocolError, NodeState, resume_token
 
 KIND = "NodePool"
@@ -77,6 +78,7 @@ STRATEGY_KEYS: Mapping[str, str] = {
     "maintenanceWindow": "maintenance_window",
     "onStepFailure": "on_step_failure",
     "maxStepRetries": "max_step_retries",
+    "reboot": "reboot",
 }
 WINDOW_KEYS: Mapping[str, str] = {
     "days": "days",
@@ -251,13 +253,21 @@ def release_first(nodes: Sequence[NodeFacts]) -> list[NodeFacts]:
     return sorted(nodes, key=lambda n: n.phase is Phase.REBOOTING)
 
 
-def grant_of(node: NodeFacts, result: Plan, pool: str, resumed: str | None = None) -> Grant:
+def grant_of(
+    node: NodeFacts,
+    result: Plan,
+    pool: str,
+    resumed: str | None = None,
+    *,
+    reboot: RebootPolicy = RebootPolicy.AUTO,
+) -> Grant:
     """The operator's answer to the node's agent (the Node protocol's :class:`Grant`);
-    ``resumed`` is the pool's last resume (``atoll.dev/resume``, :class:`PoolMemory`)."""
+    ``resumed`` is the pool's last resume (``atoll.dev/resume``, :class:`PoolMemory`),
+    ``reboot`` its ``spec.strategy.reboot`` (how the node restarts when it may)."""
     told = instruction(node, result.desired[node.name])
     why = result.waiting.get(node.name, "")
     token = "" if resumed is None else resume_token(resumed)
-    return Grant(told.version, told.stage, told.may_reboot, pool, why, token)
+    return Grant(told.version, told.stage, told.may_reboot, pool, why, token, reboot)
 
 
 def memory_of(node: NodeFacts) -> dict[str, str]:
@@ -314,13 +324,20 @@ def cordon_change(old: Mapping[str, str], rebooting: bool) -> bool | None:
 
 
 def skip_changes(
-    node: NodeFacts, old: Mapping[str, str], target: str, reason: str, pool: str
+    node: NodeFacts,
+    old: Mapping[str, str],
+    target: str,
+    reason: str,
+    pool: str,
+    *,
+    reboot: RebootPolicy = RebootPolicy.AUTO,
 ) -> tuple[Grant, dict[str, str | None]]:
     """A drain given up with ``onTimeout: skip``: the grant is given back (the node
     is told to stay on its version), the node uncordoned and unmarked, and left out
     of the pool (``atoll.dev/drain-skipped``) until the pool is resumed or
     retargeted. The new grant, and the changes of the private annotations."""
-    grant = Grant(node.current_version, False, False, pool, f"{reason} (resume the pool to retry)")
+    why = f"{reason} (resume the pool to retry)"
+    grant = Grant(node.current_version, False, False, pool, why, reboot=reboot)
     changes: dict[str, str | None] = {
         **released(old),
         **drain.unmark(old),
@@ -568,13 +585,48 @@ def decide(
 
 # --- what `atoll fleet status --kubeconfig` shows ----------------------------------------
 
+
+def _with_members(
+    waiting: list[dict[str, Any]], pool: str, raw_nodes: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """The pool's Nodes (those its grant names), by name, each as its ``waiting`` entry
+    when it has one, with its last restart; then waiting entries of no such Node."""
+    listed = {n["name"]: n for n in waiting}
+    members: list[dict[str, Any]] = []
+    for raw in raw_nodes:
+        try:
+            grant, state = Grant.from_node(raw), NodeState.from_node(raw)
+        except NodeProtocolError:
+            continue
+        if grant is None or grant.pool != pool or state is None:
+            continue
+        name = str(raw["metadata"]["name"])
+        entry = listed.pop(name, None) or {
+            "name": name,
+            "current": state.version,
+            "desired": grant.version,
+            "phase": annotations_of(raw).get(A_PHASE, Phase.IDLE.value),
+            "healthy": state.healthy,
+            "reason": grant.reason,
+        }
+        restart = None if state.restart is None else state.restart.to_json()
+        members.append({**entry, "restart": restart})
+    members.sort(key=lambda n: str(n["name"]))
+    return members + list(listed.values())
+
+
 _COUNTS = ("total", "updated", "updating", "pending", "failed", "held", "unavailable")
 
 
-def nodepool_view(obj: Mapping[str, Any]) -> dict[str, Any]:
+def nodepool_view(
+    obj: Mapping[str, Any], raw_nodes: Sequence[Mapping[str, Any]] = ()
+) -> dict[str, Any]:
     """A NodePool as the standalone controller's pool view (``GET /v1/pools/{name}``),
     so ``atoll fleet status`` prints both the same way (pure). Its nodes are the
-    status's ``waiting`` list (the operator keeps up to 50 there, with their reasons)."""
+    status's ``waiting`` list (the operator keeps up to 50 there, with their reasons)
+    and, of ``raw_nodes`` (the cluster's Nodes), each one whose grant names this pool,
+    by name, with its last restart (:data:`atoll.wire.kubenode.RESTART`); a Node that
+    breaks the Node protocol is left out (the pool's status names it)."""
     meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
     status = obj.get("status") or {}
     counts: dict[str, Any] = {key: status.get(key) or 0 for key in _COUNTS}
@@ -589,10 +641,12 @@ def nodepool_view(obj: Mapping[str, Any]) -> dict[str, Any]:
             "phase": n.get("phase"),
             "healthy": n.get("healthy", True),
             "reason": n.get("reason") or "",
+            "restart": None,
         }
         for n in status.get("waiting") or []
         if isinstance(n, Mapping)
     ]
+    nodes = _with_members(nodes, str(meta.get("name")), raw_nodes)
     blocked = [str(b) for b in status.get("drainBlockedNodes") or []]
     return {
         "spec": {"pool": {"name": meta.get("name"), "version": spec.get("version")}},

@@ -21,8 +21,8 @@ operator uses, and refuses to start naming what is missing.
   ``healthy``, ``failed``: the same four facts it sends to the standalone
   controller), and the operator answers with a
   :class:`~atoll.wire.kubenode.Grant` (``atoll.dev/desired-version``, ``stage``,
-  ``may-reboot``, ``reason``, ``pool``: the standalone ``GET
-  /v1/nodes/{name}/desired`` answer). A ``failed`` counts only from a state
+  ``may-reboot``, ``reason``, ``pool`` and the pool's ``reboot`` policy: the
+  standalone ``GET /v1/nodes/{name}/desired`` answer). A ``failed`` counts only from a state
   that answers the current grant (``atoll.dev/observed-grant``,
   :meth:`~atoll.wire.kubenode.NodeState.answers`): after a resume, the
   failure still on the Node is the old grant's. The operator keeps its private memory of
@@ -219,7 +219,7 @@ class NodePoolReconciler:
         true only once none is left. Returns the drain's blocked pods (status).
         """
         old = annotations_of(raw)
-        grant = grant_of(node, result, pool.name, resumed)
+        grant = grant_of(node, result, pool.name, resumed, reboot=pool.spec.reboot)
         new: dict[str, str | None] = dict(memory_of(node))
         rebooting = node.phase is Phase.REBOOTING
         patch: dict[str, Any] = {}
@@ -275,7 +275,9 @@ class NodePoolReconciler:
                 await self.api.delete_pod(namespace, name)
         if step.stage is drain.Stage.SKIP:
             await self._event(pool, "DrainSkipped", f"node {node.name}: {step.reason}")
-            grant, skipped = skip_changes(node, old, grant.version, step.reason, pool.name)
+            grant, skipped = skip_changes(
+                node, old, grant.version, step.reason, pool.name, reboot=grant.reboot
+            )
             changes.update(skipped)
         return step, grant, changes
 

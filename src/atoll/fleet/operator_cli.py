@@ -46,10 +46,12 @@ def _operator(args: argparse.Namespace) -> int:
 
 def nodepool_views(kubeconfig: Path, pool: str | None) -> list[dict[str, Any]]:
     """``atoll fleet status --kubeconfig``: the cluster's NodePools (one, or all) as pool
-    views (:func:`atoll.fleet.nodepool.nodepool_view`), read with the kubeconfig's
-    identity; :class:`InputError` naming the pool when it does not exist."""
+    views (:func:`atoll.fleet.nodepool.nodepool_view`) with their Nodes (each one's
+    last restart), read with the kubeconfig's identity (without the right to list
+    Nodes: the pools' waiting nodes only); :class:`InputError` naming the pool when
+    it does not exist."""
     kopf, operator = _kopf()
-    from atoll.fleet.kube import KubeApi  # noqa: PLC0415 - kopf and aiohttp
+    from atoll.fleet.kube import KubeApi, KubeError  # noqa: PLC0415 - kopf and aiohttp
     from atoll.fleet.nodepool import nodepool_view  # noqa: PLC0415
 
     if not kubeconfig.is_file():
@@ -57,19 +59,27 @@ def nodepool_views(kubeconfig: Path, pool: str | None) -> list[dict[str, Any]]:
     os.environ["KUBECONFIG"] = str(kubeconfig)  # kopf's kubeconfig login reads it
     info = operator.default_login(kopf.OperatorSettings())
 
-    async def listed() -> list[dict[str, Any]]:
+    async def listed() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         api = KubeApi(info)
         try:
-            return await api.list_pools()
+            pools = await api.list_pools()
+            try:
+                nodes = await api.list_nodes()
+            except KubeError as e:
+                if e.status != 403:
+                    raise
+                nodes = []  # an identity that may read NodePools only: their waiting nodes
+            return pools, nodes
         finally:
             await api.close()
 
-    pools = sorted(asyncio.run(listed()), key=lambda o: str(o["metadata"]["name"]))
+    found, nodes = asyncio.run(listed())
+    pools = sorted(found, key=lambda o: str(o["metadata"]["name"]))
     if pool is not None:
         pools = [o for o in pools if o["metadata"]["name"] == pool]
         if not pools:
             raise InputError(f"NodePool {pool!r}: not found in the cluster of {kubeconfig}")
-    return [nodepool_view(o) for o in pools]
+    return [nodepool_view(o, nodes) for o in pools]
 
 
 def _kopf() -> tuple[Any, Any]:

@@ -24,6 +24,7 @@ URL) and key::
     failure_window_seconds = 0      # > 0: only failures this recent count to the budget
     on_step_failure = "fail"        # or "retry": a failed update step retries with backoff
     max_step_retries = 3            # "retry": failed after this many retries of one version
+    reboot = "auto"                 # or "full": how nodes restart (auto: soft when possible)
     [strategy.maintenance_window]   # optional; reboots only inside it
     days = ["sat", "sun"]
     start = "02:00"                 # local time HH:MM
@@ -49,7 +50,7 @@ from atoll.fleet.rollout import (
     PoolSpec,
     Quantity,
 )
-from atoll.wire.fleet import ProtocolError, check_version
+from atoll.wire.fleet import ProtocolError, RebootPolicy, check_version
 
 _POOL_KEYS = {"name", "version", "previous_version", "selector"}
 _STRATEGY_KEYS = {
@@ -67,6 +68,7 @@ _STRATEGY_KEYS = {
     "failure_window_seconds",
     "on_step_failure",
     "max_step_retries",
+    "reboot",
 }
 _WINDOW_KEYS = {"days", "start", "length_minutes", "timezone"}
 _HHMM = re.compile(r"^(\d{2}):(\d{2})$")
@@ -154,6 +156,14 @@ def _on_step_failure(table: dict[str, Any], source: str) -> OnStepFailure:
     return OnStepFailure(raw)
 
 
+def _reboot(table: dict[str, Any], source: str) -> RebootPolicy:
+    raw = table.get("reboot", RebootPolicy.AUTO.value)
+    choices = [p.value for p in RebootPolicy]
+    if raw not in choices:
+        raise InputError(f"{source}: strategy.reboot: expected one of {choices}, got {raw!r}")
+    return RebootPolicy(raw)
+
+
 def _max_step_retries(table: dict[str, Any], source: str) -> int:
     raw = table.get("max_step_retries", MAX_STEP_RETRIES)
     if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= 100:
@@ -225,6 +235,7 @@ def spec_from_dict(data: dict[str, Any], source: str) -> PoolSpec:
         maintenance_window=_window(strategy.get("maintenance_window"), source),
         on_step_failure=_on_step_failure(strategy, source),
         max_step_retries=_max_step_retries(strategy, source),
+        reboot=_reboot(strategy, source),
     )
 
 
@@ -249,6 +260,7 @@ def spec_to_dict(spec: PoolSpec) -> dict[str, Any]:
         "failure_window_seconds": spec.failure_window_seconds,
         "on_step_failure": spec.on_step_failure.value,
         "max_step_retries": spec.max_step_retries,
+        "reboot": spec.reboot.value,
     }
     if spec.priority_label is not None:
         strategy["priority_label"] = spec.priority_label

@@ -81,7 +81,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
-from atoll.wire.fleet import CONTROL, By, Step, StepFailure
+from atoll.wire.fleet import CONTROL, By, RebootPolicy, Restart, Step, StepFailure
 
 _QUANTITY = re.compile(r"^\s*(\d+)\s*(%?)\s*$")
 
@@ -238,6 +238,9 @@ class PoolSpec:
     maintenance_window: MaintenanceWindow | None = None
     on_step_failure: OnStepFailure = OnStepFailure.FAIL
     max_step_retries: int = MAX_STEP_RETRIES
+    reboot: RebootPolicy = RebootPolicy.AUTO
+    """How the pool's nodes restart into a new version (the grant's ``reboot``): soft
+    when the kernel and its arguments allow (``auto``), or always ``full``."""
 
 
 @dataclass(frozen=True)
@@ -265,6 +268,8 @@ class NodeFacts:
     """``on_step_failure = "retry"``: not told to stage again before this moment."""
     step_attempts: int = 0
     """Failed attempts at ``failure.version`` so far (retries count up to ``max_step_retries``)."""
+    restart: Restart | None = None
+    """The last restart into a version its agent reported (soft or full, and why)."""
 
 
 def describe_failure(failure: StepFailure) -> str:

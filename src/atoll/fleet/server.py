@@ -31,7 +31,9 @@ Design:
 
 * **pushed grants**: ``GET /v1/nodes/NAME/desired?wait=ETAG`` is a node's
   watch: answered at once when the node's grant (pool, version, stage,
-  may_reboot; the answer's ``etag``) differs from ``ETAG``, else parked in the
+  may_reboot; the answer's ``etag``; not the reason nor the pool's ``reboot``
+  policy, which the round acting on a reboot grant reads with it) differs
+  from ``ETAG``, else parked in the
   watch hub (:mod:`atoll.fleet.watch`: one selector thread, no thread per
   watch) and answered by the first plan that changes it, or unchanged after
   the server's wait (45 s, jittered, at most 60). Watches are bounded apart
@@ -75,7 +77,15 @@ from atoll.fleet.pool import spec_from_dict, spec_to_dict
 from atoll.fleet.rollout import NodeFacts, Plan, PoolSpec, PoolState, plan
 from atoll.fleet.store import Election, FleetStore, NotLeader, StoreError, Wanted
 from atoll.fleet.watch import DEFAULT_MAX_WATCHES, DEFAULT_WATCH_SECONDS, WatchHub, watch_seconds
-from atoll.wire.fleet import WATCH_MAX, Desired, NodeRecord, ProtocolError, Registration, Report
+from atoll.wire.fleet import (
+    WATCH_MAX,
+    Desired,
+    NodeRecord,
+    ProtocolError,
+    RebootPolicy,
+    Registration,
+    Report,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,14 +115,21 @@ class _Latest:
     plans: dict[str, Plan]
     owners: dict[str, str]
     nodes: dict[str, NodeFacts]
+    specs: dict[str, PoolSpec]
 
     def answer(self, name: str) -> Desired | None:
         node = self.nodes.get(name)
-        return None if node is None else _answer(self.plans, self.owners.get(name), node)
+        if node is None:
+            return None
+        return _answer(self.plans, self.specs, self.owners.get(name), node)
 
 
-def _answer(plans: dict[str, Plan], pool: str | None, node: NodeFacts) -> Desired:
-    """What the node's agent is told (with its etag), given its pool's plan."""
+def _answer(
+    plans: dict[str, Plan], specs: dict[str, PoolSpec], pool: str | None, node: NodeFacts
+) -> Desired:
+    """What the node's agent is told (with its etag), given its pool's plan and spec
+    (whose ``reboot`` it passes on; not part of the etag: a new policy wakes no watch,
+    and the round that acts on a reboot grant reads the policy with it)."""
     result = plans.get(pool) if pool is not None else None
     if pool is None or result is None or node.name not in result.desired:
         return Desired(
@@ -123,12 +140,14 @@ def _answer(plans: dict[str, Plan], pool: str | None, node: NodeFacts) -> Desire
             reason="no pool selects this node",
         ).tagged()
     told = transitions.instruction(node, result.desired[node.name])
+    spec = specs.get(pool)
     return Desired(
         pool=pool,
         version=told.version,
         stage=told.stage,
         may_reboot=told.may_reboot,
         reason=result.waiting.get(node.name, ""),
+        reboot=RebootPolicy.AUTO if spec is None else spec.reboot,
     ).tagged()
 
 
@@ -160,7 +179,7 @@ class Controller:
         self._changed = threading.Condition()
         self.watches = WatchHub()
         """The parked watches of nodes (:mod:`atoll.fleet.watch`); told of every plan."""
-        self._latest = _Latest({}, {}, {})
+        self._latest = _Latest({}, {}, {}, {})
         """The last plan's view: every node's answer (the watch hub's too)."""
         self._begun = 0  # plans begun (each reads the store after it begins)
         self._done = 0  # the last plan finished
@@ -220,7 +239,7 @@ class Controller:
         self._specs = {spec.name: spec for spec, _ in pools}
         if self.persisted != persisted:  # decisions written: answer from the stored nodes
             nodes = self.store.nodes()
-        self._latest = _Latest(plans, owners, {n.name: n for n in nodes})
+        self._latest = _Latest(plans, owners, {n.name: n for n in nodes}, self._specs)
         self.watches.publish(self._latest.answer)
         self._done = generation
         return plans
@@ -272,7 +291,9 @@ class Controller:
         if node is None:
             raise HttpError(HTTPStatus.NOT_FOUND, f"node {name!r} is not registered")
         pool = next((pool for pool, result in plans.items() if name in result.desired), None)
-        return _answer(plans, pool, node)
+        with self.plan_lock:
+            specs = dict(self._specs)
+        return _answer(plans, specs, pool, node)
 
     def pool_view(self, name: str) -> dict[str, Any]:
         spec_state = self.store.pool(name)
@@ -297,6 +318,7 @@ class Controller:
                     "healthy": nodes[n].healthy if n in nodes else None,
                     "reason": result.waiting.get(n, ""),
                     **_failure_json(nodes.get(n)),
+                    "restart": _restart_json(nodes.get(n)),
                 }
                 for n in result.desired
             ]
@@ -336,6 +358,11 @@ def _failure_json(n: NodeFacts | None) -> dict[str, Any]:
     return {"failure": failure, "retry_at": n.retry_at}
 
 
+def _restart_json(n: NodeFacts | None) -> dict[str, Any] | None:
+    """A node's last restart (soft or full, and why), for the pool view."""
+    return None if n is None or n.restart is None else n.restart.to_json()
+
+
 def _node_json(n: NodeFacts) -> dict[str, Any]:
     return NodeRecord(
         name=n.name,
@@ -347,6 +374,7 @@ def _node_json(n: NodeFacts) -> dict[str, Any]:
         last_transition=n.last_transition,
         failure=n.failure,
         retry_at=n.retry_at,
+        restart=n.restart,
     ).to_json()
 
 

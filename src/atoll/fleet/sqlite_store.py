@@ -35,7 +35,7 @@ from atoll.fleet.pool import spec_from_dict, spec_to_dict
 from atoll.fleet.rollout import NodeFacts, Phase, Plan, PoolSpec, PoolState
 from atoll.fleet.store import EVENTS_KEPT, Event, Reported, StoreError, Wanted, report_step
 from atoll.fleet.transitions import NewEvent, PoolStep
-from atoll.wire.fleet import ProtocolError, Registration, Report, StepFailure
+from atoll.wire.fleet import ProtocolError, Registration, Report, Restart, StepFailure
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pools (
@@ -56,7 +56,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     last_report REAL NOT NULL,  -- the last registration or report that changed something
     failure TEXT,  -- the last step failure (the protocol's JSON), or NULL
     retry_at REAL,  -- on_step_failure = "retry": not staged again before this
-    step_attempts INTEGER NOT NULL DEFAULT 0
+    step_attempts INTEGER NOT NULL DEFAULT 0,
+    restart TEXT  -- the last restart its agent reported (the protocol's JSON), or NULL
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -73,11 +74,12 @@ _ADDED_NODE_COLUMNS = {
     "failure": "failure TEXT",
     "retry_at": "retry_at REAL",
     "step_attempts": "step_attempts INTEGER NOT NULL DEFAULT 0",
+    "restart": "restart TEXT",
 }
 
 _SELECT_NODES = (
     "SELECT name, labels, current_version, staged_version, healthy, phase, last_transition,"
-    " failure, retry_at, step_attempts FROM nodes"
+    " failure, retry_at, step_attempts, restart FROM nodes"
 )
 
 
@@ -93,7 +95,7 @@ def store_path(url: str) -> Path:
 
 
 def _node_row(row: Sequence[Any]) -> NodeFacts:
-    name, labels, current, staged, healthy, phase, since, failure, retry_at, attempts = row
+    name, labels, current, staged, healthy, phase, since, failure, retry_at, attempts, restart = row
     return NodeFacts(
         name,
         json.loads(labels),
@@ -105,6 +107,7 @@ def _node_row(row: Sequence[Any]) -> NodeFacts:
         failure=_failure(name, failure),
         retry_at=retry_at,
         step_attempts=int(attempts),
+        restart=_restart(name, restart),
     )
 
 
@@ -115,6 +118,15 @@ def _failure(name: str, raw: str | None) -> StepFailure | None:
         return StepFailure.from_json(json.loads(raw))
     except (ValueError, ProtocolError) as e:
         raise StoreError(f"fleet store: node {name}: failure: {e}") from e
+
+
+def _restart(name: str, raw: str | None) -> Restart | None:
+    if raw is None:
+        return None
+    try:
+        return Restart.from_json(json.loads(raw))
+    except (ValueError, ProtocolError) as e:
+        raise StoreError(f"fleet store: node {name}: restart: {e}") from e
 
 
 def _add_columns(db: sqlite3.Connection) -> None:
@@ -230,6 +242,7 @@ class SqliteStore:
         labels = json.dumps(dict(n.labels), sort_keys=True)
         facts = (n.current_version, n.staged_version, int(n.healthy), n.phase.value)
         failure = None if n.failure is None else json.dumps(n.failure.to_json(), sort_keys=True)
+        restart = None if n.restart is None else json.dumps(n.restart.to_json(), sort_keys=True)
         return (
             n.name,
             labels,
@@ -238,20 +251,21 @@ class SqliteStore:
             failure,
             n.retry_at,
             n.step_attempts,
+            restart,
         )
 
     def _write_reported(self, db: sqlite3.Connection, n: NodeFacts, now: float) -> None:
         """A node as its agent registered or reported it (``last_report`` = now)."""
         db.execute(
             "INSERT INTO nodes(name, labels, current_version, staged_version, healthy, phase,"
-            " last_transition, failure, retry_at, step_attempts, last_report)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+            " last_transition, failure, retry_at, step_attempts, restart, last_report)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
             " ON CONFLICT(name) DO UPDATE SET labels=excluded.labels,"
             " current_version=excluded.current_version, staged_version=excluded.staged_version,"
             " healthy=excluded.healthy, phase=excluded.phase,"
             " last_transition=excluded.last_transition, failure=excluded.failure,"
             " retry_at=excluded.retry_at, step_attempts=excluded.step_attempts,"
-            " last_report=excluded.last_report",
+            " restart=excluded.restart, last_report=excluded.last_report",
             (*self._facts(n), now),
         )
 
@@ -261,8 +275,8 @@ class SqliteStore:
             name, *facts = self._facts(n)
             db.execute(
                 "UPDATE nodes SET labels=?, current_version=?, staged_version=?, healthy=?,"
-                " phase=?, last_transition=?, failure=?, retry_at=?, step_attempts=?"
-                " WHERE name=?",
+                " phase=?, last_transition=?, failure=?, retry_at=?, step_attempts=?,"
+                " restart=? WHERE name=?",
                 (*facts, name),
             )
 

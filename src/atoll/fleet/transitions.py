@@ -294,7 +294,9 @@ def after_report(
       version -> ``staged``; a node told to stage stays ``staging`` until then.
       An idle node healthy on the version it failed a step of forgets the failure.
 
-    ``last_transition`` moves with the phase or the running version only.
+    ``last_transition`` moves with the phase or the running version only. The
+    report's ``restart`` (the node's last restart: soft or full, and why) is kept
+    on the node; a report without one (an agent from before it) keeps what is known.
     """
     failure = report.failure
     decided: str | None = None
@@ -312,6 +314,8 @@ def after_report(
                 replace(new, failure=failure),
                 "recorded only: not the version it moves to",
             )
+    if report.restart is not None:
+        new = replace(new, restart=report.restart)
     events: list[NewEvent] = []
     if new.phase is not old.phase:
         message = f"{old.phase} -> {new.phase} on {report.version}"
