@@ -123,7 +123,7 @@ def test_recorded_upgrade_touches_nothing_on_the_host(daemon: tuple[Path, Path, 
     commands = [json.loads(c) for c in (sock.parent.parent / "commands").read_text().splitlines()]
     assert commands == [
         ["ostree", "admin", "status"],
-        ["ostree", "admin", "deploy", "--retain", "atoll/x86_64/minimal"],
+        ["ostree", "admin", "deploy", "atoll/x86_64/minimal"],
         ["ostree", "admin", "status"],
         ["atoll.agent.bootentries", "sync_node"],
     ]

@@ -265,7 +265,7 @@ def test_the_operator_rolls_a_pool_over_nodes_whose_loops_follow_their_nodes(
         # rebooted once: only after the operator had granted it on the Node.
         assert node.sysroot.booted == v2
         ran = [c for c in node.sysroot.commands if c[:3] != ["ostree", "admin", "status"]]
-        assert ran == [["ostree", "admin", "deploy", "--retain", v2], ["systemctl", "reboot"]]
+        assert ran == [["ostree", "admin", "deploy", v2], ["systemctl", "reboot"]]
         notes = _annotations(cluster, node.name)
         assert notes[protocol.CURRENT_VERSION] == "1.1.0"
         assert protocol.STAGED_VERSION not in notes

@@ -66,7 +66,7 @@ def test_upgrade_deploys_and_syncs_boot_entries(setup: tuple[RunningAgent, Ostre
     status, body = node.call("otto", "POST", "/v1/upgrade", {"to": OLD, "reboot": True})
     assert status == 200 and body["reboot"] == ["systemctl", "reboot"]
     assert ostree.changes()[-2:] == [
-        ["ostree", "admin", "deploy", "--retain", OLD],
+        ["ostree", "admin", "deploy", OLD],
         ["systemctl", "reboot"],
     ]
 

@@ -64,8 +64,8 @@ class FakeSysroot:
                 ]
             lines += [f"* atoll {self.booted}.0", f"    Version: {self.versions[self.booted]}"]
             return "\n".join(lines) + "\n"
-        if list(argv[:4]) == ["ostree", "admin", "deploy", "--retain"]:
-            self.pending = argv[4]
+        if list(argv[:3]) == ["ostree", "admin", "deploy"]:
+            self.pending = argv[-1]
             return ""
         if list(argv) == ["systemctl", "reboot"]:
             assert self.pending is not None, "reboot with nothing staged"
@@ -135,7 +135,7 @@ def test_node_stages_a_signed_commit_and_reboots_only_when_granted(
     # Pulled for real and verified before the deploy; deployed beside, then rebooted.
     assert ostree.has_commit(repo, v2)
     ran = [c for c in sysroot.commands if c[:3] != ["ostree", "admin", "status"]]
-    assert ran == [["ostree", "admin", "deploy", "--retain", v2], ["systemctl", "reboot"]]
+    assert ran == [["ostree", "admin", "deploy", v2], ["systemctl", "reboot"]]
     while time.monotonic() < deadline:
         updater.step()
         status = request_json("GET", f"{controller}/v1/pools/web")["status"]
@@ -339,8 +339,8 @@ class EspSysroot(FakeSysroot):
             self.pending = None
             return ""
         out = super().run(argv, timeout=timeout)
-        if list(argv[:4]) == ["ostree", "admin", "deploy", "--retain"]:
-            self._entry(argv[4], 2)
+        if list(argv[:3]) == ["ostree", "admin", "deploy"]:
+            self._entry(argv[-1], 2)
         return out
 
 
@@ -428,7 +428,7 @@ def test_a_full_esp_undoes_the_upgrade_and_the_controller_hears_why(
     assert not (updater.root / markers.PENDING).exists()
     ran = [c for c in sysroot.commands if c[:3] != ["ostree", "admin", "status"]]
     assert ran == [
-        ["ostree", "admin", "deploy", "--retain", v2],
+        ["ostree", "admin", "deploy", v2],
         ["ostree", "admin", "undeploy", "0"],
     ]
     assert sorted(p.relative_to(esp) for p in esp.rglob("*")) == on_esp  # not a byte of 1.1.0

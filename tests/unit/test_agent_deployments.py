@@ -111,7 +111,7 @@ def test_upgrade_runs_ostree_then_syncs_boot_entries() -> None:
     assert fake.synced == 1
     assert result["deployments"][0]["pending"]
     fake = Deploying()
-    assert fake.deployments().upgrade(NEW)["ran"] == ["ostree", "admin", "deploy", "--retain", NEW]
+    assert fake.deployments().upgrade(NEW)["ran"] == ["ostree", "admin", "deploy", NEW]
 
 
 def test_the_marker_exists_before_the_esp_can_boot_the_new_commit(tmp_path: Path) -> None:
@@ -143,7 +143,7 @@ def test_upgrading_to_the_pending_default_again_finishes_it_without_a_second_dep
     # A ref is resolved by ostree (it may have moved on): deployed as asked.
     fake.calls.clear()
     fake.deployments().upgrade("atoll/x86_64/minimal")
-    assert ["ostree", "admin", "deploy", "--retain", "atoll/x86_64/minimal"] in fake.calls
+    assert ["ostree", "admin", "deploy", "atoll/x86_64/minimal"] in fake.calls
 
 
 def test_finish_staging_syncs_and_marks_a_deploying_upgrade_staged(tmp_path: Path) -> None:
@@ -266,7 +266,7 @@ class Hanging(Deploying):
 def test_a_hung_deploy_fails_naming_the_timeout_and_frees_the_lock(tmp_path: Path) -> None:
     fake = Hanging(tmp_path)
     deployments = fake.deployments()
-    expected = rf"^ostree admin deploy --retain {NEW}: timed out after 1800 s \| pulling\.\.\.$"
+    expected = rf"^ostree admin deploy {NEW}: timed out after 1800 s \| pulling\.\.\.$"
     with pytest.raises(DeploymentError, match=expected) as failed:
         deployments.upgrade(NEW)
     assert isinstance(failed.value.__cause__, command.CommandError)

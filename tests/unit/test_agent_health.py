@@ -339,7 +339,7 @@ def test_a_healthy_new_deployment_is_confirmed(node: Node) -> None:
     assert node.clock.now == 1010.0  # two intervals of fake time
     assert node.marker() is None
     assert node.what() == ["health: trial started", "health: confirmed"]
-    assert node.changes() == [["ostree", "admin", "deploy", "--retain", NEW]]  # no rollback
+    assert node.changes() == [["ostree", "admin", "deploy", NEW]]  # no rollback
     assert node.blessed == 1
     assert node.health()["healthy"] and not node.health()["rolled_back"]
 
@@ -436,7 +436,7 @@ def test_waiting_for_the_reboot_changes_nothing(node: Node) -> None:
     assert node.monitor().settle() is Outcome.WAITING
     marker = node.marker()
     assert marker is not None and marker.state is TrialState.STAGED
-    assert node.changes() == [["ostree", "admin", "deploy", "--retain", NEW]]
+    assert node.changes() == [["ostree", "admin", "deploy", NEW]]
 
 
 def test_a_new_deployment_that_never_reached_the_agent_is_undone(node: Node) -> None:
@@ -457,7 +457,7 @@ def test_a_new_deployment_that_never_reached_the_agent_is_undone(node: Node) -> 
 def cut_short(node: Node, boot: str = "boot-1") -> None:
     """An upgrade deployed in ``boot`` whose ESP sync never happened (power cut)."""
     node.status, node.boot = BOOTED_ONLY, boot
-    node.deployments().run(["ostree", "admin", "deploy", "--retain", NEW], timeout=1)
+    node.deployments().run(["ostree", "admin", "deploy", NEW], timeout=1)
     markers.write_pending(
         node.root / markers.PENDING,
         Pending(NEW, OLD, "1.1.0", "1.0.0", staged_boot=boot, state=TrialState.DEPLOYING),

@@ -388,7 +388,7 @@ def test_a_failed_trial_after_a_soft_reboot_restarts_back_through_the_hook(node:
     )
     assert monitor.settle() is Outcome.ROLLED_BACK
     assert node.changes() == [
-        ["ostree", "admin", "deploy", "--retain", NEW],
+        ["ostree", "admin", "deploy", NEW],
         ["ostree", "admin", "deploy", "--retain", OLD],
     ]  # no systemctl reboot: the hook restarts
     assert len(restarts) == 1 and restarts[0][:2] == (NEW, OLD)

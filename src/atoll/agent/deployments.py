@@ -180,7 +180,11 @@ class Deployments:
         if to is None:
             argv, timeout = ["ostree", "admin", "upgrade"], UPGRADE_TIMEOUT
         elif COMMIT.match(to) or REF.match(to):
-            argv, timeout = ["ostree", "admin", "deploy", "--retain", to], DEPLOY_TIMEOUT
+            # No --retain: ostree keeps the booted deployment (the rollback entry) and
+            # the new one and removes the others, so upgrades do not pile deployments
+            # (and boot entries on the ESP) up. After a soft-reboot ostree still knows
+            # the booted one: it matches the root's device and inode, not the cmdline.
+            argv, timeout = ["ostree", "admin", "deploy", to], DEPLOY_TIMEOUT
         else:
             raise ValueError(f"to: {to!r} is neither a 64-hex commit nor a ref")
         with self.lock:
