@@ -90,7 +90,7 @@ def test_a_grant_is_the_standalone_answer_with_an_etag_of_its_grant_state() -> N
 @pytest.mark.parametrize(
     ("reboot", "policy"),
     [
-        (None, RebootPolicy.AUTO),  # an operator from before pools chose: soft when possible
+        (None, RebootPolicy.FULL),  # an operator from before pools chose: the default
         ("auto", RebootPolicy.AUTO),
         ("full", RebootPolicy.FULL),
     ],

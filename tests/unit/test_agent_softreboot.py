@@ -40,6 +40,7 @@ from tests.unit.test_agent_health import (
     staged,
 )
 
+AUTO = RebootPolicy.AUTO  # the pool's choice in these tests (full is the default)
 K41 = "6.12.41+deb13-cloud-amd64"
 K43 = "6.12.43+deb13-cloud-amd64"
 ARGS = ("root=PARTUUID=abc", "rootfstype=ext4", "rootwait", "console=ttyS0")
@@ -180,15 +181,15 @@ def test_the_next_root_is_prepared_as_prepare_root_prepares_the_first(tmp_path: 
 
 
 def test_a_rollback_restarts_the_way_the_upgrade_it_undoes_did(tmp_path: Path) -> None:
-    assert last_policy(tmp_path) is RebootPolicy.AUTO  # nothing recorded yet
+    assert last_policy(tmp_path) is RebootPolicy.FULL  # nothing recorded yet: the default
     path = tmp_path / "var/lib/atoll/restart.json"
     path.parent.mkdir(parents=True)
     for text, policy in (
         ('{"kind": "full", "policy": "full"}', RebootPolicy.FULL),
         ('{"kind": "soft", "policy": "auto"}', RebootPolicy.AUTO),
-        ('{"kind": "soft"}', RebootPolicy.AUTO),  # written before pools chose
+        ('{"kind": "soft"}', RebootPolicy.FULL),  # written before pools chose
         ('{"policy": "soft"}', RebootPolicy.FULL),  # not this agent's: conservative
-        ("[", RebootPolicy.AUTO),  # unreadable: as if none
+        ("[", RebootPolicy.FULL),  # unreadable: as if none
     ):
         path.write_text(text)
         assert last_policy(tmp_path) is policy, text
@@ -234,7 +235,7 @@ BOOTED = dataclasses.replace(deployment(OLD), booted=True, pending=False, versio
 def test_a_soft_restart_prepares_the_next_root_records_it_and_soft_reboots(tmp_path: Path) -> None:
     run = Recorder()
     r = restarter(tmp_path, run)
-    decision = r.restart(BOOTED, deployment(), "upgrade to 1.1.0")
+    decision = r.restart(BOOTED, deployment(), "upgrade to 1.1.0", AUTO)
     assert decision.kind is RestartKind.SOFT
     # The failures of this userspace stay with it (systemd would carry them over).
     assert run.calls[-2:] == [["systemctl", "reset-failed"], ["systemctl", "soft-reboot"]]
@@ -260,14 +261,14 @@ def test_a_soft_restart_prepares_the_next_root_records_it_and_soft_reboots(tmp_p
     boot_id = tmp_path / "boot_id"
     boot_id.write_text("b1\n")
     assert markers.current_boot_id(boot_id, r.soft_record) == "b1+soft1"
-    r.restart(BOOTED, deployment(), "again")
+    r.restart(BOOTED, deployment(), "again", AUTO)
     assert markers.current_boot_id(boot_id, r.soft_record) == "b1+soft2"
     assert markers.current_boot_id(boot_id, tmp_path / "none") == "b1"
 
 
 def test_another_kernel_is_a_full_reboot_and_says_why(tmp_path: Path) -> None:
     run = Recorder()
-    decision = restarter(tmp_path, run, same=False).restart(BOOTED, deployment(), "upgrade")
+    decision = restarter(tmp_path, run, same=False).restart(BOOTED, deployment(), "upgrade", AUTO)
     assert (decision.kind, decision.reason) == (
         RestartKind.FULL,
         f"kernel {K41} rebuilt (another vmlinuz)",
@@ -289,7 +290,7 @@ def test_the_pools_policy_full_reboots_and_a_rollback_then_follows_it(tmp_path: 
 
 def test_a_systemd_without_soft_reboot_reboots_fully(tmp_path: Path) -> None:
     run = Recorder()
-    decision = restarter(tmp_path, run, soft_reboot=False).restart(BOOTED, deployment(), "up")
+    decision = restarter(tmp_path, run, soft_reboot=False).restart(BOOTED, deployment(), "up", AUTO)
     assert (decision.kind, decision.reason) == (
         RestartKind.FULL,
         "this systemd has no soft-reboot (< 254)",
@@ -299,7 +300,7 @@ def test_a_systemd_without_soft_reboot_reboots_fully(tmp_path: Path) -> None:
 
 def test_a_next_root_that_cannot_be_prepared_falls_back_to_a_full_reboot(tmp_path: Path) -> None:
     run = Recorder(fail="mount --bind /")
-    decision = restarter(tmp_path, run).restart(BOOTED, deployment(), "upgrade")
+    decision = restarter(tmp_path, run).restart(BOOTED, deployment(), "upgrade", AUTO)
     assert decision.kind is RestartKind.FULL
     assert decision.reason.startswith("soft-reboot not prepared: mount --bind")
     assert run.calls[-1] == ["systemctl", "reboot"]
@@ -309,7 +310,7 @@ def test_a_soft_reboot_that_does_not_start_leaves_no_record(tmp_path: Path) -> N
     run = Recorder(fail="systemctl soft-reboot")
     r = restarter(tmp_path, run)
     with pytest.raises(SoftRebootError, match="systemctl soft-reboot"):
-        r.restart(BOOTED, deployment(), "upgrade")
+        r.restart(BOOTED, deployment(), "upgrade", AUTO)
     assert isinstance(SoftRebootError("x"), DeploymentError)  # the update loop's grace
     assert read_soft_record(r.soft_record) is None
 
@@ -323,7 +324,7 @@ def test_a_systemctl_killed_by_the_stop_it_began_keeps_the_next_root_and_the_rec
     run = Recorder(fail="systemctl soft-reboot", status=-15)
     r = restarter(tmp_path, run)
     r.mounted = lambda _: True
-    decision = r.restart(BOOTED, deployment(), "upgrade")
+    decision = r.restart(BOOTED, deployment(), "upgrade", AUTO)
     assert decision.kind is RestartKind.SOFT
     assert run.calls[-1] == ["systemctl", "soft-reboot"]
     assert not any(c[0] == "umount" for c in run.calls[1:]), run.calls
@@ -339,9 +340,9 @@ def test_a_systemctl_killed_by_the_stop_it_began_keeps_the_next_root_and_the_rec
 
 def test_abandoning_a_second_soft_reboot_restores_the_first_ones_record(tmp_path: Path) -> None:
     r = restarter(tmp_path, Recorder())
-    r.restart(BOOTED, deployment(), "upgrade")  # this userspace came from soft-reboot 1
+    r.restart(BOOTED, deployment(), "upgrade", AUTO)  # this userspace came from soft-reboot 1
     r.run = Recorder(fail="systemctl soft-reboot", status=-9)
-    r.restart(BOOTED, deployment(), "again")
+    r.restart(BOOTED, deployment(), "again", AUTO)
     assert read_soft_record(r.soft_record).count == 2  # type: ignore[union-attr]
     r.abandon()
     assert read_soft_record(r.soft_record).count == 1  # type: ignore[union-attr]
@@ -416,7 +417,7 @@ def test_a_soft_reboot_that_did_not_switch_root_is_told_by_the_missing_sysroot(
     sysroot = tmp_path / "sysroot"
     assert switch_failed(record, sysroot) is None  # a firmware boot: no record
     run = Recorder()
-    restarter(tmp_path, run).restart(BOOTED, deployment(), "upgrade")
+    restarter(tmp_path, run).restart(BOOTED, deployment(), "upgrade", AUTO)
     written = tmp_path / "run/atoll-soft-reboot.json"
     failed = switch_failed(written, tmp_path / "empty")  # the old root, /sysroot unmounted
     assert failed is not None and failed.into_commit == NEW

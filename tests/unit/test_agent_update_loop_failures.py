@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from atoll.agent.softreboot import (
 )
 from atoll.agent.update_loop import UpdateError, Updater, UpdaterConfig, failure_of
 from atoll.wire.channel import VerificationError
-from atoll.wire.fleet import Desired, FleetError, Step, StepFailure
+from atoll.wire.fleet import Desired, FleetError, RebootPolicy, Step, StepFailure
 
 OLD, NEW = "a" * 64, "b" * 64
 ESP = "ESP (/boot/efi)"
@@ -172,7 +173,8 @@ def test_a_node_shutting_down_after_systemctl_failed_is_no_failure(
 def test_a_soft_reboot_whose_stop_never_comes_is_taken_back_and_is_a_reboot_failure(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    controller = Controller(REBOOT_INTO_2, WAIT)
+    # The pool chose soft-reboots when possible.
+    controller = Controller(replace(REBOOT_INTO_2, reboot=RebootPolicy.AUTO), WAIT)
     updater, sysroot, audit, _ = _updater(tmp_path, monkeypatch, controller)
     kernel = KernelFacts("6.12.43+deb13-cloud-amd64", tmp_path / "vmlinuz", ("rw",))
     record = tmp_path / "run/atoll-soft-reboot.json"

@@ -36,12 +36,12 @@ WIRE: list[tuple[Any, str]] = [
     (
         Desired("2.0", stage=True, may_reboot=False, reason="", pool="web"),
         '{"pool": "web", "version": "2.0", "stage": true, "may_reboot": false, "reason": "", '
-        '"reboot": "auto"}',
+        '"reboot": "full"}',
     ),
     (
-        Desired("1.0", False, False, "no pool selects this node", None, reboot=RebootPolicy.FULL),
+        Desired("1.0", False, False, "no pool selects this node", None, reboot=RebootPolicy.AUTO),
         '{"pool": null, "version": "1.0", "stage": false, "may_reboot": false, '
-        '"reason": "no pool selects this node", "reboot": "full"}',
+        '"reason": "no pool selects this node", "reboot": "auto"}',
     ),
     (
         NodeRecord("n1", {}, "1.0", None, True, "idle", 12.5),

@@ -252,7 +252,7 @@ def test_a_grant_reads_back_as_itself(grant: Grant) -> None:
 
 def test_the_grant_is_the_fleet_protocols_desired_answer() -> None:
     grant = Grant("2.0", False, True, "web", "go")
-    assert grant.desired() == Desired("2.0", False, True, "go", "web", reboot=RebootPolicy.AUTO)
+    assert grant.desired() == Desired("2.0", False, True, "go", "web", reboot=RebootPolicy.FULL)
     assert grant.patch() == {
         "metadata": {
             "annotations": {
@@ -262,16 +262,16 @@ def test_the_grant_is_the_fleet_protocols_desired_answer() -> None:
                 "atoll.dev/may-reboot": "true",
                 "atoll.dev/reason": "go",
                 "atoll.dev/resumed": None,  # before any resume of the pool
-                "atoll.dev/reboot": "auto",  # the pool's policy
+                "atoll.dev/reboot": "full",  # the pool's policy (the default)
             }
         }
     }
     assert set(grant.annotations()) == set(kubenode.GRANT_ANNOTATIONS)
     # Before any resume the grant's etag is the standalone answer's.
     assert grant.tagged() == grant.desired().tagged()
-    full = replace(grant, reboot=RebootPolicy.FULL)
-    assert full.desired().reboot is RebootPolicy.FULL
-    assert full.tagged().reboot is RebootPolicy.FULL
+    auto = replace(grant, reboot=RebootPolicy.AUTO)
+    assert auto.desired().reboot is RebootPolicy.AUTO
+    assert auto.tagged().reboot is RebootPolicy.AUTO
 
 
 def test_the_reboot_policy_is_not_part_of_the_grants_etag() -> None:
@@ -334,4 +334,4 @@ def test_no_grant_before_the_operator_answers() -> None:
     assert Grant.from_node(_node({C: "1"})) is None
     defaults = Grant.from_node(_node({D: "2", P: "web"}))
     assert defaults == Grant("2", False, False, "web", "")
-    assert defaults.reboot is RebootPolicy.AUTO  # an operator from before pools chose
+    assert defaults.reboot is RebootPolicy.FULL  # an operator from before pools chose

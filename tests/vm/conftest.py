@@ -31,6 +31,8 @@ from atoll.tools.qemu import HostService
 from tests.conftest import DEFAULT_MANIFEST, TEST_CACHE, TEST_EPOCH, ComposedImage
 
 READY_TIMEOUT = 240.0
+PREPARE_ROOT = "atoll-prepare-root: booting deployment "
+SOFT_REBOOT = ": soft reboot into "
 SELFTEST_TIMEOUT = 180.0
 
 
@@ -125,3 +127,16 @@ def update_server_and_controller(
             HostService(UPDATES_PORT, server.server_address[1]),
         )
         yield f"http://127.0.0.1:{port}", services
+
+
+def entered_roots(console: str) -> list[str]:
+    """The deployments a node's userspace started in, in order, as commit prefixes:
+    one per firmware boot (atoll's PID-1 step names the deployment it boots) and one
+    per soft-reboot (the agent names the deployment it switches into)."""
+    found = []
+    for line in console.splitlines():
+        if PREPARE_ROOT in line:
+            found.append(line.split(PREPARE_ROOT)[1].strip().rsplit("/", 1)[-1][:12])
+        elif SOFT_REBOOT in line and "atoll-agent" in line:
+            found.append(line.split(SOFT_REBOOT)[1].split("(", 1)[1][:12])
+    return found

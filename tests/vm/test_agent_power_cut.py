@@ -27,7 +27,6 @@ from pathlib import Path
 
 import pytest
 
-from atoll.agent.failpoints import NAMES
 from atoll.boot.runner import BootSpec, Firmware, Machine
 from atoll.demo import user_data
 from atoll.disk import boot_entries, build_disk, plan_disk
@@ -45,6 +44,9 @@ pytestmark = pytest.mark.timeout(3000)
 
 NODE = "node-pc"
 PREPARE_ROOT = "atoll-prepare-root: booting"
+# The failpoints of a full-reboot upgrade, in order (the soft-reboot's own one,
+# restart:soft, is cut in tests/vm/test_agent_soft_reboot.py).
+NAMES = ("update:pulled", "upgrade:deployed", "upgrade:synced", "trial:started")
 STEP_TIMEOUT = 600.0  # from the ready marker to the next failpoint (pull, deploy, ESP sync)
 
 

@@ -297,8 +297,8 @@ def switch_failed(record: Path = SOFT_RECORD, sysroot: Path = SYSROOT) -> SoftRe
 
 def last_policy(root: Path = Path("/")) -> RebootPolicy:
     """The policy of the last restart an upgrade used (``restart.json``): a rollback
-    restarts the way the pool asked for the upgrade it undoes. None recorded: auto."""
-    raw = (read_last_restart(root) or {}).get("policy", RebootPolicy.AUTO.value)
+    restarts the way the pool asked for the upgrade it undoes. None recorded: full."""
+    raw = (read_last_restart(root) or {}).get("policy", RebootPolicy.FULL.value)
     try:
         return RebootPolicy(raw)
     except ValueError:

@@ -37,7 +37,7 @@ from atoll.durable import write_atomic
 from atoll.process import interrupt_on_sigterm, run
 from atoll.progress import Reporter, reporter_for
 
-STAGES = ("compose", "boot", "ready", "publish", "agent", "fleet", "operator")
+STAGES = ("compose", "boot", "ready", "publish", "agent", "fleet", "operator", "restart")
 CHECKOUT = Path(__file__).resolve().parents[3]
 
 

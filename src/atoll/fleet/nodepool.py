@@ -259,7 +259,7 @@ def grant_of(
     pool: str,
     resumed: str | None = None,
     *,
-    reboot: RebootPolicy = RebootPolicy.AUTO,
+    reboot: RebootPolicy = RebootPolicy.FULL,
 ) -> Grant:
     """The operator's answer to the node's agent (the Node protocol's :class:`Grant`);
     ``resumed`` is the pool's last resume (``atoll.dev/resume``, :class:`PoolMemory`),
@@ -330,7 +330,7 @@ def skip_changes(
     reason: str,
     pool: str,
     *,
-    reboot: RebootPolicy = RebootPolicy.AUTO,
+    reboot: RebootPolicy = RebootPolicy.FULL,
 ) -> tuple[Grant, dict[str, str | None]]:
     """A drain given up with ``onTimeout: skip``: the grant is given back (the node
     is told to stay on its version), the node uncordoned and unmarked, and left out

@@ -238,7 +238,7 @@ class PoolSpec:
     maintenance_window: MaintenanceWindow | None = None
     on_step_failure: OnStepFailure = OnStepFailure.FAIL
     max_step_retries: int = MAX_STEP_RETRIES
-    reboot: RebootPolicy = RebootPolicy.AUTO
+    reboot: RebootPolicy = RebootPolicy.FULL
     """How the pool's nodes restart into a new version (the grant's ``reboot``): soft
     when the kernel and its arguments allow (``auto``), or always ``full``."""
 

@@ -147,7 +147,7 @@ def _answer(
         stage=told.stage,
         may_reboot=told.may_reboot,
         reason=result.waiting.get(node.name, ""),
-        reboot=RebootPolicy.AUTO if spec is None else spec.reboot,
+        reboot=RebootPolicy.FULL if spec is None else spec.reboot,
     ).tagged()
 
 

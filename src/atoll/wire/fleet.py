@@ -402,7 +402,9 @@ class Report:
 
 
 class RebootPolicy(StrEnum):
-    """How a pool's nodes restart into a new version (the grant's ``reboot``)."""
+    """How a pool's nodes restart into a new version (the grant's ``reboot``). ``full``
+    is the default until a soft-reboot that hung on a Kubernetes node is understood
+    (docs/agent.md); ``auto`` is a pool's choice."""
 
     AUTO = "auto"  # a userspace-only soft-reboot when the kernel and its arguments stay
     FULL = "full"  # always a full reboot: firmware, boot loader, kernel
@@ -424,7 +426,7 @@ class Desired:
     reason: str
     pool: str | None
     etag: str | None = None
-    reboot: RebootPolicy = RebootPolicy.AUTO  # the pool's: how the node restarts into it
+    reboot: RebootPolicy = RebootPolicy.FULL  # the pool's: how the node restarts into it
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -468,8 +470,8 @@ class Desired:
 
 
 def _reboot_policy(body: Mapping[str, Any]) -> RebootPolicy:
-    """``reboot`` of a grant; absent (a controller from before pools chose): auto."""
-    raw = body.get("reboot", RebootPolicy.AUTO.value)
+    """``reboot`` of a grant; absent (a controller from before pools chose): full."""
+    raw = body.get("reboot", RebootPolicy.FULL.value)
     try:
         return RebootPolicy(raw)
     except ValueError:

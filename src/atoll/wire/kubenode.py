@@ -247,7 +247,7 @@ class Grant:
     resume is a new grant for every node of the pool, also one whose stage and
     reboot did not change, and a failure said before it is not taken as an answer
     to it (:meth:`NodeState.answers`)."""
-    reboot: RebootPolicy = RebootPolicy.AUTO
+    reboot: RebootPolicy = RebootPolicy.FULL
     """The pool's reboot policy; not part of the etag (:meth:`etag`)."""
 
     def __post_init__(self) -> None:
@@ -314,7 +314,7 @@ class Grant:
                 pool=_read(notes, POOL, _pool),
                 reason=_read_optional(notes, REASON, _reason) or "",
                 resumed=_read_optional(notes, RESUMED, _etag) or "",
-                reboot=RebootPolicy(_read_optional(notes, REBOOT, _reboot) or "auto"),
+                reboot=RebootPolicy(_read_optional(notes, REBOOT, _reboot) or "full"),
             )
 
 

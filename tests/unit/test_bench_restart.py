@@ -1,0 +1,30 @@
+"""The restart benchmark's measure: a node's downtime as its API's clients see it."""
+
+from __future__ import annotations
+
+import pytest
+
+from atoll.bench.restart import downtime
+
+Seen = list[tuple[float, str | None]]
+
+
+@pytest.mark.parametrize(
+    ("seen", "expected"),
+    [
+        # The last answer on the old version, then silence, then the new version.
+        ([(0.0, "1"), (1.0, "1"), (2.0, None), (9.0, None), (9.5, "2")], 8.5),
+        # Answers on the old version after a failed probe still count (a hiccup).
+        ([(0.0, "1"), (1.0, None), (2.0, "1"), (3.0, None), (5.0, "2"), (6.0, "2")], 3.0),
+        # Never on the new version, or never seen on the old one: nothing to say.
+        ([(0.0, "1"), (1.0, None)], None),
+        ([(0.0, None), (1.0, "2")], None),
+        ([], None),
+        # An answer on the old version after the new one (a rollback) is not downtime.
+        ([(0.0, "1"), (4.0, "2"), (6.0, "1")], 4.0),
+    ],
+)
+def test_downtime_is_from_the_last_old_answer_to_the_first_new_one(
+    seen: Seen, expected: float | None
+) -> None:
+    assert downtime(seen, "1", "2") == expected
