@@ -403,7 +403,7 @@ class Report:
 
 class RebootPolicy(StrEnum):
     """How a pool's nodes restart into a new version (the grant's ``reboot``). ``full``
-    is the default until a soft-reboot that hung on a Kubernetes node is understood
+    is the default until what one cluster run showed after a soft-reboot is understood
     (docs/agent.md); ``auto`` is a pool's choice."""
 
     AUTO = "auto"  # a userspace-only soft-reboot when the kernel and its arguments stay
