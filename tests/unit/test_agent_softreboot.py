@@ -200,12 +200,14 @@ class Recorder:
         self.calls: list[list[str]] = []
         self.fail = fail
         self.status = status  # of the failing call: negative, killed by that signal
+        self.outputs: dict[str, str] = {}  # argv prefix -> what it prints
 
     def __call__(self, argv: Sequence[str], *, timeout: float) -> str:
         self.calls.append(list(argv))
-        if self.fail and " ".join(argv).startswith(self.fail):
+        line = " ".join(argv)
+        if self.fail and line.startswith(self.fail):
             raise CommandError(argv, status=self.status)
-        return ""
+        return next((out for prefix, out in self.outputs.items() if line.startswith(prefix)), "")
 
 
 def restarter(
@@ -306,13 +308,50 @@ def test_a_next_root_that_cannot_be_prepared_falls_back_to_a_full_reboot(tmp_pat
     assert run.calls[-1] == ["systemctl", "reboot"]
 
 
-def test_a_soft_reboot_that_does_not_start_leaves_no_record(tmp_path: Path) -> None:
+def test_a_refused_soft_reboot_is_taken_back_and_the_node_reboots_fully(tmp_path: Path) -> None:
+    # A rollback must not stay on the build that failed its trial (nor an upgrade the
+    # controller granted): a soft-reboot systemd refuses becomes a full reboot.
     run = Recorder(fail="systemctl soft-reboot")
     r = restarter(tmp_path, run)
-    with pytest.raises(SoftRebootError, match="systemctl soft-reboot"):
-        r.restart(BOOTED, deployment(), "upgrade", AUTO)
-    assert isinstance(SoftRebootError("x"), DeploymentError)  # the update loop's grace
+    r.mounted = lambda _: True
+    previous = {"kind": "full", "reason": "policy full", "policy": "full"}
+    markers.write_json(r.root / "var/lib/atoll/restart.json", previous)
+    decision = r.restart(BOOTED, deployment(), "rollback: x", AUTO)
+    assert decision.kind is RestartKind.FULL
+    assert decision.reason.startswith("soft-reboot refused: systemctl soft-reboot")
+    assert run.calls[-4:] == [
+        ["systemctl", "soft-reboot"],
+        ["systemctl", "list-jobs", "--no-legend", "--plain"],  # not queued: refused
+        ["umount", "--recursive", str(tmp_path / "nextroot")],
+        ["systemctl", "reboot"],
+    ]
     assert read_soft_record(r.soft_record) is None
+    last = read_last_restart(r.root)
+    assert last is not None and (last["kind"], last["why"]) == ("full", "rollback: x")
+    assert isinstance(SoftRebootError("x"), DeploymentError)  # the update loop's grace
+
+
+def test_a_soft_reboot_taken_back_puts_the_last_restart_back(tmp_path: Path) -> None:
+    run = Recorder(fail="systemctl soft-reboot", status=-15)  # under way, it seemed
+    r = restarter(tmp_path, run)
+    previous = {"kind": "full", "reason": "policy full", "policy": "full"}
+    markers.write_json(r.root / "var/lib/atoll/restart.json", previous)
+    r.restart(BOOTED, deployment(), "upgrade", AUTO)
+    assert read_last_restart(r.root)["kind"] == "soft"  # type: ignore[index]
+    r.abandon()  # ... yet the agent still ran long after: it did not happen
+    assert read_last_restart(r.root) == previous
+
+
+def test_systemctl_failing_after_the_job_was_queued_is_the_soft_reboot_under_way(
+    tmp_path: Path,
+) -> None:
+    run = Recorder(fail="systemctl soft-reboot")
+    run.outputs["systemctl list-jobs"] = "7 soft-reboot.target start waiting\n"
+    r = restarter(tmp_path, run)
+    decision = r.restart(BOOTED, deployment(), "upgrade", AUTO)
+    assert decision.kind is RestartKind.SOFT
+    assert run.calls[-1][:2] == ["systemctl", "list-jobs"]  # no umount, no reboot
+    assert read_soft_record(r.soft_record) is not None
 
 
 def test_a_systemctl_killed_by_the_stop_it_began_keeps_the_next_root_and_the_record(

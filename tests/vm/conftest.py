@@ -130,13 +130,17 @@ def update_server_and_controller(
 
 
 def entered_roots(console: str) -> list[str]:
-    """The deployments a node's userspace started in, in order, as commit prefixes:
-    one per firmware boot (atoll's PID-1 step names the deployment it boots) and one
-    per soft-reboot (the agent names the deployment it switches into)."""
+    """The deployments a node's userspace was started in or asked to switch into, in
+    order, as commit prefixes: one per firmware boot (atoll's PID-1 step names the
+    deployment it boots) and one per soft-reboot the agent asked for (it names the
+    deployment; whether the switch happened, the next line of the story says: the
+    trial of that version, or the agent's "did not switch root")."""
     found = []
     for line in console.splitlines():
         if PREPARE_ROOT in line:
             found.append(line.split(PREPARE_ROOT)[1].strip().rsplit("/", 1)[-1][:12])
         elif SOFT_REBOOT in line and "atoll-agent" in line:
-            found.append(line.split(SOFT_REBOOT)[1].split("(", 1)[1][:12])
+            # "<version> (<commit>): <reason>", or "<commit>: <reason>" without a version
+            label = line.split(SOFT_REBOOT)[1]
+            found.append(label.split("(", 1)[1][:12] if "(" in label.split(":")[0] else label[:12])
     return found

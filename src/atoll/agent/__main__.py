@@ -112,7 +112,7 @@ def _recover_from_a_soft_reboot_that_did_not_switch() -> bool:
         return False
     _log(
         f"the soft-reboot into {failed.into_commit[:12]} did not switch root "
-        "(/sysroot is not mounted): rebooting fully"
+        "(no sysroot repository under /sysroot): rebooting fully"
     )
     try:
         command.run(["systemctl", "reboot"], timeout=softreboot.SOFT_REBOOT_TIMEOUT)

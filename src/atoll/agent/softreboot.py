@@ -335,6 +335,7 @@ class Restarter:
     log: Callable[[str], None] = field(default=lambda m: None)
     _asked: bool = field(default=False, init=False, repr=False)  # soft-reboot asked for
     _previous: SoftRecord | None = field(default=None, init=False, repr=False)
+    _previous_restart: dict[str, Any] | None = field(default=None, init=False, repr=False)
 
     def decision(self, into: Deployment, policy: RebootPolicy) -> RestartDecision:
         if policy is RebootPolicy.AUTO and not (self.root / SOFT_REBOOT_TARGET).is_file():
@@ -354,8 +355,8 @@ class Restarter:
         """Record and start the restart from ``booted`` into ``into`` (the boot entries
         are already on the ESP). ``policy`` is the pool's (the grant's ``reboot``); None
         (a rollback): the policy of the upgrade it undoes (:func:`last_policy`). A
-        soft-reboot that cannot be prepared falls back to a full reboot, and says so.
-        Raises :class:`DeploymentError` when neither starts."""
+        soft-reboot that cannot be prepared, or that systemd refuses, falls back to a
+        full reboot, and says so. Raises :class:`DeploymentError` when that fails too."""
         if policy is None:
             policy = last_policy(self.root)
         decision = self.decision(into, policy)
@@ -365,13 +366,21 @@ class Restarter:
             except (SoftRebootError, OSError) as e:
                 self._undo_nextroot()
                 decision = RestartDecision(RestartKind.FULL, f"soft-reboot not prepared: {e}")
-        self._remember(decision, policy, booted, into, why)
         label = f"{into.version} ({into.checksum[:12]})" if into.version else into.checksum[:12]
-        self.log(f"{why}: {decision.kind} reboot into {label}: {decision.reason}")
         if decision.kind is RestartKind.SOFT:
-            self._soft_reboot(booted, into, decision)
-        else:
-            self._call(["systemctl", "reboot"], SOFT_REBOOT_TIMEOUT)
+            self._previous_restart = read_last_restart(self.root)
+            self._remember(decision, policy, booted, into, why)
+            self.log(f"{why}: {decision.kind} reboot into {label}: {decision.reason}")
+            try:
+                self._soft_reboot(booted, into, decision)
+                return decision
+            except SoftRebootError as e:
+                # Refused (a rollback must not stay on the build that failed its trial,
+                # nor an upgrade the controller granted): the firmware way, and say so.
+                decision = RestartDecision(RestartKind.FULL, f"soft-reboot refused: {e}")
+        self._remember(decision, policy, booted, into, why)
+        self.log(f"{why}: {decision.kind} reboot into {label}: {decision.reason}")
+        self._call(["systemctl", "reboot"], SOFT_REBOOT_TIMEOUT)
         return decision
 
     def _remember(
@@ -438,16 +447,25 @@ class Restarter:
         try:
             self.run(["systemctl", "soft-reboot"], timeout=SOFT_REBOOT_TIMEOUT)
         except command.CommandError as e:
-            if e.status is None or e.status >= 0:
+            # Killed by a signal: the stop of the agent's unit, which the soft-reboot
+            # it asked for begins with, reached systemctl before it exited; or it
+            # failed after systemd had queued the job (its bus went away). Either way
+            # the soft-reboot is under way: the next root and the record must stay
+            # (undoing them is what sent systemd back into the old root). Still
+            # running much later: the caller's :meth:`abandon`.
+            if not (e.status is not None and e.status < 0) and not self._queued():
                 self.abandon()  # refused: this userspace goes on
                 raise SoftRebootError(str(e)) from e
-            # Killed by a signal: the stop of the agent's unit, which the
-            # soft-reboot it asked for begins with, reached systemctl before it
-            # exited. The soft-reboot is under way: the next root and the record
-            # must stay (undoing them here is what sent systemd back into the old
-            # root). Still running much later: the caller's :meth:`abandon`.
-            self.log(f"systemctl soft-reboot ended by signal {-e.status}: stopping")
+            self.log(f"systemctl soft-reboot: {e}; the soft-reboot is under way")
         failpoints.hit("restart:soft", self.root)
+
+    def _queued(self) -> bool:
+        """Whether systemd holds a soft-reboot job (asked for, not refused)."""
+        try:
+            jobs = self.run(["systemctl", "list-jobs", "--no-legend", "--plain"], timeout=30.0)
+        except command.CommandError:
+            return False  # no answer: as refused, the conservative reading here
+        return any(line.split()[1:2] == ["soft-reboot.target"] for line in jobs.splitlines())
 
     def abandon(self) -> None:
         """Take back a soft-reboot that did not happen (the agent still runs long after
@@ -460,4 +478,9 @@ class Restarter:
             markers.clear(self.soft_record)
         else:
             markers.write_json(self.soft_record, self._previous.as_dict())
+        # restart.json says what the last restart was: this one did not happen.
+        if self._previous_restart is None:
+            markers.clear(self.root / LAST_RESTART)
+        else:
+            markers.write_json(self.root / LAST_RESTART, self._previous_restart)
         self._undo_nextroot()

@@ -233,7 +233,7 @@ class Grant:
     ``stage``; switch to it and reboot only when ``may_reboot`` (the operator has
     then cordoned and drained the node and counts it unavailable), the way its
     pool says (``reboot``: ``auto``, soft when the kernel allows, or ``full``;
-    :data:`REBOOT`, absent: ``auto``). ``reason`` says why it waits (cut to one
+    :data:`REBOOT`, absent: ``full``). ``reason`` says why it waits (cut to one
     line of :data:`REASON_MAX` characters)."""
 
     version: str
