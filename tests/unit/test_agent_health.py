@@ -598,3 +598,18 @@ def test_a_round_outside_a_trial_says_when_the_node_turns_unhealthy_and_back(nod
         "unhealthy: containerd: exit 1: failed to dial",
         "healthy",
     ]
+
+
+def test_a_round_while_the_node_shuts_down_says_nothing_of_its_health(node: Node) -> None:
+    # A reboot the agent asked for stops units and containerd: not an unhealthy node. The
+    # last record stands, so the controller (or the Node) never hears "failed" from it.
+    stopping = [Check("systemd", False, "stopping"), NO_CONTAINERD[1], GOOD[2]]
+    node.rounds = [GOOD, stopping]
+    said: list[str] = []
+    monitor = node.monitor()
+    monitor.log = said.append
+    monitor.round()
+    before = node.health()
+    monitor.round()
+    assert node.health() == before and before["healthy"] is True
+    assert not any(m.startswith("unhealthy") for m in said), said

@@ -4,6 +4,7 @@ the loop does about it: undo, audit, report once, then follow the controller."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -200,6 +201,21 @@ def test_a_soft_reboot_whose_stop_never_comes_is_taken_back_and_is_a_reboot_fail
     assert (failure.step, failure.version) == (Step.REBOOT, NEW)
     assert failure.reason == "systemctl soft-reboot: the agent still runs 0.01 s later"
     assert sysroot.pending is None and len(audit) == 1
+
+
+def test_the_grace_after_a_failed_reboot_ends_with_the_agents_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The shutdown the reboot began stops the agent: it must not sit out the grace
+    # (its unit's stop would wait, and its health rounds would see the node going down).
+    controller = Controller(REBOOT_INTO_2)
+    updater, sysroot, audit, _ = _updater(tmp_path, monkeypatch, controller)
+    updater.pause, updater.reboot_grace = None, 600.0
+    threading.Timer(0.2, updater.stopping.set).start()
+    started = time.monotonic()
+    updater.step()
+    assert time.monotonic() - started < 30.0
+    assert sysroot.pending == NEW and audit == [] and len(controller.reports) == 1
 
 
 def test_a_failure_the_controller_did_not_hear_goes_with_the_next_report(

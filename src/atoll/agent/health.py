@@ -394,6 +394,11 @@ class Monitor:
     def round(self, booted: Deployment | None = None, trial: Pending | None = None) -> list[Check]:
         """Run the checks, write health.json, bless the boot entry once healthy."""
         checks = self.checks()
+        if any(c.name == "systemd" and c.detail.startswith("stopping") for c in checks):
+            # The node is shutting down (a reboot it asked for): units stop, containerd
+            # goes; that says nothing of its health. The last record stands, so no
+            # "unhealthy" reaches the controller (or the Node) as the node leaves.
+            return checks
         healthy = all(c.ok for c in checks)
         if trial is None and healthy != self.last.get("healthy"):
             # Said when it changes (the trial says its own): why a node is unhealthy

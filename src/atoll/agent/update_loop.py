@@ -328,7 +328,9 @@ class Updater:
         default=lambda m: print(f"atoll-agent: {m}", file=sys.stderr)
     )
     record: Callable[..., object] | None = None  # AuditLog.append: step failures
-    pause: Callable[[float], object] = time.sleep  # the grace after a failed reboot
+    # The grace after a failed reboot; None: wait for the agent's stop (the shutdown the
+    # reboot began ends the wait at once, so the agent does not hold up its unit's stop).
+    pause: Callable[[float], object] | None = None
     reboot_grace: float = REBOOT_GRACE
     soft_reboot_wait: float = SOFT_REBOOT_WAIT
     restarter: Restarter | None = None  # soft or full (softreboot); None: systemctl reboot
@@ -495,7 +497,10 @@ class Updater:
             # Usually the shutdown it started has already killed systemctl (and
             # soon the agent). Still running after the grace: it did not start.
             self.log(f"reboot requested; systemctl: {e}")
-            self.pause(self.reboot_grace)
+            if self.pause is None:
+                self.stopping.wait(self.reboot_grace)
+            else:
+                self.pause(self.reboot_grace)
             if self.stopping.is_set():
                 return
             raise DeploymentError(f"{e}; the node still runs {self.reboot_grace:g} s later") from e
