@@ -7,9 +7,19 @@ from typing import Any
 
 import pytest
 
+from atoll.agent.command import CommandError
 from atoll.pki import Role
 from tests.integration.running_agent import RunningAgent
 from tests.unit.test_agent_deployments import AFTER_REBOOT, NEW, OLD, PENDING
+
+# AFTER_REBOOT, then ``ostree admin deploy --retain OLD``: OLD the default, NEW booted.
+ROLLED_BACK = f"""  atoll {OLD}.1
+    Version: 1.0.0
+    origin refspec: atoll/x86_64/minimal
+* atoll {NEW}.0
+    Version: 1.1.0
+    origin refspec: atoll/x86_64/minimal
+"""
 
 
 class Ostree:
@@ -19,6 +29,7 @@ class Ostree:
         self.status = AFTER_REBOOT
         self.calls: list[list[str]] = []
         self.synced = 0
+        self.fail_reboot = False
 
     def answer(self, argv: list[str]) -> str:
         self.calls.append(list(argv))
@@ -26,6 +37,10 @@ class Ostree:
             return self.status
         if argv[:3] == ["ostree", "admin", "upgrade"]:
             self.status = PENDING
+        if argv[:3] == ["ostree", "admin", "deploy"] and self.status == AFTER_REBOOT:
+            self.status = ROLLED_BACK
+        if argv == ["systemctl", "reboot"] and self.fail_reboot:
+            raise CommandError(argv, status=1, stderr="Failed to reboot: Access denied")
         return ""
 
     def sync(self) -> None:
@@ -69,6 +84,16 @@ def test_upgrade_deploys_and_syncs_boot_entries(setup: tuple[RunningAgent, Ostre
         ["ostree", "admin", "deploy", OLD],
         ["systemctl", "reboot"],
     ]
+    # Into the pending default: the last restart, as the fleet and a rollback read it.
+    restart = node.call("vera", "GET", "/v1/status")[1]["restart"]
+    assert {k: restart[k] for k in ("kind", "reason", "policy", "why", "from", "into")} == {
+        "kind": "full",
+        "reason": "asked for through the API",
+        "policy": "full",
+        "why": "upgrade through the API",
+        "from": OLD,
+        "into": NEW,
+    }
 
 
 def test_rollback_and_reboot(setup: tuple[RunningAgent, Ostree]) -> None:
@@ -80,6 +105,24 @@ def test_rollback_and_reboot(setup: tuple[RunningAgent, Ostree]) -> None:
         ["ostree", "admin", "deploy", "--retain", OLD],
         ["systemctl", "reboot"],
     ]
+    restart = node.call("vera", "GET", "/v1/status")[1]["restart"]
+    assert (restart["why"], restart["from"], restart["into"]) == (
+        "reboot through the API",
+        NEW,
+        OLD,
+    )
+
+
+def test_a_plain_reboot_keeps_the_last_restart_and_a_failed_one_puts_it_back(
+    setup: tuple[RunningAgent, Ostree],
+) -> None:
+    node, ostree = setup
+    assert node.call("otto", "POST", "/v1/reboot", {})[0] == 200  # nothing pending
+    assert node.call("vera", "GET", "/v1/status")[1]["restart"] is None
+    ostree.fail_reboot = True
+    status, body = node.call("otto", "POST", "/v1/rollback", {"reboot": True})
+    assert status == 409 and "Access denied" in body["error"]
+    assert node.call("vera", "GET", "/v1/status")[1]["restart"] is None
 
 
 def test_viewer_may_not_deploy(setup: tuple[RunningAgent, Ostree]) -> None:

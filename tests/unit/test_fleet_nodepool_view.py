@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from atoll.fleet.cli import _pool_lines
-from atoll.fleet.nodepool import nodepool_view
+from atoll.fleet.nodepool import nodepool_view, observe
 from atoll.wire.fleet import Restart, RestartKind
 from atoll.wire.kubenode import Grant, NodeState
 
@@ -105,3 +105,15 @@ def test_the_pools_nodes_show_the_kind_of_their_last_restart_and_why() -> None:
     ]
     # Without the Nodes (an identity that may not list them): the waiting nodes, as before.
     assert [n["name"] for n in nodepool_view(PAUSED)["nodes"]] == ["node-2"]
+
+
+def test_a_restart_annotation_that_is_none_is_shown_unreadable_and_plans_on() -> None:
+    node = _node("node-1", NodeState("1.1.0"), Grant("1.1.0", False, False, "demo"))
+    node["metadata"]["annotations"]["atoll.dev/restart"] = "soft"  # edited by hand
+    view = nodepool_view(PAUSED, [node])
+    assert _pool_lines(view)[3].startswith(
+        "    last restart: unreadable (annotation atoll.dev/restart: expected a restart's JSON"
+    )
+    # Display only: the node's state still reads, so its pool keeps planning.
+    seen = observe([node], now=0.0)
+    assert seen.unreadable == [] and [n.name for n in seen.facts] == ["node-1"]

@@ -173,6 +173,20 @@ SOFT_JSON = kubenode.restart_text(SOFT)
         ({C: "1", F: "true", kubenode.FAILURE: "x" * 501}, "at most 500 characters"),
         ({C: 1}, "annotation atoll.dev/current-version: expected a version (1-128"),
         ({C: "1", kubenode.OBSERVED_GRANT: "A-1"}, "annotation atoll.dev/observed-grant"),
+    ],
+)
+def test_a_state_that_breaks_the_protocol_names_the_node_and_key(
+    notes: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(NodeProtocolError, match=r"^node n1: ") as raised:
+        NodeState.from_node(_node(notes))
+    assert message in str(raised.value)
+    assert len(str(raised.value)) < 300  # a long value is not repeated whole
+
+
+@pytest.mark.parametrize(
+    ("notes", "message"),
+    [
         ({C: "1", kubenode.RESTART: "soft"}, "annotation atoll.dev/restart: expected a restart"),
         ({C: "1", kubenode.RESTART: "[]"}, "restart must be a JSON object"),
         (
@@ -193,13 +207,15 @@ SOFT_JSON = kubenode.restart_text(SOFT)
         ({C: "1", kubenode.RESTART: SOFT_JSON + " " * 2048}, "expected a restart's JSON, got"),
     ],
 )
-def test_a_state_that_breaks_the_protocol_names_the_node_and_key(
+def test_a_restart_that_is_none_is_named_by_the_views_and_blocks_nothing(
     notes: dict[str, Any], message: str
 ) -> None:
-    with pytest.raises(NodeProtocolError, match=r"^node n1: ") as raised:
-        NodeState.from_node(_node(notes))
+    # Display only: the state still reads (its pool keeps planning), without a restart.
+    state = NodeState.from_node(_node(notes))
+    assert state is not None and state.version == "1" and state.restart is None
+    with pytest.raises(ProtocolError) as raised:
+        kubenode.read_restart(notes)
     assert message in str(raised.value)
-    assert len(str(raised.value)) < 300  # a long value is not repeated whole
 
 
 def test_annotations_that_are_not_an_object() -> None:

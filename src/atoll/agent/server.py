@@ -236,21 +236,32 @@ class Agent:
         to = body.get("to")
         if to is not None and not (COMMIT.fullmatch(to) or REF.fullmatch(to)):
             raise ApiError(HTTPStatus.BAD_REQUEST, f"to: {to!r} is neither a commit nor a ref")
-        return self._deploy(lambda: self.deployments.upgrade(to), bool(body.get("reboot")))
+        return self._deploy(
+            lambda: self.deployments.upgrade(to), bool(body.get("reboot")), "upgrade"
+        )
 
     def rollback(self, _: Identity, body: dict[str, Any], __: dict[str, list[str]]) -> Any:
         _check_fields(body, {"reboot": bool})
-        return self._deploy(self.deployments.rollback, bool(body.get("reboot")))
+        return self._deploy(self.deployments.rollback, bool(body.get("reboot")), "rollback")
 
     def reboot(self, _: Identity, body: dict[str, Any], __: dict[str, list[str]]) -> Any:
         _check_fields(body, {})
-        return self._deploy(lambda: {}, True)
+        return self._deploy(lambda: {}, True, "reboot")
 
-    def _deploy(self, action: Callable[[], dict[str, Any]], reboot: bool) -> Any:
+    def _deploy(self, action: Callable[[], dict[str, Any]], reboot: bool, why: str) -> Any:
         try:
             result = action()
             if reboot:
-                result["reboot"] = self.deployments.reboot()
+                # Into a pending deployment: recorded as the last restart (restart.json),
+                # so GET /v1/status, the fleet, and a rollback of it know how it went.
+                restarter = softreboot.Restarter(self.deployments.run, root=self.config.root)
+                argv: list[str] = []
+                restarter.full_reboot(
+                    self.deployments.status(),
+                    f"{why} through the API",
+                    lambda: argv.extend(self.deployments.reboot()),
+                )
+                result["reboot"] = argv
         except DeploymentError as e:
             raise ApiError(HTTPStatus.CONFLICT, str(e)) from e
         return result

@@ -383,6 +383,39 @@ class Restarter:
         self._call(["systemctl", "reboot"], SOFT_REBOOT_TIMEOUT)
         return decision
 
+    def full_reboot(
+        self, current: Sequence[Deployment], why: str, reboot: Callable[[], object]
+    ) -> RestartDecision | None:
+        """A full reboot someone asked for (``POST /v1/upgrade`` with ``reboot``), with
+        ``current`` the deployments as ``ostree admin status`` lists them: when it
+        enters another deployment than the booted one (the default, first), record it
+        as an upgrade's restart is recorded (policy full: a rollback of it reboots
+        fully too), then ``reboot()``. The booted one still the default: a plain
+        reboot, nothing recorded (``restart.json`` keeps the last upgrade's). Returns
+        what was recorded; a ``reboot()`` that raises puts the last record back."""
+        booted = next((d for d in current if d.booted), None)
+        if booted is None or current[0].booted:
+            reboot()
+            return None
+        into = current[0]
+        decision = RestartDecision(RestartKind.FULL, "asked for through the API")
+        self._previous_restart = read_last_restart(self.root)
+        self._remember(decision, RebootPolicy.FULL, booted, into, why)
+        label = f"{into.version} ({into.checksum[:12]})" if into.version else into.checksum[:12]
+        self.log(f"{why}: full reboot into {label}: {decision.reason}")
+        try:
+            reboot()
+        except BaseException:
+            self._put_back_last_restart()  # it did not happen: the last one is still the last
+            raise
+        return decision
+
+    def _put_back_last_restart(self) -> None:
+        if self._previous_restart is None:
+            markers.clear(self.root / LAST_RESTART)
+        else:
+            markers.write_json(self.root / LAST_RESTART, self._previous_restart)
+
     def _remember(
         self,
         decision: RestartDecision,
@@ -479,8 +512,5 @@ class Restarter:
         else:
             markers.write_json(self.soft_record, self._previous.as_dict())
         # restart.json says what the last restart was: this one did not happen.
-        if self._previous_restart is None:
-            markers.clear(self.root / LAST_RESTART)
-        else:
-            markers.write_json(self.root / LAST_RESTART, self._previous_restart)
+        self._put_back_last_restart()
         self._undo_nextroot()

@@ -213,6 +213,8 @@ def _view_restart(node: dict[str, Any]) -> str | None:
     raw = node.get("restart")
     if raw is None:
         return None
+    if isinstance(raw, str):  # the error that names why a Node's annotation is no restart
+        return f"last restart: unreadable ({raw})"
     try:
         return restart_line(Restart.from_json(raw))
     except ProtocolError as e:

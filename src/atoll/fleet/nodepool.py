@@ -41,8 +41,8 @@ from atoll.fleet.transitions import (
     matches,
     resumed,
 )
-from atoll.wire.fleet import RebootPolicy
-from atoll.wire.kubenode import Grant, NodeProtocolError, NodeState, resume_token
+from atoll.wire.fleet import ProtocolError, RebootPolicy
+from atoll.wire.kubenode import Grant, NodeProtocolError, NodeState, read_restart, resume_token
 
 KIND = "NodePool"
 
@@ -609,10 +609,19 @@ def _with_members(
             "healthy": state.healthy,
             "reason": grant.reason,
         }
-        restart = None if state.restart is None else state.restart.to_json()
-        members.append({**entry, "restart": restart})
+        members.append({**entry, "restart": _restart_shown(raw)})
     members.sort(key=lambda n: str(n["name"]))
     return members + list(listed.values())
+
+
+def _restart_shown(raw: Mapping[str, Any]) -> dict[str, Any] | str | None:
+    """A Node's last restart as the fleet protocol's JSON, None when it has none, or
+    the error that names why its annotation is not one (shown as unreadable)."""
+    try:
+        restart = read_restart(annotations_of(raw))
+    except ProtocolError as e:
+        return str(e)
+    return None if restart is None else restart.to_json()
 
 
 _COUNTS = ("total", "updated", "updating", "pending", "failed", "held", "unavailable")

@@ -222,7 +222,10 @@ class NodeState:
                 commit=_read_optional(notes, COMMIT, _commit),
                 health=Health(health),
                 observed=_read_optional(notes, OBSERVED_GRANT, _etag),
-                restart=read_restart(notes),
+                # Display only: a value that is not a restart decides nothing, so it
+                # must not make the Node unreadable (that stops its pool's planning);
+                # it reads as none here, and read_restart names it for the views.
+                restart=_restart_or_none(notes),
             )
 
 
@@ -344,6 +347,13 @@ def read_restart(notes: Mapping[str, object]) -> Restart | None:
         return Restart.from_json(json.loads(raw))
     except ValueError as e:  # not JSON, or not a restart (ProtocolError)
         raise _KeyError(RESTART, f"expected a restart's JSON ({e}), got {_shown(raw)}") from e
+
+
+def _restart_or_none(notes: Mapping[str, object]) -> Restart | None:
+    try:
+        return read_restart(notes)
+    except ProtocolError:
+        return None
 
 
 def _bool(value: bool) -> str:
