@@ -8,6 +8,7 @@ Everything here runs in-process without an API server. The operator's wiring
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -289,18 +290,40 @@ def _facts(name: str, phase: Phase) -> NodeFacts:
 
 
 @pytest.mark.parametrize(
-    ("phases", "order"),
+    ("phases", "groups"),
     [
         # a node finishing (c) and the next granted (b): the uncordon is written first
-        ({"a": Phase.IDLE, "b": Phase.REBOOTING, "c": Phase.IDLE}, ["a", "c", "b"]),
-        ({"a": Phase.REBOOTING, "b": Phase.STAGED, "c": Phase.FAILED}, ["b", "c", "a"]),
-        ({"a": Phase.REBOOTING, "b": Phase.REBOOTING}, ["a", "b"]),  # each group in order
-        ({"a": Phase.STAGING, "b": Phase.IDLE}, ["a", "b"]),
+        ({"a": Phase.IDLE, "b": Phase.REBOOTING, "c": Phase.IDLE}, [["a", "c"], ["b"]]),
+        ({"a": Phase.REBOOTING, "b": Phase.STAGED, "c": Phase.FAILED}, [["b", "c"], ["a"]]),
+        ({"a": Phase.REBOOTING, "b": Phase.REBOOTING}, [["a", "b"]]),  # each group in order
+        ({"a": Phase.STAGING, "b": Phase.IDLE}, [["a", "b"]]),
         ({}, []),
     ],
 )
 def test_nodes_leaving_rebooting_are_written_before_nodes_entering_it(
-    phases: dict[str, Phase], order: list[str]
+    phases: dict[str, Phase], groups: list[list[str]]
 ) -> None:
     facts = [_facts(name, phase) for name, phase in phases.items()]
-    assert [n.name for n in nodepool.release_first(facts)] == order
+    assert [[n.name for n in g] for g in nodepool.release_first(facts)] == groups
+
+
+def test_bounded_keeps_the_order_the_limit_and_raises_after_every_call_ended() -> None:
+    flight = {"now": 0, "most": 0}
+    ended: list[int] = []
+
+    async def call(i: int) -> int:
+        flight["now"] += 1
+        flight["most"] = max(flight["most"], flight["now"])
+        await asyncio.sleep(0.001 * (i % 3))
+        flight["now"] -= 1
+        ended.append(i)
+        if i == 2:
+            raise RuntimeError("patch of node 2 refused")
+        return i * 10
+
+    assert asyncio.run(op.bounded([call(i) for i in (0, 1, 3, 4, 5)], 2)) == [0, 10, 30, 40, 50]
+    assert flight["most"] == 2
+    ended.clear()
+    with pytest.raises(RuntimeError, match="node 2 refused"):
+        asyncio.run(op.bounded([call(i) for i in range(6)], 3))
+    assert sorted(ended) == list(range(6))  # none was left running

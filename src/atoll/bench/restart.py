@@ -108,6 +108,19 @@ def downtime(seen: list[tuple[float, str | None]], old: str, new: str) -> float 
     return None if last_old is None else first_new - last_old
 
 
+def answers(seen: list[tuple[float, str | None]], most: int = 12) -> str:
+    """The probes' story in runs of the same answer: ``no answer x8, 1.0.0 x30, ...``
+    (its first ``most`` runs): what a failed measurement says it saw."""
+    runs: list[list[Any]] = []
+    for _, version in seen:
+        if runs and runs[-1][0] == version:
+            runs[-1][1] += 1
+        else:
+            runs.append([version, 1])
+    shown = [f"{v or 'no answer'} x{n}" for v, n in runs[:most]]
+    return ", ".join(shown + ([f"... ({len(runs) - most} runs more)"] if len(runs) > most else []))
+
+
 @contextlib.contextmanager
 def _controller(db: Path) -> Iterator[tuple[str, int]]:
     for suffix in ("", "-wal", "-shm"):
@@ -189,7 +202,10 @@ def _one_upgrade(
             firmware_boots = vm.reboots
     down = downtime(prober.seen, old, new)
     if down is None:
-        raise BenchError(f"{name}: no answer on {old} before the first on {new}")
+        raise BenchError(
+            f"{name}: no answer on {old} before the first on {new}; "
+            f"the probes saw: {answers(prober.seen)}"
+        )
     first_new = prober.first(new, asked)
     assert first_new is not None  # waited for above
     reporter.info(

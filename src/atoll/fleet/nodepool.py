@@ -244,13 +244,16 @@ def after_plan(
     return after_action(node, Action(kind, node.name, version), now)
 
 
-def release_first(nodes: Sequence[NodeFacts]) -> list[NodeFacts]:
-    """The order the nodes' patches are written in: every node out of ``rebooting``
-    (an uncordon among them) before any node in it (a new grant and its cordon), each
-    group in its own order. A node finishing and the next one granted in the same
-    reconcile are then never both cordoned, even for a moment, and an operator killed
-    between the two patches leaves fewer nodes unavailable, not more."""
-    return sorted(nodes, key=lambda n: n.phase is Phase.REBOOTING)
+def release_first(nodes: Sequence[NodeFacts]) -> list[list[NodeFacts]]:
+    """The nodes' patches in the groups they are written in, one group after the other
+    (within a group, at once): every node out of ``rebooting`` (an uncordon among
+    them), then every node in it (a new grant and its cordon), each group in its own
+    order. A node finishing and the next one granted in the same reconcile are then
+    never both cordoned, even for a moment, and an operator killed between the two
+    patches leaves fewer nodes unavailable, not more."""
+    released = [n for n in nodes if n.phase is not Phase.REBOOTING]
+    held = [n for n in nodes if n.phase is Phase.REBOOTING]
+    return [group for group in (released, held) if group]
 
 
 def grant_of(
