@@ -67,7 +67,7 @@ from atoll.publish.serve import UpdateServer, serve_in_thread, url_of
 from atoll.tools import ostree
 from atoll.tools.qemu import HOST_SERVICES_ADDRESS, HostService
 from atoll.wire.channel import load_trusted_keys
-from atoll.wire.fleet import FleetError, NodeRecord, request_json
+from atoll.wire.fleet import FleetError, NodeRecord, RebootPolicy, request_json
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 EXAMPLES = CHECKOUT / "examples"
@@ -410,6 +410,7 @@ def step_rollout(
     builds: Builds,
     updates: Path,
     keys: Path,
+    reboot: RebootPolicy | None = None,
 ) -> Rollout:
     record = Rollout()
     started = time.monotonic()
@@ -424,7 +425,8 @@ def step_rollout(
             "version": builds.v2.version,
             "previous_version": builds.v1.version,
         },
-        "strategy": {"max_unavailable": 1, "failure_budget": 0},
+        "strategy": {"max_unavailable": 1, "failure_budget": 0}
+        | ({} if reboot is None else {"reboot": reboot.value}),
     }
     with reporter.stage("rollout", f"pool demo: {builds.v1.version} -> {builds.v2.version}"):
         request_json("PUT", f"{url}/v1/pools/demo", pool)
@@ -505,8 +507,10 @@ def run_demo(
     *,
     cache: Path | None = None,
     source_date_epoch: int | None = None,
+    reboot: RebootPolicy | None = None,
 ) -> Outcome:
-    """The whole demo in ``workdir``; everything it starts is stopped when it returns."""
+    """The whole demo in ``workdir``; everything it starts is stopped when it returns.
+    ``reboot``: the pool's restart policy (None: the pool's default)."""
     workdir.mkdir(parents=True, exist_ok=True)
     summary = Summary()
     with contextlib.ExitStack() as stack:
@@ -540,7 +544,7 @@ def run_demo(
             for n in _wait_registered(fleet_url, nodes, 300):
                 reporter.info(f"  {n.name}: {n.current} labels {dict(n.labels)}")
         step_settings(reporter, nodes[0], pki)
-        rollout = step_rollout(reporter, summary, fleet_url, nodes, builds, updates, keys)
+        rollout = step_rollout(reporter, summary, fleet_url, nodes, builds, updates, keys, reboot)
         kept = step_settings_kept(reporter, summary, nodes[0], pki)
         broken = next(n for n in nodes if n.name == BROKEN)
         audit, verdict = step_audit(reporter, summary, broken, pki)
@@ -560,15 +564,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the story without Kubernetes: the standalone fleet controller (this module) "
         "instead of the cluster and its operator (atoll.demo_cluster)",
     )
+    parser.add_argument(
+        "--reboot",
+        choices=[p.value for p in RebootPolicy],
+        help="how the pool restarts its nodes: auto (a soft-reboot when the kernel and its "
+        "arguments stay) or full; default: the pool's default",
+    )
     args = parser.parse_args(argv)
     reporter = reporter_for(json_lines=args.json)
+    reboot = None if args.reboot is None else RebootPolicy(args.reboot)
     try:
         if args.standalone:
-            summary = run_demo(args.workdir, reporter).summary
+            summary = run_demo(args.workdir, reporter, reboot=reboot).summary
         else:
             from atoll.demo_cluster import run_cluster_demo  # noqa: PLC0415 - imports this module
 
-            summary = run_cluster_demo(args.workdir / "cluster", reporter).summary
+            summary = run_cluster_demo(args.workdir / "cluster", reporter, reboot=reboot).summary
     except KeyboardInterrupt:
         reporter.close()
         print("atoll demo: interrupted; everything it started was stopped")

@@ -73,7 +73,7 @@ from atoll.publish.publish import publish
 from atoll.publish.serve import serve_in_thread
 from atoll.tools.qemu import HOST_SERVICES_ADDRESS, HostService
 from atoll.wire import kubenode
-from atoll.wire.fleet import ProtocolError
+from atoll.wire.fleet import ProtocolError, RebootPolicy
 
 NODES = ("node-1", "node-2", "node-3")
 BROKEN = "node-2"  # follows "edge", where v2 is the broken build
@@ -377,7 +377,7 @@ def step_workload(reporter: Reporter, kubectl: Kubectl, nodes: Sequence[Node]) -
         kubectl("get", "pods", "-n", NAMESPACE, "-o", "wide", show=True)
 
 
-def nodepool(builds: Builds) -> dict[str, Any]:
+def nodepool(builds: Builds, reboot: RebootPolicy | None = None) -> dict[str, Any]:
     return {
         "apiVersion": "atoll.dev/v1alpha1",
         "kind": "NodePool",
@@ -386,7 +386,8 @@ def nodepool(builds: Builds) -> dict[str, Any]:
             "version": builds.v2.version,
             "previousVersion": builds.v1.version,
             "selector": {"matchLabels": {"kubernetes.io/os": "linux"}},
-            "strategy": {"maxUnavailable": 1, "failureBudget": 0},
+            "strategy": {"maxUnavailable": 1, "failureBudget": 0}
+            | ({} if reboot is None else {"reboot": reboot.value}),
         },
     }
 
@@ -454,6 +455,7 @@ def step_rollout(
     builds: Builds,
     updates: Path,
     keys: Path,
+    reboot: RebootPolicy | None = None,
 ) -> ClusterRollout:
     record = ClusterRollout()
     started = time.monotonic()
@@ -464,7 +466,7 @@ def step_rollout(
 
     v1, v2 = builds.v1.version, builds.v2.version
     with reporter.stage("rollout", f"NodePool {POOL}: {v1} -> {v2}, maxUnavailable 1"):
-        kubectl.apply(nodepool(builds))
+        kubectl.apply(nodepool(builds, reboot))
         note(f"NodePool {POOL} applied: {v2}, maxUnavailable 1, failure budget 0")
         paused = _watch(
             kubectl, nodes, operator, note, lambda s: bool(s.get("pauseReason")), record
@@ -512,8 +514,10 @@ def run_cluster_demo(
     *,
     cache: Path | None = None,
     source_date_epoch: int | None = None,
+    reboot: RebootPolicy | None = None,
 ) -> ClusterOutcome:
-    """The whole cluster demo in ``workdir``; everything it starts is stopped when it returns."""
+    """The whole cluster demo in ``workdir``; everything it starts is stopped when it returns.
+    ``reboot``: the NodePool's restart policy (None: the pool's default)."""
     workdir.mkdir(parents=True, exist_ok=True)
     summary = Summary()
     with contextlib.ExitStack() as stack:
@@ -536,7 +540,9 @@ def run_cluster_demo(
         nodes = step_boot(reporter, workdir, stack, builds, keys, plane, server.server_address[1])
         uids = step_join(reporter, kubectl, nodes)
         step_workload(reporter, kubectl, nodes)
-        rollout = step_rollout(reporter, summary, kubectl, operator, nodes, builds, updates, keys)
+        rollout = step_rollout(
+            reporter, summary, kubectl, operator, nodes, builds, updates, keys, reboot
+        )
         final = {n["metadata"]["name"]: n for n in kubectl.json("nodes")["items"]}
         for node in nodes:
             meta = final[node.name]["metadata"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from atoll.bench.restart import downtime
+from atoll.bench.restart import answers, downtime
 
 Seen = list[tuple[float, str | None]]
 
@@ -28,3 +28,10 @@ def test_downtime_is_from_the_last_old_answer_to_the_first_new_one(
     seen: Seen, expected: float | None
 ) -> None:
     assert downtime(seen, "1", "2") == expected
+
+
+def test_a_failed_measurement_tells_the_probes_story_in_runs() -> None:
+    seen = [(0.0, None), (0.25, None), (0.5, "1"), (0.75, None), (1.0, "2"), (1.25, "2")]
+    assert answers(seen) == "no answer x2, 1 x1, no answer x1, 2 x2"
+    assert answers(seen, most=2) == "no answer x2, 1 x1, ... (2 runs more)"
+    assert answers([]) == ""
