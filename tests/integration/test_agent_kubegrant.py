@@ -286,6 +286,13 @@ def test_the_operator_rolls_a_pool_over_nodes_whose_loops_follow_their_nodes(
     for node in nodes:
         at = next(i for i, line in enumerate(lines) if line.startswith(f"  {node.name} "))
         assert lines[at + 1] == restarted, shown
+    # --watch on a cluster reads the NodePool again every --interval; --until-done
+    # ends it once the rollout is complete (this one already is).
+    watched = run(
+        [*status, os.fspath(cluster.plane.kubeconfig), "loops", "--watch", "--until-done"],
+        timeout=60,
+    )
+    assert as_text(watched).stdout == shown, as_text(watched).stdout
     missing = run([*status, os.fspath(cluster.plane.kubeconfig), "nope"], check=False)
     assert missing.returncode == 2
     assert b"NodePool 'nope': not found in the cluster of" in missing.stderr

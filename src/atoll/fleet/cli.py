@@ -32,6 +32,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -249,8 +250,10 @@ def _print_pool(view: dict[str, Any]) -> None:
     print("\n".join(_pool_lines(view)))
 
 
-def _watch(args: argparse.Namespace) -> int:
-    """Reprint the pool's view whenever it changes (long poll; polling if unsupported)."""
+def _watch(args: argparse.Namespace, read: Callable[[str | None], dict[str, Any]]) -> int:
+    """Reprint the pool's view whenever it changes. ``read(etag)`` returns the view: a
+    controller's long poll (the view carries its ``etag``), or a cluster's NodePool
+    read again every ``--interval`` seconds (no etag)."""
     if not args.pool:
         raise InputError("--watch: name the POOL to watch")
     if not 0 < args.wait <= 60 or not args.interval > 0:
@@ -259,10 +262,7 @@ def _watch(args: argparse.Namespace) -> int:
     etag: str | None = None
     shown: list[str] | None = None
     while True:
-        path = f"/v1/pools/{args.pool}"
-        if etag is not None:
-            path += f"?wait={etag}&timeout={args.wait:g}"
-        view = _call(args, "GET", path, timeout=args.wait + 10)
+        view = read(etag)
         lines = [json.dumps(view, sort_keys=True)] if args.json else _pool_lines(view)
         if lines != shown:
             if tty:
@@ -278,7 +278,18 @@ def _watch(args: argparse.Namespace) -> int:
             raise AtollError(f"pool {args.pool}: {_why_done(view['status'], phase)}")
         etag = view.get("etag")
         if etag is None:
-            time.sleep(args.interval)  # a controller without long polls: poll
+            time.sleep(args.interval)  # a controller without long polls, or a cluster: poll
+
+
+def _long_poll(args: argparse.Namespace) -> Callable[[str | None], dict[str, Any]]:
+    def read(etag: str | None) -> dict[str, Any]:
+        path = f"/v1/pools/{args.pool}"
+        if etag is not None:
+            path += f"?wait={etag}&timeout={args.wait:g}"
+        view: dict[str, Any] = _call(args, "GET", path, timeout=args.wait + 10)
+        return view
+
+    return read
 
 
 def _why_done(status: dict[str, Any], phase: str) -> str:
@@ -291,10 +302,10 @@ def _why_done(status: dict[str, Any], phase: str) -> str:
 def _status(args: argparse.Namespace) -> int:
     if args.kubeconfig is not None:
         if args.watch:
-            raise InputError("--watch reads a controller: on a cluster, kubectl get nodepools -w")
+            return _watch(args, lambda _: nodepool_views(args.kubeconfig, args.pool)[0])
         views = nodepool_views(args.kubeconfig, args.pool)
     elif args.watch:
-        return _watch(args)
+        return _watch(args, _long_poll(args))
     else:
         views = (
             [_call(args, "GET", f"/v1/pools/{args.pool}")]
@@ -429,7 +440,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--interval",
         type=float,
         default=2.0,
-        help="seconds between polls of a controller without long polls",
+        help="seconds between polls of a controller without long polls, or of a cluster",
     )
     status.set_defaults(handler=_status)
 
