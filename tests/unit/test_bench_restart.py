@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from atoll.bench.restart import answers, downtime
+from atoll.bench.restart import answers, downtime, last_startup
 
 Seen = list[tuple[float, str | None]]
 
@@ -35,3 +35,13 @@ def test_a_failed_measurement_tells_the_probes_story_in_runs() -> None:
     assert answers(seen) == "no answer x2, 1 x1, no answer x1, 2 x2"
     assert answers(seen, most=2) == "no answer x2, 1 x1, ... (2 runs more)"
     assert answers([]) == ""
+
+
+def test_the_last_startup_systemd_reported_says_where_the_downtime_went() -> None:
+    console = (
+        "ATOLL-ANALYZE time Startup finished in 3.360s (kernel) + 30.919s (userspace) = 34.2s\r\n"
+        "[  OK  ] Reached target multi-user.target\r\n"
+        "ATOLL-ANALYZE time Startup finished in 4.122s (soft reboot #1) + 15.428s (userspace) \r\n"
+    )
+    assert last_startup(console) == "4.122s (soft reboot #1) + 15.428s (userspace)"
+    assert last_startup("Welcome\n").startswith("not on the console")
