@@ -84,6 +84,7 @@ def run_all(stages: Sequence[str], workdir: Path, reporter: Reporter) -> dict[st
             results[stage] = {"missing": "no benchmark in this tree yet"}
             continue
         module = cast(_Bench, importlib.import_module(name))
+        about = machine()  # the code and the machine this stage ran on, said with its figures
         with reporter.stage(f"bench {stage}") as timed:
             try:
                 figures = module.run_benchmark(workdir / stage, reporter)
@@ -91,6 +92,8 @@ def run_all(stages: Sequence[str], workdir: Path, reporter: Reporter) -> dict[st
                 figures = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
         figures["seconds"] = round(timed.seconds, 1)
         figures["measured"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        figures["commit"] = about["commit"]
+        figures["machine"] = about["cpu"]
         results[stage] = figures
     return results
 
@@ -107,6 +110,8 @@ def render(results: dict[str, Any], about: dict[str, str]) -> str:
         *(f"| {key} | {value} |" for key, value in about.items()),
         "",
         "No KVM here: guests run under TCG, about ten times slower than on hardware.",
+        "The table above is the machine of the last run; a stage measured in another",
+        "run names its date, commit and CPU under its figures.",
         "",
     ]
     for stage, data in results.items():
@@ -135,7 +140,11 @@ def render(results: dict[str, Any], about: dict[str, str]) -> str:
         for plot in data.get("plots") or []:
             lines += [f"![{stage}]({plot})", ""]
         when = f", measured {data['measured']}" if "measured" in data else ""
-        lines += [f"_{stage} benchmark took {data.get('seconds', '?')} s{when}._", ""]
+        where = "".join(f", {key} {data[key]}" for key in ("commit", "machine") if key in data)
+        took = f" took {data['seconds']} s" if "seconds" in data else ""
+        lines += [f"_{stage} benchmark{took}{when}{where}._", ""]
+        if data.get("note"):  # what the run's figures alone do not say (kept in the JSON)
+            lines += [f"_{data['note']}_", ""]
     return "\n".join(lines)
 
 
