@@ -15,6 +15,7 @@ drained it and granted the reboot on the Node.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
@@ -32,6 +33,7 @@ from atoll.agent.softreboot import KernelFacts, Restarter
 from atoll.agent.update_loop import Updater, UpdaterConfig, last_restart
 from atoll.cluster.build import KubernetesBinaries
 from atoll.cluster.up import ControlPlane, running_cluster
+from atoll.fleet import nodepool
 from atoll.process import as_text, run
 from atoll.wire import kubenode as protocol
 from atoll.wire.fleet import FleetError, Restart, RestartKind, Step, StepFailure
@@ -187,7 +189,9 @@ def test_before_the_kubelet_has_joined_the_loop_hears_so(tmp_path: Path) -> None
 class Node:
     """One node: its root, an emulated sysroot, the real loop following its Node."""
 
-    def __init__(self, cluster: Cluster, w: World, tmp_path: Path, name: str) -> None:
+    def __init__(
+        self, cluster: Cluster, w: World, tmp_path: Path, name: str, url: str | None = None
+    ) -> None:
         self.name = name
         v1, v2 = w.commits["1.0.0"], w.commits["1.1.0"]
         self.sysroot = FakeSysroot(v1, {v1: "1.0.0", v2: "1.1.0"})
@@ -201,7 +205,7 @@ class Node:
         self.repo = repo
         deployments = Deployments(self.sysroot.run, lambda: None)
         self.publisher = _publisher(self.root, name, self.state)
-        config = UpdaterConfig("kubernetes", w.url, "stable", name, {}, 0.2)
+        config = UpdaterConfig("kubernetes", url or w.url, "stable", name, {}, 0.2)
         # The kernel would allow a soft-reboot: the pool's policy decides.
         kernel = KernelFacts("6.12.43+deb13-cloud-amd64", base / "vmlinuz", ("rw",))
         restarter = Restarter(
@@ -296,3 +300,58 @@ def test_the_operator_rolls_a_pool_over_nodes_whose_loops_follow_their_nodes(
     missing = run([*status, os.fspath(cluster.plane.kubeconfig), "nope"], check=False)
     assert missing.returncode == 2
     assert b"NodePool 'nope': not found in the cluster of" in missing.stderr
+
+
+def _waiting(admin: Any, pool: str, name: str) -> str:
+    """Why the pool's status says node ``name`` waits ("" when it does not say)."""
+    for entry in pool_status(admin, pool).get("waiting") or []:
+        if entry.get("name") == name:
+            return str(entry.get("reason") or "")
+    return ""
+
+
+def test_a_step_that_fails_on_a_cluster_is_retried_as_the_pool_says(
+    cluster: Cluster,
+    world: World,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """onStepFailure retry on a NodePool, the whole way: the real loop's fetch fails
+    (no update server answers), the step failure reaches the operator on the Node,
+    the node waits out the backoff (30 s), is told to stage again, fails again and,
+    one retry being all its pool allows, is failed."""
+    _publish(world, "1.0.0")
+    _publish(world, "1.1.0")
+    admin = cluster.admin
+    with FakeKubelet(admin) as kubelet:
+        node = Node(cluster, world, tmp_path, "retry-1", url="http://127.0.0.1:9")
+        kubelet.add_node(node.name, {"pool": "retries"}, "1.0.0")
+        node.thread.start()
+        operator = start_operator(cluster, cluster.token("atoll-fleet-operator"))
+        try:
+            spec = {
+                "version": "1.1.0",
+                "previousVersion": "1.0.0",
+                "selector": {"matchLabels": {"pool": "retries"}},
+                "strategy": {"maxUnavailable": 1, "onStepFailure": "retry", "maxStepRetries": 1},
+            }
+            add_pool(admin, "retries", spec)
+            reason = until(
+                "the first retry", lambda: "retry 1 of 1" in _waiting(admin, "retries", node.name)
+                and _waiting(admin, "retries", node.name), timeout=60,
+            )  # fmt: skip
+            assert reason.startswith("fetch of 1.1.0 failed: "), reason
+            notes = _annotations(cluster, node.name)
+            assert notes[nodepool.A_PHASE] == "idle" and notes[nodepool.A_STEP_ATTEMPTS] == "1"
+            assert float(notes[nodepool.A_RETRY_AT]) > time.time()  # the backoff holds it
+            assert json.loads(notes[nodepool.A_STEP_FAILURE])["step"] == "fetch"
+            until("the node failed", lambda: pool_status(admin, "retries").get("failed") == 1,
+                  timeout=120)  # fmt: skip
+        finally:
+            node.stop.set()
+            node.thread.join(30)
+            stop_operator(operator)
+    notes = _annotations(cluster, node.name)
+    assert notes[nodepool.A_PHASE] == "failed" and notes[nodepool.A_STEP_ATTEMPTS] == "2"
+    assert nodepool.A_RETRY_AT not in notes  # no retry is coming
+    # Nothing was deployed: each round failed at its fetch.
+    assert [c for c in node.sysroot.commands if c[:3] != ["ostree", "admin", "status"]] == []

@@ -160,7 +160,9 @@ class FakeKubelet:
         spec = {"holderIdentity": node, "leaseDurationSeconds": 40, "renewTime": _micro_now()}
         code, _ = self.admin.call("PATCH", f"{path}/{node}", {"spec": spec})
         if code == 404:
-            self.admin.ok("POST", path, {"metadata": {"name": node}, "spec": spec})
+            # add_node and the heartbeat thread may both find it missing: 409 is the other's.
+            code, answer = self.admin.call("POST", path, {"metadata": {"name": node}, "spec": spec})
+            assert code in (201, 409), f"POST {path}: {code} {answer}"
 
     def _tick(self, heartbeat: bool) -> None:
         if heartbeat:

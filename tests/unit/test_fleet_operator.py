@@ -21,9 +21,9 @@ from atoll.errors import InputError
 from atoll.fleet import nodepool
 from atoll.fleet import operator as op
 from atoll.fleet.drain import DRAIN_KEYS, OnTimeout
-from atoll.fleet.rollout import NodeFacts, Phase, Quantity
+from atoll.fleet.rollout import NodeFacts, Phase, Quantity, retry_backoff
 from atoll.wire import kubenode
-from atoll.wire.fleet import RebootPolicy
+from atoll.wire.fleet import RebootPolicy, Step, StepFailure
 
 CRD = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes" / "nodepool-crd.yaml"
 
@@ -255,6 +255,49 @@ def test_a_failure_said_before_the_agent_saw_the_current_grant_is_not_news() -> 
     assert phase_of(answered, resumed, "staging") is Phase.FAILED  # still broken: news
     fixed = kubenode.NodeState("1", observed=resumed.etag())
     assert phase_of(fixed, resumed, "staging") is Phase.STAGING
+
+
+FETCH = StepFailure(Step.FETCH, "2", "update server unreachable")
+RETRY = op.spec_from_object(
+    "web", {"version": "2", "strategy": {"onStepFailure": "retry", "maxStepRetries": 1}}
+)
+
+
+def test_a_step_failure_meets_the_pools_on_step_failure_and_is_remembered_on_the_node() -> None:
+    staging = kubenode.Grant("2", stage=True, may_reboot=False, pool="web")
+    failed = kubenode.NodeState(
+        "1", failed=True, failure="fetch of 2 failed", observed=staging.etag(), step_failure=FETCH
+    )
+
+    def after(memory: dict[str, str | None], spec: Any, now: float) -> NodeFacts:
+        node = _published(failed, **vars(staging))
+        node["metadata"]["annotations"].update({k: v for k, v in memory.items() if v})
+        facts = op.facts_of(node, now=now, spec=spec)
+        assert facts is not None
+        return facts
+
+    # fail (the default, and without a pool's spec): failed at once.
+    default = after({P: "staging"}, op.spec_from_object("web", {"version": "2"}), 100.0)
+    assert (default.phase, default.failure, default.step_attempts) == (Phase.FAILED, FETCH, 1)
+    # retry: idle until the backoff has passed, the attempt counted and remembered.
+    first = after({P: "staging"}, RETRY, 100.0)
+    assert (first.phase, first.failure, first.step_attempts) == (Phase.IDLE, FETCH, 1)
+    assert first.retry_at == 100.0 + retry_backoff(1)
+    memory = nodepool.memory_of(first)
+    assert memory[nodepool.A_RETRY_AT] == f"{first.retry_at:.3f}"
+    assert memory[nodepool.A_STEP_ATTEMPTS] == "1"
+    # The same failure again under the retry's grant: one retry was all (maxStepRetries 1).
+    again = after({**memory, P: "staging"}, RETRY, 200.0)
+    assert (again.phase, again.step_attempts, again.retry_at) == (Phase.FAILED, 2, None)
+    cleared = nodepool.memory_of(replace(again, failure=None, step_attempts=0, retry_at=None))
+    assert {k: cleared[k] for k in (nodepool.A_STEP_FAILURE, nodepool.A_RETRY_AT)} == {
+        nodepool.A_STEP_FAILURE: None,  # removed from the Node by the merge patch
+        nodepool.A_RETRY_AT: None,
+    }
+    # Hand-edited memory is forgotten, not an error.
+    edited = after({P: "staging", nodepool.A_RETRY_AT: "soon", nodepool.A_STEP_ATTEMPTS: "x"},
+                   RETRY, 100.0)  # fmt: skip
+    assert (edited.phase, edited.step_attempts) == (Phase.IDLE, 1)
 
 
 @pytest.mark.parametrize(

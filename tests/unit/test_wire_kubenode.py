@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from atoll.wire import kubenode
-from atoll.wire.fleet import Desired, ProtocolError, RebootPolicy, Report, Restart, RestartKind
+from atoll.wire.fleet import (
+    Desired,
+    ProtocolError,
+    RebootPolicy,
+    Report,
+    Restart,
+    RestartKind,
+    Step,
+    StepFailure,
+)
 from atoll.wire.kubenode import Grant, Health, NodeProtocolError, NodeState
 
 
@@ -71,6 +81,13 @@ STATES = [
             RestartKind.SOFT, "same kernel and arguments", "2.0", "2026-12-07T07:00:00+00:00"
         ),
     ),
+    NodeState(
+        "1.0",
+        failed=True,
+        failure="fetch of 2.0 failed: update server unreachable",
+        observed="0123456789abcdef",
+        step_failure=StepFailure(Step.FETCH, "2.0", "update server unreachable"),
+    ),
 ]
 
 
@@ -93,6 +110,7 @@ def test_the_agents_patch_sets_every_key_and_removes_what_it_does_not_say() -> N
                 "atoll.dev/failure": None,
                 "atoll.dev/health": "healthy",
                 "atoll.dev/restart": None,  # no restart recorded yet
+                "atoll.dev/step-failure": None,
                 "atoll.dev/update": None,  # an earlier agent's key goes
             },
         }
@@ -351,3 +369,36 @@ def test_no_grant_before_the_operator_answers() -> None:
     defaults = Grant.from_node(_node({D: "2", P: "web"}))
     assert defaults == Grant("2", False, False, "web", "")
     assert defaults.reboot is RebootPolicy.FULL  # an operator from before pools chose
+
+
+FETCH = StepFailure(Step.FETCH, "2.0", "update server unreachable")
+
+
+def test_a_step_failure_is_the_reports_failure_as_the_standalone_protocol_says_it() -> None:
+    state = NodeState("1.0", failed=True, failure="fetch of 2.0 failed", step_failure=FETCH)
+    assert state.report() == Report("1.0", None, True, False, FETCH)
+    # Without one, failed is the agent's verdict on its health.
+    assert NodeState("1.0", failed=True).report() == Report("1.0", None, True, True)
+    with pytest.raises(ProtocolError, match="a step failure without failed"):
+        NodeState("1.0", step_failure=FETCH)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("fetch", "annotation atoll.dev/step-failure: expected a step failure's JSON"),
+        ('{"step": "bake", "version": "2", "reason": "x"}', "failure.step"),
+        (
+            json.dumps({**FETCH.to_json(), "by": "controller"}),
+            "a node reports its own failures, not 'controller'",
+        ),
+        (json.dumps(FETCH.to_json()) + " " * 2048, "expected a step failure's JSON, got"),
+    ],
+)
+def test_a_step_failure_that_is_none_names_the_node_and_key(value: str, message: str) -> None:
+    with pytest.raises(NodeProtocolError, match=r"^node n1: ") as raised:
+        NodeState.from_node(_node({C: "1", F: "true", kubenode.STEP_FAILURE: value}))
+    assert message in str(raised.value)
+    # Read only with failed: a stale one beside failed=false is no failure.
+    unfailed = NodeState.from_node(_node({C: "1", kubenode.STEP_FAILURE: value}))
+    assert unfailed is not None and unfailed.step_failure is None

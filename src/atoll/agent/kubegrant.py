@@ -144,7 +144,7 @@ class NodeGrants:
         # the operator answers with another grant (it then knows: the standalone
         # controller keeps a failure in its store, the operator in its phase of the
         # node; a resume is a new grant, so the node tries again).
-        self._failure: tuple[str, str | None] | None = None
+        self._failure: tuple[StepFailure, str | None] | None = None
         self._resource_version: str | None = None  # of the Node at the last read
 
     # -- the loop's calls -----------------------------------------------------------------
@@ -174,13 +174,17 @@ class NodeGrants:
 
     def _report(self, failed: bool, failure: StepFailure | None) -> Desired:
         if failure is not None:
-            line = one_line(f"{failure.step} of {failure.version} failed: {failure.reason}")
-            self._failure = (line, self._observed)
+            self._failure = (failure, self._observed)
         elif self._failure is not None and self._failure[1] != self._observed:
             self._failure = None  # the operator has answered it with another grant
-        why = None if self._failure is None else self._failure[0]
+        step = None if self._failure is None else self._failure[0]
+        why = None
+        if step is not None:
+            why = one_line(f"{step.step} of {step.version} failed: {step.reason}")
         self._join()  # before the kubelet has joined there is nobody to tell
-        self.publisher.adopt(failed=failed or why is not None, failure=why, observed=self._observed)
+        self.publisher.adopt(
+            failed=failed or step is not None, failure=why, observed=self._observed, step=step
+        )
         self.publisher.once()
         return self._desired()
 

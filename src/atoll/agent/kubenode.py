@@ -59,7 +59,7 @@ from atoll.agent import kubejoin
 from atoll.agent.kubejoin import JoinData, JoinReport, JoinState
 from atoll.wire import kubelet
 from atoll.wire import kubenode as protocol
-from atoll.wire.fleet import Restart
+from atoll.wire.fleet import Restart, StepFailure
 from atoll.wire.kubenode import Health, NodeState
 
 CLIENT_CERT = kubejoin.CLIENT_CERT  # kept by the kubelet
@@ -310,17 +310,26 @@ class Publisher:
         self.published: dict[str, Any] | None = None
         self.condition: dict[str, str] | None = None  # the last one the Node took
         self._last_error = ""
-        self._heard: tuple[bool, str | None, str | None] | None = None  # adopt()
+        # adopt(): failed, failure, observed, step
+        self._heard: tuple[bool, str | None, str | None, StepFailure | None] | None = None
         self._lock = threading.Lock()  # the publisher's thread and the update loop
 
-    def adopt(self, *, failed: bool, failure: str | None, observed: str | None = None) -> None:
+    def adopt(
+        self,
+        *,
+        failed: bool,
+        failure: str | None,
+        observed: str | None = None,
+        step: StepFailure | None = None,
+    ) -> None:
         """What the update loop reported last (:mod:`atoll.agent.kubegrant`): it knows
         more than the health record whether the node failed (a failed step, a
         rollback that a fix has superseded), so ``failed`` and ``failure`` replace
-        the record's from now on, and ``observed`` says which grant they answer
+        the record's from now on, ``step`` is the step failure itself (for the
+        operator's ``onStepFailure``), and ``observed`` says which grant they answer
         (the etag of the grant it read). Health stays the record's, always fresh."""
         with self._lock:
-            self._heard = (failed, failure, observed)
+            self._heard = (failed, failure, observed, step)
 
     def once(self) -> bool:
         """Publish what changed (or what failed last time); whether anything was sent."""
@@ -335,9 +344,12 @@ class Publisher:
         if state is None:  # nothing booted (ostree could not say): nothing to publish
             return False
         if self._heard is not None:
-            failed, failure, observed = self._heard
+            failed, failure, observed, step = self._heard
             failure = (failure or state.failure) if failed else None
-            state = replace(state, failed=failed, failure=failure, observed=observed)
+            step = step if failed else None
+            state = replace(
+                state, failed=failed, failure=failure, observed=observed, step_failure=step
+            )
         body, condition = state.patch(), node_condition(state)
         sent = False
         try:

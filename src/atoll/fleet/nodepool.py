@@ -16,6 +16,7 @@ protocol"), the NodePool spec's keys and the status's fields in docs/fleet.md
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -41,7 +42,7 @@ from atoll.fleet.transitions import (
     matches,
     resumed,
 )
-from atoll.wire.fleet import ProtocolError, RebootPolicy
+from atoll.wire.fleet import ProtocolError, RebootPolicy, StepFailure
 from atoll.wire.kubenode import Grant, NodeProtocolError, NodeState, read_restart, resume_token
 
 KIND = "NodePool"
@@ -57,6 +58,11 @@ A_DRAINED = "atoll.dev/drained"
 A_DRAIN_SINCE = "atoll.dev/drain-since"
 A_DRAIN_BLOCKED = "atoll.dev/drain-blocked"
 A_SKIPPED = "atoll.dev/drain-skipped"
+# onStepFailure: the step failure the operator recorded (the fleet protocol's JSON),
+# the attempts at its version so far, and when the node may stage it again.
+A_STEP_FAILURE = "atoll.dev/recorded-step-failure"
+A_STEP_ATTEMPTS = "atoll.dev/step-attempts"
+A_RETRY_AT = "atoll.dev/retry-at"
 # On the NodePool: a new value resumes the pool.
 A_RESUME = "atoll.dev/resume"
 
@@ -181,7 +187,7 @@ def node_ready(node: Mapping[str, Any]) -> bool:
     return False
 
 
-def facts_of(node: Mapping[str, Any], now: float) -> NodeFacts | None:
+def facts_of(node: Mapping[str, Any], now: float, spec: PoolSpec | None = None) -> NodeFacts | None:
     """The planner's facts for one Node, after applying its agent's latest report.
 
     ``None`` when the node's agent has not reported yet (no current version):
@@ -206,6 +212,7 @@ def facts_of(node: Mapping[str, Any], now: float) -> NodeFacts | None:
     healthy = state.healthy and node_ready(node)
     # Before this report: the operator's memory (a grant remembers its version
     # as the staged one, exactly as the standalone store does).
+    failure, attempts, retry_at = _step_memory(notes)
     remembered = NodeFacts(
         name,
         labels_of(node),
@@ -214,18 +221,41 @@ def facts_of(node: Mapping[str, Any], now: float) -> NodeFacts | None:
         healthy,
         phase,
         since,
+        failure=failure,
+        retry_at=retry_at,
+        step_attempts=attempts,
     )
     # Back on the granted version but not healthy yet (the kubelet is not Ready,
     # or the agent's trial runs): after_report keeps the node rebooting, bounded
     # by the reboot timeout, until it is healthy or its agent says it failed.
     report = replace(state.report(), healthy=healthy)
-    if report.failed and not state.answers(grant):
+    if (report.failed or report.failure is not None) and not state.answers(grant):
         # Said before the agent saw the current grant (a resume retries failed
-        # nodes): the old grant's failure, not news. The agent answers the new
-        # grant within its next round.
-        report = replace(report, failed=False)
+        # nodes; a retry after a step failure is a new grant): the old grant's
+        # failure, not news. The agent answers the new grant within its next round.
+        report = replace(report, failed=False, failure=None)
     desired = None if grant is None else grant.version
-    return after_report(remembered, report, desired, now).after
+    # A step failure meets the pool's onStepFailure (spec), as in the standalone stores.
+    return after_report(remembered, report, desired, now, spec=spec).after
+
+
+def _step_memory(notes: Mapping[str, str]) -> tuple[StepFailure | None, int, float | None]:
+    """The step failure the operator recorded on a node, its attempts and the retry's
+    time (:func:`memory_of`); an annotation edited into something else is forgotten
+    (the next failure starts the count again), as an unknown phase starts from idle."""
+    try:
+        failure = StepFailure.from_json(json.loads(notes.get(A_STEP_FAILURE) or "null"))
+    except (ValueError, TypeError):
+        failure = None
+    try:
+        attempts = max(0, int(notes.get(A_STEP_ATTEMPTS, "0")))
+    except ValueError:
+        attempts = 0
+    try:
+        retry_at: float | None = float(notes[A_RETRY_AT]) if A_RETRY_AT in notes else None
+    except ValueError:
+        retry_at = None
+    return failure, attempts, retry_at
 
 
 def after_plan(
@@ -273,13 +303,24 @@ def grant_of(
     return Grant(told.version, told.stage, told.may_reboot, pool, why, token, reboot)
 
 
-def memory_of(node: NodeFacts) -> dict[str, str]:
-    """The operator's memory of one node (private annotations): phase, since when and,
-    while ``rebooting``, the version the slot was granted for."""
-    notes = {A_PHASE: node.phase.value, A_SINCE: f"{node.last_transition:.3f}"}
+def memory_of(node: NodeFacts) -> dict[str, str | None]:
+    """The operator's memory of one node (private annotations): phase, since when,
+    while ``rebooting`` the version the slot was granted for, and the last step
+    failure with its attempts and retry time (``None``: removed)."""
+    failure = node.failure
+    notes: dict[str, str | None] = {
+        A_PHASE: node.phase.value,
+        A_SINCE: f"{node.last_transition:.3f}",
+        A_STEP_FAILURE: None if failure is None else json.dumps(failure.to_json(), **_COMPACT),
+        A_STEP_ATTEMPTS: str(node.step_attempts) if node.step_attempts else None,
+        A_RETRY_AT: None if node.retry_at is None else f"{node.retry_at:.3f}",
+    }
     if node.phase is Phase.REBOOTING and node.staged_version:
         notes[A_GRANTED] = node.staged_version
     return notes
+
+
+_COMPACT: dict[str, Any] = {"separators": (",", ":")}
 
 
 def owner(pools: Sequence[tuple[str, PoolSpec]], labels: Mapping[str, str]) -> str | None:
@@ -514,13 +555,15 @@ class Observed:
     """One error per Node whose labels or annotations break the Node protocol."""
 
 
-def observe(raw_nodes: Sequence[Mapping[str, Any]], now: float) -> Observed:
-    """The planner's facts of a pool's Nodes, those not reported yet, and the errors
-    of those that cannot be read."""
+def observe(
+    raw_nodes: Sequence[Mapping[str, Any]], now: float, spec: PoolSpec | None = None
+) -> Observed:
+    """The planner's facts of a pool's Nodes (``spec``: their pool's), those not
+    reported yet, and the errors of those that cannot be read."""
     seen = Observed([], [], [])
     for raw in raw_nodes:
         try:
-            node = facts_of(raw, now)
+            node = facts_of(raw, now, spec)
         except NodeProtocolError as e:
             seen.unreadable.append(str(e))
             continue

@@ -68,11 +68,13 @@ retries after ``--interval``.
 
 The agent's side (:mod:`atoll.agent.kubegrant`) reads the grant from its own
 Node and watches it; a step that fails on the node (fetch, verify, deploy,
-reboot) reaches the operator as ``failed``/``failure`` on the Node, kept there
-until the operator asks for another version. ``onStepFailure`` and
-``maxStepRetries`` are validated and mapped like the other strategy keys, but
-the operator keeps no ``retry_at`` of its own: such a node counts as failed
-until the pool's version changes. For the same reason a node past its reboot
+reboot) reaches the operator as ``failed``/``failure`` on the Node with the step
+failure itself (``atoll.dev/step-failure``), kept there until the operator answers
+it with another grant. The pool's ``onStepFailure`` applies as in the standalone
+stores (:func:`atoll.fleet.transitions.after_report`): ``fail`` fails the node;
+``retry`` sends it back to idle with a ``retry_at`` (backoff) and counts the
+attempts up to ``maxStepRetries``, all kept in the operator's memory on the Node
+(``recorded-step-failure``, ``step-attempts``, ``retry-at``). A node past its reboot
 timeout is not stored ``failed`` here (the standalone stores do,
 :func:`atoll.fleet.transitions.after_timeout`): it stays ``rebooting`` in its
 annotations and the planner counts it as failed and unavailable on every plan,
@@ -186,7 +188,7 @@ class NodePoolReconciler:
         resuming = resume is not None and resume != memory.resumed
         skipped = [] if resuming else skipped_nodes(raw_nodes, pool.spec.target_version)
         raw_nodes = [n for n in raw_nodes if str(n["metadata"]["name"]) not in skipped]
-        seen = observe(raw_nodes, now)
+        seen = observe(raw_nodes, now, pool.spec)
         if seen.unreadable:
             await self.api.patch_pool_status(name, unreadable_status(seen.unreadable))
             return None

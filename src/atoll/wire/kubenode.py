@@ -40,11 +40,13 @@ from atoll.wire.fleet import (
     REASON_MAX,
     VERSION,
     VERSION_MAX,
+    By,
     Desired,
     ProtocolError,
     RebootPolicy,
     Report,
     Restart,
+    StepFailure,
     grant_etag,
 )
 
@@ -59,6 +61,7 @@ FAILURE = "atoll.dev/failure"
 HEALTH = "atoll.dev/health"
 OBSERVED_GRANT = "atoll.dev/observed-grant"
 RESTART = "atoll.dev/restart"
+STEP_FAILURE = "atoll.dev/step-failure"
 AGENT_LABELS = (LABEL_VERSION,)
 AGENT_ANNOTATIONS = (
     CURRENT_VERSION,
@@ -70,6 +73,7 @@ AGENT_ANNOTATIONS = (
     HEALTH,
     OBSERVED_GRANT,
     RESTART,
+    STEP_FAILURE,
 )
 RETIRED = ("atoll.dev/update",)
 """Keys an earlier agent wrote (``staged <version>``, now :data:`STAGED_VERSION`):
@@ -91,6 +95,7 @@ LABEL_VALUE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
 _COMMIT = re.compile(rf"[0-9A-Za-z]{{1,{COMMIT_MAX}}}")
 _POOL = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?")  # an object name (RFC 1123)
 _RESTART_MAX = 2048  # characters of a restart's JSON (its reason is at most 500)
+_STEP_FAILURE_MAX = 2048  # characters of a step failure's JSON (its reason is at most 500)
 
 
 class NodeProtocolError(ProtocolError):
@@ -143,6 +148,13 @@ class NodeState:
     restart: Restart | None = None
     """The last restart into a version its agent recorded (soft or full, and why):
     :data:`RESTART`, the fleet protocol's :class:`Restart` as compact JSON."""
+    step_failure: StepFailure | None = None
+    """The step of an update round that failed under the grant :attr:`observed`
+    (fetch, verify, deploy, boot-entries, reboot), as the fleet protocol's
+    :class:`StepFailure` (:data:`STEP_FAILURE`, compact JSON); only with ``failed``,
+    whose ``failure`` line says the same to people. The operator applies the pool's
+    ``onStepFailure`` to it (a retry after a backoff) as the standalone controller
+    does; without it ``failed`` is the agent's verdict on its health."""
 
     def __post_init__(self) -> None:
         _version("version", self.version)
@@ -162,6 +174,13 @@ class NodeState:
             raise ProtocolError(f"health must be a Health, not {self.health!r}")
         if self.restart is not None and not isinstance(self.restart, Restart):
             raise ProtocolError(f"restart must be a Restart, not {self.restart!r}")
+        if self.step_failure is not None:
+            if not isinstance(self.step_failure, StepFailure):
+                raise ProtocolError(
+                    f"step_failure must be a StepFailure, not {self.step_failure!r}"
+                )
+            if not self.failed:
+                raise ProtocolError("a step failure without failed")
 
     def labels(self) -> dict[str, str | None]:
         return {LABEL_VERSION: version_label(self.version)}
@@ -178,6 +197,7 @@ class NodeState:
             FAILURE: self.failure,
             HEALTH: self.health.value,
             RESTART: None if self.restart is None else restart_text(self.restart),
+            STEP_FAILURE: None if self.step_failure is None else _compact(self.step_failure),
             **dict.fromkeys(RETIRED),
         }
         if self.observed is not None:
@@ -197,7 +217,10 @@ class NodeState:
         return {"metadata": {"labels": self.labels(), "annotations": self.annotations()}}
 
     def report(self) -> Report:
-        """The same facts in the standalone controller's protocol."""
+        """The same facts in the standalone controller's protocol: a step failure is
+        its ``failure`` (``failed`` then false, ``staged`` none: the node undid it)."""
+        if self.step_failure is not None:
+            return Report(self.version, None, self.healthy, False, self.step_failure, self.restart)
         return Report(self.version, self.staged, self.healthy, self.failed, restart=self.restart)
 
     @classmethod
@@ -226,6 +249,7 @@ class NodeState:
                 # must not make the Node unreadable (that stops its pool's planning);
                 # it reads as none here, and read_restart names it for the views.
                 restart=_restart_or_none(notes),
+                step_failure=read_step_failure(notes) if failed else None,
             )
 
 
@@ -333,6 +357,29 @@ def resume_token(resume: str) -> str:
 def restart_text(restart: Restart) -> str:
     """``restart`` as the value of :data:`RESTART`: its JSON, compact."""
     return json.dumps(restart.to_json(), separators=(",", ":"))
+
+
+def read_step_failure(notes: Mapping[str, object]) -> StepFailure | None:
+    """The step failure :data:`STEP_FAILURE` says among a Node's annotations ``notes``;
+    None when absent. :class:`ProtocolError` naming the key when it is not one, or
+    one the controller recorded (a node reports its own)."""
+    raw = notes.get(STEP_FAILURE)
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or len(raw) > _STEP_FAILURE_MAX:
+        raise _KeyError(STEP_FAILURE, f"expected a step failure's JSON, got {_shown(raw)}")
+    try:
+        failure = StepFailure.from_json(json.loads(raw))
+    except ValueError as e:  # not JSON, or not a step failure (ProtocolError)
+        message = f"expected a step failure's JSON ({e}), got {_shown(raw)}"
+        raise _KeyError(STEP_FAILURE, message) from e
+    if failure.by is not By.NODE:
+        raise _KeyError(STEP_FAILURE, f"a node reports its own failures, not {failure.by.value!r}")
+    return failure
+
+
+def _compact(failure: StepFailure) -> str:
+    return json.dumps(failure.to_json(), separators=(",", ":"))
 
 
 def read_restart(notes: Mapping[str, object]) -> Restart | None:
