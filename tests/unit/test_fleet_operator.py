@@ -52,7 +52,7 @@ def test_spec_from_object_uses_the_pool_validator() -> None:
 
 @pytest.mark.parametrize(
     ("strategy", "policy"),
-    [({}, RebootPolicy.FULL), ({"reboot": "auto"}, RebootPolicy.AUTO),
+    [({}, RebootPolicy.AUTO), ({"reboot": "auto"}, RebootPolicy.AUTO),
      ({"reboot": "full"}, RebootPolicy.FULL)],
 )  # fmt: skip
 def test_the_nodepool_says_how_its_nodes_restart_as_pool_toml_does(
@@ -97,7 +97,7 @@ def test_example_nodepool_is_valid() -> None:
     spec = op.spec_from_object(example["metadata"]["name"], example["spec"])
     assert spec.scatter_label == "topology.kubernetes.io/zone"
     assert spec.max_unavailable == Quantity(20, percent=True)
-    assert spec.reboot is RebootPolicy.FULL
+    assert spec.reboot is RebootPolicy.AUTO
 
 
 def test_crd_schema_matches_the_operator() -> None:

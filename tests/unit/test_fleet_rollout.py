@@ -545,7 +545,7 @@ def test_retry_backoff_doubles_from_30s_up_to_30min(attempt: int, seconds: float
 @pytest.mark.parametrize(
     ("strategy", "policy"),
     [
-        ({}, RebootPolicy.FULL),  # the default until soft-reboots are proven on clusters
+        ({}, RebootPolicy.AUTO),  # the default: soft when the kernel allows
         ({"reboot": "auto"}, RebootPolicy.AUTO),
         ({"reboot": "full"}, RebootPolicy.FULL),
     ],

@@ -144,7 +144,7 @@ def test_a_full_esp_fails_the_kernel_upgrade_reports_it_and_stays_on_v1(
     )
     pool = {
         "pool": {"name": "esp", "version": NEW_KERNEL_VERSION, "previous_version": v1.version},
-        "strategy": {"max_unavailable": 1},
+        "strategy": {"max_unavailable": 1, "reboot": "full"},  # this test's subject
     }
     with Machine(spec) as vm:
         vm.wait_ready(READY_TIMEOUT)

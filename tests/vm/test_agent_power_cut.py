@@ -111,7 +111,7 @@ def test_a_power_cut_at_every_step_of_an_upgrade_leaves_a_bootable_node(
 
     pool = {
         "pool": {"name": "pc", "version": two_versions.new_version, "previous_version": v1.version},
-        "strategy": {"max_unavailable": 1},
+        "strategy": {"max_unavailable": 1, "reboot": "full"},  # this test's subject
     }
     for n, failpoint in enumerate(NAMES, start=1):
         with power_on(n) as vm:

@@ -24,7 +24,7 @@ URL) and key::
     failure_window_seconds = 0      # > 0: only failures this recent count to the budget
     on_step_failure = "fail"        # or "retry": a failed update step retries with backoff
     max_step_retries = 3            # "retry": failed after this many retries of one version
-    reboot = "full"                 # or "auto": a soft-reboot when the kernel stays
+    reboot = "auto"                 # default; "full": always a full reboot
     [strategy.maintenance_window]   # optional; reboots only inside it
     days = ["sat", "sun"]
     start = "02:00"                 # local time HH:MM
@@ -157,7 +157,7 @@ def _on_step_failure(table: dict[str, Any], source: str) -> OnStepFailure:
 
 
 def _reboot(table: dict[str, Any], source: str) -> RebootPolicy:
-    raw = table.get("reboot", RebootPolicy.FULL.value)
+    raw = table.get("reboot", RebootPolicy.AUTO.value)
     choices = [p.value for p in RebootPolicy]
     if raw not in choices:
         raise InputError(f"{source}: strategy.reboot: expected one of {choices}, got {raw!r}")

@@ -238,9 +238,9 @@ class PoolSpec:
     maintenance_window: MaintenanceWindow | None = None
     on_step_failure: OnStepFailure = OnStepFailure.FAIL
     max_step_retries: int = MAX_STEP_RETRIES
-    reboot: RebootPolicy = RebootPolicy.FULL
+    reboot: RebootPolicy = RebootPolicy.AUTO
     """How the pool's nodes restart into a new version (the grant's ``reboot``): soft
-    when the kernel and its arguments allow (``auto``), or always ``full``."""
+    when the kernel and its arguments allow (``auto``, the default), or always ``full``."""
 
 
 @dataclass(frozen=True)

@@ -402,9 +402,9 @@ class Report:
 
 
 class RebootPolicy(StrEnum):
-    """How a pool's nodes restart into a new version (the grant's ``reboot``). ``full``
-    is the default until what one cluster run showed after a soft-reboot is understood
-    (docs/agent.md); ``auto`` is a pool's choice."""
+    """How a pool's nodes restart into a new version (the grant's ``reboot``). A pool
+    says ``auto`` unless it asks otherwise (:mod:`atoll.fleet.pool`); on the wire an
+    absent value is ``full``, what a controller from before the key meant."""
 
     AUTO = "auto"  # a userspace-only soft-reboot when the kernel and its arguments stay
     FULL = "full"  # always a full reboot: firmware, boot loader, kernel
