@@ -30,10 +30,13 @@ class Ostree:
         self.calls: list[list[str]] = []
         self.synced = 0
         self.fail_reboot = False
+        self.fail_status = False
 
     def answer(self, argv: list[str]) -> str:
         self.calls.append(list(argv))
         if list(argv[:2]) == ["ostree", "admin"] and argv[2] == "status":
+            if self.fail_status:
+                raise CommandError(argv, status=1, stderr="error: sysroot locked")
             return self.status
         if argv[:3] == ["ostree", "admin", "upgrade"]:
             self.status = PENDING
@@ -111,6 +114,17 @@ def test_rollback_and_reboot(setup: tuple[RunningAgent, Ostree]) -> None:
         NEW,
         OLD,
     )
+
+
+def test_a_reboot_still_happens_when_ostree_cannot_say_what_is_deployed(
+    setup: tuple[RunningAgent, Ostree],
+) -> None:
+    node, ostree = setup
+    ostree.fail_status = True
+    assert node.call("otto", "POST", "/v1/reboot", {})[0] == 200  # a recovery tool
+    assert ostree.calls[-1] == ["systemctl", "reboot"]
+    ostree.fail_status = False
+    assert node.call("vera", "GET", "/v1/status")[1]["restart"] is None
 
 
 def test_a_plain_reboot_keeps_the_last_restart_and_a_failed_one_puts_it_back(

@@ -255,9 +255,13 @@ class Agent:
                 # Into a pending deployment: recorded as the last restart (restart.json),
                 # so GET /v1/status, the fleet, and a rollback of it know how it went.
                 restarter = softreboot.Restarter(self.deployments.run, root=self.config.root)
+                try:
+                    current = self.deployments.status()
+                except DeploymentError:
+                    current = []  # the reboot asked for still happens; nothing known to record
                 argv: list[str] = []
                 restarter.full_reboot(
-                    self.deployments.status(),
+                    current,
                     f"{why} through the API",
                     lambda: argv.extend(self.deployments.reboot()),
                 )
