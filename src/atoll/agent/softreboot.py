@@ -314,6 +314,12 @@ def read_last_restart(root: Path = Path("/")) -> dict[str, Any] | None:
     return raw if isinstance(raw, dict) else None
 
 
+def _label(deployment: Deployment) -> str:
+    """``1.1.0 (2ce001d5fcd6)``, or the commit alone without a version, for the log."""
+    short = deployment.checksum[:12]
+    return f"{deployment.version} ({short})" if deployment.version else short
+
+
 def _utc_now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
@@ -366,7 +372,7 @@ class Restarter:
             except (SoftRebootError, OSError) as e:
                 self._undo_nextroot()
                 decision = RestartDecision(RestartKind.FULL, f"soft-reboot not prepared: {e}")
-        label = f"{into.version} ({into.checksum[:12]})" if into.version else into.checksum[:12]
+        label = _label(into)
         if decision.kind is RestartKind.SOFT:
             self._previous_restart = read_last_restart(self.root)
             self._remember(decision, policy, booted, into, why)
@@ -401,7 +407,7 @@ class Restarter:
         decision = RestartDecision(RestartKind.FULL, "asked for through the API")
         self._previous_restart = read_last_restart(self.root)
         self._remember(decision, RebootPolicy.FULL, booted, into, why)
-        label = f"{into.version} ({into.checksum[:12]})" if into.version else into.checksum[:12]
+        label = _label(into)
         self.log(f"{why}: full reboot into {label}: {decision.reason}")
         try:
             reboot()
