@@ -43,7 +43,14 @@ from atoll.fleet.transitions import (
     resumed,
 )
 from atoll.wire.fleet import ProtocolError, RebootPolicy, StepFailure
-from atoll.wire.kubenode import Grant, NodeProtocolError, NodeState, read_restart, resume_token
+from atoll.wire.kubenode import (
+    Grant,
+    NodeProtocolError,
+    NodeState,
+    compact_json,
+    read_restart,
+    resume_token,
+)
 
 KIND = "NodePool"
 
@@ -311,16 +318,13 @@ def memory_of(node: NodeFacts) -> dict[str, str | None]:
     notes: dict[str, str | None] = {
         A_PHASE: node.phase.value,
         A_SINCE: f"{node.last_transition:.3f}",
-        A_STEP_FAILURE: None if failure is None else json.dumps(failure.to_json(), **_COMPACT),
+        A_STEP_FAILURE: None if failure is None else compact_json(failure.to_json()),
         A_STEP_ATTEMPTS: str(node.step_attempts) if node.step_attempts else None,
         A_RETRY_AT: None if node.retry_at is None else f"{node.retry_at:.3f}",
     }
     if node.phase is Phase.REBOOTING and node.staged_version:
         notes[A_GRANTED] = node.staged_version
     return notes
-
-
-_COMPACT: dict[str, Any] = {"separators": (",", ":")}
 
 
 def owner(pools: Sequence[tuple[str, PoolSpec]], labels: Mapping[str, str]) -> str | None:

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from atoll.wire.fleet import (
     CONTROL,
@@ -96,6 +96,7 @@ _COMMIT = re.compile(rf"[0-9A-Za-z]{{1,{COMMIT_MAX}}}")
 _POOL = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?")  # an object name (RFC 1123)
 _RESTART_MAX = 2048  # characters of a restart's JSON (its reason is at most 500)
 _STEP_FAILURE_MAX = 2048  # characters of a step failure's JSON (its reason is at most 500)
+_T = TypeVar("_T")
 
 
 class NodeProtocolError(ProtocolError):
@@ -197,7 +198,9 @@ class NodeState:
             FAILURE: self.failure,
             HEALTH: self.health.value,
             RESTART: None if self.restart is None else restart_text(self.restart),
-            STEP_FAILURE: None if self.step_failure is None else _compact(self.step_failure),
+            STEP_FAILURE: None
+            if self.step_failure is None
+            else compact_json(self.step_failure.to_json()),
             **dict.fromkeys(RETIRED),
         }
         if self.observed is not None:
@@ -354,46 +357,49 @@ def resume_token(resume: str) -> str:
     return hashlib.blake2b(resume.encode(), digest_size=8).hexdigest()
 
 
+def compact_json(body: Mapping[str, Any]) -> str:
+    """``body`` as the JSON of one annotation value: compact, no spaces."""
+    return json.dumps(body, separators=(",", ":"))
+
+
 def restart_text(restart: Restart) -> str:
     """``restart`` as the value of :data:`RESTART`: its JSON, compact."""
-    return json.dumps(restart.to_json(), separators=(",", ":"))
+    return compact_json(restart.to_json())
+
+
+def _json_note(
+    notes: Mapping[str, object], key: str, limit: int, what: str, parse: Callable[[Any], _T]
+) -> _T | None:
+    """The value of annotation ``key`` parsed as JSON by ``parse``; None when absent.
+    :class:`ProtocolError` naming the key when it is longer than ``limit``, not JSON,
+    or not what ``parse`` takes (``what`` names it: "a restart")."""
+    raw = notes.get(key)
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or len(raw) > limit:
+        raise _KeyError(key, f"expected {what}'s JSON, got {_shown(raw)}")
+    try:
+        return parse(json.loads(raw))
+    except ValueError as e:  # not JSON, or not what parse takes (ProtocolError)
+        raise _KeyError(key, f"expected {what}'s JSON ({e}), got {_shown(raw)}") from e
 
 
 def read_step_failure(notes: Mapping[str, object]) -> StepFailure | None:
     """The step failure :data:`STEP_FAILURE` says among a Node's annotations ``notes``;
     None when absent. :class:`ProtocolError` naming the key when it is not one, or
     one the controller recorded (a node reports its own)."""
-    raw = notes.get(STEP_FAILURE)
-    if raw is None:
-        return None
-    if not isinstance(raw, str) or len(raw) > _STEP_FAILURE_MAX:
-        raise _KeyError(STEP_FAILURE, f"expected a step failure's JSON, got {_shown(raw)}")
-    try:
-        failure = StepFailure.from_json(json.loads(raw))
-    except ValueError as e:  # not JSON, or not a step failure (ProtocolError)
-        message = f"expected a step failure's JSON ({e}), got {_shown(raw)}"
-        raise _KeyError(STEP_FAILURE, message) from e
-    if failure.by is not By.NODE:
+    failure = _json_note(
+        notes, STEP_FAILURE, _STEP_FAILURE_MAX, "a step failure", StepFailure.from_json
+    )
+    if failure is not None and failure.by is not By.NODE:
         raise _KeyError(STEP_FAILURE, f"a node reports its own failures, not {failure.by.value!r}")
     return failure
-
-
-def _compact(failure: StepFailure) -> str:
-    return json.dumps(failure.to_json(), separators=(",", ":"))
 
 
 def read_restart(notes: Mapping[str, object]) -> Restart | None:
     """The restart :data:`RESTART` says among a Node's annotations ``notes``; None when
     absent. :class:`ProtocolError` naming the key when it is not a restart."""
-    raw = notes.get(RESTART)
-    if raw is None:
-        return None
-    if not isinstance(raw, str) or len(raw) > _RESTART_MAX:
-        raise _KeyError(RESTART, f"expected a restart's JSON, got {_shown(raw)}")
-    try:
-        return Restart.from_json(json.loads(raw))
-    except ValueError as e:  # not JSON, or not a restart (ProtocolError)
-        raise _KeyError(RESTART, f"expected a restart's JSON ({e}), got {_shown(raw)}") from e
+    return _json_note(notes, RESTART, _RESTART_MAX, "a restart", Restart.from_json)
 
 
 def _restart_or_none(notes: Mapping[str, object]) -> Restart | None:
