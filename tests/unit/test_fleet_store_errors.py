@@ -14,7 +14,17 @@ from typing import Any
 import pytest
 
 from atoll.fleet.etcd_store import PLAN_DECISIONS, bounded
-from atoll.fleet.rollout import Action, ActionKind, Phase, Plan, PoolSpec, PoolState, Quantity, plan
+from atoll.fleet.rollout import (
+    Action,
+    ActionKind,
+    NodeFacts,
+    Phase,
+    Plan,
+    PoolSpec,
+    PoolState,
+    Quantity,
+    plan,
+)
 from atoll.fleet.server import Controller, FleetService
 from atoll.fleet.sqlite_store import SqliteStore
 from atoll.fleet.store import StoreError, Wanted
@@ -79,10 +89,10 @@ def test_the_timer_survives_any_error(caplog: pytest.LogCaptureFixture, tmp_path
 
 
 class _OnePoolFails(SqliteStore):
-    def apply_plan(self, pool: str, plan: Plan, now: float) -> None:
+    def apply_plan(self, pool: str, plan: Plan, now: float) -> tuple[NodeFacts, ...]:
         if pool == "a":
             raise StoreError("etcd: too many operations in txn request")
-        super().apply_plan(pool, plan, now)
+        return super().apply_plan(pool, plan, now)
 
 
 def test_one_pools_failure_does_not_stop_the_others(

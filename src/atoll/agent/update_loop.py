@@ -29,10 +29,12 @@ Standard library only (runs in the agent daemon on the node). One
 
 Between rounds the loop watches the controller
 (:meth:`atoll.wire.fleet.FleetClient.watch`, ``docs/fleet.md``): the next
-round starts the moment the controller changes the node's grant, when the
-node's own health facts change, or when the controller's wait (about a
-minute at most) runs out. A controller without watches (no ``etag`` in its
-answers) is polled every ``interval`` seconds; a refused watch (503) is
+round starts the moment the controller changes the node's grant or the
+node's own health facts change; when the controller's wait (about a minute
+at most) runs out with nothing changed, the node watches again, with a
+round (a report) at least every 5 minutes (:data:`atoll.wire.fleet.ROUND_EVERY`).
+A controller without watches (no ``etag`` in its answers) is polled every
+``interval`` seconds; a refused watch (503) is
 retried after the controller's ``Retry-After`` with jitter, polling
 meanwhile; a failed one (a controller restarting) after an exponential,
 jittered delay (:class:`atoll.wire.fleet.WatchSchedule`). A round that
@@ -575,6 +577,7 @@ class Updater:
             except Exception as e:
                 # A bug in one round must not end the loop: say what it was, go on.
                 self.log(f"update round failed: {type(e).__name__}: {e}")
+            schedule.round_done(time.monotonic())
             if desired is not None and self._acted:
                 continue
             wait = schedule.next(None if desired is None else desired.etag, time.monotonic())
@@ -604,18 +607,20 @@ class Updater:
         def interrupted() -> bool:
             return stop.is_set() or self._local_now() != self._local
 
-        try:
-            answer = self.client.watch(self.config.node, etag, interrupted=interrupted)
-        except WatchRefused as e:
-            self._note(f"watch refused, polling meanwhile: {e}")
-            return schedule.ended(Watched.REFUSED, time.monotonic(), e.retry_after)
-        except FleetError as e:
-            self._note(f"watch failed: {e}")
-            return schedule.ended(Watched.FAILED, time.monotonic())
-        if answer is None:
-            return schedule.ended(Watched.INTERRUPTED, time.monotonic())
-        changed = answer.etag != etag
-        return schedule.ended(Watched.CHANGED if changed else Watched.UNCHANGED, time.monotonic())
+        while True:
+            try:
+                answer = self.client.watch(self.config.node, etag, interrupted=interrupted)
+            except WatchRefused as e:
+                self._note(f"watch refused, polling meanwhile: {e}")
+                return schedule.ended(Watched.REFUSED, time.monotonic(), e.retry_after)
+            except FleetError as e:
+                self._note(f"watch failed: {e}")
+                return schedule.ended(Watched.FAILED, time.monotonic())
+            if answer is None:
+                return schedule.ended(Watched.INTERRUPTED, time.monotonic())
+            outcome = Watched.CHANGED if answer.etag != etag else Watched.UNCHANGED
+            if stop.is_set() or not schedule.rewatch(outcome, time.monotonic()):
+                return schedule.ended(outcome, time.monotonic())
 
     def _note(self, note: str) -> None:
         """Log ``note`` unless it is the last one logged (said once, not every round)."""

@@ -46,6 +46,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, TypeVar
 
 from atoll.errors import InputError
@@ -60,7 +61,7 @@ from atoll.fleet.etcd import (
 )
 from atoll.fleet.pool import spec_from_dict, spec_to_dict
 from atoll.fleet.rollout import ActionKind, NodeFacts, Phase, Plan, PoolSpec, PoolState
-from atoll.fleet.store import EVENTS_KEPT, Event, NotLeader, Reported, Wanted, report_step
+from atoll.fleet.store import EVENTS_KEPT, Decoded, Event, NotLeader, Reported, Wanted, report_step
 from atoll.fleet.transitions import NewEvent, NodeStep, PoolStep
 from atoll.wire.fleet import ProtocolError, Registration, Report, Restart, StepFailure
 
@@ -178,6 +179,7 @@ class EtcdStore:
         self._trim_every = trim_every  # seconds between checks of the event count
         self._clock = clock
         self._last_trim: float | None = None
+        self._decoded: Decoded[str] = Decoded()
         self.fence: tuple[str, str] | None = None
         """``(leader key, identity)``: when set, plans are written only while we lead."""
 
@@ -436,12 +438,18 @@ class EtcdStore:
     # nodes ---------------------------------------------------------------
     def nodes(self) -> list[NodeFacts]:
         kvs = self._client.range(f"{self.prefix}/nodes/", prefix=True)
-        return [self._node(kv.key, self._decode(kv.key, kv.value)) for kv in kvs]
+        return self._decoded.every(((kv.key, kv.value) for kv in kvs), self._decode_node)
 
     def node(self, name: str) -> NodeFacts | None:
         key = self._node_key(name)
         kvs = self._client.range(key)
-        return self._node(key, self._decode(key, kvs[0].value)) if kvs else None
+        if not kvs:
+            return None
+        raw = kvs[0].value
+        return self._decoded.one(key, raw, partial(self._decode_node, key, raw))
+
+    def _decode_node(self, key: str, raw: str) -> NodeFacts:
+        return self._node(key, self._decode(key, raw))
 
     def register(self, registration: Registration, now: float) -> NodeFacts:
         """Register (or re-register) a node; a re-registration keeps its phase."""
@@ -473,17 +481,18 @@ class EtcdStore:
 
         return self._transact(decide, keys=[key])
 
-    def apply_plan(self, pool: str, plan: Plan, now: float) -> None:
+    def apply_plan(self, pool: str, plan: Plan, now: float) -> tuple[NodeFacts, ...]:
         """Persist one plan's decisions atomically; fenced by the leader key when set.
 
         The transaction compares the pool's key too (a pause or rollback since the
         plan's read is seen), and holds at most :data:`PLAN_DECISIONS` decisions
-        (:func:`bounded`): the rest waits for the next tick."""
+        (:func:`bounded`): the rest waits for the next tick. Returns the nodes it
+        changed, as written."""
         pool_key = self._pool_key(pool)
         plan = bounded(plan)
         node_keys = sorted(self._node_key(name) for name in plan.named())
 
-        def decide(read: _Read) -> tuple[_Changes, None]:
+        def decide(read: _Read) -> tuple[_Changes, tuple[NodeFacts, ...]]:
             doc = read.get(pool_key)
             stored = None if doc is None else self._pool(pool_key, doc)
             nodes = {n.name: n for n in self._read_nodes(read)}
@@ -493,9 +502,9 @@ class EtcdStore:
             if doc is not None and step.state is not None:
                 changes.puts[pool_key] = {**doc, "pause_reason": step.state.pause_reason}
             changes.append(step.events)
-            return changes, None
+            return changes, step.nodes
 
-        self._transact(decide, keys=[pool_key, *node_keys], fenced=True, watched=[pool_key])
+        return self._transact(decide, keys=[pool_key, *node_keys], fenced=True, watched=[pool_key])
 
     def events(self, limit: int = 100) -> list[Event]:
         kvs = self._client.range(

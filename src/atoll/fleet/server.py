@@ -36,7 +36,7 @@ Design:
   from ``ETAG``, else parked in the
   watch hub (:mod:`atoll.fleet.watch`: one selector thread, no thread per
   watch) and answered by the first plan that changes it, or unchanged after
-  the server's wait (45 s, jittered, at most 60). Watches are bounded apart
+  the server's wait (60 s shortened by up to a quarter). Watches are bounded apart
   from ``max_in_flight`` (``max_watches``, and the open files limit, which the
   server raises to its hard limit); beyond, ``503`` with ``Retry-After``.
   Reports that change something share plans (:meth:`Controller.replan`), so a
@@ -58,13 +58,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import random
 import re
 import resource
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import asdict, dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -89,6 +90,10 @@ from atoll.wire.fleet import (
 
 log = logging.getLogger(__name__)
 
+PLAN_GATHER = 0.25
+"""Seconds between the start of two plans that reports ask for (:meth:`Controller.replan`):
+what a report may wait for its answer, so that a wave of reports shares a few plans."""
+
 _Message = TypeVar("_Message", Registration, Report)
 
 
@@ -108,6 +113,47 @@ class _Parked:
 PARKED = _Parked()
 
 
+_AnswerKey = tuple[str | None, NodeFacts, str | None, str, RebootPolicy | None]
+
+
+class _Answers:
+    """Each node's last answer with what it was computed from.
+
+    After every plan the watch hub compares each parked watch with its node's
+    answer; a thousand answers re-made (and their etags digested) per plan cost
+    more than the plan. An answer is made again only when one of its inputs
+    changed: the node's stored facts, its pool, the version and reason the plan
+    gives it, the pool's reboot policy. Safe across threads (a race makes the same
+    answer twice)."""
+
+    def __init__(self) -> None:
+        self._by_node: dict[str, tuple[_AnswerKey, Desired]] = {}
+
+    def get(
+        self, plans: dict[str, Plan], specs: dict[str, PoolSpec], pool: str | None, node: NodeFacts
+    ) -> Desired:
+        result = plans.get(pool) if pool is not None else None
+        spec = specs.get(pool) if pool is not None else None
+        key: _AnswerKey = (
+            pool,
+            node,
+            None if result is None else result.desired.get(node.name),
+            "" if result is None else result.waiting.get(node.name, ""),
+            None if spec is None else spec.reboot,
+        )
+        kept = self._by_node.get(node.name)
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        answer = _answer(plans, specs, pool, node)
+        self._by_node[node.name] = (key, answer)
+        return answer
+
+    def forget_all_but(self, names: Container[str], count: int) -> None:
+        """Forget nodes no longer stored (``count`` of them are)."""
+        if len(self._by_node) > count:
+            self._by_node = {k: v for k, v in self._by_node.items() if k in names}
+
+
 @dataclass(frozen=True)
 class _Latest:
     """What the last plan says: each node's answer is computed from it on demand."""
@@ -116,12 +162,13 @@ class _Latest:
     owners: dict[str, str]
     nodes: dict[str, NodeFacts]
     specs: dict[str, PoolSpec]
+    answers: _Answers
 
     def answer(self, name: str) -> Desired | None:
         node = self.nodes.get(name)
         if node is None:
             return None
-        return _answer(self.plans, self.specs, self.owners.get(name), node)
+        return self.answers.get(self.plans, self.specs, self.owners.get(name), node)
 
 
 def _answer(
@@ -164,6 +211,9 @@ class Controller:
         *,
         replica: str = "standalone",
         leading: bool = True,
+        gather: float = 0.0,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -179,10 +229,16 @@ class Controller:
         self._changed = threading.Condition()
         self.watches = WatchHub()
         """The parked watches of nodes (:mod:`atoll.fleet.watch`); told of every plan."""
-        self._latest = _Latest({}, {}, {}, {})
+        self._answers = _Answers()
+        self._latest = _Latest({}, {}, {}, {}, self._answers)
         """The last plan's view: every node's answer (the watch hub's too)."""
         self._begun = 0  # plans begun (each reads the store after it begins)
         self._done = 0  # the last plan finished
+        self.gather = gather
+        """Seconds a report's plan waits after the last plan began (:meth:`replan`)."""
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._began_at = -math.inf  # when the last plan began (monotonic)
 
     @staticmethod
     def owner(pools: list[tuple[PoolSpec, PoolState]], node: NodeFacts) -> str | None:
@@ -201,8 +257,15 @@ class Controller:
 
         Reports arriving together share one plan: a caller that finds a plan
         begun after its call already finished returns at once, so a wave of
-        reports costs a few plans, not one each."""
+        reports costs a few plans, not one each. With ``gather``, a plan begins at
+        least that long after the one before: the reports of a wave of agents
+        answering together (a grant pushed to a hundred watches) share a handful of
+        plans instead of one per few reports, for at most ``gather`` s of delay.
+        """
         target = self._begun + 1
+        wait = self._began_at + self.gather - self._monotonic()
+        if wait > 0:
+            self._sleep(wait)
         with self.plan_lock:
             if self._done >= target:
                 return
@@ -212,23 +275,24 @@ class Controller:
 
     def _reconcile_locked(self) -> dict[str, Plan]:
         self._begun += 1
+        self._began_at = self._monotonic()
         generation = self._begun
         now = self.clock()
         pools = self.store.pools()
-        nodes = self.store.nodes()
-        members: dict[str, list[NodeFacts]] = {spec.name: [] for spec, _ in pools}
+        by_name = {node.name: node for node in self.store.nodes()}
+        members: dict[str, list[str]] = {spec.name: [] for spec, _ in pools}
         owners: dict[str, str] = {}
-        for node in nodes:
+        for node in by_name.values():
             owner = self.owner(pools, node)
             if owner is not None:
-                members[owner].append(node)
+                members[owner].append(node.name)
                 owners[node.name] = owner
         plans: dict[str, Plan] = {}
-        persisted = self.persisted
         for spec, state in pools:
-            result = plan(spec, state, members[spec.name], now)
+            names = members[spec.name]
+            result = plan(spec, state, [by_name[name] for name in names], now)
             try:
-                plans[spec.name] = self._persist(pools, spec.name, result, now)
+                plans[spec.name] = self._persist(spec.name, result, names, by_name, now)
             except AtollError as e:  # one pool's failure does not stop the others
                 log.warning("%s: pool %s: plan not persisted: %s", self.replica, spec.name, e)
                 plans[spec.name] = result
@@ -237,33 +301,36 @@ class Controller:
                 plans[spec.name] = result
         self._plans = plans
         self._specs = {spec.name: spec for spec, _ in pools}
-        if self.persisted != persisted:  # decisions written: answer from the stored nodes
-            nodes = self.store.nodes()
-        self._latest = _Latest(plans, owners, {n.name: n for n in nodes}, self._specs)
+        self._answers.forget_all_but(by_name, len(by_name))
+        self._latest = _Latest(plans, owners, by_name, self._specs, self._answers)
         self.watches.publish(self._latest.answer)
         self._done = generation
         return plans
 
     def _persist(
-        self, pools: list[tuple[PoolSpec, PoolState]], name: str, result: Plan, now: float
+        self, name: str, result: Plan, members: list[str], by_name: dict[str, NodeFacts], now: float
     ) -> Plan:
-        """Persist one pool's plan while leading; the plan as agents will now see it."""
+        """Persist one pool's plan while leading; the plan as agents will now see it.
+
+        The nodes it wrote replace theirs in ``by_name`` (what this plan read, which
+        answers the agents), and the pool is planned again on them, so the answers
+        (reasons, may_reboot) describe what agents will see. Reports written
+        meanwhile are not lost: each asks for a plan begun after it."""
         if not (self.leading and result.decides):
             return result
         try:
-            self.store.apply_plan(name, result, now)
+            written = self.store.apply_plan(name, result, now)
         except NotLeader as e:
             log.warning("%s: %s; following from now on", self.replica, e)
             self.leading = False
             return result
         self.persisted += 1
-        # Re-plan on the persisted facts so the cached answers
-        # (reasons, may_reboot) describe what agents will see.
-        spec_state = self.store.pool(name)
+        for node in written:
+            by_name[node.name] = node
+        spec_state = self.store.pool(name)  # the plan may have paused it
         if spec_state is None:
             return result
-        nodes = [n for n in self.store.nodes() if self.owner(pools, n) == name]
-        return plan(spec_state[0], spec_state[1], nodes, now)
+        return plan(spec_state[0], spec_state[1], [by_name[n] for n in members], now)
 
     def plans(self) -> dict[str, Plan]:
         """The last plans (made now if none was made yet)."""
@@ -293,7 +360,7 @@ class Controller:
         pool = next((pool for pool, result in plans.items() if name in result.desired), None)
         with self.plan_lock:
             specs = dict(self._specs)
-        return _answer(plans, specs, pool, node)
+        return self._answers.get(plans, specs, pool, node)
 
     def pool_view(self, name: str) -> dict[str, Any]:
         spec_state = self.store.pool(name)
@@ -649,9 +716,12 @@ class FleetService:
         election: Election | None = None,
         max_watches: int = DEFAULT_MAX_WATCHES,
         watch_seconds: float = DEFAULT_WATCH_SECONDS,
+        gather: float = PLAN_GATHER,
     ) -> None:
         replica = "standalone" if election is None else election.identity
-        self.controller = Controller(store, clock, replica=replica, leading=election is None)
+        self.controller = Controller(
+            store, clock, replica=replica, leading=election is None, gather=gather
+        )
         # Bounded by the open files limit in start(), which raises it: constructing a
         # service changes nothing process-wide.
         self.max_watches = max_watches

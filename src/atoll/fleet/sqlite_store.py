@@ -26,6 +26,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from atoll.errors import InputError
 from atoll.fleet import transitions
 from atoll.fleet.pool import spec_from_dict, spec_to_dict
 from atoll.fleet.rollout import NodeFacts, Phase, Plan, PoolSpec, PoolState
-from atoll.fleet.store import EVENTS_KEPT, Event, Reported, StoreError, Wanted, report_step
+from atoll.fleet.store import EVENTS_KEPT, Decoded, Event, Reported, StoreError, Wanted, report_step
 from atoll.fleet.transitions import NewEvent, PoolStep
 from atoll.wire.fleet import ProtocolError, Registration, Report, Restart, StepFailure
 
@@ -111,6 +112,10 @@ def _node_row(row: Sequence[Any]) -> NodeFacts:
     )
 
 
+def _decode_row(_name: str, row: tuple[Any, ...]) -> NodeFacts:
+    return _node_row(row)
+
+
 def _failure(name: str, raw: str | None) -> StepFailure | None:
     if raw is None:
         return None
@@ -154,6 +159,7 @@ class SqliteStore:
         except (OSError, sqlite3.Error) as e:
             raise StoreError(f"fleet store {path}: cannot open: {e}") from e
         self._lock = threading.Lock()
+        self._decoded: Decoded[tuple[Any, ...]] = Decoded()
 
     def close(self) -> None:
         with self._lock:
@@ -231,11 +237,11 @@ class SqliteStore:
 
     def _nodes(self, db: sqlite3.Connection) -> list[NodeFacts]:
         rows = db.execute(_SELECT_NODES + " ORDER BY name").fetchall()
-        return [_node_row(r) for r in rows]
+        return self._decoded.every(((r[0], r) for r in rows), _decode_row)
 
     def _node(self, db: sqlite3.Connection, name: str) -> NodeFacts | None:
         row = db.execute(_SELECT_NODES + " WHERE name=?", (name,)).fetchone()
-        return None if row is None else _node_row(row)
+        return None if row is None else self._decoded.one(name, row, partial(_node_row, row))
 
     @staticmethod
     def _facts(n: NodeFacts) -> tuple[Any, ...]:
@@ -356,8 +362,9 @@ class SqliteStore:
                 self._append(db, step.events)
         return step.after, step.changed
 
-    def apply_plan(self, pool: str, plan: Plan, now: float) -> None:
-        """Persist one plan's decisions atomically (grants first, agents learn later)."""
+    def apply_plan(self, pool: str, plan: Plan, now: float) -> tuple[NodeFacts, ...]:
+        """Persist one plan's decisions atomically (grants first, agents learn later);
+        the nodes it changed, as written."""
         with self._tx() as db:
             stored = self._pool(db, pool)
             named = (self._node(db, name) for name in plan.named())
@@ -370,6 +377,7 @@ class SqliteStore:
                     (step.state.pause_reason, int(step.state.canary_released), pool),
                 )
             self._append(db, step.events)
+        return step.nodes
 
     def events(self, limit: int = 100) -> list[Event]:
         with self._lock:

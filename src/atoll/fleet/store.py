@@ -18,8 +18,10 @@ a ``--store`` URL names is chosen by the CLI (:mod:`atoll.fleet.cli`).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from functools import partial
+from typing import Generic, Protocol, TypeVar
 
 from atoll.errors import AtollError
 from atoll.fleet.rollout import NodeFacts, Plan, PoolSpec, PoolState
@@ -73,6 +75,42 @@ def report_step(
     if old is None:
         return None
     return after_report(old, report, wanted.version, now, spec=wanted.spec)
+
+
+_Raw = TypeVar("_Raw", bound=Hashable)
+
+
+class Decoded(Generic[_Raw]):
+    """Decoded nodes by name, kept while their stored form is unchanged.
+
+    The controller plans from every node after each report that changes one and on
+    every tick, so a store reads all of them many times a second during a rollout;
+    decoding a thousand unchanged records each time (JSON, enums, dataclasses) cost
+    more than reading them. A record is decoded again as soon as its stored form
+    (an SQLite row, an etcd value) differs from the one decoded. The decoded
+    :class:`NodeFacts` are frozen and shared by every reader. Safe across threads:
+    a race decodes the same record twice, harmlessly."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, tuple[_Raw, NodeFacts]] = {}
+
+    def one(self, name: str, raw: _Raw, decode: Callable[[], NodeFacts]) -> NodeFacts:
+        kept = self._by_name.get(name)
+        if kept is not None and kept[0] == raw:
+            return kept[1]
+        facts = decode()
+        self._by_name[name] = (raw, facts)
+        return facts
+
+    def every(
+        self, records: Iterable[tuple[str, _Raw]], decode: Callable[[str, _Raw], NodeFacts]
+    ) -> list[NodeFacts]:
+        """All nodes, from a read of all of them (which also forgets deleted ones)."""
+        kept: dict[str, tuple[_Raw, NodeFacts]] = {}
+        for name, raw in records:
+            kept[name] = (raw, self.one(name, raw, partial(decode, name, raw)))
+        self._by_name = kept
+        return [facts for _raw, facts in kept.values()]
 
 
 class Election(Protocol):
@@ -150,9 +188,10 @@ class FleetStore(Protocol):
         writes nothing); ``None`` for a node never registered (:func:`report_step`)."""
         ...
 
-    def apply_plan(self, pool: str, plan: Plan, now: float) -> None:
+    def apply_plan(self, pool: str, plan: Plan, now: float) -> tuple[NodeFacts, ...]:
         """Persist one plan's decisions atomically (grants first, agents learn later);
-        :class:`NotLeader` when a replica that does not lead tries."""
+        the nodes it changed, as written. :class:`NotLeader` when a replica that does
+        not lead tries."""
         ...
 
     def events(self, limit: int = 100) -> list[Event]: ...

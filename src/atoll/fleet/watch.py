@@ -49,7 +49,7 @@ from atoll.wire.fleet import WATCH_MAX, Desired
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WATCH_SECONDS = 45.0
+DEFAULT_WATCH_SECONDS = WATCH_MAX
 DEFAULT_MAX_WATCHES = 16_384
 RETRY_AFTER = 10
 """Seconds a refused watch is told to wait (the agent adds jitter and polls meanwhile)."""
