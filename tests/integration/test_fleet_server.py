@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from atoll.cli import main
-from atoll.fleet.server import FleetService
+from atoll.fleet.server import FleetService, _Handler
 from atoll.fleet.sqlite_store import SqliteStore
 from atoll.wire.fleet import Backoff, FleetError, request_json
 
@@ -163,3 +165,23 @@ def test_cli_bad_input_exits_2_naming_file_and_key(
     assert f"{pool}: strategy.partition" in capsys.readouterr().err
     assert main(["fleet", "serve", "--store", "sqlite:///x.db", "--listen", "0.0.0.0:1"]) == 2
     assert main(["fleet", "serve", "--store", "redis://h:1", "--listen", "127.0.0.1:0"]) == 2
+
+
+def test_a_clients_next_request_never_meets_the_slot_of_its_last(
+    service: FleetService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one slot (``--max-in-flight 1``), a client that sends its next request the
+    moment it has read an answer is served, even while the thread that wrote the
+    answer has not ended: the slot bounds the work, not the write."""
+    send = _Handler._send
+
+    def slow_send(self: _Handler, *args: Any, **kwargs: Any) -> None:
+        send(self, *args, **kwargs)  # the client has its answer ...
+        time.sleep(0.3)  # ... while this thread has not finished yet
+
+    monkeypatch.setattr(_Handler, "_send", slow_send)
+    quick = Backoff(attempts=1)
+    url = _url(service)
+    for _ in range(3):
+        assert request_json("GET", url + "/v1/nodes", backoff=quick) == []
+    assert service.httpd.rejected == 0

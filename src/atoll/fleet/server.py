@@ -521,19 +521,23 @@ class _Handler(BaseHTTPRequestHandler):
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             self._send(429, {"error": "controller busy"}, {"Retry-After": "1"})
             return
+        # The slot bounds the work, not the write of its answer: it is free before the
+        # client can read the answer, so a client's next request never meets it still
+        # taken by its last one (a spurious 429 with --max-in-flight 1).
+        headers: dict[str, str] | None = None
         try:
             status, payload = self._route(method)
-            if payload is PARKED:
-                self.close_connection = True
-                self.server.detach(self.request)
-            else:
-                self._send(status, payload)
         except HttpError as e:
-            self._send(e.status, {"error": str(e)}, e.headers)
+            status, payload, headers = e.status, {"error": str(e)}, e.headers
         except AtollError as e:
-            self._send(HTTPStatus.BAD_REQUEST, {"error": str(e)})
+            status, payload = HTTPStatus.BAD_REQUEST, {"error": str(e)}
         finally:
             slots.release()
+        if payload is PARKED:
+            self.close_connection = True
+            self.server.detach(self.request)
+        else:
+            self._send(status, payload, headers)
 
     def do_GET(self) -> None:
         self._serve("GET")
