@@ -166,62 +166,31 @@ def test_the_update_loop_waits_for_the_monitor_to_settle_this_boot(tmp_path: Pat
     assert not loop.is_alive() and rounds == []
 
 
-class _TwoRounds(Updater):
-    """An updater whose rounds answer a grant with etag ``e1``; the second stops it."""
-
-    _acted = False
-
-    def __init__(self, root: Path, log: Any, stop: threading.Event) -> None:
-        config = UpdaterConfig("http://127.0.0.1:9", "http://127.0.0.1:9", "stable", "n1")
-        super().__init__(config, Deployments(lambda _, *, timeout: "", lambda: None), [],
-                         root=root, log=log)  # fmt: skip
-        self.rounds: list[float] = []
-        self.stop = stop
-
-    def step(self) -> Desired:
-        self.rounds.append(time.monotonic())
-        if len(self.rounds) == 2:
-            self.stop.set()
-        return Desired("1.0", False, False, "", "web", etag="e1")
-
-    def run_until_stopped(self) -> None:
-        loop = threading.Thread(target=self.run_forever, args=(self.stop,))
-        loop.start()
-        loop.join(15)
-        assert not loop.is_alive()
-
-
 def test_an_error_in_a_watch_does_not_end_the_update_loop(tmp_path: Path) -> None:
     """A watch that raises something unexpected counts as a failed watch; rounds go on."""
+    rounds: list[float] = []
     watches: list[str] = []
     logged: list[str] = []
 
-    class Failing(_TwoRounds):
+    class Failing(Updater):
+        _acted = False
+
+        def step(self) -> Desired:
+            rounds.append(time.monotonic())
+            if len(rounds) == 2:
+                stop.set()
+            return Desired("1.0", False, False, "", "web", etag="e1")
+
         def _watch(self, schedule: Any, etag: str, stop: threading.Event) -> float:
             watches.append(etag)
             raise ValueError("filedescriptor out of range in select()")
 
-    updater = Failing(tmp_path, logged.append, threading.Event())
-    updater.run_until_stopped()
-    assert len(updater.rounds) == 2 and watches[0] == "e1"
-    assert any("watch failed: ValueError: filedescriptor out of range" in m for m in logged)
-
-
-def test_a_watch_whose_wait_ran_out_is_sent_again_without_a_report(tmp_path: Path) -> None:
-    """Only a change (or ROUND_EVERY without a round) makes a round: a wait that ran out
-    with the same grant is followed by the next watch, not by a report."""
-    watched: list[str] = []
-    answers = ["e1", "e1", "e2"]  # two waits that ran out, then a change
+    config = UpdaterConfig("http://127.0.0.1:9", "http://127.0.0.1:9", "stable", "n1", interval=0)
+    deployments = Deployments(lambda _, *, timeout: "", lambda: None)
+    updater = Failing(config, deployments, [], root=tmp_path, log=logged.append)
     stop = threading.Event()
-
-    class Client:
-        def watch(self, node: str, etag: str, *, interrupted: Any) -> Desired | None:
-            if stop.is_set():
-                return None  # as the client does once ``interrupted()``
-            watched.append(etag)
-            return Desired("1.0", False, False, "", "web", etag=answers[len(watched) - 1])
-
-    updater = _TwoRounds(tmp_path, lambda _: None, stop)
-    updater.client = Client()  # type: ignore[assignment]
-    updater.run_until_stopped()
-    assert watched == ["e1", "e1", "e1"] and len(updater.rounds) == 2
+    loop = threading.Thread(target=updater.run_forever, args=(stop,))
+    loop.start()
+    loop.join(15)
+    assert not loop.is_alive() and len(rounds) == 2 and watches[0] == "e1"
+    assert any("watch failed: ValueError: filedescriptor out of range" in m for m in logged)

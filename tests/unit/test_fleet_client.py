@@ -105,33 +105,6 @@ SCHEDULES: list[tuple[str, str | None, list[tuple[Watched, float | None]], float
 ]
 
 
-# After a watch ended so, how long after the last round: watch again without a round?
-REWATCH: list[tuple[str, Watched, float | None, bool]] = [
-    ("the wait ran out, a recent round: watch again", Watched.UNCHANGED, 60.0, True),
-    ("the wait ran out, the last round 5 min ago: a round", Watched.UNCHANGED, 300.0, False),
-    ("the wait ran out, no round yet: a round", Watched.UNCHANGED, None, False),
-    ("a change: a round", Watched.CHANGED, 1.0, False),
-    ("the node's facts changed: a round", Watched.INTERRUPTED, 1.0, False),
-    ("refused: a round (a poll)", Watched.REFUSED, 1.0, False),
-    ("failed: a round", Watched.FAILED, 1.0, False),
-]
-
-
-@pytest.mark.parametrize(
-    ("outcome", "since_round", "expected"),
-    [case[1:] for case in REWATCH],
-    ids=[case[0] for case in REWATCH],
-)
-def test_a_watch_whose_wait_ran_out_is_sent_again_without_a_round(
-    outcome: Watched, since_round: float | None, expected: bool
-) -> None:
-    schedule = WatchSchedule(interval=10.0, round_every=300.0)
-    now = 1000.0
-    if since_round is not None:
-        schedule.round_done(now - since_round)
-    assert schedule.rewatch(outcome, now) is expected
-
-
 @pytest.mark.parametrize(
     ("outcomes", "etag", "rand", "delay", "then"),
     [(case[2], case[1], case[3], case[4], case[5]) for case in SCHEDULES],

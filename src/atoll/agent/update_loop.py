@@ -29,12 +29,10 @@ Standard library only (runs in the agent daemon on the node). One
 
 Between rounds the loop watches the controller
 (:meth:`atoll.wire.fleet.FleetClient.watch`, ``docs/fleet.md``): the next
-round starts the moment the controller changes the node's grant or the
-node's own health facts change; when the controller's wait (about a minute
-at most) runs out with nothing changed, the node watches again, with a
-round (a report) at least every 5 minutes (:data:`atoll.wire.fleet.ROUND_EVERY`).
-A controller without watches (no ``etag`` in its answers) is polled every
-``interval`` seconds; a refused watch (503) is
+round starts the moment the controller changes the node's grant, when the
+node's own health facts change, or when the controller's wait (about a
+minute at most) runs out. A controller without watches (no ``etag`` in its
+answers) is polled every ``interval`` seconds; a refused watch (503) is
 retried after the controller's ``Retry-After`` with jitter, polling
 meanwhile; a failed one (a controller restarting) after an exponential,
 jittered delay (:class:`atoll.wire.fleet.WatchSchedule`). A round that
@@ -343,6 +341,7 @@ class Updater:
     _unsent: StepFailure | None = None  # reported in the next report, once
     _phase: Step = Step.FETCH  # the step stage() is in (failure_of)
     _acted: bool = False  # this round staged: report it at once
+    _unfollowed: bool = False  # this round's step failed: its answer is followed next round
     _booted: str | None = None  # the booted commit at the last report
     _local: object = None  # the health facts at the last report (a change ends a watch)
 
@@ -453,7 +452,7 @@ class Updater:
         """One round: report, then stage or reboot as the answer says. A step that
         fails is undone, audited and reported at once (:meth:`_fail`); the answer
         to that report is followed from the next round on."""
-        self._acted = False
+        self._acted = self._unfollowed = False
         desired, booted, pending = self._report()
         if _matches(booted, desired.version):
             return desired
@@ -549,6 +548,7 @@ class Updater:
                 result="failed",
             )
         self._unsent = failure  # kept if this report does not get through: the next one
+        self._unfollowed = True
         return self._report()[0]
 
     def run_forever(self, stop: threading.Event, after: threading.Event | None = None) -> None:
@@ -577,13 +577,16 @@ class Updater:
             except Exception as e:
                 # A bug in one round must not end the loop: say what it was, go on.
                 self.log(f"update round failed: {type(e).__name__}: {e}")
-            schedule.round_done(time.monotonic())
             if desired is not None and self._acted:
                 continue
-            wait = schedule.next(None if desired is None else desired.etag, time.monotonic())
-            if wait.watch and desired is not None and desired.etag is not None:
+            # The answer to a failed step's report is followed from the next round on,
+            # after ``interval``: a watch on its etag would wait for a change that may
+            # already be in it (a pool resumed meanwhile retries the node).
+            etag = None if desired is None or self._unfollowed else desired.etag
+            wait = schedule.next(etag, time.monotonic())
+            if wait.watch and etag is not None:
                 try:
-                    wait_s = self._watch(schedule, desired.etag, stop)
+                    wait_s = self._watch(schedule, etag, stop)
                 except Exception as e:
                     # As for a round: a bug or an unexpected error in the watch must
                     # not end the loop; it counts as a failed watch (backoff).
@@ -607,20 +610,18 @@ class Updater:
         def interrupted() -> bool:
             return stop.is_set() or self._local_now() != self._local
 
-        while True:
-            try:
-                answer = self.client.watch(self.config.node, etag, interrupted=interrupted)
-            except WatchRefused as e:
-                self._note(f"watch refused, polling meanwhile: {e}")
-                return schedule.ended(Watched.REFUSED, time.monotonic(), e.retry_after)
-            except FleetError as e:
-                self._note(f"watch failed: {e}")
-                return schedule.ended(Watched.FAILED, time.monotonic())
-            if answer is None:
-                return schedule.ended(Watched.INTERRUPTED, time.monotonic())
-            outcome = Watched.CHANGED if answer.etag != etag else Watched.UNCHANGED
-            if stop.is_set() or not schedule.rewatch(outcome, time.monotonic()):
-                return schedule.ended(outcome, time.monotonic())
+        try:
+            answer = self.client.watch(self.config.node, etag, interrupted=interrupted)
+        except WatchRefused as e:
+            self._note(f"watch refused, polling meanwhile: {e}")
+            return schedule.ended(Watched.REFUSED, time.monotonic(), e.retry_after)
+        except FleetError as e:
+            self._note(f"watch failed: {e}")
+            return schedule.ended(Watched.FAILED, time.monotonic())
+        if answer is None:
+            return schedule.ended(Watched.INTERRUPTED, time.monotonic())
+        changed = answer.etag != etag
+        return schedule.ended(Watched.CHANGED if changed else Watched.UNCHANGED, time.monotonic())
 
     def _note(self, note: str) -> None:
         """Log ``note`` unless it is the last one logged (said once, not every round)."""

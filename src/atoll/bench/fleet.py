@@ -190,9 +190,7 @@ class _SimulatedAgent:
     when told (instantly) and report at once, reboot when allowed (``reboot_seconds``),
     report back. Between rounds it polls every ``poll`` seconds, or, with ``push``,
     watches the controller as the agent does (:class:`~atoll.wire.fleet.WatchSchedule`,
-    :meth:`~atoll.wire.fleet.FleetClient.watch`): a round follows a watch that answered a
-    change; one whose wait ran out is sent again, a round at least every
-    :data:`~atoll.wire.fleet.ROUND_EVERY` seconds."""
+    :meth:`~atoll.wire.fleet.FleetClient.watch`), a round following every watch."""
 
     name: str
     client: FleetClient
@@ -214,7 +212,6 @@ class _SimulatedAgent:
         while not stop.is_set():
             if desired is None:
                 desired = self._report()
-                schedule.round_done(time.monotonic())
                 if desired is None:  # a real agent logs it and tries again next interval
                     time.sleep(self.poll)
                     continue
@@ -242,26 +239,18 @@ class _SimulatedAgent:
         if not wait.watch or etag is None:
             time.sleep(wait.seconds)
             return
-        while True:
-            try:
-                answer = self.client.watch(
-                    self.name, etag, interrupted=stop.is_set, check_every=2.0
-                )
-            except WatchRefused as e:
-                self.record.refused()
-                time.sleep(schedule.ended(Watched.REFUSED, time.monotonic(), e.retry_after))
-                return
-            except FleetError as e:
-                self.record.failed(e)
-                time.sleep(schedule.ended(Watched.FAILED, time.monotonic()))
-                return
-            if answer is None:
-                outcome = Watched.INTERRUPTED
-            else:
-                outcome = Watched.CHANGED if answer.etag != etag else Watched.UNCHANGED
-            if stop.is_set() or not schedule.rewatch(outcome, time.monotonic()):
-                schedule.ended(outcome, time.monotonic())
-                return
+        try:
+            answer = self.client.watch(self.name, etag, interrupted=stop.is_set, check_every=2.0)
+        except WatchRefused as e:
+            self.record.refused()
+            time.sleep(schedule.ended(Watched.REFUSED, time.monotonic(), e.retry_after))
+            return
+        except FleetError as e:
+            self.record.failed(e)
+            time.sleep(schedule.ended(Watched.FAILED, time.monotonic()))
+            return
+        outcome = Watched.INTERRUPTED if answer is None else Watched.CHANGED
+        schedule.ended(outcome, time.monotonic())
 
     def _reboot(self, version: str, stop: threading.Event) -> Desired | None:
         began = time.perf_counter()

@@ -63,14 +63,9 @@ from urllib.parse import quote, urlsplit
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 ETAG = re.compile(r"[0-9a-z]{1,64}")
 WATCH_MAX = 60.0
+MAX_WATCH_ANSWER = 1 << 20  # bytes of a watch's whole answer (a few hundred, really)
 """The longest a controller holds a watch (``?wait=``) before it answers unchanged:
 a client's read timeout is longer than this."""
-MAX_WATCH_ANSWER = 1 << 20  # bytes of a watch's whole answer (a few hundred, really)
-ROUND_EVERY = 300.0
-"""Seconds a watching node may go without a round (a report): a watch whose wait ran
-out with nothing changed is sent again at once, until this long after the last
-round. The report re-synchronises the controller with the node even when neither
-side saw a change (as the kubelet's node status every 5 minutes when nothing changed)."""
 NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 REASON_MAX = 500
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -614,10 +609,8 @@ class WatchSchedule:
     simulated agents).
 
     A controller that sends an etag (:class:`Desired`) takes watches: the node
-    waits on one, and a round follows at once whatever ended it, but for a wait
-    that ran out with nothing changed (:meth:`rewatch`: the node watches again at
-    once, a round at least every ``round_every`` seconds), and for a refused or
-    failed watch: then the next round comes after ``delay``, exponential
+    waits on one, and a round follows at once whatever ended it, but for a
+    refused or failed watch: then the next round comes after ``delay``, exponential
     with full jitter (``uniform(0, min(cap, base * 2**n))`` for the n-th failure
     in a row, after the controller's ``Retry-After`` for a refusal), so the
     agents of a restarted controller do not reconnect all at once; until
@@ -630,20 +623,6 @@ class WatchSchedule:
     rand: Callable[[], float] = random.random
     failures: int = 0
     watch_from: float = 0.0
-    round_every: float = ROUND_EVERY
-    last_round: float | None = None
-
-    def round_done(self, now: float) -> None:
-        """A round (a report, and what its answer asked for) ended at ``now``."""
-        self.last_round = now
-
-    def rewatch(self, outcome: Watched, now: float) -> bool:
-        """After a watch ended so: watch again at once, without a round? Only when the
-        controller's wait ran out with nothing changed and the last round is less than
-        ``round_every`` old: a report would tell the controller nothing new."""
-        if outcome is not Watched.UNCHANGED or self.last_round is None:
-            return False
-        return now - self.last_round < self.round_every
 
     def next(self, etag: str | None, now: float) -> Wait:
         if etag is None:
