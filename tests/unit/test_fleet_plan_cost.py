@@ -22,23 +22,23 @@ def _facts(name: str, version: str) -> NodeFacts:
 
 
 def test_decoded_keeps_a_node_while_its_stored_form_is_the_same() -> None:
-    decoded: Decoded[str] = Decoded()
     calls: list[str] = []
 
     def decode(name: str, raw: str) -> NodeFacts:
         calls.append(raw)
         return _facts(name, raw)
 
-    first = decoded.every([("a", "v1"), ("b", "v1")], decode)
-    again = decoded.every([("a", "v1"), ("b", "v2")], decode)
+    decoded: Decoded[str] = Decoded(decode)
+    first = decoded.every([("a", "v1"), ("b", "v1")])
+    again = decoded.every([("a", "v1"), ("b", "v2")])
     assert calls == ["v1", "v1", "v2"]  # b decoded again, a kept
     assert again[0] is first[0] and again[1].current_version == "v2"
-    assert decoded.one("a", "v1", lambda: _facts("a", "other")) is first[0]
-    assert decoded.one("a", "v3", lambda: _facts("a", "v3")).current_version == "v3"
+    assert decoded.one("a", "v1") is first[0]
+    assert decoded.one("a", "v3").current_version == "v3"
     # A full read forgets what it no longer finds: a node read again is decoded again.
-    decoded.every([("b", "v2")], decode)
-    decoded.every([("a", "v1"), ("b", "v2")], decode)
-    assert calls == ["v1", "v1", "v2", "v1"]
+    decoded.every([("b", "v2")])
+    decoded.every([("a", "v1"), ("b", "v2")])
+    assert calls == ["v1", "v1", "v2", "v3", "v1"]
 
 
 def test_the_sqlite_store_decodes_a_node_again_only_when_it_changed(tmp_path: Path) -> None:
@@ -102,7 +102,7 @@ def test_a_plan_that_persists_answers_from_what_it_wrote(tmp_path: Path) -> None
         assert plans["web"].waiting["n1"] == ctl.desired("n1").reason != ""
 
 
-class _Time:
+class _FakeClock:
     def __init__(self) -> None:
         self.now = 100.0
         self.slept: list[float] = []
@@ -124,29 +124,29 @@ class _Time:
 def test_a_reports_plan_begins_at_least_gather_after_the_last(
     tmp_path: Path, since_last: float, slept: list[float]
 ) -> None:
-    time = _Time()
+    clock = _FakeClock()
     with SqliteStore(tmp_path / "fleet.db") as store:
         _pool(store, 1)
         ctl = Controller(
             store,
             clock=lambda: 1.0,
             gather=0.25,
-            monotonic=lambda: time.now,
-            sleep=time.sleep,
+            monotonic=lambda: clock.now,
+            sleep=clock.sleep,
         )
         ctl.replan()  # the first plan waits for nothing
-        assert time.slept == [] and ctl.controller_view()["plans"] == 1
-        time.now += since_last
+        assert clock.slept == [] and ctl.controller_view()["plans"] == 1
+        clock.now += since_last
         ctl.replan()
-        assert time.slept == pytest.approx(slept)
+        assert clock.slept == pytest.approx(slept)
         assert ctl.controller_view()["plans"] == 2
 
 
 def test_without_gather_a_report_plans_at_once(tmp_path: Path) -> None:
-    time = _Time()
+    clock = _FakeClock()
     with SqliteStore(tmp_path / "fleet.db") as store:
         _pool(store, 1)
-        ctl = Controller(store, clock=lambda: 1.0, monotonic=lambda: time.now, sleep=time.sleep)
+        ctl = Controller(store, clock=lambda: 1.0, monotonic=lambda: clock.now, sleep=clock.sleep)
         ctl.replan()
         ctl.replan()
-        assert time.slept == [] and ctl.controller_view()["plans"] == 2
+        assert clock.slept == [] and ctl.controller_view()["plans"] == 2

@@ -46,7 +46,6 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from functools import partial
 from typing import Any, TypeVar
 
 from atoll.errors import InputError
@@ -179,7 +178,7 @@ class EtcdStore:
         self._trim_every = trim_every  # seconds between checks of the event count
         self._clock = clock
         self._last_trim: float | None = None
-        self._decoded: Decoded[str] = Decoded()
+        self._decoded: Decoded[str] = Decoded(self._decode_node)
         self.fence: tuple[str, str] | None = None
         """``(leader key, identity)``: when set, plans are written only while we lead."""
 
@@ -438,15 +437,12 @@ class EtcdStore:
     # nodes ---------------------------------------------------------------
     def nodes(self) -> list[NodeFacts]:
         kvs = self._client.range(f"{self.prefix}/nodes/", prefix=True)
-        return self._decoded.every(((kv.key, kv.value) for kv in kvs), self._decode_node)
+        return self._decoded.every((kv.key, kv.value) for kv in kvs)
 
     def node(self, name: str) -> NodeFacts | None:
         key = self._node_key(name)
         kvs = self._client.range(key)
-        if not kvs:
-            return None
-        raw = kvs[0].value
-        return self._decoded.one(key, raw, partial(self._decode_node, key, raw))
+        return self._decoded.one(key, kvs[0].value) if kvs else None
 
     def _decode_node(self, key: str, raw: str) -> NodeFacts:
         return self._node(key, self._decode(key, raw))

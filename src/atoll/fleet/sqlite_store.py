@@ -26,7 +26,6 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -112,10 +111,6 @@ def _node_row(row: Sequence[Any]) -> NodeFacts:
     )
 
 
-def _decode_row(_name: str, row: tuple[Any, ...]) -> NodeFacts:
-    return _node_row(row)
-
-
 def _failure(name: str, raw: str | None) -> StepFailure | None:
     if raw is None:
         return None
@@ -159,7 +154,7 @@ class SqliteStore:
         except (OSError, sqlite3.Error) as e:
             raise StoreError(f"fleet store {path}: cannot open: {e}") from e
         self._lock = threading.Lock()
-        self._decoded: Decoded[tuple[Any, ...]] = Decoded()
+        self._decoded: Decoded[tuple[Any, ...]] = Decoded(lambda _name, row: _node_row(row))
 
     def close(self) -> None:
         with self._lock:
@@ -237,11 +232,11 @@ class SqliteStore:
 
     def _nodes(self, db: sqlite3.Connection) -> list[NodeFacts]:
         rows = db.execute(_SELECT_NODES + " ORDER BY name").fetchall()
-        return self._decoded.every(((r[0], r) for r in rows), _decode_row)
+        return self._decoded.every((r[0], r) for r in rows)
 
     def _node(self, db: sqlite3.Connection, name: str) -> NodeFacts | None:
         row = db.execute(_SELECT_NODES + " WHERE name=?", (name,)).fetchone()
-        return None if row is None else self._decoded.one(name, row, partial(_node_row, row))
+        return None if row is None else self._decoded.one(name, row)
 
     @staticmethod
     def _facts(n: NodeFacts) -> tuple[Any, ...]:

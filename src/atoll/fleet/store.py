@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
-from functools import partial
 from typing import Generic, Protocol, TypeVar
 
 from atoll.errors import AtollError
@@ -91,24 +90,26 @@ class Decoded(Generic[_Raw]):
     :class:`NodeFacts` are frozen and shared by every reader. Safe across threads:
     a race decodes the same record twice, harmlessly."""
 
-    def __init__(self) -> None:
+    def __init__(self, decode: Callable[[str, _Raw], NodeFacts]) -> None:
+        self._decode = decode
         self._by_name: dict[str, tuple[_Raw, NodeFacts]] = {}
 
-    def one(self, name: str, raw: _Raw, decode: Callable[[], NodeFacts]) -> NodeFacts:
+    def one(self, name: str, raw: _Raw) -> NodeFacts:
         kept = self._by_name.get(name)
         if kept is not None and kept[0] == raw:
             return kept[1]
-        facts = decode()
+        facts = self._decode(name, raw)
         self._by_name[name] = (raw, facts)
         return facts
 
-    def every(
-        self, records: Iterable[tuple[str, _Raw]], decode: Callable[[str, _Raw], NodeFacts]
-    ) -> list[NodeFacts]:
+    def every(self, records: Iterable[tuple[str, _Raw]]) -> list[NodeFacts]:
         """All nodes, from a read of all of them (which also forgets deleted ones)."""
-        kept: dict[str, tuple[_Raw, NodeFacts]] = {}
+        before, kept = self._by_name, {}
         for name, raw in records:
-            kept[name] = (raw, self.one(name, raw, partial(decode, name, raw)))
+            old = before.get(name)
+            kept[name] = (
+                old if old is not None and old[0] == raw else (raw, self._decode(name, raw))
+            )
         self._by_name = kept
         return [facts for _raw, facts in kept.values()]
 
